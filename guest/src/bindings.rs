@@ -1,0 +1,144 @@
+//! The wit-bindgen glue: converts WIT values and delegates to [`crate::policy`].
+//! No policy logic lives here.
+
+use alloc::string::{String, ToString};
+use alloc::vec::Vec;
+use core::cell::RefCell;
+
+use crate::policy::{simulate, Config, ConfigError, Decision, Engine, Outcome, Policy, Reason};
+use crate::wire;
+
+mod wit {
+    wit_bindgen::generate!({
+        world: "retry-component",
+        path: "../wit",
+        // `pollable` (from wasi:io/poll) appears in monotonic-clock's
+        // signature; the engine never calls the functions that use it, so the
+        // built component does not import wasi:io.
+        generate_all,
+    });
+}
+
+use wit::exports::contextforge::retry::retry_engine as api;
+use wit::wasi::clocks::monotonic_clock;
+use wit::wasi::random::insecure_seed;
+
+/// The instance's one engine, created on first use (seeded from the import).
+struct Global(RefCell<Option<Engine>>);
+// SAFETY: a component instance is single-threaded; nothing here is shared
+// across threads.
+unsafe impl Sync for Global {}
+static ENGINE: Global = Global(RefCell::new(None));
+
+fn with_engine<R>(f: impl FnOnce(&mut Engine) -> R) -> R {
+    let mut slot = ENGINE.0.borrow_mut();
+    let engine = slot.get_or_insert_with(|| Engine::new(insecure_seed::insecure_seed()));
+    f(engine)
+}
+
+fn now_ms() -> u64 {
+    monotonic_clock::now() / 1_000_000
+}
+
+struct Component;
+
+impl api::Guest for Component {
+    fn configure(config_json: String) -> Result<(), Vec<api::ConfigError>> {
+        let config = Config::from_json(&config_json).map_err(to_wit_errors)?;
+        with_engine(|e| e.configure(config));
+        Ok(())
+    }
+
+    fn decide(key: String, tool_len: u32, signals: u64) -> u64 {
+        decide(&key, tool_len, signals, None)
+    }
+
+    fn decide_text(key: String, tool_len: u32, signals: u64, texts: Vec<String>) -> u64 {
+        decide(&key, tool_len, signals, Some(&texts))
+    }
+
+    fn tool_policy(tool: String) -> api::Policy {
+        with_engine(|e| to_wit_policy(e.policy_for(&tool)))
+    }
+
+    fn global_policy() -> api::Policy {
+        with_engine(|e| to_wit_policy(e.config().global()))
+    }
+
+    fn state_count() -> u32 {
+        with_engine(|e| e.state_count() as u32)
+    }
+
+    fn evict_expired() -> u32 {
+        let now = now_ms();
+        with_engine(|e| e.evict_expired(now) as u32)
+    }
+
+    fn simulate(
+        config_json: String,
+        seed: u64,
+        steps: Vec<api::SimStep>,
+    ) -> Result<Vec<api::SimDecision>, Vec<api::ConfigError>> {
+        let config = Config::from_json(&config_json).map_err(to_wit_errors)?;
+        let steps: Vec<simulate::Step<'_>> = steps
+            .iter()
+            .map(|s| simulate::Step {
+                tool: &s.tool,
+                request_id: &s.request_id,
+                result_json: &s.result_json,
+                advance_ms: s.advance_ms,
+            })
+            .collect();
+        let decisions = simulate::simulate(config, seed, &steps).map_err(to_wit_errors)?;
+        Ok(decisions.iter().map(to_wit_decision).collect())
+    }
+
+    fn contract_version() -> String {
+        crate::CONTRACT_VERSION.to_string()
+    }
+}
+
+fn decide(key: &str, tool_len: u32, signals: u64, texts: Option<&[String]>) -> u64 {
+    let (tool, request_id) = wire::split_key(key, tool_len);
+    let signals = wire::unpack_signals(signals);
+    let now = now_ms();
+    match with_engine(|e| e.decide(tool, request_id, signals, texts, now)) {
+        Outcome::Decided(d) => wire::pack_decision(&d),
+        Outcome::NeedText => wire::NEED_TEXT,
+    }
+}
+
+fn to_wit_errors(errors: Vec<ConfigError>) -> Vec<api::ConfigError> {
+    errors
+        .into_iter()
+        .map(|e| api::ConfigError {
+            path: e.path,
+            message: e.message,
+        })
+        .collect()
+}
+
+fn to_wit_policy(p: &Policy) -> api::Policy {
+    api::Policy {
+        max_retries: p.max_retries,
+        backoff_base_ms: p.backoff_base_ms,
+        max_backoff_ms: p.max_backoff_ms,
+        retry_on_status: p.retry_on_status.clone(),
+        jitter: p.jitter,
+        check_text_content: p.check_text_content,
+    }
+}
+
+fn to_wit_decision(d: &Decision) -> api::SimDecision {
+    api::SimDecision {
+        delay_ms: d.delay_ms,
+        retry_count: d.failures,
+        reason: match d.reason {
+            Reason::Success => api::DecisionReason::Success,
+            Reason::Retry => api::DecisionReason::Retry,
+            Reason::Exhausted => api::DecisionReason::Exhausted,
+        },
+    }
+}
+
+wit::export!(Component with_types_in wit);

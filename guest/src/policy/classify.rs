@@ -1,0 +1,221 @@
+//! Is a tool result a retriable failure?
+//!
+//! The rules are the native plugin's (0.3.11), in this order:
+//! 1. `isError` is `True`: a failure, unless `structuredContent.status_code`
+//!    is an integer that is not in `retry_on_status` (an explicit
+//!    non-retriable status wins).
+//! 2. Otherwise, with structured content present: `structuredContent.isError`
+//!    is `True`, or its `status_code` is in `retry_on_status`.
+//! 3. Otherwise, only if the policy checks text content and there is no
+//!    structured content: any text item whose text is a JSON object with
+//!    `"isError": true` or an integer `status_code` in `retry_on_status`.
+//!
+//! The host reads the result into [`Signals`] (Python objects never cross the
+//! boundary); [`signals_from_json`] does the same for a JSON document, for the
+//! scenario replay.
+
+use alloc::vec::Vec;
+use serde_json::Value;
+
+use super::config::Policy;
+
+/// What the host read from one tool result.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Signals {
+    /// `result["isError"]` is the boolean `true`.
+    pub is_error: bool,
+    /// `result["structuredContent"]` exists and is not null.
+    pub structured: bool,
+    /// `structuredContent["isError"]` is the boolean `true`.
+    pub structured_is_error: bool,
+    /// `structuredContent["status_code"]`, when it is an integer that fits.
+    pub status: Option<i32>,
+}
+
+/// The answer of [`classify`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Classification {
+    /// A retriable failure.
+    Failure,
+    /// Not a failure (a success, or a non-retriable error).
+    NotFailure,
+    /// The answer depends on the text content, which was not supplied.
+    NeedText,
+}
+
+/// Classify one result. `texts` are the result's text items (`None` = not read
+/// yet); they are only consulted under rule 3.
+pub fn classify<T: AsRef<str>>(
+    signals: Signals,
+    policy: &Policy,
+    texts: Option<&[T]>,
+) -> Classification {
+    use Classification::*;
+    if signals.is_error {
+        return match signals.status {
+            Some(code) if !policy.retries_status(code) => NotFailure,
+            _ => Failure,
+        };
+    }
+    if signals.structured {
+        let status_retriable = signals.status.is_some_and(|c| policy.retries_status(c));
+        return if signals.structured_is_error || status_retriable {
+            Failure
+        } else {
+            NotFailure
+        };
+    }
+    if !policy.check_text_content {
+        return NotFailure;
+    }
+    match texts {
+        None => NeedText,
+        Some(texts) => {
+            if texts
+                .iter()
+                .any(|t| text_marks_failure(t.as_ref(), &policy.retry_on_status))
+            {
+                Failure
+            } else {
+                NotFailure
+            }
+        }
+    }
+}
+
+/// Rule 3 for one text item.
+pub fn text_marks_failure(text: &str, retry_on_status: &[i32]) -> bool {
+    // Only a JSON object can match; skip the parser (and its allocations) for
+    // the common case of prose. JSON allows exactly these four whitespace bytes.
+    let starts_object = text
+        .bytes()
+        .find(|b| !matches!(b, b' ' | b'\t' | b'\n' | b'\r'))
+        == Some(b'{');
+    if !starts_object {
+        return false;
+    }
+    // serde_json bounds nesting (128 levels), so hostile text cannot exhaust
+    // the stack; a parse error simply means "not a marker".
+    let Ok(Value::Object(obj)) = serde_json::from_str::<Value>(text) else {
+        return false;
+    };
+    if obj.get("isError").and_then(Value::as_bool) == Some(true) {
+        return true;
+    }
+    // `as i32` truncates on purpose: the native plugin compares
+    // `status as i32`, so 2^32 + 503 matches 503 there too.
+    obj.get("status_code")
+        .and_then(Value::as_i64)
+        .is_some_and(|s| retry_on_status.contains(&(s as i32)))
+}
+
+/// Read [`Signals`] and the text items from a result given as JSON, with the
+/// host's reading rules (JSON has no Python bool-as-int: `true` is not a
+/// status code here).
+pub fn signals_from_json(result: &Value) -> (Signals, Vec<&str>) {
+    let Value::Object(map) = result else {
+        // Not a mapping: never a failure.
+        return (Signals::default(), Vec::new());
+    };
+    let sc = map.get("structuredContent").filter(|v| !v.is_null());
+    let sc_map = sc.and_then(Value::as_object);
+    let signals = Signals {
+        is_error: map.get("isError") == Some(&Value::Bool(true)),
+        structured: sc.is_some(),
+        structured_is_error: sc_map.and_then(|m| m.get("isError")) == Some(&Value::Bool(true)),
+        status: sc_map
+            .and_then(|m| m.get("status_code"))
+            .and_then(Value::as_i64)
+            .and_then(|n| i32::try_from(n).ok()),
+    };
+    let texts = match map.get("content") {
+        Some(Value::Array(items)) => items
+            .iter()
+            .filter(|item| item.get("type").and_then(Value::as_str) == Some("text"))
+            .filter_map(|item| item.get("text").and_then(Value::as_str))
+            .collect(),
+        _ => Vec::new(),
+    };
+    (signals, texts)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use Classification::*;
+
+    fn sig(is_error: bool, structured: bool, sc_err: bool, status: Option<i32>) -> Signals {
+        Signals {
+            is_error,
+            structured,
+            structured_is_error: sc_err,
+            status,
+        }
+    }
+
+    const NO_TEXT: Option<&[&str]> = None;
+
+    #[test]
+    fn test_classify_table() {
+        let p = Policy::default();
+        let cases = [
+            (sig(false, false, false, None), NotFailure),
+            (sig(true, false, false, None), Failure),
+            (sig(true, true, false, Some(503)), Failure),
+            (sig(true, true, false, Some(404)), NotFailure),
+            (sig(true, true, true, Some(404)), NotFailure),
+            (sig(false, true, true, None), Failure),
+            (sig(false, true, false, Some(429)), Failure),
+            (sig(false, true, false, Some(200)), NotFailure),
+            (sig(false, true, false, None), NotFailure),
+        ];
+        for (s, want) in cases {
+            assert_eq!(classify(s, &p, NO_TEXT), want, "{s:?}");
+        }
+    }
+
+    #[test]
+    fn test_classify_text_only_without_structured_content() {
+        let p = Policy {
+            check_text_content: true,
+            ..Policy::default()
+        };
+        assert_eq!(classify(Signals::default(), &p, NO_TEXT), NeedText);
+        assert_eq!(classify(sig(false, true, false, None), &p, NO_TEXT), NotFailure);
+        let failing: &[&str] = &["hello", r#" {"status_code": 503}"#];
+        assert_eq!(classify(Signals::default(), &p, Some(failing)), Failure);
+        let fine: &[&str] = &[r#"{"status_code": 404}"#, "[1]", r#"{"isError": 1}"#];
+        assert_eq!(classify(Signals::default(), &p, Some(fine)), NotFailure);
+    }
+
+    #[test]
+    fn test_classify_text_markers() {
+        let codes = [503];
+        assert!(text_marks_failure(r#"{"isError": true}"#, &codes));
+        assert!(text_marks_failure("\n{\"status_code\": 503}", &codes));
+        assert!(text_marks_failure(r#"{"status_code": 4294967799}"#, &codes));
+        assert!(!text_marks_failure(r#"{"status_code": 503.0}"#, &codes));
+        assert!(!text_marks_failure(r#"{"status_code": "503"}"#, &codes));
+        assert!(!text_marks_failure(r#"{"isError": "true"}"#, &codes));
+        assert!(!text_marks_failure(r#"{"isError": true} trailing"#, &codes));
+        let deep = "{\"a\":".repeat(10_000) + "1" + &"}".repeat(10_000);
+        assert!(!text_marks_failure(&deep, &codes));
+    }
+
+    #[test]
+    fn test_classify_signals_from_json() {
+        let v: Value = serde_json::from_str(
+            r#"{"isError": true, "structuredContent": {"status_code": 503, "isError": 1},
+                "content": [{"type": "text", "text": "a"}, {"type": "image", "text": "b"},
+                            {"type": "text", "text": 5}]}"#,
+        )
+        .unwrap();
+        let (s, texts) = signals_from_json(&v);
+        assert_eq!(s, sig(true, true, false, Some(503)));
+        assert_eq!(texts, vec!["a"]);
+        let (s, _) = signals_from_json(&serde_json::json!({"structuredContent": null}));
+        assert_eq!(s, Signals::default());
+        let (s, _) = signals_from_json(&serde_json::json!([1, 2]));
+        assert_eq!(s, Signals::default());
+    }
+}

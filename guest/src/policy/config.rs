@@ -1,0 +1,544 @@
+//! Plugin configuration: parsing from the plugin's `config:` mapping (as JSON),
+//! defaults, and validation that names the key path of every problem.
+//!
+//! Parity with the native plugin (`cpex-retry-with-backoff` 0.3.11): the same
+//! keys, defaults and validation rules; unknown keys are ignored. Two
+//! deliberate differences: every `tool_overrides` entry is validated here, at
+//! configure time, against the global values it inherits (the native plugin
+//! only fails on the first call for that tool); and all problems are reported
+//! together instead of the first one.
+
+use alloc::collections::BTreeMap;
+use alloc::format;
+use alloc::string::{String, ToString};
+use alloc::vec;
+use alloc::vec::Vec;
+use core::fmt;
+
+use serde_json::{Map, Value};
+
+/// Largest `max_retries` accepted (as in the native plugin).
+pub const MAX_RETRIES_LIMIT: u32 = 10;
+/// Default TTL of a retry-state entry, counted from its last failure. The
+/// native plugin hard-codes 300 s.
+pub const DEFAULT_STATE_TTL_MS: u64 = 300_000;
+/// Default bound on live retry-state entries.
+pub const DEFAULT_MAX_STATE_ENTRIES: u32 = 100_000;
+
+/// The effective retry policy of one tool.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Policy {
+    /// Failures allowed a retry before giving up.
+    pub max_retries: u32,
+    /// Delay of the first retry (ms); always > 0 once validated.
+    pub backoff_base_ms: u64,
+    /// Cap of any delay (ms); always >= `backoff_base_ms` once validated.
+    pub max_backoff_ms: u64,
+    /// Status codes that count as a retriable failure.
+    pub retry_on_status: Vec<i32>,
+    /// Full jitter: draw the delay uniformly from `[1, ceiling]`.
+    pub jitter: bool,
+    /// Inspect JSON text content when there is no structured content.
+    pub check_text_content: bool,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Self {
+            max_retries: 2,
+            backoff_base_ms: 200,
+            max_backoff_ms: 5000,
+            retry_on_status: vec![429, 500, 502, 503, 504],
+            jitter: true,
+            check_text_content: false,
+        }
+    }
+}
+
+impl Policy {
+    /// Whether `status` is one of the retriable status codes.
+    pub fn retries_status(&self, status: i32) -> bool {
+        self.retry_on_status.contains(&status)
+    }
+}
+
+/// A validated configuration. Immutable: a new configuration replaces it whole.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    global: Policy,
+    /// Overrides already merged over `global`, so the hot path never merges.
+    overrides: BTreeMap<String, Policy>,
+    state_ttl_ms: u64,
+    max_state_entries: u32,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            global: Policy::default(),
+            overrides: BTreeMap::new(),
+            state_ttl_ms: DEFAULT_STATE_TTL_MS,
+            max_state_entries: DEFAULT_MAX_STATE_ENTRIES,
+        }
+    }
+}
+
+/// One problem in a configuration, located by its dotted key path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// E.g. `tool_overrides.search.max_backoff_ms`; empty for the document.
+    pub path: String,
+    /// E.g. `must be >= backoff_base_ms (200)`.
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.path.is_empty() {
+            f.write_str(&self.message)
+        } else {
+            write!(f, "{}: {}", self.path, self.message)
+        }
+    }
+}
+
+impl Config {
+    /// Parse and validate a configuration from JSON text. `null` and `{}` give
+    /// the defaults.
+    pub fn from_json(text: &str) -> Result<Self, Vec<ConfigError>> {
+        match serde_json::from_str::<Value>(text) {
+            Ok(value) => Self::from_value(&value),
+            Err(e) => Err(vec![ConfigError {
+                path: String::new(),
+                message: format!("config is not valid JSON: {e}"),
+            }]),
+        }
+    }
+
+    /// Parse and validate a configuration from a JSON value.
+    pub fn from_value(value: &Value) -> Result<Self, Vec<ConfigError>> {
+        let mut errors = Errors::default();
+        let empty = Map::new();
+        let root = match value {
+            Value::Null => &empty,
+            Value::Object(map) => map,
+            other => {
+                errors.push("", format!("must be a mapping, got {}", describe(other)));
+                return Err(errors.0);
+            }
+        };
+
+        let set = PolicyFields::parse(root, "", &mut errors);
+        let global = set.apply_to(&Policy::default());
+        set.validate_global(&global, &mut errors);
+
+        let state_ttl_ms = match root.get("state_ttl_ms") {
+            None => DEFAULT_STATE_TTL_MS,
+            Some(v) => match v.as_u64() {
+                Some(ms) if ms > 0 => ms,
+                _ => {
+                    errors.push("state_ttl_ms", must_be("a positive integer (ms)", v));
+                    DEFAULT_STATE_TTL_MS
+                }
+            },
+        };
+        let max_state_entries = match root.get("max_state_entries") {
+            None => DEFAULT_MAX_STATE_ENTRIES,
+            Some(v) => match v.as_u64() {
+                Some(n) if n > 0 && n <= u64::from(u32::MAX) => n as u32,
+                _ => {
+                    errors.push(
+                        "max_state_entries",
+                        must_be("a positive integer below 2^32", v),
+                    );
+                    DEFAULT_MAX_STATE_ENTRIES
+                }
+            },
+        };
+
+        let mut overrides = BTreeMap::new();
+        match root.get("tool_overrides") {
+            None => {}
+            Some(Value::Object(tools)) => {
+                for (tool, entry) in tools {
+                    let prefix = override_path(tool);
+                    let Value::Object(fields) = entry else {
+                        errors.push(&prefix, must_be("a mapping", entry));
+                        continue;
+                    };
+                    let set = PolicyFields::parse(fields, &prefix, &mut errors);
+                    let merged = set.apply_to(&global);
+                    set.validate_override(&merged, &prefix, &mut errors);
+                    overrides.insert(tool.clone(), merged);
+                }
+            }
+            Some(other) => errors.push("tool_overrides", must_be("a mapping", other)),
+        }
+
+        if errors.0.is_empty() {
+            Ok(Self {
+                global,
+                overrides,
+                state_ttl_ms,
+                max_state_entries,
+            })
+        } else {
+            Err(errors.0)
+        }
+    }
+
+    /// The global policy.
+    pub fn global(&self) -> &Policy {
+        &self.global
+    }
+
+    /// The effective policy of `tool`: its override (merged) or the global one.
+    pub fn policy_for(&self, tool: &str) -> &Policy {
+        self.overrides.get(tool).unwrap_or(&self.global)
+    }
+
+    /// Tool names that have an override.
+    pub fn overridden_tools(&self) -> impl Iterator<Item = &str> {
+        self.overrides.keys().map(String::as_str)
+    }
+
+    /// TTL of a retry-state entry after its last failure (ms).
+    pub fn state_ttl_ms(&self) -> u64 {
+        self.state_ttl_ms
+    }
+
+    /// Bound on live retry-state entries.
+    pub fn max_state_entries(&self) -> u32 {
+        self.max_state_entries
+    }
+
+    /// Builder-style setter for the state TTL (tests, simulations).
+    pub fn with_state_ttl_ms(mut self, ms: u64) -> Self {
+        self.state_ttl_ms = ms.max(1);
+        self
+    }
+
+    /// Builder-style setter for the entry bound (tests, simulations).
+    pub fn with_max_state_entries(mut self, n: u32) -> Self {
+        self.max_state_entries = n.max(1);
+        self
+    }
+}
+
+/// Collected problems, in document order.
+#[derive(Default)]
+struct Errors(Vec<ConfigError>);
+
+impl Errors {
+    fn push(&mut self, path: &str, message: String) {
+        self.0.push(ConfigError {
+            path: path.to_string(),
+            message,
+        });
+    }
+}
+
+/// The policy keys one mapping (global or a tool override) sets; `None` = not
+/// set there (inherited), or set to an invalid value (already reported).
+#[derive(Default)]
+struct PolicyFields<'a> {
+    prefix: &'a str,
+    max_retries: Option<u32>,
+    backoff_base_ms: Option<u64>,
+    max_backoff_ms: Option<u64>,
+    retry_on_status: Option<Vec<i32>>,
+    jitter: Option<bool>,
+    check_text_content: Option<bool>,
+}
+
+impl<'a> PolicyFields<'a> {
+    fn parse(map: &Map<String, Value>, prefix: &'a str, errors: &mut Errors) -> Self {
+        let path = |key: &str| join(prefix, key);
+        let int = |key: &str, errors: &mut Errors| -> Option<u64> {
+            let v = map.get(key)?;
+            let n = v.as_u64();
+            if n.is_none() {
+                errors.push(&path(key), must_be("a non-negative integer", v));
+            }
+            n
+        };
+        let boolean = |key: &str, errors: &mut Errors| -> Option<bool> {
+            let v = map.get(key)?;
+            let b = v.as_bool();
+            if b.is_none() {
+                errors.push(&path(key), must_be("a boolean", v));
+            }
+            b
+        };
+
+        let max_retries = int("max_retries", errors).and_then(|n| {
+            if n > u64::from(MAX_RETRIES_LIMIT) {
+                errors.push(
+                    &path("max_retries"),
+                    format!("cannot exceed {MAX_RETRIES_LIMIT}, got {n}"),
+                );
+                None
+            } else {
+                Some(n as u32)
+            }
+        });
+        let backoff_base_ms = int("backoff_base_ms", errors).and_then(|n| {
+            if n == 0 {
+                errors.push(&path("backoff_base_ms"), "must be > 0".to_string());
+                None
+            } else {
+                Some(n)
+            }
+        });
+        let max_backoff_ms = int("max_backoff_ms", errors);
+        let retry_on_status = map
+            .get("retry_on_status")
+            .and_then(|v| parse_status_list(v, &path("retry_on_status"), errors));
+
+        Self {
+            prefix,
+            max_retries,
+            backoff_base_ms,
+            max_backoff_ms,
+            retry_on_status,
+            jitter: boolean("jitter", errors),
+            check_text_content: boolean("check_text_content", errors),
+        }
+    }
+
+    fn apply_to(&self, base: &Policy) -> Policy {
+        Policy {
+            max_retries: self.max_retries.unwrap_or(base.max_retries),
+            backoff_base_ms: self.backoff_base_ms.unwrap_or(base.backoff_base_ms),
+            max_backoff_ms: self.max_backoff_ms.unwrap_or(base.max_backoff_ms),
+            retry_on_status: self
+                .retry_on_status
+                .clone()
+                .unwrap_or_else(|| base.retry_on_status.clone()),
+            jitter: self.jitter.unwrap_or(base.jitter),
+            check_text_content: self.check_text_content.unwrap_or(base.check_text_content),
+        }
+    }
+
+    /// The one cross-field rule, for the global mapping.
+    fn validate_global(&self, merged: &Policy, errors: &mut Errors) {
+        if self.max_backoff_ms.is_some() && merged.max_backoff_ms < merged.backoff_base_ms {
+            errors.push(
+                &join(self.prefix, "max_backoff_ms"),
+                format!(
+                    "must be >= backoff_base_ms ({}), got {}",
+                    merged.backoff_base_ms, merged.max_backoff_ms
+                ),
+            );
+        } else if self.backoff_base_ms.is_some() && merged.max_backoff_ms < merged.backoff_base_ms
+        {
+            errors.push(
+                &join(self.prefix, "backoff_base_ms"),
+                format!(
+                    "must be <= max_backoff_ms ({}, the default), got {}",
+                    merged.max_backoff_ms, merged.backoff_base_ms
+                ),
+            );
+        }
+    }
+
+    /// The cross-field rule for an override merged over the global policy:
+    /// reported at the key the override sets, naming the inherited value.
+    fn validate_override(&self, merged: &Policy, prefix: &str, errors: &mut Errors) {
+        if merged.max_backoff_ms >= merged.backoff_base_ms {
+            return;
+        }
+        match (self.max_backoff_ms, self.backoff_base_ms) {
+            (Some(_), Some(_)) => errors.push(
+                &join(prefix, "max_backoff_ms"),
+                format!(
+                    "must be >= backoff_base_ms ({}), got {}",
+                    merged.backoff_base_ms, merged.max_backoff_ms
+                ),
+            ),
+            (Some(_), None) => errors.push(
+                &join(prefix, "max_backoff_ms"),
+                format!(
+                    "must be >= backoff_base_ms ({}, inherited from the global config), got {}",
+                    merged.backoff_base_ms, merged.max_backoff_ms
+                ),
+            ),
+            (None, Some(_)) => errors.push(
+                &join(prefix, "backoff_base_ms"),
+                format!(
+                    "must be <= max_backoff_ms ({}, inherited from the global config), got {}",
+                    merged.max_backoff_ms, merged.backoff_base_ms
+                ),
+            ),
+            // Neither set here: the global rule already reported it.
+            (None, None) => {}
+        }
+    }
+}
+
+fn parse_status_list(v: &Value, path: &str, errors: &mut Errors) -> Option<Vec<i32>> {
+    let Value::Array(items) = v else {
+        errors.push(path, must_be("a list of integers", v));
+        return None;
+    };
+    let mut codes = Vec::with_capacity(items.len());
+    let mut ok = true;
+    for (i, item) in items.iter().enumerate() {
+        match item.as_i64().and_then(|n| i32::try_from(n).ok()) {
+            Some(code) => codes.push(code),
+            None => {
+                ok = false;
+                errors.push(
+                    &format!("{path}[{i}]"),
+                    must_be("an integer status code (32-bit)", item),
+                );
+            }
+        }
+    }
+    ok.then_some(codes)
+}
+
+/// `tool_overrides.<tool>`, quoting tool names that would make the path
+/// ambiguous (empty, or containing `.`, `[` or `"`).
+fn override_path(tool: &str) -> String {
+    let plain = !tool.is_empty() && !tool.contains(['.', '[', ']', '"']);
+    if plain {
+        format!("tool_overrides.{tool}")
+    } else {
+        format!("tool_overrides[{}]", Value::String(tool.to_string()))
+    }
+}
+
+fn join(prefix: &str, key: &str) -> String {
+    if prefix.is_empty() {
+        key.to_string()
+    } else {
+        format!("{prefix}.{key}")
+    }
+}
+
+fn must_be(what: &str, got: &Value) -> String {
+    format!("must be {what}, got {}", describe(got))
+}
+
+/// A short, bounded rendering of an offending value for error messages.
+fn describe(v: &Value) -> String {
+    const MAX: usize = 60;
+    let text = match v {
+        Value::Array(_) => "a list".to_string(),
+        Value::Object(_) => "a mapping".to_string(),
+        other => other.to_string(),
+    };
+    if text.len() <= MAX {
+        text
+    } else {
+        let mut end = MAX;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        format!("{}…", &text[..end])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn errors(json: &str) -> Vec<String> {
+        Config::from_json(json)
+            .unwrap_err()
+            .iter()
+            .map(ToString::to_string)
+            .collect()
+    }
+
+    #[test]
+    fn test_config_defaults_match_native_manifest() {
+        for json in ["null", "{}", r#"{"unknown_key": [1, 2], "wasm_path": "/x"}"#] {
+            let c = Config::from_json(json).unwrap();
+            assert_eq!(c.global(), &Policy::default());
+            assert_eq!(c.state_ttl_ms(), 300_000);
+            assert_eq!(c.max_state_entries(), 100_000);
+        }
+    }
+
+    #[test]
+    fn test_config_limits_inclusive() {
+        let c = Config::from_json(r#"{"max_retries": 10, "backoff_base_ms": 7, "max_backoff_ms": 7}"#)
+            .unwrap();
+        assert_eq!(c.global().max_retries, 10);
+        assert_eq!(c.global().max_backoff_ms, 7);
+    }
+
+    #[test]
+    fn test_config_every_problem_reported_with_path() {
+        let errs = errors(
+            r#"{"max_retries": 11, "backoff_base_ms": 0, "jitter": "yes",
+                "retry_on_status": [500, "503", 1e3], "state_ttl_ms": 0,
+                "tool_overrides": {"search": {"max_backoff_ms": 100},
+                                   "a.b": {"check_text_content": 1},
+                                   "bad": []}}"#,
+        );
+        assert_eq!(
+            errs,
+            vec![
+                "max_retries: cannot exceed 10, got 11",
+                "backoff_base_ms: must be > 0",
+                "retry_on_status[1]: must be an integer status code (32-bit), got \"503\"",
+                "retry_on_status[2]: must be an integer status code (32-bit), got 1000.0",
+                "jitter: must be a boolean, got \"yes\"",
+                "state_ttl_ms: must be a positive integer (ms), got 0",
+                "tool_overrides[\"a.b\"].check_text_content: must be a boolean, got 1",
+                "tool_overrides.bad: must be a mapping, got a list",
+                "tool_overrides.search.max_backoff_ms: must be >= backoff_base_ms (200, inherited from the global config), got 100",
+            ]
+        );
+    }
+
+    #[test]
+    fn test_config_override_validated_against_inherited_values() {
+        assert_eq!(
+            errors(r#"{"tool_overrides": {"t": {"backoff_base_ms": 6000}}}"#),
+            vec!["tool_overrides.t.backoff_base_ms: must be <= max_backoff_ms (5000, inherited from the global config), got 6000"]
+        );
+        assert_eq!(
+            errors(r#"{"max_backoff_ms": 100}"#),
+            vec!["max_backoff_ms: must be >= backoff_base_ms (200), got 100"]
+        );
+    }
+
+    #[test]
+    fn test_config_nulls_and_wrong_types_rejected() {
+        assert_eq!(
+            errors(r#"{"max_retries": null, "max_backoff_ms": -1, "tool_overrides": 3}"#),
+            vec![
+                "max_retries: must be a non-negative integer, got null",
+                "max_backoff_ms: must be a non-negative integer, got -1",
+                "tool_overrides: must be a mapping, got 3",
+            ]
+        );
+        assert_eq!(errors("[1]"), vec!["must be a mapping, got a list"]);
+        assert!(errors("{").iter().all(|e| e.starts_with("config is not valid JSON")));
+    }
+
+    #[test]
+    fn test_config_override_merges_and_inherits() {
+        let c = Config::from_json(
+            r#"{"max_retries": 3, "jitter": false,
+                "tool_overrides": {"t": {"max_retries": 0, "retry_on_status": [503]}}}"#,
+        )
+        .unwrap();
+        let t = c.policy_for("t");
+        assert_eq!(t.max_retries, 0);
+        assert_eq!(t.retry_on_status, vec![503]);
+        assert!(!t.jitter);
+        assert_eq!(c.policy_for("other").max_retries, 3);
+    }
+
+    #[test]
+    fn test_config_describe_truncates_long_values() {
+        let long = "x".repeat(500);
+        let errs = errors(&format!(r#"{{"jitter": "{long}"}}"#));
+        assert!(errs[0].len() < 120, "{}", errs[0]);
+    }
+}

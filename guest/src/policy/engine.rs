@@ -1,0 +1,264 @@
+//! The engine: configuration + retry state + jitter source, and the one
+//! decision function the gateway calls on every tool result.
+
+use fastrand::Rng;
+
+use super::backoff;
+use super::classify::{classify, Classification, Signals};
+use super::config::{Config, Policy};
+use super::state::StateTable;
+
+/// How many expired entries one decision may sweep. Bounds the latency of a
+/// single call after a burst of entries expires together; the backlog drains
+/// over the following calls (each call adds at most one entry, so it does).
+const SWEEP_PER_CALL: usize = 16;
+
+/// Why a decision came out the way it did (ordinals are the WIT enum's).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Reason {
+    /// Not a failure: state cleared.
+    Success = 0,
+    /// A failure within budget: retry after the delay.
+    Retry = 1,
+    /// A failure beyond the budget: give up, state cleared.
+    Exhausted = 2,
+}
+
+/// One decision.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Decision {
+    /// Delay before the retry (ms); 0 = do not retry. Never 0 on a retry.
+    pub delay_ms: u64,
+    /// Consecutive failures after this result (0 on success).
+    pub failures: u32,
+    /// Why.
+    pub reason: Reason,
+}
+
+impl Decision {
+    const SUCCESS: Self = Self {
+        delay_ms: 0,
+        failures: 0,
+        reason: Reason::Success,
+    };
+}
+
+/// What [`Engine::decide`] returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Decided; state updated.
+    Decided(Decision),
+    /// Depends on the text content, which was not supplied; nothing changed.
+    NeedText,
+}
+
+/// Configuration, retry state and jitter source of one instance.
+pub struct Engine {
+    config: Config,
+    state: StateTable,
+    rng: Rng,
+}
+
+impl Engine {
+    /// An engine with the default configuration. `seed` keys the state
+    /// table's hash function and seeds jitter.
+    pub fn new(seed: (u64, u64)) -> Self {
+        Self {
+            config: Config::default(),
+            state: StateTable::new(seed),
+            // Jitter must not be derivable from the hash key: mix the halves.
+            rng: Rng::with_seed(seed.0.rotate_left(32) ^ seed.1 ^ 0x9e37_79b9_7f4a_7c15),
+        }
+    }
+
+    /// Replace the configuration; live state is kept (trimmed to a smaller
+    /// `max_state_entries`, oldest first).
+    pub fn configure(&mut self, config: Config) {
+        self.state.shrink_to(config.max_state_entries() as usize);
+        self.config = config;
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// The effective policy of `tool`.
+    pub fn policy_for(&self, tool: &str) -> &Policy {
+        self.config.policy_for(tool)
+    }
+
+    /// Decide on one tool result of `(tool, request_id)` at `now_ms`.
+    ///
+    /// The n-th consecutive failure within `max_retries` gets a retry after
+    /// `min(base · 2^(n-1), max)` (jittered when enabled); the failure after
+    /// the budget gets no retry and clears the key, so the next failure starts
+    /// a fresh budget; a non-failure clears the key. Failures older than the
+    /// state TTL are forgotten.
+    pub fn decide<T: AsRef<str>>(
+        &mut self,
+        tool: &str,
+        request_id: &str,
+        signals: Signals,
+        texts: Option<&[T]>,
+        now_ms: u64,
+    ) -> Outcome {
+        let policy = self.config.policy_for(tool);
+        let class = classify(signals, policy, texts);
+        if class == Classification::NeedText {
+            return Outcome::NeedText;
+        }
+        let ttl = self.config.state_ttl_ms();
+        self.state.sweep(now_ms, ttl, SWEEP_PER_CALL);
+        if class == Classification::NotFailure {
+            self.state.remove(tool, request_id);
+            return Outcome::Decided(Decision::SUCCESS);
+        }
+
+        let (max_retries, base, max, jitter) = (
+            policy.max_retries,
+            policy.backoff_base_ms,
+            policy.max_backoff_ms,
+            policy.jitter,
+        );
+        let cap = self.config.max_state_entries() as usize;
+        let failures = self
+            .state
+            .record_failure(tool, request_id, now_ms, ttl, cap);
+        if failures <= max_retries {
+            let delay_ms = backoff::delay_ms(failures - 1, base, max, jitter, &mut self.rng);
+            Outcome::Decided(Decision {
+                delay_ms,
+                failures,
+                reason: Reason::Retry,
+            })
+        } else {
+            self.state.remove(tool, request_id);
+            Outcome::Decided(Decision {
+                delay_ms: 0,
+                failures,
+                reason: Reason::Exhausted,
+            })
+        }
+    }
+
+    /// Entries held (expired ones not yet swept included).
+    pub fn state_count(&self) -> usize {
+        self.state.len()
+    }
+
+    /// Remove every expired entry; returns how many went.
+    pub fn evict_expired(&mut self, now_ms: u64) -> usize {
+        self.state
+            .evict_all_expired(now_ms, self.config.state_ttl_ms())
+    }
+
+    /// Read access to the state table (inspection, export).
+    pub fn state(&self) -> &StateTable {
+        &self.state
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const FAIL: Signals = Signals {
+        is_error: true,
+        structured: false,
+        structured_is_error: false,
+        status: None,
+    };
+    const OK: Signals = Signals {
+        is_error: false,
+        structured: false,
+        structured_is_error: false,
+        status: None,
+    };
+    const NO_TEXT: Option<&[&str]> = None;
+
+    fn engine(json: &str) -> Engine {
+        let mut e = Engine::new((1, 2));
+        e.configure(Config::from_json(json).unwrap());
+        e
+    }
+
+    fn delays(e: &mut Engine, tool: &str, rid: &str, n: usize, now: u64) -> Vec<(u64, u32, Reason)> {
+        (0..n)
+            .map(|_| match e.decide(tool, rid, FAIL, NO_TEXT, now) {
+                Outcome::Decided(d) => (d.delay_ms, d.failures, d.reason),
+                Outcome::NeedText => panic!("unexpected NeedText"),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn test_engine_backoff_then_exhausted_then_fresh_budget() {
+        let mut e = engine(r#"{"jitter": false, "max_retries": 3}"#);
+        use Reason::*;
+        assert_eq!(
+            delays(&mut e, "t", "r", 5, 0),
+            vec![(200, 1, Retry), (400, 2, Retry), (800, 3, Retry), (0, 4, Exhausted), (200, 1, Retry)]
+        );
+    }
+
+    #[test]
+    fn test_engine_success_clears() {
+        let mut e = engine(r#"{"jitter": false}"#);
+        delays(&mut e, "t", "r", 1, 0);
+        assert_eq!(
+            e.decide("t", "r", OK, NO_TEXT, 0),
+            Outcome::Decided(Decision::SUCCESS)
+        );
+        assert_eq!(e.state_count(), 0);
+        assert_eq!(delays(&mut e, "t", "r", 1, 0)[0].0, 200);
+    }
+
+    #[test]
+    fn test_engine_max_retries_zero_never_retries() {
+        let mut e = engine(r#"{"max_retries": 0}"#);
+        assert_eq!(delays(&mut e, "t", "r", 2, 0), vec![(0, 1, Reason::Exhausted); 2]);
+        assert_eq!(e.state_count(), 0);
+    }
+
+    #[test]
+    fn test_engine_override_applies_per_tool() {
+        let mut e = engine(
+            r#"{"jitter": false, "tool_overrides": {"slow": {"backoff_base_ms": 1000, "max_retries": 1}}}"#,
+        );
+        assert_eq!(delays(&mut e, "slow", "r", 2, 0)[0], (1000, 1, Reason::Retry));
+        assert_eq!(delays(&mut e, "fast", "r", 1, 0)[0], (200, 1, Reason::Retry));
+    }
+
+    #[test]
+    fn test_engine_need_text_changes_nothing() {
+        let mut e = engine(r#"{"check_text_content": true, "jitter": false}"#);
+        delays(&mut e, "t", "r", 1, 0);
+        assert_eq!(e.decide("t", "r", OK, NO_TEXT, 0), Outcome::NeedText);
+        assert_eq!(e.state_count(), 1);
+        let texts = [r#"{"status_code": 502}"#];
+        match e.decide("t", "r", OK, Some(&texts[..]), 0) {
+            Outcome::Decided(d) => assert_eq!((d.delay_ms, d.failures), (400, 2)),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn test_engine_success_path_sweeps_expired() {
+        let mut e = engine(r#"{"state_ttl_ms": 100}"#);
+        delays(&mut e, "t", "old", 1, 0);
+        e.decide("t", "other", OK, NO_TEXT, 101);
+        assert_eq!(e.state_count(), 0);
+    }
+
+    #[test]
+    fn test_engine_reconfigure_keeps_and_trims_state() {
+        let mut e = engine(r#"{"jitter": false}"#);
+        delays(&mut e, "t", "a", 1, 0);
+        delays(&mut e, "t", "b", 1, 1);
+        e.configure(Config::from_json(r#"{"jitter": false, "max_state_entries": 1}"#).unwrap());
+        assert_eq!(e.state_count(), 1);
+        assert_eq!(delays(&mut e, "t", "b", 1, 2)[0], (400, 2, Reason::Retry));
+    }
+}

@@ -1,0 +1,16 @@
+//! The pure policy core: configuration, classification, backoff, retry state.
+//!
+//! Nothing here knows about WIT, wasm or the host. Every function that needs
+//! the time takes `now_ms`; every random draw comes from an [`fastrand::Rng`]
+//! the caller seeded.
+
+pub mod backoff;
+pub mod classify;
+pub mod config;
+pub mod engine;
+pub mod simulate;
+pub mod state;
+
+pub use classify::Signals;
+pub use config::{Config, ConfigError, Policy};
+pub use engine::{Decision, Engine, Outcome, Reason};

@@ -1,0 +1,120 @@
+//! Deterministic scenario replay: a fresh engine, a virtual clock starting at
+//! 0, jitter from a given seed. Lets the wasmtime CLI (one fresh instance per
+//! invocation) test multi-step behaviour in a single call.
+
+use alloc::format;
+use alloc::string::String;
+use alloc::vec::Vec;
+
+use serde_json::Value;
+
+use super::classify::signals_from_json;
+use super::config::{Config, ConfigError};
+use super::engine::{Decision, Engine, Outcome};
+
+/// One step: a tool result for `(tool, request_id)`, `advance_ms` after the
+/// previous step.
+#[derive(Debug, Clone)]
+pub struct Step<'a> {
+    /// Tool name.
+    pub tool: &'a str,
+    /// Request id.
+    pub request_id: &'a str,
+    /// The MCP tool result as JSON.
+    pub result_json: &'a str,
+    /// Virtual milliseconds elapsed since the previous step.
+    pub advance_ms: u64,
+}
+
+/// Replay `steps`; a step whose `result_json` is not JSON is an error naming
+/// the step, and nothing is replayed.
+pub fn simulate(config: Config, seed: u64, steps: &[Step<'_>]) -> Result<Vec<Decision>, Vec<ConfigError>> {
+    let mut results = Vec::with_capacity(steps.len());
+    let mut errors = Vec::new();
+    for (i, step) in steps.iter().enumerate() {
+        match serde_json::from_str::<Value>(step.result_json) {
+            Ok(v) => results.push(v),
+            Err(e) => errors.push(ConfigError {
+                path: format!("steps[{i}].result-json"),
+                message: format!("is not valid JSON: {e}"),
+            }),
+        }
+    }
+    if !errors.is_empty() {
+        return Err(errors);
+    }
+
+    let mut engine = Engine::new((seed, !seed));
+    engine.configure(config);
+    let mut now_ms = 0u64;
+    let mut out = Vec::with_capacity(steps.len());
+    for (step, result) in steps.iter().zip(&results) {
+        now_ms = now_ms.saturating_add(step.advance_ms);
+        let (signals, texts) = signals_from_json(result);
+        match engine.decide(step.tool, step.request_id, signals, Some(&texts[..]), now_ms) {
+            Outcome::Decided(d) => out.push(d),
+            // Texts were supplied, so classification cannot ask for them.
+            Outcome::NeedText => unreachable_need_text(),
+        }
+    }
+    Ok(out)
+}
+
+#[cold]
+fn unreachable_need_text() -> ! {
+    unreachable!("classify asked for texts that were supplied")
+}
+
+/// Convenience for tests: a JSON config that must be valid.
+pub fn config(json: &str) -> Result<Config, Vec<ConfigError>> {
+    Config::from_json(json)
+}
+
+/// Render decisions compactly (`delay/failures/reason` per step), for goldens.
+pub fn render(decisions: &[Decision]) -> String {
+    let mut s = String::new();
+    for (i, d) in decisions.iter().enumerate() {
+        if i > 0 {
+            s.push(' ');
+        }
+        s.push_str(&format!("{}/{}/{:?}", d.delay_ms, d.failures, d.reason));
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn step<'a>(rid: &'a str, result_json: &'a str, advance_ms: u64) -> Step<'a> {
+        Step {
+            tool: "t",
+            request_id: rid,
+            result_json,
+            advance_ms,
+        }
+    }
+
+    #[test]
+    fn test_simulate_backoff_ttl_and_text() {
+        let cfg = config(r#"{"jitter": false, "state_ttl_ms": 1000, "check_text_content": true}"#).unwrap();
+        let fail = r#"{"isError": true}"#;
+        let text_fail = r#"{"content": [{"type": "text", "text": "{\"status_code\": 503}"}]}"#;
+        let steps = [
+            step("r", fail, 0),
+            step("r", text_fail, 1000),
+            step("r", fail, 1001),
+            step("r", r#"{"content": []}"#, 0),
+        ];
+        let got = simulate(cfg, 1, &steps).unwrap();
+        assert_eq!(render(&got), "200/1/Retry 400/2/Retry 200/1/Retry 0/0/Success");
+    }
+
+    #[test]
+    fn test_simulate_bad_result_json_names_step() {
+        let cfg = config("{}").unwrap();
+        let errs = simulate(cfg, 1, &[step("r", "{}", 0), step("r", "nope", 0)]).unwrap_err();
+        assert_eq!(errs.len(), 1);
+        assert_eq!(errs[0].path, "steps[1].result-json");
+    }
+}

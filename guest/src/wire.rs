@@ -1,0 +1,121 @@
+//! Bit layouts of the hot-path `decide` call (documented in
+//! `wit/retry-engine.wit`). Flat integers cost a fraction of records or
+//! variants to pass through wasmtime-py, and the host reads them
+//! unambiguously.
+
+use crate::policy::{Decision, Signals};
+
+/// `signals` bit 0: `result["isError"]` is `True`.
+pub const SIG_IS_ERROR: u64 = 1 << 0;
+/// `signals` bit 1: structured content present and not `None`.
+pub const SIG_STRUCTURED: u64 = 1 << 1;
+/// `signals` bit 2: `structuredContent["isError"]` is `True`.
+pub const SIG_STRUCTURED_IS_ERROR: u64 = 1 << 2;
+/// `signals` bit 3: a status code is in bits 32..63.
+pub const SIG_STATUS: u64 = 1 << 3;
+
+/// Decision bits 0..39: the delay in ms.
+pub const DELAY_MASK: u64 = (1 << 40) - 1;
+/// Decision bits 40..47: the failure count.
+pub const FAILURES_SHIFT: u32 = 40;
+/// Decision bits 48..55: the reason ordinal.
+pub const REASON_SHIFT: u32 = 48;
+/// Decision bit 63: the host must call `decide-text`; nothing changed.
+pub const NEED_TEXT: u64 = 1 << 63;
+
+/// Unpack `signals`. Reserved bits are ignored.
+pub fn unpack_signals(bits: u64) -> Signals {
+    Signals {
+        is_error: bits & SIG_IS_ERROR != 0,
+        structured: bits & SIG_STRUCTURED != 0,
+        structured_is_error: bits & SIG_STRUCTURED_IS_ERROR != 0,
+        status: (bits & SIG_STATUS != 0).then_some((bits >> 32) as u32 as i32),
+    }
+}
+
+/// Pack `signals` (the host's side, here for tests and tools).
+pub fn pack_signals(s: Signals) -> u64 {
+    let mut bits = 0;
+    if s.is_error {
+        bits |= SIG_IS_ERROR;
+    }
+    if s.structured {
+        bits |= SIG_STRUCTURED;
+    }
+    if s.structured_is_error {
+        bits |= SIG_STRUCTURED_IS_ERROR;
+    }
+    if let Some(code) = s.status {
+        bits |= SIG_STATUS | (u64::from(code as u32) << 32);
+    }
+    bits
+}
+
+/// Pack a decision. The delay saturates at 2^40-1 ms (~35 years) and the count
+/// at 255 (`max_retries` is at most 10).
+pub fn pack_decision(d: &Decision) -> u64 {
+    d.delay_ms.min(DELAY_MASK)
+        | (u64::from(d.failures.min(255)) << FAILURES_SHIFT)
+        | ((d.reason as u64) << REASON_SHIFT)
+}
+
+/// Split `key` into (tool, request id) after `tool_len` Unicode scalar values.
+/// A `tool_len` beyond the key makes the whole key the tool name.
+pub fn split_key(key: &str, tool_len: u32) -> (&str, &str) {
+    // Fast path: ASCII keys (the norm) split by byte offset.
+    let n = tool_len as usize;
+    if key.is_ascii() {
+        return key.split_at(n.min(key.len()));
+    }
+    match key.char_indices().nth(n) {
+        Some((at, _)) => key.split_at(at),
+        None => (key, ""),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::Reason;
+
+    #[test]
+    fn test_wire_signals_roundtrip() {
+        for status in [None, Some(0), Some(503), Some(-1), Some(i32::MIN), Some(i32::MAX)] {
+            for flags in 0..8u8 {
+                let s = Signals {
+                    is_error: flags & 1 != 0,
+                    structured: flags & 2 != 0,
+                    structured_is_error: flags & 4 != 0,
+                    status,
+                };
+                assert_eq!(unpack_signals(pack_signals(s)), s);
+            }
+        }
+    }
+
+    #[test]
+    fn test_wire_decision_layout() {
+        let d = Decision {
+            delay_ms: 400,
+            failures: 2,
+            reason: Reason::Retry,
+        };
+        assert_eq!(pack_decision(&d), 400 | (2 << 40) | (1 << 48));
+        let huge = Decision {
+            delay_ms: u64::MAX,
+            failures: 1,
+            reason: Reason::Retry,
+        };
+        assert_eq!(pack_decision(&huge) & DELAY_MASK, DELAY_MASK);
+        assert_eq!(pack_decision(&huge) & NEED_TEXT, 0);
+    }
+
+    #[test]
+    fn test_wire_split_key() {
+        assert_eq!(split_key("searchreq-1", 6), ("search", "req-1"));
+        assert_eq!(split_key("ab", 9), ("ab", ""));
+        assert_eq!(split_key("é✓x", 2), ("é✓", "x"));
+        assert_eq!(split_key("é✓", 5), ("é✓", ""));
+        assert_eq!(split_key("", 0), ("", ""));
+    }
+}

@@ -1,0 +1,428 @@
+"""``WasmRetryEngine``: the one adapter between the plugin and the retry-engine component.
+
+It owns a Store and an instance of the component (one per plugin instance, behind a lock:
+a Store is not thread-safe and the gateway may call hooks from several threads), caches the
+exported ``Func`` objects, meters every call with fuel and caps linear memory.
+
+Faults: a trap, fuel exhaustion, memory exhaustion or any other error while calling into the
+instance never reaches the tool call.  The call is answered with "no retry", the cause is
+logged once, and a fresh Store + instance is built and configured again (in-guest retry state
+is lost; it only ever delays a retry budget).  If rebuilding fails too, every call answers
+"no retry" and the rebuild is retried on the next call.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from collections.abc import Callable, Mapping
+from importlib import resources
+from pathlib import Path
+from typing import Any, Final
+
+from wasmtime import Store, WasiConfig
+from wasmtime.component import Func, Linker
+
+from . import ceiling as _ceiling
+from .loader import (
+    CLOCK_INTERFACE_PREFIX,
+    SEED_INTERFACE_PREFIX,
+    LoadedComponent,
+    get_engine,
+    load_component,
+    production_linker,
+)
+from .model import (
+    CONTRACT_VERSION,
+    MESSAGE_PREFIX,
+    ConfigError,
+    ConfigurationError,
+    Policy,
+    RetryEngineLoadError,
+)
+from .signals import NEED_TEXT, collect_texts, read_signals
+
+log = logging.getLogger(__name__)
+
+#: Host-only config keys (the engine ignores keys it does not know).
+KEY_WASM_PATH: Final = "wasm_path"
+KEY_FUEL: Final = "wasm_fuel"
+KEY_MAX_MEMORY: Final = "wasm_max_memory_bytes"
+#: Fuel granted to every call into the instance (one unit ~ one Wasm instruction).  A decision
+#: takes a few thousand; the budget only stops a runaway guest.
+DEFAULT_FUEL: Final = 10_000_000
+#: ``configure`` parses and validates the whole config: it gets this much more fuel per byte
+#: of config JSON on top of the per-call budget (measured: ~230 per byte on large configs).
+CONFIGURE_FUEL_PER_BYTE: Final = 1_000
+#: Linear-memory cap of the instance.
+DEFAULT_MAX_MEMORY_BYTES: Final = 64 * 1024 * 1024
+BUNDLED_WASM: Final = "retry_engine.wasm"
+
+Clock = Callable[[], int]
+Seed = tuple[int, int]
+
+
+def bundled_wasm_path() -> Path:
+    """Where the component shipped inside this package lives."""
+    return Path(str(resources.files(__package__ or "cpex_retry_with_backoff_wasm").joinpath(BUNDLED_WASM)))
+
+
+def _positive_int(config: Mapping[str, Any], key: str, default: int) -> int:
+    value = config.get(key, default)
+    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+        raise ConfigurationError((ConfigError(key, f"must be a positive integer, got {value!r}"),))
+    return value
+
+
+def _utf8_safe(text: str) -> str:
+    """A deterministic stand-in for a str that cannot be encoded as UTF-8 (lone surrogates)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text
+
+
+def _utf8_encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _require_str(value: Any, what: str) -> str:
+    if type(value) is str:
+        return value
+    if isinstance(value, str):
+        return str.__str__(value)
+    raise TypeError(f"{MESSAGE_PREFIX}: {what} must be a str, got {type(value).__name__}")
+
+
+class WasmRetryEngine:
+    """A retry-engine component instance configured from a plugin config mapping.
+
+    Args:
+        config: the plugin's ``config:`` mapping.  Host-only keys: ``wasm_path`` (component
+            to load instead of the bundled one), ``wasm_fuel`` (fuel per call, default
+            10 000 000; ``configure`` gets 1 000 more per byte of config),
+            ``wasm_max_memory_bytes`` (linear-memory cap, default 64 MiB).
+            Everything is passed to the engine's ``configure`` as JSON.
+        max_retries_ceiling: the gateway's retry ceiling; budgets above it are clamped.
+        clock: monotonic nanoseconds; replaces ``wasi:clocks/monotonic-clock`` (tests).
+        seed: replaces ``wasi:random/insecure-seed`` with this fixed pair (tests).
+
+    Raises:
+        ConfigurationError: (a ``ValueError``) the engine or a host key rejected the config;
+            the message lists every problem as ``path: message``.
+        RetryEngineLoadError: the component is missing, corrupt or not a retry engine.
+    """
+
+    def __init__(
+        self,
+        config: Mapping[str, Any] | None = None,
+        *,
+        max_retries_ceiling: _ceiling.Ceiling | None = None,
+        clock: Clock | None = None,
+        seed: Seed | None = None,
+    ) -> None:
+        raw: dict[str, Any] = dict(config or {})
+        self._fuel = _positive_int(raw, KEY_FUEL, DEFAULT_FUEL)
+        self._max_memory = _positive_int(raw, KEY_MAX_MEMORY, DEFAULT_MAX_MEMORY_BYTES)
+        wasm_path = raw.get(KEY_WASM_PATH)
+        if wasm_path is None:
+            path = bundled_wasm_path()
+            if not path.is_file():
+                raise RetryEngineLoadError(
+                    f"{MESSAGE_PREFIX}: the bundled component {path} is missing "
+                    f"(build it with `make wasm`, or set {KEY_WASM_PATH})"
+                )
+        elif isinstance(wasm_path, str | Path):
+            path = Path(wasm_path)
+        else:
+            raise ConfigurationError(
+                (ConfigError(KEY_WASM_PATH, f"must be a path string, got {wasm_path!r}"),)
+            )
+
+        self._lock = threading.Lock()
+        self._path = path
+        self._loaded: LoadedComponent = load_component(path)
+        self._linker = self._make_linker(clock, seed)
+        self._store: Store | None = None
+        self._funcs: dict[str, Func] = {}
+        self._broken = False
+        #: Number of faults (traps, failed rebuilds) since construction.
+        self.fault_count = 0
+
+        if max_retries_ceiling is not None:
+            raw = _ceiling.clamp_explicit(raw, max_retries_ceiling)
+        self._config_json = self._to_json(raw)
+        with self._lock:
+            self._instantiate()
+            try:
+                self._configure_initial(raw, max_retries_ceiling)
+            except (ConfigurationError, RetryEngineLoadError):
+                raise
+            except Exception as exc:
+                raise RetryEngineLoadError(
+                    f"{MESSAGE_PREFIX}: configuring {self._path} failed: {type(exc).__name__}: {exc}"
+                ) from exc
+
+    def _configure_initial(self, raw: dict[str, Any], max_retries_ceiling: _ceiling.Ceiling | None) -> None:
+        """Check the contract, configure, clamp to the ceiling, cache the global policy (lock held)."""
+        self._store_fuel()
+        version = self._funcs["contract-version"](self._live_store())
+        if not isinstance(version, str) or version.split(".")[:2] != CONTRACT_VERSION.split(".")[:2]:
+            raise RetryEngineLoadError(
+                f"{MESSAGE_PREFIX}: {self._path} implements contract {version!r}, "
+                f"this host needs {CONTRACT_VERSION.rsplit('.', 1)[0]}.x"
+            )
+        self.contract_version: str = version
+        errors = self._configure_locked(self._config_json)
+        if errors:
+            raise ConfigurationError(errors)
+        if max_retries_ceiling is not None:
+            overrides = raw.get("tool_overrides")
+            effective = {
+                tool: self._tool_policy_locked(tool).max_retries
+                for tool in (overrides if isinstance(overrides, dict) else {})
+                if isinstance(tool, str)
+            }
+            global_max = self._global_policy_locked().max_retries
+            if _ceiling.clamp_effective(raw, max_retries_ceiling, global_max, effective):
+                self._config_json = self._to_json(raw)
+                errors = self._configure_locked(self._config_json)
+                if errors:  # pragma: no cover - lowering a valid budget cannot invalidate it
+                    raise ConfigurationError(errors)
+        self._global_policy = self._global_policy_locked()
+
+    # ------------------------------------------------------------------ construction
+    @staticmethod
+    def _to_json(config: Mapping[str, Any]) -> str:
+        try:
+            return json.dumps(config, default=str, allow_nan=False, ensure_ascii=False)
+        except (TypeError, ValueError) as exc:
+            raise ConfigurationError((ConfigError("", f"not representable as JSON: {exc}"),)) from exc
+
+    def _make_linker(self, clock: Clock | None, seed: Seed | None) -> Linker:
+        if clock is None and seed is None:
+            return production_linker()
+        imports = self._loaded.imports
+        linker = Linker(get_engine())
+        linker.allow_shadowing = True
+        linker.add_wasip2()
+        with linker.root() as root:
+            for name, funcs in imports.items():
+                if clock is not None and name.startswith(CLOCK_INTERFACE_PREFIX):
+                    with root.add_instance(name) as iface:
+                        self._define_clock(iface, funcs, clock)
+                elif seed is not None and name.startswith(SEED_INTERFACE_PREFIX):
+                    with root.add_instance(name) as iface:
+                        self._define_seed(iface, funcs, seed)
+        return linker
+
+    @staticmethod
+    def _define_clock(iface: Any, funcs: frozenset[str], clock: Clock) -> None:
+        unsupported = funcs - {"now", "resolution"}
+        if unsupported:
+            raise RetryEngineLoadError(
+                f"{MESSAGE_PREFIX}: cannot substitute the clock: the component also imports "
+                f"{', '.join(sorted(unsupported))}"
+            )
+        iface.add_func("now", lambda _store: clock())
+        iface.add_func("resolution", lambda _store: 1)
+
+    @staticmethod
+    def _define_seed(iface: Any, funcs: frozenset[str], seed: Seed) -> None:
+        unsupported = funcs - {"insecure-seed"}
+        if unsupported:
+            raise RetryEngineLoadError(
+                f"{MESSAGE_PREFIX}: cannot substitute the seed: the component also imports "
+                f"{', '.join(sorted(unsupported))}"
+            )
+        pair = (int(seed[0]), int(seed[1]))
+        iface.add_func("insecure-seed", lambda _store: pair)
+
+    def _instantiate(self) -> None:
+        """A fresh Store + instance (lock held).  Raises RetryEngineLoadError."""
+        store = Store(get_engine())
+        store.set_wasi(WasiConfig())
+        store.set_limits(memory_size=self._max_memory)
+        store.set_fuel(self._fuel)
+        try:
+            instance = self._linker.instantiate(store, self._loaded.component)
+            funcs: dict[str, Func] = {}
+            for name, index in self._loaded.func_indices.items():
+                func = instance.get_func(store, index)
+                if func is None:  # pragma: no cover - checked when the component was loaded
+                    raise RetryEngineLoadError(f"{MESSAGE_PREFIX}: export {name!r} is not a function")
+                funcs[name] = func
+        except RetryEngineLoadError:
+            raise
+        except Exception as exc:
+            raise RetryEngineLoadError(
+                f"{MESSAGE_PREFIX}: cannot instantiate {self._path}: {type(exc).__name__}: {exc}"
+            ) from exc
+        self._store = store
+        self._funcs = funcs
+        self._broken = False
+
+    def _configure_locked(self, config_json: str) -> tuple[ConfigError, ...]:
+        store = self._live_store()
+        store.set_fuel(self._fuel + CONFIGURE_FUEL_PER_BYTE * len(config_json.encode("utf-8", "replace")))
+        errors = self._funcs["configure"](store, config_json)
+        if errors is None:
+            return ()
+        return tuple(ConfigError.from_record(e) for e in errors)
+
+    def _global_policy_locked(self) -> Policy:
+        self._store_fuel()
+        return Policy.from_record(self._funcs["global-policy"](self._live_store()))
+
+    def _tool_policy_locked(self, tool: str) -> Policy:
+        self._store_fuel()
+        return Policy.from_record(self._funcs["tool-policy"](self._live_store(), _utf8_safe(tool)))
+
+    def _live_store(self) -> Store:
+        store = self._store
+        if store is None:  # pragma: no cover - callers rebuild first
+            raise RetryEngineLoadError(f"{MESSAGE_PREFIX}: the instance is unavailable")
+        return store
+
+    def _store_fuel(self) -> None:
+        self._live_store().set_fuel(self._fuel)
+
+    # ------------------------------------------------------------------ faults
+    def _fault(self, what: str, exc: BaseException) -> None:
+        """Log the fault once and rebuild the instance (lock held)."""
+        self.fault_count += 1
+        log.error(
+            "%s: %s failed (%s: %s); answering no-retry and rebuilding the instance "
+            "(in-flight retry state is lost)",
+            MESSAGE_PREFIX,
+            what,
+            type(exc).__name__,
+            exc,
+        )
+        self._store = None
+        self._funcs = {}
+        self._broken = True
+        self._rebuild()
+
+    def _rebuild(self) -> bool:
+        """Instantiate and configure again (lock held); False if that failed too."""
+        try:
+            self._instantiate()
+            errors = self._configure_locked(self._config_json)
+            if errors:  # pragma: no cover - the same config was accepted before
+                raise ConfigurationError(errors)
+        except Exception as exc:
+            self.fault_count += 1
+            self._store = None
+            self._funcs = {}
+            self._broken = True
+            log.error("%s: rebuilding the instance failed (%s: %s)", MESSAGE_PREFIX, type(exc).__name__, exc)
+            return False
+        return True
+
+    # ------------------------------------------------------------------ hot path
+    def decide(self, tool: str, request_id: str, result: Any) -> int:
+        """One decision for ``result`` of ``tool`` within ``request_id``: the packed u64.
+
+        Reads the result (``signals.read_signals``), calls ``decide`` once and, only when the
+        engine asks for it (need-text), collects the text items and calls ``decide-text``.
+        Returns 0 ("no retry") when the instance faulted.
+        """
+        tool = _require_str(tool, "payload.name")
+        request_id = _require_str(request_id, "global_context.request_id")
+        signals = read_signals(result)
+        decision = self._call_decide(tool, request_id, signals, None)
+        if decision & NEED_TEXT:
+            decision = self._call_decide(tool, request_id, signals, collect_texts(result))
+        return decision
+
+    def _call_decide(self, tool: str, request_id: str, signals: int, texts: list[str] | None) -> int:
+        with self._lock:
+            if self._broken and not self._rebuild():
+                return 0
+            store = self._store
+            assert store is not None
+            store.set_fuel(self._fuel)
+            try:
+                try:
+                    if texts is None:
+                        decision: int = self._funcs["decide"](store, tool + request_id, len(tool), signals)
+                    else:
+                        decision = self._funcs["decide-text"](
+                            store, tool + request_id, len(tool), signals, texts
+                        )
+                except UnicodeEncodeError:
+                    # Lone surrogates cannot cross as UTF-8 (raised while lowering, before the
+                    # guest runs).  The key parts get a deterministic stand-in; texts that
+                    # cannot be encoded are skipped, as the native plugin skips them.
+                    tool, request_id = _utf8_safe(tool), _utf8_safe(request_id)
+                    store.set_fuel(self._fuel)
+                    if texts is None:
+                        decision = self._funcs["decide"](store, tool + request_id, len(tool), signals)
+                    else:
+                        texts = [t for t in texts if _utf8_encodable(t)]
+                        decision = self._funcs["decide-text"](
+                            store, tool + request_id, len(tool), signals, texts
+                        )
+            except Exception as exc:
+                self._fault("decide" if texts is None else "decide-text", exc)
+                return 0
+            return decision
+
+    # ------------------------------------------------------------------ cold paths
+    @property
+    def global_policy(self) -> Policy:
+        """The global policy (as configured; what ``resource_post_fetch`` reports)."""
+        return self._global_policy
+
+    def _cold_call(self, what: str, call: Callable[[], Any]) -> Any:
+        with self._lock:
+            if self._broken and not self._rebuild():
+                raise RetryEngineLoadError(f"{MESSAGE_PREFIX}: the instance is unavailable")
+            try:
+                self._store_fuel()
+                return call()
+            except Exception as exc:
+                self._fault(what, exc)
+                raise RetryEngineLoadError(f"{MESSAGE_PREFIX}: {what} failed: {exc}") from exc
+
+    def tool_policy(self, tool: str) -> Policy:
+        """The effective policy of ``tool`` (its override merged over the global config)."""
+        policy: Policy = self._cold_call("tool-policy", lambda: self._tool_policy_locked(tool))
+        return policy
+
+    def state_count(self) -> int:
+        """Live retry-state entries (expired ones not yet swept may be counted)."""
+        return int(self._cold_call("state-count", lambda: self._funcs["state-count"](self._live_store())))
+
+    def evict_expired(self) -> int:
+        """Sweep entries older than ``state_ttl_ms``; how many were removed."""
+        return int(self._cold_call("evict-expired", lambda: self._funcs["evict-expired"](self._live_store())))
+
+    @property
+    def fuel_per_call(self) -> int:
+        """Fuel granted to each call into the instance."""
+        return self._fuel
+
+    @fuel_per_call.setter
+    def fuel_per_call(self, fuel: int) -> None:
+        if not isinstance(fuel, int) or isinstance(fuel, bool) or fuel <= 0:
+            raise ValueError(f"fuel must be a positive integer, got {fuel!r}")
+        with self._lock:
+            self._fuel = fuel
+
+    @property
+    def wasm_path(self) -> Path:
+        """The component file this engine was loaded from."""
+        return self._path
+
+    @property
+    def imports(self) -> dict[str, frozenset[str]]:
+        """The component's imports: interface name -> imported function names."""
+        return dict(self._loaded.imports)

@@ -1,0 +1,226 @@
+"""Process-wide wasmtime objects: the Engine, compiled Components and the production Linker.
+
+* One ``wasmtime.Engine`` per process (fuel metering on), built on first use.
+* Components are compiled once per process per ``.wasm`` content and cached on disk as a
+  serialized artifact keyed by the ``.wasm``'s sha256 and the wasmtime version, so a second
+  start deserializes (well under a millisecond) instead of compiling (tens of milliseconds).
+  The cache lives in ``$XDG_CACHE_HOME/cpex-retry-with-backoff-wasm`` (else
+  ``~/.cache/cpex-retry-with-backoff-wasm``), is written atomically (temp file +
+  ``os.replace``) and carries a sha256 of its own payload, so a torn or tampered file is
+  ignored and recompiled rather than handed to ``Component.deserialize``.
+* The production Linker links wasmtime's native WASI (``add_wasip2``); stores get an empty
+  ``WasiConfig`` so no args, env, stdio, files or sockets are reachable.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import logging
+import os
+import tempfile
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from wasmtime import Config, Engine, WasmtimeError
+from wasmtime.component import Component, ComponentInstanceType, ExportIndex, FuncType, Linker
+
+from .model import MESSAGE_PREFIX, RetryEngineLoadError
+
+log = logging.getLogger(__name__)
+
+#: Exported interface, matched on package, name and the contract's 0.1 minor.
+INTERFACE_PREFIX = "contextforge:retry/retry-engine@0.1."
+#: The only imports a retry-engine component may have (matched without the patch version).
+CLOCK_INTERFACE_PREFIX = "wasi:clocks/monotonic-clock@0.2."
+SEED_INTERFACE_PREFIX = "wasi:random/insecure-seed@0.2."
+ALLOWED_IMPORT_PREFIXES = (CLOCK_INTERFACE_PREFIX, SEED_INTERFACE_PREFIX)
+#: Functions the host calls; their export indices are resolved once per component.
+EXPORTED_FUNCS = (
+    "configure",
+    "decide",
+    "decide-text",
+    "tool-policy",
+    "global-policy",
+    "state-count",
+    "evict-expired",
+    "contract-version",
+)
+
+CACHE_DIR_NAME = "cpex-retry-with-backoff-wasm"
+_CACHE_MAGIC = b"CPEXRWBW1\n"
+_DIGEST_LEN = 32
+
+_lock = threading.Lock()
+_engine: Engine | None = None
+_production_linker: Linker | None = None
+_components: dict[str, LoadedComponent] = {}
+
+
+def wasmtime_version() -> str:
+    """The installed wasmtime-py version (part of the cache key)."""
+    try:
+        return importlib.metadata.version("wasmtime")
+    except importlib.metadata.PackageNotFoundError:  # pragma: no cover - vendored wasmtime
+        return "unknown"
+
+
+def get_engine() -> Engine:
+    """The process-wide Engine (fuel metering on), built on first use."""
+    global _engine  # noqa: PLW0603 - the one Engine of the process
+    with _lock:
+        if _engine is None:
+            config = Config()
+            config.consume_fuel = True
+            _engine = Engine(config)
+        return _engine
+
+
+def production_linker() -> Linker:
+    """The shared Linker with wasmtime's native WASI and nothing else."""
+    global _production_linker  # noqa: PLW0603 - shared by every production instance
+    engine = get_engine()
+    with _lock:
+        if _production_linker is None:
+            linker = Linker(engine)
+            linker.add_wasip2()
+            _production_linker = linker
+        return _production_linker
+
+
+def cache_dir() -> Path:
+    """Where serialized components are cached."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / CACHE_DIR_NAME
+
+
+@dataclass
+class LoadedComponent:
+    """A compiled component plus what the adapter needs to instantiate and call it."""
+
+    path: Path
+    sha256: str
+    component: Component
+    interface: str
+    func_indices: dict[str, ExportIndex]
+    #: import name -> names of the functions imported from it
+    imports: dict[str, frozenset[str]] = field(default_factory=dict)
+
+
+def _cache_file(sha256: str) -> Path:
+    return cache_dir() / f"{sha256}-wasmtime-{wasmtime_version()}-fuel.cwasm"
+
+
+def _read_cached(engine: Engine, sha256: str) -> Component | None:
+    path = _cache_file(sha256)
+    try:
+        blob = path.read_bytes()
+    except OSError:
+        return None
+    header = len(_CACHE_MAGIC) + _DIGEST_LEN
+    if len(blob) <= header or not blob.startswith(_CACHE_MAGIC):
+        log.debug("retry_with_backoff_wasm: ignoring malformed cache file %s", path)
+        return None
+    payload = blob[header:]
+    if hashlib.sha256(payload).digest() != blob[len(_CACHE_MAGIC) : header]:
+        log.debug("retry_with_backoff_wasm: ignoring corrupt cache file %s", path)
+        return None
+    try:
+        return Component.deserialize(engine, payload)
+    except WasmtimeError as exc:  # other engine config, other wasmtime build
+        log.debug("retry_with_backoff_wasm: cache file %s unusable: %s", path, exc)
+        return None
+
+
+def _write_cached(component: Component, sha256: str) -> None:
+    path = _cache_file(sha256)
+    try:
+        payload = bytes(component.serialize())
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".cwasm", dir=path.parent)
+        try:
+            with os.fdopen(fd, "wb") as out:
+                out.write(_CACHE_MAGIC)
+                out.write(hashlib.sha256(payload).digest())
+                out.write(payload)
+                out.flush()
+                os.fsync(out.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+    except (OSError, WasmtimeError) as exc:
+        log.debug("retry_with_backoff_wasm: not caching the compiled component: %s", exc)
+
+
+def _imported_funcs(engine: Engine, item: object) -> frozenset[str]:
+    """Names of the functions an imported instance provides (types such as ``instant`` skipped)."""
+    if not isinstance(item, ComponentInstanceType):
+        return frozenset()
+    return frozenset(name for name, ext in item.exports(engine).items() if isinstance(ext.ty, FuncType))
+
+
+def _describe(path: Path, engine: Engine, component: Component, sha256: str) -> LoadedComponent:
+    ctype = component.type
+    imports: dict[str, frozenset[str]] = {}
+    for name, item in ctype.imports(engine).items():
+        if not name.startswith(ALLOWED_IMPORT_PREFIXES):
+            raise RetryEngineLoadError(
+                f"{MESSAGE_PREFIX}: {path} imports {name}; a retry-engine component may import only "
+                "wasi:clocks/monotonic-clock and wasi:random/insecure-seed"
+            )
+        imports[name] = _imported_funcs(engine, item.ty)
+    exports = ctype.exports(engine)
+    interface = next((name for name in exports if name.startswith(INTERFACE_PREFIX)), None)
+    if interface is None:
+        raise RetryEngineLoadError(
+            f"{MESSAGE_PREFIX}: {path} does not export {INTERFACE_PREFIX}x "
+            f"(exports: {', '.join(sorted(exports)) or 'none'}); is it a retry-engine build?"
+        )
+    iface_index = component.get_export_index(interface)
+    assert iface_index is not None
+    indices: dict[str, ExportIndex] = {}
+    for name in EXPORTED_FUNCS:
+        index = component.get_export_index(name, instance=iface_index)
+        if index is None:
+            raise RetryEngineLoadError(f"{MESSAGE_PREFIX}: {path}: {interface} has no function {name!r}")
+        indices[name] = index
+    return LoadedComponent(path, sha256, component, interface, indices, imports)
+
+
+def load_component(path: str | os.PathLike[str]) -> LoadedComponent:
+    """Compile (or fetch from the caches) the component at ``path``.
+
+    Raises ``RetryEngineLoadError`` naming the path when the file is missing, unreadable,
+    not a component, or not a retry-engine component.
+    """
+    wasm_path = Path(path)
+    try:
+        data = wasm_path.read_bytes()
+    except OSError as exc:
+        raise RetryEngineLoadError(f"{MESSAGE_PREFIX}: cannot read component {wasm_path}: {exc}") from exc
+    sha256 = hashlib.sha256(data).hexdigest()
+    with _lock:
+        cached = _components.get(sha256)
+    if cached is not None:
+        return cached
+    engine = get_engine()
+    component = _read_cached(engine, sha256)
+    if component is None:
+        try:
+            component = Component(engine, data)
+        except WasmtimeError as exc:
+            raise RetryEngineLoadError(
+                f"{MESSAGE_PREFIX}: {wasm_path} is not a valid WebAssembly component: {exc}"
+            ) from exc
+        _write_cached(component, sha256)
+    loaded = _describe(wasm_path, engine, component, sha256)
+    with _lock:
+        return _components.setdefault(sha256, loaded)
+
+
+def clear_memory_cache() -> None:
+    """Forget in-process compiled components (tests use this to exercise the disk cache)."""
+    with _lock:
+        _components.clear()

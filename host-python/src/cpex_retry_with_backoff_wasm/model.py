@@ -1,0 +1,78 @@
+"""Host-side value types: what the WIT records become once they cross the boundary.
+
+Nothing above ``engine.py`` ever sees a ``wasmtime.component.Record``; the adapter converts
+``policy`` and ``config-error`` into these frozen dataclasses.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+#: Name of the component's WIT interface and the contract version this host implements.
+COMPONENT_NAME = "retry-engine"
+CONTRACT_VERSION = "0.1.0"
+#: Prefix for every message this package raises or logs about the component.
+MESSAGE_PREFIX = f"{COMPONENT_NAME}@{CONTRACT_VERSION}"
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    """The effective retry policy of a tool (WIT record ``policy``)."""
+
+    max_retries: int
+    backoff_base_ms: int
+    max_backoff_ms: int
+    retry_on_status: tuple[int, ...]
+    jitter: bool
+    check_text_content: bool
+
+    @classmethod
+    def from_record(cls, record: Any) -> Policy:
+        """Convert a ``wasmtime.component.Record`` (kebab-case fields) into a ``Policy``."""
+        return cls(
+            max_retries=int(getattr(record, "max-retries")),
+            backoff_base_ms=int(getattr(record, "backoff-base-ms")),
+            max_backoff_ms=int(getattr(record, "max-backoff-ms")),
+            retry_on_status=tuple(int(s) for s in getattr(record, "retry-on-status")),
+            jitter=bool(record.jitter),
+            check_text_content=bool(getattr(record, "check-text-content")),
+        )
+
+    def metadata(self) -> dict[str, Any]:
+        """The ``retry_policy`` mapping the native plugin reports from ``resource_post_fetch``."""
+        return {
+            "max_retries": self.max_retries,
+            "backoff_base_ms": self.backoff_base_ms,
+            "max_backoff_ms": self.max_backoff_ms,
+            "retry_on_status": list(self.retry_on_status),
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class ConfigError:
+    """One problem the engine found in a configuration (WIT record ``config-error``)."""
+
+    path: str
+    message: str
+
+    @classmethod
+    def from_record(cls, record: Any) -> ConfigError:
+        """Convert a ``wasmtime.component.Record`` into a ``ConfigError``."""
+        return cls(path=str(record.path), message=str(record.message))
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.message}" if self.path else self.message
+
+
+class RetryEngineLoadError(RuntimeError):
+    """The ``.wasm`` could not be read, compiled, linked or instantiated."""
+
+
+class ConfigurationError(ValueError):
+    """The engine rejected the plugin configuration; ``errors`` lists every problem found."""
+
+    def __init__(self, errors: tuple[ConfigError, ...]) -> None:
+        self.errors = errors
+        joined = "; ".join(str(e) for e in errors) or "rejected without details"
+        super().__init__(f"{MESSAGE_PREFIX}: invalid configuration: {joined}")

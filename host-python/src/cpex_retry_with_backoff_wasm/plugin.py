@@ -1,0 +1,107 @@
+"""``RetryWithBackoffPlugin``: the cpex Plugin, a drop-in for cpex-retry-with-backoff.
+
+Switching from the native plugin changes only the ``kind:`` line of the gateway's stanza to
+``cpex_retry_with_backoff_wasm.RetryWithBackoffPlugin``: same hooks, config keys and results.
+The class stays thin; every decision is made by the Wasm engine behind ``WasmRetryEngine``.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from cpex.framework import (
+    Plugin,
+    PluginConfig,
+    PluginContext,
+    ResourcePostFetchPayload,
+    ResourcePostFetchResult,
+    ToolPostInvokePayload,
+    ToolPostInvokeResult,
+)
+
+from .ceiling import read_ceiling
+from .engine import Clock, Seed, WasmRetryEngine
+from .signals import COUNT_SHIFT, DELAY_MASK
+
+log = logging.getLogger(__name__)
+
+
+def read_trace_id(extensions: Any) -> str | None:
+    """Best-effort ``extensions.request.trace_id``: a non-empty str, else None; never raises."""
+    if extensions is None:
+        return None
+    try:
+        request = extensions.request
+        if request is None:
+            return None
+        trace_id = request.trace_id
+    except Exception:
+        return None
+    if isinstance(trace_id, str) and trace_id:
+        return trace_id
+    return None
+
+
+class RetryWithBackoffPlugin(Plugin):
+    """Retry-with-backoff policy for tool results, decided by a sandboxed Wasm engine.
+
+    ``clock`` (monotonic nanoseconds) and ``seed`` replace the component's WASI clock and
+    seed; they exist for deterministic tests and are never set by the plugin manager.
+    """
+
+    def __init__(self, config: PluginConfig, *, clock: Clock | None = None, seed: Seed | None = None) -> None:
+        super().__init__(config)
+        self._engine = WasmRetryEngine(
+            dict(config.config or {}),
+            max_retries_ceiling=read_ceiling(),
+            clock=clock,
+            seed=seed,
+        )
+        self._policy_metadata = self._engine.global_policy.metadata()
+        log.info(
+            "retry_with_backoff_wasm: loaded %s (contract %s)",
+            self._engine.wasm_path,
+            self._engine.contract_version,
+        )
+
+    @property
+    def engine(self) -> WasmRetryEngine:
+        """The Wasm adapter (state inspection, policies)."""
+        return self._engine
+
+    async def tool_post_invoke(
+        self,
+        payload: ToolPostInvokePayload,
+        context: PluginContext,
+        extensions: Any = None,
+    ) -> ToolPostInvokeResult:
+        """Ask for a retry (``retry_delay_ms`` > 0) when the tool result is a retriable failure."""
+        trace_id = read_trace_id(extensions)
+        decision = self._engine.decide(payload.name, context.global_context.request_id, payload.result)
+        delay = decision & DELAY_MASK
+        if trace_id is None:
+            return ToolPostInvokeResult(retry_delay_ms=delay)
+        return ToolPostInvokeResult(
+            retry_delay_ms=delay,
+            metadata={
+                "retry_with_backoff": {
+                    "retry_count": (decision >> COUNT_SHIFT) & 0xFF,
+                    "retry_delay_ms": delay,
+                }
+            },
+        )
+
+    async def resource_post_fetch(
+        self,
+        payload: ResourcePostFetchPayload,
+        context: PluginContext,
+    ) -> ResourcePostFetchResult:
+        """Report the global retry policy as ``metadata["retry_policy"]``."""
+        policy = self._policy_metadata
+        return ResourcePostFetchResult(
+            metadata={"retry_policy": {**policy, "retry_on_status": list(policy["retry_on_status"])}}
+        )
+
+
+__all__ = ["RetryWithBackoffPlugin", "read_trace_id"]

@@ -1,0 +1,182 @@
+"""Reading a tool result the way the native plugin reads it, and the ``decide`` bit layouts.
+
+Pure functions, no Wasm: ``read_signals`` packs the few facts the engine needs into the
+``signals`` u64 of ``retry-engine.decide`` (see ``wit/retry-engine.wit``), ``collect_texts``
+gathers text items for ``decide-text``, and the ``decision_*`` helpers unpack the u64 result.
+No policy is decided here: which status codes count, budgets and delays live in the engine.
+
+Every read goes through the mapping protocol (``obj[key]``), as the native plugin's
+``mapping_get`` does, so dict subclasses such as cpex's ``CopyOnWriteDict`` work.  A missing key
+(``KeyError``) or a value that is not subscriptable (``TypeError``) reads as absent; any other
+exception raised by a broken mapping propagates, as it does in the native plugin.
+"""
+
+from __future__ import annotations
+
+import operator
+from typing import Any, Final
+
+# --- signals (host -> engine) -------------------------------------------------------------
+#: bit 0: ``result["isError"]`` is the bool True.
+SIG_IS_ERROR: Final = 1 << 0
+#: bit 1: ``result["structuredContent"]`` exists and is not None.
+SIG_HAS_STRUCTURED: Final = 1 << 1
+#: bit 2: ``structuredContent["isError"]`` is the bool True.
+SIG_STRUCTURED_IS_ERROR: Final = 1 << 2
+#: bit 3: ``structuredContent["status_code"]`` is an int that fits an s32 (bits 32..63).
+SIG_HAS_STATUS: Final = 1 << 3
+STATUS_SHIFT: Final = 32
+
+# --- decision (engine -> host) -----------------------------------------------------------
+DELAY_MASK: Final = (1 << 40) - 1
+COUNT_SHIFT: Final = 40
+REASON_SHIFT: Final = 48
+NEED_TEXT: Final = 1 << 63
+#: ``decision-reason`` ordinals, in WIT declaration order.
+REASONS: Final = ("success", "retry", "exhausted")
+
+_S32_MIN: Final = -(1 << 31)
+_S32_MAX: Final = (1 << 31) - 1
+_U32_MASK: Final = (1 << 32) - 1
+
+_MISSING: Final[Any] = object()
+
+
+def _get(obj: Any, key: str) -> Any:
+    """``obj[key]``; ``_MISSING`` on KeyError/TypeError (native ``mapping_get``)."""
+    try:
+        return obj[key]
+    except (KeyError, TypeError):
+        return _MISSING
+
+
+def extract_bool(value: Any) -> bool:
+    """True only for the bool True (or a true numpy bool), as PyO3's ``extract::<bool>`` reads it.
+
+    ``1``, ``"true"`` and other truthy values are not booleans and read as False.
+    """
+    if value is True:
+        return True
+    if value is False:
+        return False
+    cls = type(value)
+    if getattr(cls, "__module__", None) == "numpy" and cls.__name__ in ("bool_", "bool"):
+        try:
+            return bool(value)
+        except Exception:
+            return False
+    return False
+
+
+def extract_s32(value: Any) -> int | None:
+    """The value as an s32 the way PyO3's ``extract::<i32>`` reads it, else None.
+
+    Ints (a bool reads as 0/1) and objects with ``__index__`` convert; floats, strings and
+    ints outside the s32 range do not.
+    """
+    if type(value) is int:
+        number = value
+    else:
+        try:
+            number = operator.index(value)
+        except Exception:
+            return None
+    if _S32_MIN <= number <= _S32_MAX:
+        return number
+    return None
+
+
+def pack_signals(
+    *,
+    is_error: bool = False,
+    has_structured: bool = False,
+    structured_is_error: bool = False,
+    status_code: int | None = None,
+) -> int:
+    """Pack already-extracted facts into the ``signals`` u64 (the WIT bit layout)."""
+    bits = 0
+    if is_error:
+        bits |= SIG_IS_ERROR
+    if has_structured:
+        bits |= SIG_HAS_STRUCTURED
+    if structured_is_error:
+        bits |= SIG_STRUCTURED_IS_ERROR
+    if status_code is not None:
+        if not _S32_MIN <= status_code <= _S32_MAX:
+            raise ValueError(f"status_code {status_code} does not fit an s32")
+        bits |= SIG_HAS_STATUS | ((status_code & _U32_MASK) << STATUS_SHIFT)
+    return bits
+
+
+def read_signals(result: Any) -> int:
+    """Read ``result`` (normally the MCP ``CallToolResult`` mapping) into the ``signals`` u64.
+
+    Keys are read in the native plugin's order and only when the native plugin reads them,
+    so a mapping that raises on access behaves the same in both plugins.
+    """
+    is_error = _get(result, "isError")
+    if is_error is True or (is_error is not _MISSING and extract_bool(is_error)):
+        bits = SIG_IS_ERROR
+        structured = _get(result, "structuredContent")
+        if structured is _MISSING or structured is None:
+            return bits
+        bits |= SIG_HAS_STRUCTURED
+        status = extract_s32(_get(structured, "status_code"))
+        if status is not None:
+            bits |= SIG_HAS_STATUS | ((status & _U32_MASK) << STATUS_SHIFT)
+        return bits
+
+    structured = _get(result, "structuredContent")
+    if structured is _MISSING or structured is None:
+        return 0
+    bits = SIG_HAS_STRUCTURED
+    if extract_bool(_get(structured, "isError")):
+        # The native plugin stops here (a failure whatever the status code says).
+        return bits | SIG_STRUCTURED_IS_ERROR
+    status = extract_s32(_get(structured, "status_code"))
+    if status is not None:
+        bits |= SIG_HAS_STATUS | ((status & _U32_MASK) << STATUS_SHIFT)
+    return bits
+
+
+def collect_texts(result: Any) -> list[str]:
+    """The ``text`` of every ``content`` item whose ``type`` is the str ``"text"``, in order.
+
+    ``content`` must be a list (or list subclass, iterated at the C level as PyO3 does);
+    items whose ``text`` is not a str are skipped.  Str subclasses are copied to plain str.
+    """
+    content = _get(result, "content")
+    if not isinstance(content, list):
+        return []
+    texts: list[str] = []
+    for item in list.__iter__(content):
+        kind = _get(item, "type")
+        if not isinstance(kind, str) or not str.__eq__(kind, "text"):
+            continue
+        text = _get(item, "text")
+        if isinstance(text, str):
+            texts.append(text if type(text) is str else str.__str__(text))
+    return texts
+
+
+def decision_delay_ms(decision: int) -> int:
+    """Delay before the retry in milliseconds (0 = do not retry)."""
+    return decision & DELAY_MASK
+
+
+def decision_retry_count(decision: int) -> int:
+    """Consecutive failures of the key after this result (0 on success)."""
+    return (decision >> COUNT_SHIFT) & 0xFF
+
+
+def decision_reason(decision: int) -> str:
+    """``success``, ``retry`` or ``exhausted``."""
+    ordinal = (decision >> REASON_SHIFT) & 0xFF
+    if ordinal >= len(REASONS):
+        raise ValueError(f"unknown decision-reason ordinal {ordinal}")
+    return REASONS[ordinal]
+
+
+def decision_needs_text(decision: int) -> bool:
+    """The engine needs the result's text items (``decide-text``); nothing was changed."""
+    return bool(decision & NEED_TEXT)

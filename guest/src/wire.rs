@@ -80,7 +80,14 @@ mod tests {
 
     #[test]
     fn test_wire_signals_roundtrip() {
-        for status in [None, Some(0), Some(503), Some(-1), Some(i32::MIN), Some(i32::MAX)] {
+        for status in [
+            None,
+            Some(0),
+            Some(503),
+            Some(-1),
+            Some(i32::MIN),
+            Some(i32::MAX),
+        ] {
             for flags in 0..8u8 {
                 let s = Signals {
                     is_error: flags & 1 != 0,

@@ -181,7 +181,10 @@ mod tests {
             ..Policy::default()
         };
         assert_eq!(classify(Signals::default(), &p, NO_TEXT), NeedText);
-        assert_eq!(classify(sig(false, true, false, None), &p, NO_TEXT), NotFailure);
+        assert_eq!(
+            classify(sig(false, true, false, None), &p, NO_TEXT),
+            NotFailure
+        );
         let failing: &[&str] = &["hello", r#" {"status_code": 503}"#];
         assert_eq!(classify(Signals::default(), &p, Some(failing)), Failure);
         let fine: &[&str] = &[r#"{"status_code": 404}"#, "[1]", r#"{"isError": 1}"#];

@@ -8,7 +8,6 @@
 //! only fails on the first call for that tool); and all problems are reported
 //! together instead of the first one.
 
-use alloc::collections::BTreeMap;
 use alloc::format;
 use alloc::string::{String, ToString};
 use alloc::vec;
@@ -63,11 +62,14 @@ impl Policy {
 }
 
 /// A validated configuration. Immutable: a new configuration replaces it whole.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct Config {
     global: Policy,
-    /// Overrides already merged over `global`, so the hot path never merges.
-    overrides: BTreeMap<String, Policy>,
+    /// Overrides already merged over `global` (so the hot path never merges),
+    /// sorted by tool name for binary search. A sorted Vec rather than a map:
+    /// a second BTreeMap instantiation (serde_json has one) costs ~5 KiB of
+    /// the component.
+    overrides: Vec<(String, Policy)>,
     state_ttl_ms: u64,
     max_state_entries: u32,
 }
@@ -76,7 +78,7 @@ impl Default for Config {
     fn default() -> Self {
         Self {
             global: Policy::default(),
-            overrides: BTreeMap::new(),
+            overrides: Vec::new(),
             state_ttl_ms: DEFAULT_STATE_TTL_MS,
             max_state_entries: DEFAULT_MAX_STATE_ENTRIES,
         }
@@ -156,7 +158,7 @@ impl Config {
             },
         };
 
-        let mut overrides = BTreeMap::new();
+        let mut overrides = Vec::new();
         match root.get("tool_overrides") {
             None => {}
             Some(Value::Object(tools)) => {
@@ -169,7 +171,11 @@ impl Config {
                     let set = PolicyFields::parse(fields, &prefix, &mut errors);
                     let merged = set.apply_to(&global);
                     set.validate_override(&merged, &prefix, &mut errors);
-                    overrides.insert(tool.clone(), merged);
+                    // Keep sorted by name: `policy_for` binary-searches.
+                    let at = overrides
+                        .binary_search_by(|(name, _): &(String, Policy)| name.cmp(tool))
+                        .unwrap_or_else(|at| at);
+                    overrides.insert(at, (tool.clone(), merged));
                 }
             }
             Some(other) => errors.push("tool_overrides", must_be("a mapping", other)),
@@ -194,12 +200,18 @@ impl Config {
 
     /// The effective policy of `tool`: its override (merged) or the global one.
     pub fn policy_for(&self, tool: &str) -> &Policy {
-        self.overrides.get(tool).unwrap_or(&self.global)
+        match self
+            .overrides
+            .binary_search_by(|(name, _)| name.as_str().cmp(tool))
+        {
+            Ok(i) => &self.overrides[i].1,
+            Err(_) => &self.global,
+        }
     }
 
     /// Tool names that have an override.
     pub fn overridden_tools(&self) -> impl Iterator<Item = &str> {
-        self.overrides.keys().map(String::as_str)
+        self.overrides.iter().map(|(name, _)| name.as_str())
     }
 
     /// TTL of a retry-state entry after its last failure (ms).
@@ -330,8 +342,7 @@ impl<'a> PolicyFields<'a> {
                     merged.backoff_base_ms, merged.max_backoff_ms
                 ),
             );
-        } else if self.backoff_base_ms.is_some() && merged.max_backoff_ms < merged.backoff_base_ms
-        {
+        } else if self.backoff_base_ms.is_some() && merged.max_backoff_ms < merged.backoff_base_ms {
             errors.push(
                 &join(self.prefix, "backoff_base_ms"),
                 format!(
@@ -405,7 +416,7 @@ fn override_path(tool: &str) -> String {
     if plain {
         format!("tool_overrides.{tool}")
     } else {
-        format!("tool_overrides[{}]", Value::String(tool.to_string()))
+        format!("tool_overrides[\"{}\"]", tool.replace('"', "\\\""))
     }
 }
 
@@ -422,21 +433,25 @@ fn must_be(what: &str, got: &Value) -> String {
 }
 
 /// A short, bounded rendering of an offending value for error messages.
+/// Floats are named, not printed: float formatting alone would add several
+/// KiB to the component.
 fn describe(v: &Value) -> String {
     const MAX: usize = 60;
     let text = match v {
         Value::Array(_) => "a list".to_string(),
         Value::Object(_) => "a mapping".to_string(),
-        other => other.to_string(),
+        Value::Null => "null".to_string(),
+        Value::Bool(b) => b.to_string(),
+        Value::String(s) => format!("\"{s}\""),
+        Value::Number(n) => match (n.as_i64(), n.as_u64()) {
+            (Some(i), _) => i.to_string(),
+            (None, Some(u)) => u.to_string(),
+            (None, None) => "a non-integer number".to_string(),
+        },
     };
-    if text.len() <= MAX {
-        text
-    } else {
-        let mut end = MAX;
-        while !text.is_char_boundary(end) {
-            end -= 1;
-        }
-        format!("{}…", &text[..end])
+    match text.char_indices().nth(MAX) {
+        Some((end, _)) => format!("{}…", text.get(..end).unwrap_or_default()),
+        None => text,
     }
 }
 
@@ -454,7 +469,11 @@ mod tests {
 
     #[test]
     fn test_config_defaults_match_native_manifest() {
-        for json in ["null", "{}", r#"{"unknown_key": [1, 2], "wasm_path": "/x"}"#] {
+        for json in [
+            "null",
+            "{}",
+            r#"{"unknown_key": [1, 2], "wasm_path": "/x"}"#,
+        ] {
             let c = Config::from_json(json).unwrap();
             assert_eq!(c.global(), &Policy::default());
             assert_eq!(c.state_ttl_ms(), 300_000);
@@ -464,8 +483,9 @@ mod tests {
 
     #[test]
     fn test_config_limits_inclusive() {
-        let c = Config::from_json(r#"{"max_retries": 10, "backoff_base_ms": 7, "max_backoff_ms": 7}"#)
-            .unwrap();
+        let c =
+            Config::from_json(r#"{"max_retries": 10, "backoff_base_ms": 7, "max_backoff_ms": 7}"#)
+                .unwrap();
         assert_eq!(c.global().max_retries, 10);
         assert_eq!(c.global().max_backoff_ms, 7);
     }
@@ -485,7 +505,7 @@ mod tests {
                 "max_retries: cannot exceed 10, got 11",
                 "backoff_base_ms: must be > 0",
                 "retry_on_status[1]: must be an integer status code (32-bit), got \"503\"",
-                "retry_on_status[2]: must be an integer status code (32-bit), got 1000.0",
+                "retry_on_status[2]: must be an integer status code (32-bit), got a non-integer number",
                 "jitter: must be a boolean, got \"yes\"",
                 "state_ttl_ms: must be a positive integer (ms), got 0",
                 "tool_overrides[\"a.b\"].check_text_content: must be a boolean, got 1",
@@ -518,7 +538,9 @@ mod tests {
             ]
         );
         assert_eq!(errors("[1]"), vec!["must be a mapping, got a list"]);
-        assert!(errors("{").iter().all(|e| e.starts_with("config is not valid JSON")));
+        assert!(errors("{")
+            .iter()
+            .all(|e| e.starts_with("config is not valid JSON")));
     }
 
     #[test]

@@ -184,7 +184,13 @@ mod tests {
         e
     }
 
-    fn delays(e: &mut Engine, tool: &str, rid: &str, n: usize, now: u64) -> Vec<(u64, u32, Reason)> {
+    fn delays(
+        e: &mut Engine,
+        tool: &str,
+        rid: &str,
+        n: usize,
+        now: u64,
+    ) -> Vec<(u64, u32, Reason)> {
         (0..n)
             .map(|_| match e.decide(tool, rid, FAIL, NO_TEXT, now) {
                 Outcome::Decided(d) => (d.delay_ms, d.failures, d.reason),
@@ -199,7 +205,13 @@ mod tests {
         use Reason::*;
         assert_eq!(
             delays(&mut e, "t", "r", 5, 0),
-            vec![(200, 1, Retry), (400, 2, Retry), (800, 3, Retry), (0, 4, Exhausted), (200, 1, Retry)]
+            vec![
+                (200, 1, Retry),
+                (400, 2, Retry),
+                (800, 3, Retry),
+                (0, 4, Exhausted),
+                (200, 1, Retry)
+            ]
         );
     }
 
@@ -218,7 +230,10 @@ mod tests {
     #[test]
     fn test_engine_max_retries_zero_never_retries() {
         let mut e = engine(r#"{"max_retries": 0}"#);
-        assert_eq!(delays(&mut e, "t", "r", 2, 0), vec![(0, 1, Reason::Exhausted); 2]);
+        assert_eq!(
+            delays(&mut e, "t", "r", 2, 0),
+            vec![(0, 1, Reason::Exhausted); 2]
+        );
         assert_eq!(e.state_count(), 0);
     }
 
@@ -227,8 +242,14 @@ mod tests {
         let mut e = engine(
             r#"{"jitter": false, "tool_overrides": {"slow": {"backoff_base_ms": 1000, "max_retries": 1}}}"#,
         );
-        assert_eq!(delays(&mut e, "slow", "r", 2, 0)[0], (1000, 1, Reason::Retry));
-        assert_eq!(delays(&mut e, "fast", "r", 1, 0)[0], (200, 1, Reason::Retry));
+        assert_eq!(
+            delays(&mut e, "slow", "r", 2, 0)[0],
+            (1000, 1, Reason::Retry)
+        );
+        assert_eq!(
+            delays(&mut e, "fast", "r", 1, 0)[0],
+            (200, 1, Reason::Retry)
+        );
     }
 
     #[test]

@@ -28,7 +28,11 @@ pub struct Step<'a> {
 
 /// Replay `steps`; a step whose `result_json` is not JSON is an error naming
 /// the step, and nothing is replayed.
-pub fn simulate(config: Config, seed: u64, steps: &[Step<'_>]) -> Result<Vec<Decision>, Vec<ConfigError>> {
+pub fn simulate(
+    config: Config,
+    seed: u64,
+    steps: &[Step<'_>],
+) -> Result<Vec<Decision>, Vec<ConfigError>> {
     let mut results = Vec::with_capacity(steps.len());
     let mut errors = Vec::new();
     for (i, step) in steps.iter().enumerate() {
@@ -51,7 +55,13 @@ pub fn simulate(config: Config, seed: u64, steps: &[Step<'_>]) -> Result<Vec<Dec
     for (step, result) in steps.iter().zip(&results) {
         now_ms = now_ms.saturating_add(step.advance_ms);
         let (signals, texts) = signals_from_json(result);
-        match engine.decide(step.tool, step.request_id, signals, Some(&texts[..]), now_ms) {
+        match engine.decide(
+            step.tool,
+            step.request_id,
+            signals,
+            Some(&texts[..]),
+            now_ms,
+        ) {
             Outcome::Decided(d) => out.push(d),
             // Texts were supplied, so classification cannot ask for them.
             Outcome::NeedText => unreachable_need_text(),
@@ -97,7 +107,8 @@ mod tests {
 
     #[test]
     fn test_simulate_backoff_ttl_and_text() {
-        let cfg = config(r#"{"jitter": false, "state_ttl_ms": 1000, "check_text_content": true}"#).unwrap();
+        let cfg = config(r#"{"jitter": false, "state_ttl_ms": 1000, "check_text_content": true}"#)
+            .unwrap();
         let fail = r#"{"isError": true}"#;
         let text_fail = r#"{"content": [{"type": "text", "text": "{\"status_code\": 503}"}]}"#;
         let steps = [
@@ -107,7 +118,10 @@ mod tests {
             step("r", r#"{"content": []}"#, 0),
         ];
         let got = simulate(cfg, 1, &steps).unwrap();
-        assert_eq!(render(&got), "200/1/Retry 400/2/Retry 200/1/Retry 0/0/Success");
+        assert_eq!(
+            render(&got),
+            "200/1/Retry 400/2/Retry 200/1/Retry 0/0/Success"
+        );
     }
 
     #[test]

@@ -188,7 +188,11 @@ impl StateTable {
         let mut removed = 0;
         while removed < limit
             && self.head != NIL
-            && expired(self.slots[self.head as usize].entry.last_failure_ms, now_ms, ttl_ms)
+            && expired(
+                self.slots[self.head as usize].entry.last_failure_ms,
+                now_ms,
+                ttl_ms,
+            )
         {
             self.remove_index(self.head);
             removed += 1;
@@ -309,7 +313,13 @@ mod tests {
         assert_eq!(t.len(), 3);
         assert!(t.remove("a", "r"));
         assert!(!t.remove("a", "r"));
-        assert_eq!(t.get("ab", "", 1, TTL), Some(Entry { failures: 1, last_failure_ms: 1 }));
+        assert_eq!(
+            t.get("ab", "", 1, TTL),
+            Some(Entry {
+                failures: 1,
+                last_failure_ms: 1
+            })
+        );
     }
 
     #[test]
@@ -357,7 +367,10 @@ mod tests {
         t.record_failure("t", "early", 100, TTL, CAP); // clock went backwards
         assert_eq!(t.sweep(5000, TTL, 100), 0); // head "late" is fresh
         assert_eq!(t.evict_all_expired(5000, TTL), 1);
-        assert_eq!(t.iter().map(|(_, r, _)| r).collect::<Vec<_>>(), vec!["late"]);
+        assert_eq!(
+            t.iter().map(|(_, r, _)| r).collect::<Vec<_>>(),
+            vec!["late"]
+        );
     }
 
     #[test]

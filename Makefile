@@ -1,0 +1,80 @@
+# Retry-and-backoff policy engine as a WASI component, plus its cpex host plugin.
+# `make help` lists the targets.
+
+SHELL := bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+WASM_TARGET := wasm32-wasip2
+WASM_BUILT  := target/$(WASM_TARGET)/release/retry_engine.wasm
+WASM        := target/wasm/retry_engine.wasm
+PKG_WASM    := host-python/src/cpex_retry_with_backoff_wasm/retry_engine.wasm
+
+.PHONY: help install toolchain wasm venv smoke test test-rust test-wasm test-python \
+        lint fmt-check clippy ruff mypy bench size ci clean
+
+help: ## Show this help.
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
+
+install: toolchain wasm venv smoke ## Set up everything (rust target, .wasm, Python venv) and run a smoke check.
+
+toolchain: ## Add the wasm32-wasip2 Rust target (rustup).
+	rustup target add $(WASM_TARGET)
+
+wasm: ## Build the release component to target/wasm/retry_engine.wasm (and into the Python package).
+	cargo build -p retry-engine-guest --release --target $(WASM_TARGET)
+	mkdir -p $(dir $(WASM))
+	cp $(WASM_BUILT) $(WASM)
+	cp $(WASM) $(PKG_WASM)
+	@echo "built $(WASM): $$(stat -c %s $(WASM)) bytes"
+
+venv: ## Create .venv with the host plugin (editable) and its test/bench dependencies.
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e 'host-python[test]'
+
+smoke: ## Load the plugin through the real cpex PluginManager and print a few decisions.
+	$(PY) host-python/examples/smoke.py
+
+test: test-rust test-wasm test-python lint ## Run every test and lint.
+
+test-rust: ## Unit tests of the pure policy core (native target).
+	cargo test -p retry-engine-guest
+
+test-wasm: wasm ## The wasmtime harness against the built .wasm.
+	cargo test -p retry-engine-wasm-harness
+
+test-python: wasm ## pytest through the real cpex PluginManager and the built .wasm.
+	$(PY) -m pytest tests/python -q
+
+lint: fmt-check clippy ruff mypy ## All linters.
+
+fmt-check:
+	cargo fmt --all -- --check
+
+clippy:
+	cargo clippy --workspace --all-targets -- -D warnings
+	cargo clippy -p retry-engine-guest --target $(WASM_TARGET) -- -D warnings
+
+ruff:
+	$(VENV)/bin/ruff check host-python tests/python bench
+	$(VENV)/bin/ruff format --check host-python tests/python bench
+
+mypy:
+	$(VENV)/bin/mypy --strict host-python/src/cpex_retry_with_backoff_wasm
+
+bench: wasm ## Benchmarks: hook cost vs the native plugin, engine throughput, .wasm size.
+	$(PY) bench/bench_hook.py
+	$(MAKE) --no-print-directory size
+
+size: wasm ## Print the size of the release .wasm.
+	@echo "retry_engine.wasm: $$(stat -c %s $(WASM)) bytes"
+
+ci: install test ## What .ci/run does.
+
+clean:
+	cargo clean
+	rm -rf $(VENV) $(PKG_WASM)

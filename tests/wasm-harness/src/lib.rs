@@ -1,0 +1,415 @@
+//! Drives the **built** retry-engine component (`target/wasm/retry_engine.wasm`)
+//! through wasmtime, the way a production host does, but with a virtual
+//! monotonic clock and a fixed `insecure-seed` so every run is deterministic.
+//!
+//! The integration tests (`tests/all`) and the throughput example share this
+//! library: loading the component, a host with exactly the two WASI imports the
+//! contract allows, and the bit layouts of `decide`'s `signals` argument and
+//! its `decision` result (see `wit/retry-engine.wit`).
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+
+use anyhow::{bail, Context as _, Result};
+use wasmtime::component::{Component, Linker, ResourceTable};
+use wasmtime::{Config, Engine, Store};
+use wasmtime_wasi::{HostMonotonicClock, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+
+wasmtime::component::bindgen!({
+    path: "../../wit",
+    world: "retry-component",
+    additional_derives: [PartialEq, Eq],
+    require_store_data_send: true,
+    // The imports are wasmtime-wasi's own implementations; the harness only
+    // needs generated types for the exports.
+    with: {
+        "wasi:clocks/monotonic-clock": wasmtime_wasi::p2::bindings::clocks::monotonic_clock,
+        "wasi:random/insecure-seed": wasmtime_wasi::p2::bindings::random::insecure_seed,
+        "wasi:io/poll": wasmtime_wasi::p2::bindings::io::poll,
+    },
+});
+
+pub use exports::contextforge::retry::retry_engine::{
+    ConfigError, DecisionReason, Policy, SimDecision, SimStep,
+};
+
+/// The contract version the harness is written against.
+pub const CONTRACT_VERSION: &str = "0.1.0";
+/// The seed every harness instance gets unless a test asks for another.
+pub const DEFAULT_SEED: u128 = 0x5eed_0000_0000_0000_0000_0000_0000_0001;
+/// The environment variable that overrides where the component is read from.
+pub const WASM_ENV: &str = "RETRY_ENGINE_WASM";
+
+const NANOS_PER_MS: u64 = 1_000_000;
+
+/// Where the component is read from: `$RETRY_ENGINE_WASM`, else
+/// `<workspace>/target/wasm/retry_engine.wasm` (what `make wasm` writes).
+pub fn wasm_path() -> PathBuf {
+    match std::env::var_os(WASM_ENV) {
+        Some(p) if !p.is_empty() => PathBuf::from(p),
+        _ => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/wasm/retry_engine.wasm"),
+    }
+}
+
+/// The component's bytes, or an error telling the reader to run `make wasm`.
+pub fn read_wasm() -> Result<Vec<u8>> {
+    read_wasm_from(&wasm_path())
+}
+
+/// [`read_wasm`] for an explicit path.
+pub fn read_wasm_from(path: &std::path::Path) -> Result<Vec<u8>> {
+    std::fs::read(path).with_context(|| {
+        format!(
+            "cannot read the retry-engine component at {}: run `make wasm` first \
+             (or set {WASM_ENV} to the .wasm file)",
+            path.display()
+        )
+    })
+}
+
+/// One engine and one compiled component per process: Cranelift compiling the
+/// component is the slowest step of a test, so every test shares the result.
+pub fn engine_and_component() -> Result<&'static (Engine, Component)> {
+    static LOADED: OnceLock<std::result::Result<(Engine, Component), String>> = OnceLock::new();
+    let loaded = LOADED.get_or_init(|| {
+        let load = || -> Result<(Engine, Component)> {
+            let bytes = read_wasm()?;
+            let engine = Engine::new(&Config::new())?;
+            let component = Component::new(&engine, &bytes)
+                .map_err(anyhow::Error::from)
+                .with_context(|| format!("{} is not a valid component", wasm_path().display()))?;
+            Ok((engine, component))
+        };
+        load().map_err(|e| format!("{e:#}"))
+    });
+    match loaded {
+        Ok(pair) => Ok(pair),
+        Err(msg) => bail!("{msg}"),
+    }
+}
+
+/// A monotonic clock the test moves by hand. Clones share the same time, so a
+/// test keeps one handle while the store owns another.
+#[derive(Clone, Debug, Default)]
+pub struct VirtualClock(Arc<AtomicU64>);
+
+impl VirtualClock {
+    /// Current reading in nanoseconds (what `monotonic-clock.now` returns).
+    pub fn now_ns(&self) -> u64 {
+        self.0.load(Ordering::SeqCst)
+    }
+    /// Current reading in whole milliseconds.
+    pub fn now_ms(&self) -> u64 {
+        self.now_ns() / NANOS_PER_MS
+    }
+    /// Move the clock forward by `ms` milliseconds.
+    pub fn advance_ms(&self, ms: u64) {
+        self.0.fetch_add(ms * NANOS_PER_MS, Ordering::SeqCst);
+    }
+    /// Move the clock forward by `ns` nanoseconds.
+    pub fn advance_ns(&self, ns: u64) {
+        self.0.fetch_add(ns, Ordering::SeqCst);
+    }
+    /// Set the clock to exactly `ms` milliseconds (never backwards in tests).
+    pub fn set_ms(&self, ms: u64) {
+        self.0.store(ms * NANOS_PER_MS, Ordering::SeqCst);
+    }
+}
+
+impl HostMonotonicClock for VirtualClock {
+    fn resolution(&self) -> u64 {
+        1
+    }
+    fn now(&self) -> u64 {
+        self.now_ns()
+    }
+}
+
+/// Store data: only what the two allowed imports need.
+pub struct HostState {
+    ctx: WasiCtx,
+    table: ResourceTable,
+}
+
+impl WasiView for HostState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.ctx,
+            table: &mut self.table,
+        }
+    }
+}
+
+/// A linker that defines exactly `wasi:clocks/monotonic-clock` and
+/// `wasi:random/insecure-seed` and nothing else, so a component that needs any
+/// other import fails to instantiate.
+pub fn minimal_linker(engine: &Engine) -> Result<Linker<HostState>> {
+    use wasmtime_wasi::clocks::{WasiClocks, WasiClocksView};
+    use wasmtime_wasi::random::{WasiRandom, WasiRandomView};
+    let mut linker = Linker::new(engine);
+    wasmtime_wasi::p2::bindings::clocks::monotonic_clock::add_to_linker::<HostState, WasiClocks>(
+        &mut linker,
+        HostState::clocks,
+    )?;
+    wasmtime_wasi::p2::bindings::random::insecure_seed::add_to_linker::<HostState, WasiRandom>(
+        &mut linker,
+        HostState::random,
+    )?;
+    Ok(linker)
+}
+
+/// How a `decide` call's result reads once unpacked (see `Decision` in
+/// `wit/retry-engine.wit`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Decision {
+    /// Bits 0..39: milliseconds before the retry; 0 = do not retry.
+    pub delay_ms: u64,
+    /// Bits 40..47: consecutive failures of the key after this result.
+    pub retry_count: u8,
+    /// Bits 48..55: the `decision-reason` ordinal.
+    pub reason: u8,
+    /// Bit 63: the host must call `decide-text` instead.
+    pub need_text: bool,
+    /// Bits 56..62, reserved: must be 0.
+    pub reserved: u8,
+    /// The raw value.
+    pub raw: u64,
+}
+
+/// `decision-reason` ordinals as packed in bits 48..55.
+pub mod reason {
+    pub const SUCCESS: u8 = 0;
+    pub const RETRY: u8 = 1;
+    pub const EXHAUSTED: u8 = 2;
+}
+
+impl Decision {
+    pub const DELAY_MASK: u64 = (1 << 40) - 1;
+
+    pub fn unpack(raw: u64) -> Self {
+        Decision {
+            delay_ms: raw & Self::DELAY_MASK,
+            retry_count: (raw >> 40) as u8,
+            reason: (raw >> 48) as u8,
+            need_text: raw >> 63 == 1,
+            reserved: ((raw >> 56) & 0x7f) as u8,
+            raw,
+        }
+    }
+    pub fn is_success(&self) -> bool {
+        self.reason == reason::SUCCESS
+    }
+    pub fn is_retry(&self) -> bool {
+        self.reason == reason::RETRY
+    }
+    pub fn is_exhausted(&self) -> bool {
+        self.reason == reason::EXHAUSTED
+    }
+}
+
+/// What a host reads from a tool result, packed as `decide`'s `signals`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Signals {
+    /// bit 0: `result["isError"] is True`.
+    pub is_error: bool,
+    /// bit 1: `structuredContent` present and not `None`.
+    pub structured: bool,
+    /// bit 2: `structuredContent["isError"] is True`.
+    pub structured_is_error: bool,
+    /// bit 3 + bits 32..63: `structuredContent["status_code"]` as an int.
+    pub status: Option<i32>,
+}
+
+impl Signals {
+    /// A plain success: nothing set.
+    pub const OK: Signals = Signals {
+        is_error: false,
+        structured: false,
+        structured_is_error: false,
+        status: None,
+    };
+    /// `{"isError": true}` without structured content.
+    pub const ERROR: Signals = Signals {
+        is_error: true,
+        structured: false,
+        structured_is_error: false,
+        status: None,
+    };
+
+    /// `{"isError": is_error, "structuredContent": {"status_code": status}}`.
+    pub fn status(is_error: bool, status: i32) -> Signals {
+        Signals {
+            is_error,
+            structured: true,
+            structured_is_error: false,
+            status: Some(status),
+        }
+    }
+
+    pub fn pack(self) -> u64 {
+        let mut bits = self.is_error as u64
+            | (self.structured as u64) << 1
+            | (self.structured_is_error as u64) << 2;
+        if let Some(code) = self.status {
+            bits |= 1 << 3 | u64::from(code as u32) << 32;
+        }
+        bits
+    }
+}
+
+/// `decide`'s key: the tool name immediately followed by the request id, and
+/// the tool name's length in Unicode scalar values.
+pub fn key(tool: &str, request_id: &str) -> (String, u32) {
+    let key = format!("{tool}{request_id}");
+    (key, tool.chars().count() as u32)
+}
+
+/// One instance of the component with its own store, clock and seed.
+pub struct Harness {
+    pub store: Store<HostState>,
+    pub component: RetryComponent,
+    pub clock: VirtualClock,
+}
+
+impl Harness {
+    /// A fresh instance on a virtual clock at 0 ms with [`DEFAULT_SEED`].
+    pub fn new() -> Result<Self> {
+        Self::with_seed(DEFAULT_SEED)
+    }
+
+    /// A fresh instance on a virtual clock at 0 ms with the given seed.
+    pub fn with_seed(seed: u128) -> Result<Self> {
+        let (engine, component) = engine_and_component()?;
+        let clock = VirtualClock::default();
+        let ctx = WasiCtxBuilder::new()
+            .monotonic_clock(clock.clone())
+            .insecure_random_seed(seed)
+            .build();
+        let mut store = Store::new(
+            engine,
+            HostState {
+                ctx,
+                table: ResourceTable::new(),
+            },
+        );
+        let linker = minimal_linker(engine)?;
+        let bindings = RetryComponent::instantiate(&mut store, component, &linker)
+            .map_err(anyhow::Error::from)
+            .context("instantiating the component with only the clock and seed imports")?;
+        Ok(Harness {
+            store,
+            component: bindings,
+            clock,
+        })
+    }
+
+    /// `configure`: the outer error is a trap, the inner one the policy errors.
+    pub fn configure(&mut self, json: &str) -> Result<Result<(), Vec<ConfigError>>> {
+        Ok(self
+            .component
+            .contextforge_retry_retry_engine()
+            .call_configure(&mut self.store, json)?)
+    }
+
+    /// `configure` that must succeed.
+    pub fn configure_ok(&mut self, json: &str) -> Result<()> {
+        match self.configure(json)? {
+            Ok(()) => Ok(()),
+            Err(errors) => bail!("configure({json}) rejected: {errors:?}"),
+        }
+    }
+
+    pub fn decide_raw(&mut self, key: &str, tool_len: u32, signals: u64) -> Result<u64> {
+        Ok(self
+            .component
+            .contextforge_retry_retry_engine()
+            .call_decide(&mut self.store, key, tool_len, signals)?)
+    }
+
+    pub fn decide(&mut self, tool: &str, request_id: &str, signals: Signals) -> Result<Decision> {
+        let (key, tool_len) = key(tool, request_id);
+        Ok(Decision::unpack(self.decide_raw(
+            &key,
+            tool_len,
+            signals.pack(),
+        )?))
+    }
+
+    pub fn decide_text_raw(
+        &mut self,
+        key: &str,
+        tool_len: u32,
+        signals: u64,
+        texts: &[String],
+    ) -> Result<u64> {
+        Ok(self
+            .component
+            .contextforge_retry_retry_engine()
+            .call_decide_text(&mut self.store, key, tool_len, signals, texts)?)
+    }
+
+    pub fn decide_text(
+        &mut self,
+        tool: &str,
+        request_id: &str,
+        signals: Signals,
+        texts: &[&str],
+    ) -> Result<Decision> {
+        let (key, tool_len) = key(tool, request_id);
+        let texts: Vec<String> = texts.iter().map(|t| t.to_string()).collect();
+        Ok(Decision::unpack(self.decide_text_raw(
+            &key,
+            tool_len,
+            signals.pack(),
+            &texts,
+        )?))
+    }
+
+    pub fn tool_policy(&mut self, tool: &str) -> Result<Policy> {
+        Ok(self
+            .component
+            .contextforge_retry_retry_engine()
+            .call_tool_policy(&mut self.store, tool)?)
+    }
+
+    pub fn global_policy(&mut self) -> Result<Policy> {
+        Ok(self
+            .component
+            .contextforge_retry_retry_engine()
+            .call_global_policy(&mut self.store)?)
+    }
+
+    pub fn state_count(&mut self) -> Result<u32> {
+        Ok(self
+            .component
+            .contextforge_retry_retry_engine()
+            .call_state_count(&mut self.store)?)
+    }
+
+    pub fn evict_expired(&mut self) -> Result<u32> {
+        Ok(self
+            .component
+            .contextforge_retry_retry_engine()
+            .call_evict_expired(&mut self.store)?)
+    }
+
+    pub fn simulate(
+        &mut self,
+        config_json: &str,
+        seed: u64,
+        steps: &[SimStep],
+    ) -> Result<Result<Vec<SimDecision>, Vec<ConfigError>>> {
+        Ok(self
+            .component
+            .contextforge_retry_retry_engine()
+            .call_simulate(&mut self.store, config_json, seed, steps)?)
+    }
+
+    pub fn contract_version(&mut self) -> Result<String> {
+        Ok(self
+            .component
+            .contextforge_retry_retry_engine()
+            .call_contract_version(&mut self.store)?)
+    }
+}

@@ -1,0 +1,504 @@
+//! No input can trap the guest: seeded randomized configs, results, keys,
+//! signals and texts (valid and invalid, empty, huge, unicode, a `tool-len`
+//! past the key). A trap surfaces as an `Err` from the call and fails the
+//! test through `?`; afterwards the instance must still work.
+
+use crate::support::*;
+use harness::{SimStep, DEFAULT_SEED};
+use serde_json::{Map, Value};
+
+/// Fixed seeds: a failure names its seed; commit a regression test for it.
+const SEEDS: [u64; 4] = [1, 0xdead_beef, 0x5eed, 20261128];
+const CONFIG_KEYS: [&str; 9] = [
+    "max_retries",
+    "backoff_base_ms",
+    "max_backoff_ms",
+    "retry_on_status",
+    "jitter",
+    "check_text_content",
+    "tool_overrides",
+    "state_ttl_ms",
+    "max_state_entries",
+];
+
+/// `s` cut to at most `len` bytes, on a char boundary.
+fn truncate(s: &str, mut len: usize) -> &str {
+    while !s.is_char_boundary(len) {
+        len -= 1;
+    }
+    &s[..len]
+}
+
+struct Gen(fastrand::Rng);
+
+impl Gen {
+    fn string(&mut self) -> String {
+        let len = match self.0.u8(0..10) {
+            0 => 0,
+            1 => self.0.usize(1_000..70_000),
+            _ => self.0.usize(1..24),
+        };
+        (0..len).map(|_| self.char()).collect()
+    }
+
+    fn char(&mut self) -> char {
+        match self.0.u8(0..8) {
+            0 => '\0',
+            1 => self.0.char('\u{80}'..='\u{7ff}'),
+            2 => self.0.char('\u{800}'..='\u{ffff}'),
+            3 => self.0.char('\u{10000}'..='\u{10ffff}'),
+            4 => *self.pick(&['"', '\\', '{', '}', '[', ']', ':', ',', '.']),
+            _ => self.0.char(' '..='~'),
+        }
+    }
+
+    fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
+        &items[self.0.usize(0..items.len())]
+    }
+
+    fn int(&mut self) -> Value {
+        match self.0.u8(0..8) {
+            0 => json!(self.0.i64(..)),
+            1 => json!(self.0.u64(..)),
+            2 => json!(-self.0.i64(0..1000)),
+            3 => json!(self.0.f64() * 1e6),
+            4 => json!(0),
+            _ => json!(self.0.u64(0..12_000)),
+        }
+    }
+
+    fn value(&mut self, depth: u32) -> Value {
+        match self.0.u8(0..if depth == 0 { 5 } else { 8 }) {
+            0 => Value::Null,
+            1 => json!(self.0.bool()),
+            2 => self.int(),
+            3 => json!(self.string()),
+            4 => json!(self.0.u16(..)),
+            5 => Value::Array(
+                (0..self.0.usize(0..5))
+                    .map(|_| self.value(depth - 1))
+                    .collect(),
+            ),
+            _ => Value::Object(self.object(depth - 1)),
+        }
+    }
+
+    fn object(&mut self, depth: u32) -> Map<String, Value> {
+        (0..self.0.usize(0..5))
+            .map(|_| {
+                let key = if self.0.bool() {
+                    self.pick(&CONFIG_KEYS).to_string()
+                } else {
+                    self.string()
+                };
+                (key, self.value(depth))
+            })
+            .collect()
+    }
+
+    /// A config: mostly plausible values under the real keys, with random
+    /// types, ranges and extra keys mixed in.
+    fn config(&mut self) -> String {
+        if self.0.u8(0..10) == 0 {
+            return match self.0.u8(0..4) {
+                0 => self.string(),
+                1 => self.value(3).to_string(),
+                2 => "[".repeat(self.0.usize(1..200_000)),
+                _ => {
+                    let s = self.config();
+                    truncate(&s, s.len() / 2).to_string()
+                }
+            };
+        }
+        let mut config = Map::new();
+        for key in CONFIG_KEYS {
+            if self.0.bool() {
+                let value = self.config_value(key);
+                config.insert(key.to_string(), value);
+            }
+        }
+        if self.0.bool() {
+            config.extend(self.object(2));
+        }
+        Value::Object(config).to_string()
+    }
+
+    fn config_value(&mut self, key: &str) -> Value {
+        if self.0.u8(0..4) == 0 {
+            return self.value(2);
+        }
+        match key {
+            "max_retries" => json!(self.0.u8(0..13)),
+            "backoff_base_ms" | "max_backoff_ms" => json!(self.0.u64(0..10_000)),
+            "state_ttl_ms" | "max_state_entries" => json!(self.0.u64(0..3)),
+            "retry_on_status" => {
+                Value::Array((0..self.0.usize(0..6)).map(|_| self.int()).collect())
+            }
+            "jitter" | "check_text_content" => json!(self.0.bool()),
+            "tool_overrides" => {
+                let mut overrides = Map::new();
+                for _ in 0..self.0.usize(0..4) {
+                    let mut entry = Map::new();
+                    for key in &CONFIG_KEYS[..6] {
+                        if self.0.bool() {
+                            entry.insert(key.to_string(), self.config_value(key));
+                        }
+                    }
+                    let name = if self.0.bool() {
+                        self.pick(&["t", "a", "é", ""]).to_string()
+                    } else {
+                        self.string()
+                    };
+                    overrides.insert(name, Value::Object(entry));
+                }
+                Value::Object(overrides)
+            }
+            _ => self.value(2),
+        }
+    }
+
+    fn signals(&mut self) -> u64 {
+        match self.0.u8(0..4) {
+            0 => self.0.u64(..),
+            1 => self.0.u64(0..16) | (self.0.u32(..) as u64) << 32,
+            _ => {
+                let status = if self.0.bool() {
+                    Some(*self.pick(&[429, 500, 503, 404, 0, 1, -1, i32::MIN, i32::MAX]))
+                } else {
+                    None
+                };
+                Signals {
+                    is_error: self.0.bool(),
+                    structured: status.is_some() || self.0.bool(),
+                    structured_is_error: self.0.bool(),
+                    status,
+                }
+                .pack()
+            }
+        }
+    }
+
+    fn tool_len(&mut self, tool: &str, key: &str) -> u32 {
+        match self.0.u8(0..6) {
+            0 => u32::MAX,
+            1 => key.chars().count() as u32 + self.0.u32(1..100),
+            2 => self.0.u32(..),
+            _ => tool.chars().count() as u32,
+        }
+    }
+
+    fn texts(&mut self) -> Vec<String> {
+        (0..self.0.usize(0..6))
+            .map(|_| match self.0.u8(0..5) {
+                0 => self.string(),
+                1 => self.value(4).to_string(),
+                2 => json!({"isError": self.value(1), "status_code": self.value(1)}).to_string(),
+                3 => format!("{}{}", "{\"a\":[".repeat(self.0.usize(1..5000)), "1"),
+                _ => {
+                    let s = self.value(3).to_string();
+                    let cut = self.0.usize(0..=s.len());
+                    truncate(&s, cut).to_string()
+                }
+            })
+            .collect()
+    }
+
+    fn result_json(&mut self) -> String {
+        match self.0.u8(0..3) {
+            0 => self.value(4).to_string(),
+            _ => json!({
+                "isError": self.value(1),
+                "structuredContent": if self.0.bool() { self.value(2) } else { json!({"status_code": self.int(), "isError": self.0.bool()}) },
+                "content": (0..self.0.usize(0..3)).map(|_| json!({"type": "text", "text": self.texts().join("")})).collect::<Vec<_>>(),
+            })
+            .to_string(),
+        }
+    }
+}
+
+/// Check the decision layout invariants that hold for every input.
+fn check_decision(raw: u64, context: &dyn Fn() -> String) -> Result<Decision> {
+    let d = Decision::unpack(raw);
+    ensure!(
+        d.reserved == 0,
+        "reserved bits set: {d:?} for {}",
+        context()
+    );
+    ensure!(
+        d.reason <= reason::EXHAUSTED,
+        "bad reason: {d:?} for {}",
+        context()
+    );
+    if d.need_text {
+        ensure!(
+            d.raw == 1 << 63,
+            "need-text with other bits: {d:?} for {}",
+            context()
+        );
+    } else if d.is_retry() {
+        ensure!(
+            d.delay_ms >= 1 && d.retry_count >= 1,
+            "retry without delay: {d:?} for {}",
+            context()
+        );
+    } else {
+        ensure!(
+            d.delay_ms == 0,
+            "no retry but a delay: {d:?} for {}",
+            context()
+        );
+    }
+    if d.is_success() {
+        ensure!(
+            d.retry_count == 0,
+            "success with a count: {d:?} for {}",
+            context()
+        );
+    }
+    Ok(d)
+}
+
+fn check_policy(p: &Policy, context: &str) -> Result<()> {
+    ensure!(p.max_retries <= 10, "{context}: {p:?}");
+    ensure!(p.backoff_base_ms > 0, "{context}: {p:?}");
+    ensure!(p.max_backoff_ms >= p.backoff_base_ms, "{context}: {p:?}");
+    Ok(())
+}
+
+/// After everything, the instance still configures and decides correctly.
+fn still_usable(h: &mut Harness) -> Result<()> {
+    h.configure_ok(
+        &json!({"jitter": false, "max_retries": 2, "backoff_base_ms": 100}).to_string(),
+    )?;
+    assert_success(h.decide("after", "r", Signals::OK)?)?;
+    assert_retry(h.decide("after", "r", Signals::ERROR)?, 100, 1)?;
+    assert_retry(h.decide("after", "r", Signals::ERROR)?, 200, 2)?;
+    assert_exhausted(h.decide("after", "r", Signals::ERROR)?)?;
+    h.evict_expired()?;
+    h.state_count()?;
+    Ok(())
+}
+
+#[test]
+fn test_robustness_random_configs_never_trap() -> Result<()> {
+    for seed in SEEDS {
+        let mut g = Gen(fastrand::Rng::with_seed(seed));
+        let mut h = Harness::new()?;
+        for i in 0..300 {
+            let config = g.config();
+            let ctx = || {
+                format!(
+                    "seed {seed} case {i}: {}",
+                    &config.chars().take(300).collect::<String>()
+                )
+            };
+            match h.configure(&config).map_err(|e| e.context(ctx()))? {
+                Ok(()) => {
+                    check_policy(&h.global_policy()?, &ctx())?;
+                    for tool in ["t", "a", "é", "", "zzz"] {
+                        check_policy(&h.tool_policy(tool)?, &ctx())?;
+                    }
+                }
+                Err(errors) => {
+                    ensure!(!errors.is_empty(), "empty error list: {}", ctx());
+                    for e in &errors {
+                        ensure!(
+                            e.path.is_empty() || CONFIG_KEYS.iter().any(|k| e.path.starts_with(k)),
+                            "error path {:?} is no config key: {}",
+                            e.path,
+                            ctx()
+                        );
+                        ensure!(
+                            !e.message.is_empty(),
+                            "empty message at {:?}: {}",
+                            e.path,
+                            ctx()
+                        );
+                    }
+                }
+            }
+            // A policy that survived must drive decisions without trapping.
+            let raw = h.decide_raw("tr", 1, Signals::ERROR.pack())?;
+            check_decision(raw, &ctx)?;
+        }
+        still_usable(&mut h)?;
+    }
+    Ok(())
+}
+
+#[test]
+fn test_robustness_random_decisions_never_trap() -> Result<()> {
+    for seed in SEEDS {
+        let mut g = Gen(fastrand::Rng::with_seed(seed));
+        let mut h = Harness::with_seed(u128::from(seed))?;
+        h.configure_ok(
+            &json!({"max_state_entries": 50, "state_ttl_ms": 100,
+                     "tool_overrides": {"t": {"check_text_content": true}, "é": {"max_retries": 0}}})
+            .to_string(),
+        )?;
+        for i in 0..1_500 {
+            let tool = match g.0.u8(0..3) {
+                0 => g.string(),
+                _ => g.pick(&["t", "é", "x", ""]).to_string(),
+            };
+            let rid = if g.0.bool() {
+                g.string()
+            } else {
+                g.0.u8(0..4).to_string()
+            };
+            let key = format!("{tool}{rid}");
+            let tool_len = g.tool_len(&tool, &key);
+            let signals = g.signals();
+            if g.0.u8(0..10) == 0 {
+                h.clock.advance_ms(g.0.u64(0..200));
+            }
+            let ctx = || {
+                format!(
+                    "seed {seed} case {i}: tool_len {tool_len}, signals {signals:#x}, key {:?}",
+                    key.chars().take(80).collect::<String>()
+                )
+            };
+            let raw = h
+                .decide_raw(&key, tool_len, signals)
+                .map_err(|e| e.context(ctx()))?;
+            check_decision(raw, &ctx)?;
+            let texts = g.texts();
+            let raw = h
+                .decide_text_raw(&key, tool_len, signals, &texts)
+                .map_err(|e| e.context(ctx()))?;
+            let d = check_decision(raw, &ctx)?;
+            ensure!(!d.need_text, "decide-text set need-text: {}", ctx());
+            if i % 100 == 0 {
+                ensure!(h.state_count()? <= 50, "state bound broken: {}", ctx());
+                h.evict_expired()?;
+            }
+        }
+        still_usable(&mut h)?;
+    }
+    Ok(())
+}
+
+#[test]
+fn test_robustness_random_simulations_never_trap() -> Result<()> {
+    for seed in SEEDS {
+        let mut g = Gen(fastrand::Rng::with_seed(seed));
+        let mut h = Harness::new()?;
+        for i in 0..60 {
+            let config = g.config();
+            let steps: Vec<SimStep> = (0..g.0.usize(0..40))
+                .map(|_| SimStep {
+                    tool: g.pick(&["t", "é", ""]).to_string(),
+                    request_id: g.0.u8(0..3).to_string(),
+                    result_json: g.result_json(),
+                    advance_ms: if g.0.bool() {
+                        g.0.u64(..)
+                    } else {
+                        g.0.u64(0..500)
+                    },
+                })
+                .collect();
+            let sim_seed = g.0.u64(..);
+            let out = h
+                .simulate(&config, sim_seed, &steps)
+                .map_err(|e| e.context(format!("seed {seed} case {i}: {config}")))?;
+            if let Ok(decisions) = out {
+                ensure!(decisions.len() == steps.len(), "seed {seed} case {i}");
+                for d in decisions {
+                    ensure!(
+                        (d.reason == DecisionReason::Retry) == (d.delay_ms > 0),
+                        "seed {seed} case {i}: {d:?}"
+                    );
+                }
+            }
+        }
+        still_usable(&mut h)?;
+    }
+    Ok(())
+}
+
+#[test]
+fn test_robustness_extreme_inputs() -> Result<()> {
+    let mut h = Harness::with_seed(DEFAULT_SEED)?;
+    h.configure_ok(&json!({"check_text_content": true}).to_string())?;
+    let huge = "x".repeat(4 << 20);
+    let unicode: String = "é🦀\u{0}\u{fffd}\u{10ffff}".repeat(10_000);
+    for (key, tool_len) in [
+        ("", 0),
+        ("", 1),
+        ("", u32::MAX),
+        ("abc", 4),
+        ("abc", u32::MAX),
+        (huge.as_str(), 0),
+        (huge.as_str(), 2 << 20),
+        (huge.as_str(), u32::MAX),
+        (unicode.as_str(), 7),
+        (unicode.as_str(), 50_001),
+        (unicode.as_str(), u32::MAX),
+    ] {
+        for signals in [
+            0,
+            1,
+            u64::MAX,
+            0x7fff_ffff_ffff_fff0,
+            1 << 63,
+            0b1011 | 503 << 32,
+        ] {
+            let ctx = || {
+                format!(
+                    "key len {} tool_len {tool_len} signals {signals:#x}",
+                    key.len()
+                )
+            };
+            check_decision(
+                h.decide_raw(key, tool_len, signals)
+                    .map_err(|e| e.context(ctx()))?,
+                &ctx,
+            )?;
+            let texts = vec![huge.clone(), unicode.clone(), "[".repeat(1 << 20)];
+            check_decision(
+                h.decide_text_raw(key, tool_len, signals, &texts)
+                    .map_err(|e| e.context(ctx()))?,
+                &ctx,
+            )?;
+        }
+    }
+    let many_texts: Vec<String> = (0..20_000).map(|i| format!("{{\"n\": {i}}}")).collect();
+    check_decision(h.decide_text_raw("tr", 1, 0, &many_texts)?, &|| {
+        "20 000 texts".into()
+    })?;
+    for config in [
+        huge.clone(),
+        format!(
+            "{{\"retry_on_status\": [{}]}}",
+            vec!["503"; 200_000].join(",")
+        ),
+        format!(
+            "{{\"tool_overrides\": {{{}}}}}",
+            (0..20_000)
+                .map(|i| format!("\"t{i}\": {{\"max_retries\": 1}}"))
+                .collect::<Vec<_>>()
+                .join(",")
+        ),
+        "{".repeat(1 << 20),
+        format!("{}{}", "[".repeat(10_000), "]".repeat(10_000)),
+    ] {
+        h.configure(&config)?.ok();
+    }
+    still_usable(&mut h)
+}
+
+#[test]
+fn test_robustness_clock_extremes() -> Result<()> {
+    // A clock near u64::MAX nanoseconds and a TTL near u64::MAX ms must not
+    // overflow the engine's age arithmetic.
+    let mut h = no_jitter(json!({"state_ttl_ms": u64::MAX, "max_retries": 5}))?;
+    h.clock.advance_ns(u64::MAX - 10);
+    assert_retry(h.decide("t", "r", Signals::ERROR)?, 200, 1)?;
+    ensure!(h.evict_expired()? == 0);
+    assert_retry(h.decide("t", "r", Signals::ERROR)?, 400, 2)?;
+    let mut h = no_jitter(json!({"state_ttl_ms": 1}))?;
+    h.decide("t", "r", Signals::ERROR)?;
+    h.clock.advance_ns(u64::MAX - 10);
+    ensure!(h.evict_expired()? == 1);
+    still_usable(&mut h)
+}

@@ -1,0 +1,97 @@
+//! Test-only helpers on top of the `harness` library.
+
+pub use anyhow::{bail, ensure, Result};
+pub use harness::{reason, ConfigError, Decision, DecisionReason, Harness, Policy, Signals};
+pub use serde_json::json;
+
+/// A fresh instance configured with `config` (a JSON value).
+pub fn configured(config: serde_json::Value) -> Result<Harness> {
+    let mut h = Harness::new()?;
+    h.configure_ok(&config.to_string())?;
+    Ok(h)
+}
+
+/// A fresh instance with jitter off and `overrides` merged into the defaults.
+pub fn no_jitter(mut overrides: serde_json::Value) -> Result<Harness> {
+    overrides
+        .as_object_mut()
+        .expect("no_jitter takes a JSON object")
+        .entry("jitter")
+        .or_insert(json!(false));
+    configured(overrides)
+}
+
+/// The global policy of a fresh, unconfigured instance per issue 2 §3.
+pub fn default_policy() -> Policy {
+    Policy {
+        max_retries: 2,
+        backoff_base_ms: 200,
+        max_backoff_ms: 5000,
+        retry_on_status: vec![429, 500, 502, 503, 504],
+        jitter: true,
+        check_text_content: false,
+    }
+}
+
+/// `configure` that must be rejected; returns the errors.
+pub fn rejected(h: &mut Harness, config: &str) -> Result<Vec<ConfigError>> {
+    match h.configure(config)? {
+        Ok(()) => bail!("configure({config}) was accepted; expected config errors"),
+        Err(errors) => {
+            ensure!(
+                !errors.is_empty(),
+                "configure({config}) failed with an empty error list"
+            );
+            Ok(errors)
+        }
+    }
+}
+
+/// The key paths of `errors`, sorted.
+pub fn paths(errors: &[ConfigError]) -> Vec<String> {
+    let mut paths: Vec<String> = errors.iter().map(|e| e.path.clone()).collect();
+    paths.sort();
+    paths
+}
+
+/// Fail `count` times on `(tool, rid)` and return the decisions.
+pub fn fail_n(h: &mut Harness, tool: &str, rid: &str, count: usize) -> Result<Vec<Decision>> {
+    (0..count)
+        .map(|_| h.decide(tool, rid, Signals::ERROR))
+        .collect()
+}
+
+/// The delays of `decisions`.
+pub fn delays(decisions: &[Decision]) -> Vec<u64> {
+    decisions.iter().map(|d| d.delay_ms).collect()
+}
+
+/// Assert `d` is a retry after `delay_ms` with `count` failures recorded.
+pub fn assert_retry(d: Decision, delay_ms: u64, count: u8) -> Result<()> {
+    ensure!(
+        d.is_retry() && d.delay_ms == delay_ms && d.retry_count == count && !d.need_text,
+        "expected retry after {delay_ms} ms with count {count}, got {d:?}"
+    );
+    ensure!(d.reserved == 0, "reserved bits set in {d:?}");
+    Ok(())
+}
+
+/// Assert `d` is a success decision (delay 0, count 0).
+pub fn assert_success(d: Decision) -> Result<()> {
+    ensure!(
+        d.is_success() && d.delay_ms == 0 && d.retry_count == 0 && !d.need_text,
+        "expected success, got {d:?}"
+    );
+    ensure!(d.reserved == 0, "reserved bits set in {d:?}");
+    Ok(())
+}
+
+/// Assert `d` gives up: delay 0, reason exhausted.
+pub fn assert_exhausted(d: Decision) -> Result<()> {
+    ensure!(
+        d.is_exhausted() && d.delay_ms == 0 && !d.need_text,
+        "expected exhausted, got {d:?}"
+    );
+    ensure!(d.reserved == 0, "reserved bits set in {d:?}");
+    Ok(())
+}

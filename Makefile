@@ -37,7 +37,7 @@ venv: ## Create .venv with the host plugin (editable) and its test/bench depende
 	$(PY) -m pip install --quiet -e 'host-python[test]'
 
 smoke: ## Load the plugin through the real cpex PluginManager and print a few decisions.
-	$(PY) host-python/examples/smoke.py
+	$(PY) examples/smoke.py
 
 test: test-rust test-wasm test-python lint ## Run every test and lint.
 
@@ -60,8 +60,8 @@ clippy:
 	cargo clippy -p retry-engine-guest --target $(WASM_TARGET) -- -D warnings
 
 ruff:
-	$(VENV)/bin/ruff check host-python tests/python bench
-	$(VENV)/bin/ruff format --check host-python tests/python bench
+	$(VENV)/bin/ruff check host-python tests/python bench examples
+	$(VENV)/bin/ruff format --check host-python tests/python bench examples
 
 mypy:
 	$(VENV)/bin/mypy --strict host-python/src/cpex_retry_with_backoff_wasm

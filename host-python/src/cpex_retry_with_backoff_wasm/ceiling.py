@@ -23,7 +23,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from cpex.framework.settings import get_settings
+from cpex.framework.settings import get_settings  # type: ignore[import-untyped, unused-ignore]
 
 log = logging.getLogger(__name__)
 

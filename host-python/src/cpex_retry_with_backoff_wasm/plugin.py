@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from cpex.framework import (
+from cpex.framework import (  # type: ignore[import-untyped, unused-ignore]
     Plugin,
     PluginConfig,
     PluginContext,
@@ -43,7 +43,7 @@ def read_trace_id(extensions: Any) -> str | None:
     return None
 
 
-class RetryWithBackoffPlugin(Plugin):
+class RetryWithBackoffPlugin(Plugin):  # type: ignore[misc, unused-ignore]  # cpex is untyped
     """Retry-with-backoff policy for tool results, decided by a sandboxed Wasm engine.
 
     ``clock`` (monotonic nanoseconds) and ``seed`` replace the component's WASI clock and

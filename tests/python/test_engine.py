@@ -183,6 +183,12 @@ def test_host_keys_are_validated(config: dict[str, Any], key: str) -> None:
         WasmRetryEngine(config)
 
 
+def test_host_and_engine_errors_are_reported_together() -> None:
+    with pytest.raises(ConfigurationError) as info:
+        WasmRetryEngine({"wasm_fuel": 0, "wasm_max_memory_bytes": "big", "max_retries": 11})
+    assert [e.path for e in info.value.errors] == ["wasm_fuel", "wasm_max_memory_bytes", "max_retries"]
+
+
 def test_config_not_representable_as_json() -> None:
     with pytest.raises(ValueError, match="not representable as JSON"):
         WasmRetryEngine({"unknown": float("nan")})

@@ -68,10 +68,11 @@ def bundled_wasm_path() -> Path:
     return Path(str(resources.files(__package__ or "cpex_retry_with_backoff_wasm").joinpath(BUNDLED_WASM)))
 
 
-def _positive_int(config: Mapping[str, Any], key: str, default: int) -> int:
+def _positive_int(config: Mapping[str, Any], key: str, default: int, errors: list[ConfigError]) -> int:
     value = config.get(key, default)
     if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-        raise ConfigurationError((ConfigError(key, f"must be a positive integer, got {value!r}"),))
+        errors.append(ConfigError(key, f"must be a positive integer, got {value!r}"))
+        return default
     return value
 
 
@@ -128,8 +129,10 @@ class WasmRetryEngine:
         seed: Seed | None = None,
     ) -> None:
         raw: dict[str, Any] = dict(config or {})
-        self._fuel = _positive_int(raw, KEY_FUEL, DEFAULT_FUEL)
-        self._max_memory = _positive_int(raw, KEY_MAX_MEMORY, DEFAULT_MAX_MEMORY_BYTES)
+        # Host keys are checked first; their problems are reported together with the engine's.
+        self._host_errors: list[ConfigError] = []
+        self._fuel = _positive_int(raw, KEY_FUEL, DEFAULT_FUEL, self._host_errors)
+        self._max_memory = _positive_int(raw, KEY_MAX_MEMORY, DEFAULT_MAX_MEMORY_BYTES, self._host_errors)
         wasm_path = raw.get(KEY_WASM_PATH)
         if wasm_path is None:
             path = bundled_wasm_path()
@@ -141,9 +144,8 @@ class WasmRetryEngine:
         elif isinstance(wasm_path, str | Path):
             path = Path(wasm_path)
         else:
-            raise ConfigurationError(
-                (ConfigError(KEY_WASM_PATH, f"must be a path string, got {wasm_path!r}"),)
-            )
+            self._host_errors.append(ConfigError(KEY_WASM_PATH, f"must be a path string, got {wasm_path!r}"))
+            raise ConfigurationError(tuple(self._host_errors))
 
         self._lock = threading.Lock()
         self._path = path
@@ -180,8 +182,8 @@ class WasmRetryEngine:
             )
         self.contract_version: str = version
         errors = self._configure_locked(self._config_json)
-        if errors:
-            raise ConfigurationError(errors)
+        if errors or self._host_errors:
+            raise ConfigurationError((*self._host_errors, *errors))
         if max_retries_ceiling is not None:
             overrides = raw.get("tool_overrides")
             effective = {

@@ -194,6 +194,11 @@ def test_config_not_representable_as_json() -> None:
         WasmRetryEngine({"unknown": float("nan")})
 
 
+def test_config_with_lone_surrogates_is_a_config_error() -> None:
+    with pytest.raises(ValueError, match="not valid Unicode"):
+        WasmRetryEngine({"tool_overrides": {"bad\ud800": {"max_retries": 1}}})
+
+
 def test_unknown_keys_are_ignored() -> None:
     engine = WasmRetryEngine({"jitter": False, "some_future_key": {"x": [1]}, "wasm_fuel": 5_000_000})
     assert engine.fuel_per_call == 5_000_000

@@ -203,9 +203,15 @@ class WasmRetryEngine:
     @staticmethod
     def _to_json(config: Mapping[str, Any]) -> str:
         try:
-            return json.dumps(config, default=str, allow_nan=False, ensure_ascii=False)
+            text = json.dumps(config, default=str, allow_nan=False, ensure_ascii=False)
+            text.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise ConfigurationError(
+                (ConfigError("", f"contains a string that is not valid Unicode (lone surrogate): {exc}"),)
+            ) from exc
         except (TypeError, ValueError) as exc:
             raise ConfigurationError((ConfigError("", f"not representable as JSON: {exc}"),)) from exc
+        return text
 
     def _make_linker(self, clock: Clock | None, seed: Seed | None) -> Linker:
         if clock is None and seed is None:

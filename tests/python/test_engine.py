@@ -10,7 +10,7 @@ import pytest
 
 from cpex_retry_with_backoff_wasm import ConfigurationError, Policy, RetryEngineLoadError, WasmRetryEngine
 from cpex_retry_with_backoff_wasm.ceiling import Ceiling
-from cpex_retry_with_backoff_wasm.engine import DEFAULT_FUEL, DEFAULT_MAX_MEMORY_BYTES
+from cpex_retry_with_backoff_wasm.engine import DEFAULT_FUEL, DEFAULT_MAX_MEMORY_BYTES, describe_fault
 from cpex_retry_with_backoff_wasm.signals import (
     decision_delay_ms,
     decision_reason,
@@ -311,12 +311,30 @@ def test_fuel_exhaustion_answers_no_retry_logs_and_recovers(caplog: pytest.LogCa
     with caplog.at_level(logging.ERROR, logger="cpex_retry_with_backoff_wasm.engine"):
         assert engine.decide("t", "r", err()) == 0
     assert engine.fault_count >= 1
-    assert any("decide failed" in r.getMessage() and "fuel" in r.getMessage().lower() for r in caplog.records)
+    (fault,) = [r.getMessage() for r in caplog.records if "decide failed" in r.getMessage()]
+    assert "all fuel consumed" in fault
+    assert "\n" not in fault
     engine.fuel_per_call = DEFAULT_FUEL
     # a fresh instance: state was lost, the configuration was not
     assert step(engine, "t", "r", err()) == (200, 1, "retry")
     assert step(engine, "t", "r", err()) == (400, 2, "retry")
     assert engine.global_policy.jitter is False
+
+
+@pytest.mark.parametrize(
+    ("exc", "text"),
+    [
+        (RuntimeError("clock unplugged"), "RuntimeError: clock unplugged"),
+        (
+            ValueError(
+                "error while executing at wasm backtrace:\n    0: 0x1 - f\n\nCaused by:\n    wasm trap: x"
+            ),
+            "ValueError: wasm trap: x",
+        ),
+    ],
+)
+def test_describe_fault_is_one_line(exc: BaseException, text: str) -> None:
+    assert describe_fault(exc) == text
 
 
 def test_trap_in_host_clock_is_recovered() -> None:

@@ -93,6 +93,14 @@ def _utf8_encodable(text: str) -> bool:
     return True
 
 
+def describe_fault(exc: BaseException) -> str:
+    """``Type: cause`` on one line; wasmtime's multi-line backtrace is reduced to its cause."""
+    text = str(exc)
+    if "Caused by:" in text:
+        text = text.rsplit("Caused by:", 1)[1]
+    return f"{type(exc).__name__}: {' '.join(text.split())}"
+
+
 def _require_str(value: Any, what: str) -> str:
     if type(value) is str:
         return value
@@ -306,13 +314,13 @@ class WasmRetryEngine:
         """Log the fault once and rebuild the instance (lock held)."""
         self.fault_count += 1
         log.error(
-            "%s: %s failed (%s: %s); answering no-retry and rebuilding the instance "
+            "%s: %s failed (%s); answering no-retry and rebuilding the instance "
             "(in-flight retry state is lost)",
             MESSAGE_PREFIX,
             what,
-            type(exc).__name__,
-            exc,
+            describe_fault(exc),
         )
+        log.debug("%s: %s fault detail: %s", MESSAGE_PREFIX, what, exc)
         self._store = None
         self._funcs = {}
         self._broken = True
@@ -330,7 +338,7 @@ class WasmRetryEngine:
             self._store = None
             self._funcs = {}
             self._broken = True
-            log.error("%s: rebuilding the instance failed (%s: %s)", MESSAGE_PREFIX, type(exc).__name__, exc)
+            log.error("%s: rebuilding the instance failed (%s)", MESSAGE_PREFIX, describe_fault(exc))
             return False
         return True
 

@@ -72,21 +72,22 @@ pub fn read_wasm_from(path: &std::path::Path) -> Result<Vec<u8>> {
 /// component is the slowest step of a test, so every test shares the result.
 pub fn engine_and_component() -> Result<&'static (Engine, Component)> {
     static LOADED: OnceLock<std::result::Result<(Engine, Component), String>> = OnceLock::new();
-    let loaded = LOADED.get_or_init(|| {
-        let load = || -> Result<(Engine, Component)> {
-            let bytes = read_wasm()?;
-            let engine = Engine::new(&Config::new())?;
-            let component = Component::new(&engine, &bytes)
-                .map_err(anyhow::Error::from)
-                .with_context(|| format!("{} is not a valid component", wasm_path().display()))?;
-            Ok((engine, component))
-        };
-        load().map_err(|e| format!("{e:#}"))
-    });
+    let loaded = LOADED.get_or_init(|| compile(&Config::new()).map_err(|e| format!("{e:#}")));
     match loaded {
         Ok(pair) => Ok(pair),
         Err(msg) => bail!("{msg}"),
     }
+}
+
+/// A new engine with `config` and the component compiled for it (for tests
+/// that need fuel or other engine settings).
+pub fn compile(config: &Config) -> Result<(Engine, Component)> {
+    let bytes = read_wasm()?;
+    let engine = Engine::new(config)?;
+    let component = Component::new(&engine, &bytes)
+        .map_err(anyhow::Error::from)
+        .with_context(|| format!("{} is not a valid component", wasm_path().display()))?;
+    Ok((engine, component))
 }
 
 /// A monotonic clock the test moves by hand. Clones share the same time, so a
@@ -281,6 +282,17 @@ impl Harness {
     /// A fresh instance on a virtual clock at 0 ms with the given seed.
     pub fn with_seed(seed: u128) -> Result<Self> {
         let (engine, component) = engine_and_component()?;
+        Self::instantiate(engine, component, seed, |_| Ok(()))
+    }
+
+    /// An instance of `component` on `engine`; `setup` adjusts the store
+    /// (fuel, limits) before instantiation.
+    pub fn instantiate(
+        engine: &Engine,
+        component: &Component,
+        seed: u128,
+        setup: impl FnOnce(&mut Store<HostState>) -> Result<()>,
+    ) -> Result<Self> {
         let clock = VirtualClock::default();
         let ctx = WasiCtxBuilder::new()
             .monotonic_clock(clock.clone())
@@ -293,6 +305,7 @@ impl Harness {
                 table: ResourceTable::new(),
             },
         );
+        setup(&mut store)?;
         let linker = minimal_linker(engine)?;
         let bindings = RetryComponent::instantiate(&mut store, component, &linker)
             .map_err(anyhow::Error::from)

@@ -502,3 +502,77 @@ fn test_robustness_clock_extremes() -> Result<()> {
     ensure!(h.evict_expired()? == 1);
     still_usable(&mut h)
 }
+
+/// An instance whose every call runs on a fuel budget.
+fn fueled(fuel: u64) -> Result<Harness> {
+    use std::sync::OnceLock;
+    static FUEL: OnceLock<(wasmtime::Engine, wasmtime::component::Component)> = OnceLock::new();
+    let (engine, component) = match FUEL.get() {
+        Some(pair) => pair,
+        None => {
+            let mut config = wasmtime::Config::new();
+            config.consume_fuel(true);
+            let pair = harness::compile(&config)?;
+            FUEL.get_or_init(|| pair)
+        }
+    };
+    Harness::instantiate(engine, component, DEFAULT_SEED, |store| {
+        store.set_fuel(fuel)?;
+        Ok(())
+    })
+}
+
+#[test]
+fn test_trap_is_an_error_distinct_from_policy_errors() -> Result<()> {
+    // Success, a policy error and a trap, told apart on the same call.
+    let mut h = fueled(50_000_000)?;
+    ensure!(h.configure("{}")?.is_ok(), "valid config must succeed");
+    ensure!(
+        h.configure("{\"max_retries\": 11}")?.is_err(),
+        "policy error must be a value"
+    );
+    h.store.set_fuel(1_000)?;
+    let big = json!({"retry_on_status": vec![503; 10_000]}).to_string();
+    let Err(trap) = h.configure(&big) else {
+        bail!("configure finished on 1 000 fuel");
+    };
+    ensure!(
+        trap.downcast_ref::<wasmtime::Trap>() == Some(&wasmtime::Trap::OutOfFuel),
+        "expected an out-of-fuel trap, got {trap:?}"
+    );
+    // After a trap the instance is poisoned: a host must build a new one.
+    h.store.set_fuel(50_000_000)?;
+    ensure!(
+        h.state_count().is_err(),
+        "a trapped instance must not be re-entered"
+    );
+    ensure!(Harness::new()?.state_count()? == 0);
+    Ok(())
+}
+
+#[test]
+fn test_decide_fuel_stays_small() -> Result<()> {
+    // A deterministic cost guard for the hot path: wasm instructions (fuel)
+    // per decide, independent of the machine's speed.
+    const BUDGET: u64 = 20_000;
+    let mut h = fueled(u64::MAX / 2)?;
+    h.configure_ok(&json!({"max_retries": 3}).to_string())?;
+    let mut worst = 0;
+    for i in 0..2_000 {
+        let rid = format!("req-{:08}", i / 4);
+        let signals = if i % 4 == 3 {
+            Signals::OK
+        } else {
+            Signals::ERROR
+        };
+        let before = h.store.get_fuel()?;
+        h.decide("server-tool", &rid, signals)?;
+        worst = worst.max(before - h.store.get_fuel()?);
+    }
+    ensure!(
+        worst <= BUDGET,
+        "a decide burned {worst} fuel (budget {BUDGET})"
+    );
+    println!("worst decide: {worst} fuel");
+    Ok(())
+}

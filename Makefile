@@ -8,12 +8,14 @@ SHELL := bash
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
+# The newest gateway that installs on Python 3.11 pins cpex 0.1.3; newer ones use 0.1.4 (.venv).
+VENV013 := .venv-cpex013
 WASM_TARGET := wasm32-wasip2
 WASM_BUILT  := target/$(WASM_TARGET)/release/retry_engine.wasm
 WASM        := target/wasm/retry_engine.wasm
 PKG_WASM    := host-python/src/cpex_retry_with_backoff_wasm/retry_engine.wasm
 
-.PHONY: help install toolchain wasm venv smoke test test-rust test-wasm test-python \
+.PHONY: help install toolchain wasm venv smoke test test-rust test-wasm test-python test-python-cpex013 \
         lint fmt-check clippy ruff mypy bench size ci clean
 
 help: ## Show this help.
@@ -39,7 +41,7 @@ venv: ## Create .venv with the host plugin (editable) and its test/bench depende
 smoke: ## Load the plugin through the real cpex PluginManager and print a few decisions.
 	$(PY) examples/smoke.py
 
-test: test-rust test-wasm test-python lint ## Run every test and lint.
+test: test-rust test-wasm test-python test-python-cpex013 lint ## Run every test and lint.
 
 test-rust: ## Unit tests of the pure policy core (native target).
 	cargo test -p retry-engine-guest
@@ -49,6 +51,11 @@ test-wasm: wasm ## The wasmtime harness against the built .wasm.
 
 test-python: wasm ## pytest through the real cpex PluginManager and the built .wasm.
 	$(PY) -m pytest tests/python -q
+
+test-python-cpex013: wasm ## pytest again under cpex 0.1.3 (the native differential is skipped there).
+	test -x $(VENV013)/bin/python || $(PYTHON) -m venv $(VENV013)
+	$(VENV013)/bin/python -m pip install --quiet 'cpex==0.1.3' pytest pytest-asyncio pyyaml -e host-python
+	$(VENV013)/bin/python -m pytest tests/python -q -p no:cacheprovider
 
 lint: fmt-check clippy ruff mypy ## All linters.
 
@@ -77,4 +84,4 @@ ci: install test ## What .ci/run does.
 
 clean:
 	cargo clean
-	rm -rf $(VENV) $(PKG_WASM)
+	rm -rf $(VENV) $(VENV013) $(PKG_WASM)

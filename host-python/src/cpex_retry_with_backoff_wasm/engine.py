@@ -25,6 +25,7 @@ from wasmtime import Store, WasiConfig
 from wasmtime.component import Func, Linker
 
 from . import ceiling as _ceiling
+from .fastcall import LeanDecide
 from .loader import (
     CLOCK_INTERFACE_PREFIX,
     SEED_INTERFACE_PREFIX,
@@ -161,6 +162,7 @@ class WasmRetryEngine:
         self._linker = self._make_linker(clock, seed)
         self._store: Store | None = None
         self._funcs: dict[str, Func] = {}
+        self._lean: LeanDecide | None = None
         self._broken = False
         #: Number of faults (traps, failed rebuilds) since construction.
         self.fault_count = 0
@@ -282,6 +284,7 @@ class WasmRetryEngine:
             ) from exc
         self._store = store
         self._funcs = funcs
+        self._lean = LeanDecide.build(funcs["decide"], store, self._fuel)
         self._broken = False
 
     def _configure_locked(self, config_json: str) -> tuple[ConfigError, ...]:
@@ -323,6 +326,7 @@ class WasmRetryEngine:
         log.debug("%s: %s fault detail: %s", MESSAGE_PREFIX, what, exc)
         self._store = None
         self._funcs = {}
+        self._lean = None
         self._broken = True
         self._rebuild()
 
@@ -337,6 +341,7 @@ class WasmRetryEngine:
             self.fault_count += 1
             self._store = None
             self._funcs = {}
+            self._lean = None
             self._broken = True
             log.error("%s: rebuilding the instance failed (%s)", MESSAGE_PREFIX, describe_fault(exc))
             return False
@@ -364,11 +369,25 @@ class WasmRetryEngine:
                 return 0
             store = self._store
             assert store is not None
+            lean = self._lean
+            try:
+                if texts is None and lean is not None:
+                    key = tool + request_id
+                    try:
+                        encoded = key.encode()
+                    except UnicodeEncodeError:
+                        tool, request_id = _utf8_safe(tool), _utf8_safe(request_id)
+                        encoded = (tool + request_id).encode()
+                    decision: int = lean(encoded, len(tool), signals)
+                    return decision
+            except Exception as exc:
+                self._fault("decide", exc)
+                return 0
             store.set_fuel(self._fuel)
             try:
                 try:
                     if texts is None:
-                        decision: int = self._funcs["decide"](store, tool + request_id, len(tool), signals)
+                        decision = self._funcs["decide"](store, tool + request_id, len(tool), signals)
                     else:
                         decision = self._funcs["decide-text"](
                             store, tool + request_id, len(tool), signals, texts
@@ -432,6 +451,8 @@ class WasmRetryEngine:
             raise ValueError(f"fuel must be a positive integer, got {fuel!r}")
         with self._lock:
             self._fuel = fuel
+            if self._store is not None and self._lean is not None:
+                self._lean = LeanDecide.build(self._funcs["decide"], self._store, fuel)
 
     @property
     def wasm_path(self) -> Path:

@@ -202,7 +202,17 @@ fn test_tool_len_counts_unicode_scalars_not_bytes() -> Result<()> {
         1,
     )?;
     assert_retry(h.decide("🦀x", "r", Signals::ERROR)?, 40, 1)?;
-    assert_retry(h.decide("🦀", "xr", Signals::ERROR)?, 10, 1)
+    assert_retry(h.decide("🦀", "xr", Signals::ERROR)?, 10, 1)?;
+    // Where the byte offset tool-len lands on a char boundary too: "éa" is two
+    // scalars but "é" is two bytes, so a byte split would give ("é", "abc").
+    let mut h = no_jitter(json!({
+        "backoff_base_ms": 10,
+        "tool_overrides": {"éa": {"backoff_base_ms": 70}, "é": {"backoff_base_ms": 30}}
+    }))?;
+    assert_retry(h.decide("éa", "bc", Signals::ERROR)?, 70, 1)?;
+    assert_retry(h.decide("é", "abc", Signals::ERROR)?, 30, 1)?;
+    assert_retry(h.decide("éa", "bc", Signals::ERROR)?, 140, 2)?;
+    assert_retry(h.decide("é", "abc", Signals::ERROR)?, 60, 2)
 }
 
 #[test]

@@ -102,10 +102,11 @@ fn decide(key: &str, tool_len: u32, signals: u64, texts: Option<&[String]>) -> u
     let (tool, request_id) = wire::split_key(key, tool_len);
     let signals = wire::unpack_signals(signals);
     let now = now_ms();
-    match with_engine(|e| e.decide(tool, request_id, signals, texts, now)) {
+    with_engine(|e| match e.decide(tool, request_id, signals, texts, now) {
+        Outcome::Decided(d) if e.is_idle() => wire::pack_decision(&d) | wire::IDLE,
         Outcome::Decided(d) => wire::pack_decision(&d),
         Outcome::NeedText => wire::NEED_TEXT,
-    }
+    })
 }
 
 fn to_wit_errors(errors: Vec<ConfigError>) -> Vec<api::ConfigError> {

@@ -12,6 +12,7 @@ from cpex_retry_with_backoff_wasm import ConfigurationError, Policy, RetryEngine
 from cpex_retry_with_backoff_wasm.ceiling import Ceiling
 from cpex_retry_with_backoff_wasm.engine import DEFAULT_FUEL, DEFAULT_MAX_MEMORY_BYTES, describe_fault
 from cpex_retry_with_backoff_wasm.signals import (
+    DELAY_MASK,
     decision_delay_ms,
     decision_reason,
     decision_retry_count,
@@ -379,3 +380,32 @@ def test_memory_cap_trap_is_recovered() -> None:
     assert engine.fault_count >= 1
     assert set(delays) <= {0, 200}
     assert step(engine, "t", "fresh", err()) == (200, 1, "retry")
+
+
+def test_idle_engine_answers_plain_successes_without_calling_in() -> None:
+    """WIT `idle` bit: no state and no text checks -> a result with no failure signal is a
+    success the host may answer itself.  The virtual clock counts calls into the engine."""
+    clock = VirtualClock()
+    engine = WasmRetryEngine({"jitter": False}, clock=clock, seed=(1, 2))
+    ok_result = {"isError": False, "content": []}
+    engine.decide("t", "r", ok_result)  # first call: the host does not know yet
+    calls = clock.calls
+    assert engine.decide("t", "other", ok_result) == 0
+    assert clock.calls == calls, "an idle engine was called for a plain success"
+    assert engine.decide("t", "r", {"isError": True}) & DELAY_MASK == 200
+    assert clock.calls == calls + 1
+    # Not idle while state is held: the success must reach the engine to clear the key.
+    engine.decide("t", "r", ok_result)
+    assert clock.calls == calls + 2
+    assert engine.state_count() == 0
+    assert engine.decide("t", "r", {"isError": True}) & DELAY_MASK == 200, "budget not cleared"
+
+
+def test_text_checking_config_is_never_idle() -> None:
+    clock = VirtualClock()
+    engine = WasmRetryEngine(
+        {"tool_overrides": {"t": {"check_text_content": True}}}, clock=clock, seed=(1, 2)
+    )
+    for _ in range(3):
+        engine.decide("u", "r", {"isError": False})
+    assert clock.calls == 3

@@ -209,6 +209,11 @@ impl Config {
         }
     }
 
+    /// Whether any policy (global or an override) inspects text content.
+    pub fn any_text_check(&self) -> bool {
+        self.global.check_text_content || self.overrides.iter().any(|(_, p)| p.check_text_content)
+    }
+
     /// Tool names that have an override.
     pub fn overridden_tools(&self) -> impl Iterator<Item = &str> {
         self.overrides.iter().map(|(name, _)| name.as_str())

@@ -143,6 +143,14 @@ impl Engine {
         }
     }
 
+    /// True when a result with no failure signal is, for any tool, a success that
+    /// changes nothing: no retry state is held and no policy inspects text
+    /// content. The host may then answer such results without calling in (the
+    /// `idle` bit of the wire format); any call can end it.
+    pub fn is_idle(&self) -> bool {
+        self.state.is_empty() && !self.config.any_text_check()
+    }
+
     /// Entries held (expired ones not yet swept included).
     pub fn state_count(&self) -> usize {
         self.state.len()
@@ -263,6 +271,18 @@ mod tests {
             Outcome::Decided(d) => assert_eq!((d.delay_ms, d.failures), (400, 2)),
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn test_engine_idle_only_without_state_and_text_checks() {
+        let mut e = engine("{}");
+        assert!(e.is_idle());
+        delays(&mut e, "t", "r", 1, 0);
+        assert!(!e.is_idle());
+        e.decide("t", "r", OK, NO_TEXT, 0);
+        assert!(e.is_idle());
+        let e = engine(r#"{"tool_overrides": {"x": {"check_text_content": true}}}"#);
+        assert!(!e.is_idle());
     }
 
     #[test]

@@ -42,7 +42,7 @@ from .model import (
     Policy,
     RetryEngineLoadError,
 )
-from .signals import NEED_TEXT, collect_texts, read_signals
+from .signals import IDLE, NEED_TEXT, collect_texts, read_signals
 
 log = logging.getLogger(__name__)
 
@@ -163,6 +163,8 @@ class WasmRetryEngine:
         self._store: Store | None = None
         self._funcs: dict[str, Func] = {}
         self._lean: LeanDecide | None = None
+        #: The engine's last word that it is idle (see ``decide``); False whenever unsure.
+        self._idle = False
         self._broken = False
         #: Number of faults (traps, failed rebuilds) since construction.
         self.fault_count = 0
@@ -285,9 +287,11 @@ class WasmRetryEngine:
         self._store = store
         self._funcs = funcs
         self._lean = LeanDecide.build(funcs["decide"], store, self._fuel)
+        self._idle = False
         self._broken = False
 
     def _configure_locked(self, config_json: str) -> tuple[ConfigError, ...]:
+        self._idle = False
         store = self._live_store()
         store.set_fuel(self._fuel + CONFIGURE_FUEL_PER_BYTE * len(config_json.encode("utf-8", "replace")))
         errors = self._funcs["configure"](store, config_json)
@@ -358,6 +362,10 @@ class WasmRetryEngine:
         tool = _require_str(tool, "payload.name")
         request_id = _require_str(request_id, "global_context.request_id")
         signals = read_signals(result)
+        if not signals and self._idle:
+            # The engine said it holds no retry state and checks no text: a result with no
+            # failure signal is a success that would change nothing (WIT `idle` bit).
+            return 0
         decision = self._call_decide(tool, request_id, signals, None)
         if decision & NEED_TEXT:
             decision = self._call_decide(tool, request_id, signals, collect_texts(result))
@@ -379,8 +387,10 @@ class WasmRetryEngine:
                         tool, request_id = _utf8_safe(tool), _utf8_safe(request_id)
                         encoded = (tool + request_id).encode()
                     decision: int = lean(encoded, len(tool), signals)
+                    self._idle = bool(decision & IDLE)
                     return decision
             except Exception as exc:
+                self._idle = False
                 self._fault("decide", exc)
                 return 0
             store.set_fuel(self._fuel)
@@ -406,8 +416,10 @@ class WasmRetryEngine:
                             store, tool + request_id, len(tool), signals, texts
                         )
             except Exception as exc:
+                self._idle = False
                 self._fault("decide" if texts is None else "decide-text", exc)
                 return 0
+            self._idle = bool(decision & IDLE)
             return decision
 
     # ------------------------------------------------------------------ cold paths

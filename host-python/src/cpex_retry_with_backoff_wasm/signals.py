@@ -31,6 +31,9 @@ STATUS_SHIFT: Final = 32
 DELAY_MASK: Final = (1 << 40) - 1
 COUNT_SHIFT: Final = 40
 REASON_SHIFT: Final = 48
+#: bit 62: the engine is idle (no retry state, no text checks): until the next call into it,
+#: a result whose signals are 0 is a success that changes nothing.
+IDLE: Final = 1 << 62
 NEED_TEXT: Final = 1 << 63
 #: ``decision-reason`` ordinals, in WIT declaration order.
 REASONS: Final = ("success", "retry", "exhausted")

@@ -356,8 +356,9 @@ def test_trap_in_host_clock_is_recovered() -> None:
     assert engine.fault_count == 1
 
 
-def test_cold_call_fault_raises_and_recovers() -> None:
+def test_cold_call_fault_raises_and_recovers(monkeypatch: pytest.MonkeyPatch) -> None:
     engine = WasmRetryEngine(NO_JITTER)
+    monkeypatch.setattr("cpex_retry_with_backoff_wasm.engine.COLD_FUEL_FACTOR", 1)
     engine.fuel_per_call = 1
     with pytest.raises(RetryEngineLoadError):
         engine.state_count()
@@ -409,3 +410,14 @@ def test_text_checking_config_is_never_idle() -> None:
     for _ in range(3):
         engine.decide("u", "r", {"isError": False})
     assert clock.calls == 3
+
+
+def test_state_growth_never_exhausts_the_call_fuel() -> None:
+    """Regression: with an open-addressing map, growing past ~100 000 live entries rehashed
+    the whole table inside one `decide` and burnt its 10 M fuel (the call trapped and the
+    instance lost its state).  The index is now sized once per capacity."""
+    engine = WasmRetryEngine({"max_state_entries": 120_000}, clock=lambda: 0, seed=(1, 2))
+    for i in range(150_000):
+        engine.decide("tool", f"req-{i}", {"isError": True})
+    assert engine.fault_count == 0
+    assert engine.state_count() == 120_000

@@ -23,6 +23,11 @@ pub const MAX_RETRIES_LIMIT: u32 = 10;
 pub const DEFAULT_STATE_TTL_MS: u64 = 300_000;
 /// Default bound on live retry-state entries.
 pub const DEFAULT_MAX_STATE_ENTRIES: u32 = 100_000;
+/// Largest `max_state_entries` accepted. The state index is allocated for the
+/// bound up front (4 bytes per entry, rounded up to a power of two), and each
+/// live entry takes ~100 bytes plus its key, so a million entries already needs
+/// a memory cap well above the host's default.
+pub const MAX_STATE_ENTRIES_LIMIT: u32 = 1_000_000;
 
 /// The effective retry policy of one tool.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -147,11 +152,11 @@ impl Config {
         let max_state_entries = match root.get("max_state_entries") {
             None => DEFAULT_MAX_STATE_ENTRIES,
             Some(v) => match v.as_u64() {
-                Some(n) if n > 0 && n <= u64::from(u32::MAX) => n as u32,
+                Some(n) if n > 0 && n <= u64::from(MAX_STATE_ENTRIES_LIMIT) => n as u32,
                 _ => {
                     errors.push(
                         "max_state_entries",
-                        must_be("a positive integer below 2^32", v),
+                        must_be("an integer from 1 to 1000000", v),
                     );
                     DEFAULT_MAX_STATE_ENTRIES
                 }

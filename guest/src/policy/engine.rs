@@ -66,16 +66,16 @@ impl Engine {
     pub fn new(seed: (u64, u64)) -> Self {
         Self {
             config: Config::default(),
-            state: StateTable::new(seed),
+            state: StateTable::new(seed, Config::default().max_state_entries() as usize),
             // Jitter must not be derivable from the hash key: mix the halves.
             rng: Rng::with_seed(seed.0.rotate_left(32) ^ seed.1 ^ 0x9e37_79b9_7f4a_7c15),
         }
     }
 
     /// Replace the configuration; live state is kept (trimmed to a smaller
-    /// `max_state_entries`, oldest first).
+    /// `max_state_entries`, oldest first; re-indexed for a new bound).
     pub fn configure(&mut self, config: Config) {
-        self.state.shrink_to(config.max_state_entries() as usize);
+        self.state.set_capacity(config.max_state_entries() as usize);
         self.config = config;
     }
 
@@ -122,10 +122,7 @@ impl Engine {
             policy.max_backoff_ms,
             policy.jitter,
         );
-        let cap = self.config.max_state_entries() as usize;
-        let failures = self
-            .state
-            .record_failure(tool, request_id, now_ms, ttl, cap);
+        let failures = self.state.record_failure(tool, request_id, now_ms, ttl);
         if failures <= max_retries {
             let delay_ms = backoff::delay_ms(failures - 1, base, max, jitter, &mut self.rng);
             Outcome::Decided(Decision {

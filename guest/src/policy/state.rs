@@ -1,7 +1,7 @@
 //! Retry state: consecutive failures per `(tool, request id)`, with a TTL and
 //! a bound on the number of entries.
 //!
-//! Layout: a slab of entries, a hash table of slab indices, and an intrusive
+//! Layout: a slab of entries, a chained hash index over it, and an intrusive
 //! doubly linked list ordered by last failure (head = oldest). Because every
 //! failure moves its entry to the tail and the clock is monotonic, the head is
 //! always the entry that expires first and the entry to drop when full. So:
@@ -11,16 +11,24 @@
 //!   off the head, never scanning the table;
 //! - when full, the oldest entry goes first, in O(1).
 //!
-//! Request ids are client-controlled, so the table is keyed with SipHash-1-3
-//! under a per-instance secret key (from the imported seed): colliding keys
-//! cannot be precomputed.
+//! Why a chained index sized once for `capacity` rather than a growable
+//! open-addressing map: every call runs under a fuel budget, so no single call
+//! may do work proportional to the table. An open-addressing map rehashes
+//! everything when it grows, and again in place when deletions leave too many
+//! tombstones (with 100 000 entries that burnt more than a 10 M-fuel call
+//! budget). Here the bucket array is allocated when the capacity is set (a
+//! cold path) and an insert or delete only touches one short chain.
+//!
+//! Request ids are client-controlled, so the index is keyed with SipHash-1-3
+//! under a per-instance secret key (from the imported seed): chains cannot be
+//! made long on purpose.
 
 use alloc::boxed::Box;
 use alloc::string::String;
+use alloc::vec;
 use alloc::vec::Vec;
 use core::hash::Hasher;
 
-use hashbrown::HashTable;
 use siphasher::sip::SipHasher13;
 
 const NIL: u32 = u32::MAX;
@@ -41,14 +49,18 @@ struct Slot {
     split: u32,
     hash: u64,
     entry: Entry,
+    /// Age order (doubly linked; head = oldest last failure).
     prev: u32,
     next: u32,
+    /// Next slot in the same hash bucket.
+    chain: u32,
 }
 
 impl Slot {
-    fn matches(&self, tool: &str, request_id: &str) -> bool {
+    fn matches(&self, hash: u64, tool: &str, request_id: &str) -> bool {
         let split = self.split as usize;
-        split == tool.len()
+        self.hash == hash
+            && split == tool.len()
             && self.key.len() == split + request_id.len()
             && self.key.get(..split) == Some(tool)
             && self.key.get(split..) == Some(request_id)
@@ -57,35 +69,69 @@ impl Slot {
 
 /// The state table. Not thread-safe; one per engine.
 pub struct StateTable {
-    table: HashTable<u32>,
+    /// First slot of each bucket's chain; the length is a power of two.
+    buckets: Vec<u32>,
     slots: Vec<Slot>,
     free: Vec<u32>,
+    len: usize,
+    capacity: usize,
     head: u32,
     tail: u32,
     hash_key: (u64, u64),
 }
 
 impl StateTable {
-    /// An empty table whose hash function is keyed with `hash_key`.
-    pub fn new(hash_key: (u64, u64)) -> Self {
+    /// An empty table for at most `capacity` entries whose hash function is
+    /// keyed with `hash_key`.
+    pub fn new(hash_key: (u64, u64), capacity: usize) -> Self {
+        let capacity = capacity.max(1);
         Self {
-            table: HashTable::new(),
+            buckets: vec![NIL; bucket_count(capacity)],
             slots: Vec::new(),
             free: Vec::new(),
+            len: 0,
+            capacity,
             head: NIL,
             tail: NIL,
             hash_key,
         }
     }
 
+    /// Change the bound: drops the oldest entries beyond it and re-indexes the
+    /// rest (a cold path: O(entries)).
+    pub fn set_capacity(&mut self, capacity: usize) {
+        let capacity = capacity.max(1);
+        while self.len > capacity && self.head != NIL {
+            self.remove_index(self.head);
+        }
+        self.capacity = capacity;
+        let count = bucket_count(capacity);
+        if count == self.buckets.len() {
+            return;
+        }
+        self.buckets = vec![NIL; count];
+        let mut i = self.head;
+        while i != NIL {
+            let b = self.bucket_of(self.slots[i as usize].hash);
+            self.slots[i as usize].chain = self.buckets[b];
+            self.buckets[b] = i;
+            i = self.slots[i as usize].next;
+        }
+    }
+
+    /// The bound on entries.
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
     /// Number of entries held (expired ones not yet swept included).
     pub fn len(&self) -> usize {
-        self.table.len()
+        self.len
     }
 
     /// Whether the table holds no entry.
     pub fn is_empty(&self) -> bool {
-        self.table.is_empty()
+        self.len == 0
     }
 
     fn hash(&self, tool: &str, request_id: &str) -> u64 {
@@ -97,31 +143,42 @@ impl StateTable {
         h.finish()
     }
 
-    fn find(&self, tool: &str, request_id: &str) -> Option<u32> {
-        let hash = self.hash(tool, request_id);
-        self.table
-            .find(hash, |&i| self.slots[i as usize].matches(tool, request_id))
-            .copied()
+    fn bucket_of(&self, hash: u64) -> usize {
+        // The low bits of SipHash are as good as any; the length is a power of two.
+        (hash as usize) & (self.buckets.len() - 1)
+    }
+
+    fn find(&self, hash: u64, tool: &str, request_id: &str) -> Option<u32> {
+        let mut i = self.buckets[self.bucket_of(hash)];
+        while i != NIL {
+            let slot = &self.slots[i as usize];
+            if slot.matches(hash, tool, request_id) {
+                return Some(i);
+            }
+            i = slot.chain;
+        }
+        None
     }
 
     /// The live entry for a key, if any (expired entries read as absent).
     pub fn get(&self, tool: &str, request_id: &str, now_ms: u64, ttl_ms: u64) -> Option<Entry> {
-        let entry = self.slots[self.find(tool, request_id)? as usize].entry;
+        let hash = self.hash(tool, request_id);
+        let entry = self.slots[self.find(hash, tool, request_id)? as usize].entry;
         (!expired(entry.last_failure_ms, now_ms, ttl_ms)).then_some(entry)
     }
 
     /// Record a failure at `now_ms` and return the consecutive-failure count.
-    /// An expired entry starts over at 1. When the table already holds
-    /// `capacity` entries, the oldest goes first.
+    /// An expired entry starts over at 1. When the table is full, the oldest
+    /// entry goes first.
     pub fn record_failure(
         &mut self,
         tool: &str,
         request_id: &str,
         now_ms: u64,
         ttl_ms: u64,
-        capacity: usize,
     ) -> u32 {
-        if let Some(i) = self.find(tool, request_id) {
+        let hash = self.hash(tool, request_id);
+        if let Some(i) = self.find(hash, tool, request_id) {
             let slot = &mut self.slots[i as usize];
             let previous = if expired(slot.entry.last_failure_ms, now_ms, ttl_ms) {
                 0
@@ -137,13 +194,13 @@ impl StateTable {
             self.push_tail(i);
             return failures;
         }
-        while self.len() >= capacity.max(1) && self.head != NIL {
+        while self.len >= self.capacity && self.head != NIL {
             self.remove_index(self.head);
         }
-        let hash = self.hash(tool, request_id);
         let mut key = String::with_capacity(tool.len() + request_id.len());
         key.push_str(tool);
         key.push_str(request_id);
+        let bucket = self.bucket_of(hash);
         let slot = Slot {
             key: key.into_boxed_str(),
             split: tool.len() as u32,
@@ -154,6 +211,7 @@ impl StateTable {
             },
             prev: NIL,
             next: NIL,
+            chain: self.buckets[bucket],
         };
         let i = match self.free.pop() {
             Some(i) => {
@@ -165,16 +223,16 @@ impl StateTable {
                 (self.slots.len() - 1) as u32
             }
         };
-        let slots = &self.slots;
-        self.table
-            .insert_unique(hash, i, |&j| slots[j as usize].hash);
+        self.buckets[bucket] = i;
+        self.len += 1;
         self.push_tail(i);
         1
     }
 
     /// Forget a key. Returns whether it was held.
     pub fn remove(&mut self, tool: &str, request_id: &str) -> bool {
-        match self.find(tool, request_id) {
+        let hash = self.hash(tool, request_id);
+        match self.find(hash, tool, request_id) {
             Some(i) => {
                 self.remove_index(i);
                 true
@@ -200,9 +258,8 @@ impl StateTable {
         removed
     }
 
-    /// Remove every expired entry, wherever it sits (a full scan: for the
-    /// explicit `evict-expired` call, which must also be exact if the clock
-    /// ever went backwards and broke the head-is-oldest order).
+    /// Remove every expired entry, wherever it sits (a full scan: exact even
+    /// if the clock ever went backwards and broke the head-is-oldest order).
     pub fn evict_all_expired(&mut self, now_ms: u64, ttl_ms: u64) -> usize {
         let mut removed = 0;
         let mut i = self.head;
@@ -215,13 +272,6 @@ impl StateTable {
             i = next;
         }
         removed
-    }
-
-    /// Drop the oldest entries until at most `capacity` remain.
-    pub fn shrink_to(&mut self, capacity: usize) {
-        while self.len() > capacity && self.head != NIL {
-            self.remove_index(self.head);
-        }
     }
 
     /// Entries from oldest to newest last failure: `(tool, request id, entry)`.
@@ -239,20 +289,34 @@ impl StateTable {
     }
 
     fn remove_index(&mut self, i: u32) {
-        let hash = self.slots[i as usize].hash;
-        if let Ok(found) = self.table.find_entry(hash, |&j| j == i) {
-            found.remove();
+        // Unchain from the bucket (chains are short: the index is sized for
+        // `capacity` and keyed).
+        let bucket = self.bucket_of(self.slots[i as usize].hash);
+        let after = self.slots[i as usize].chain;
+        if self.buckets[bucket] == i {
+            self.buckets[bucket] = after;
+        } else {
+            let mut j = self.buckets[bucket];
+            while j != NIL {
+                let next = self.slots[j as usize].chain;
+                if next == i {
+                    self.slots[j as usize].chain = after;
+                    break;
+                }
+                j = next;
+            }
         }
         self.unlink(i);
         let slot = &mut self.slots[i as usize];
         slot.key = Box::default();
+        slot.chain = NIL;
         self.free.push(i);
-        // Give memory back once the table has emptied (e.g. after a burst of
+        self.len -= 1;
+        // Give the slab back once the table has emptied (e.g. after a burst of
         // unique request ids expired), rather than keeping the peak forever.
-        if self.table.is_empty() {
+        if self.len == 0 {
             self.slots = Vec::new();
             self.free = Vec::new();
-            self.table = HashTable::new();
         }
     }
 
@@ -289,6 +353,11 @@ impl StateTable {
     }
 }
 
+/// Buckets for `capacity` entries: the next power of two (load factor <= 1).
+fn bucket_count(capacity: usize) -> usize {
+    capacity.max(1).next_power_of_two()
+}
+
 /// An entry is gone once its last failure is *older* than the TTL: at exactly
 /// `ttl_ms` it is still live (the native plugin's `>= cutoff` rule). A clock
 /// that went backwards reads as age 0, never as a huge age.
@@ -305,11 +374,11 @@ mod tests {
 
     #[test]
     fn test_state_counts_and_removes() {
-        let mut t = StateTable::new((1, 2));
-        assert_eq!(t.record_failure("a", "r", 0, TTL, CAP), 1);
-        assert_eq!(t.record_failure("a", "r", 1, TTL, CAP), 2);
-        assert_eq!(t.record_failure("ab", "", 1, TTL, CAP), 1);
-        assert_eq!(t.record_failure("a", "b", 1, TTL, CAP), 1);
+        let mut t = StateTable::new((1, 2), CAP);
+        assert_eq!(t.record_failure("a", "r", 0, TTL), 1);
+        assert_eq!(t.record_failure("a", "r", 1, TTL), 2);
+        assert_eq!(t.record_failure("ab", "", 1, TTL), 1);
+        assert_eq!(t.record_failure("a", "b", 1, TTL), 1);
         assert_eq!(t.len(), 3);
         assert!(t.remove("a", "r"));
         assert!(!t.remove("a", "r"));
@@ -324,22 +393,22 @@ mod tests {
 
     #[test]
     fn test_state_ttl_boundary_exact() {
-        let mut t = StateTable::new((1, 2));
-        t.record_failure("a", "r", 10, TTL, CAP);
+        let mut t = StateTable::new((1, 2), CAP);
+        t.record_failure("a", "r", 10, TTL);
         assert!(t.get("a", "r", 10 + TTL, TTL).is_some());
         assert!(t.get("a", "r", 10 + TTL + 1, TTL).is_none());
-        assert_eq!(t.record_failure("a", "r", 10 + TTL, TTL, CAP), 2);
-        assert_eq!(t.record_failure("a", "r", 10 + 2 * TTL + 1, TTL, CAP), 1);
+        assert_eq!(t.record_failure("a", "r", 10 + TTL, TTL), 2);
+        assert_eq!(t.record_failure("a", "r", 10 + 2 * TTL + 1, TTL), 1);
     }
 
     #[test]
     fn test_state_sweep_is_bounded_and_ordered() {
-        let mut t = StateTable::new((1, 2));
+        let mut t = StateTable::new((1, 2), CAP);
         for i in 0..10u64 {
-            t.record_failure("t", &i.to_string(), i, TTL, CAP);
+            t.record_failure("t", &i.to_string(), i, TTL);
         }
         // Touch "0" again: it becomes the newest.
-        t.record_failure("t", "0", 20, TTL, CAP);
+        t.record_failure("t", "0", 20, TTL);
         assert_eq!(t.sweep(TTL + 5, TTL, 100), 4); // "1".."4" (ms 1..4) expired
         assert_eq!(t.sweep(TTL + 100, TTL, 2), 2);
         assert_eq!(t.len(), 4);
@@ -349,22 +418,22 @@ mod tests {
 
     #[test]
     fn test_state_capacity_drops_oldest() {
-        let mut t = StateTable::new((1, 2));
+        let mut t = StateTable::new((1, 2), 3);
         for i in 0..5u64 {
-            t.record_failure("t", &i.to_string(), i, TTL, 3);
+            t.record_failure("t", &i.to_string(), i, TTL);
         }
         assert_eq!(t.len(), 3);
         let order: Vec<&str> = t.iter().map(|(_, r, _)| r).collect();
         assert_eq!(order, vec!["2", "3", "4"]);
-        t.shrink_to(1);
+        t.set_capacity(1);
         assert_eq!(t.iter().map(|(_, r, _)| r).collect::<Vec<_>>(), vec!["4"]);
     }
 
     #[test]
     fn test_state_full_eviction_survives_backwards_clock() {
-        let mut t = StateTable::new((1, 2));
-        t.record_failure("t", "late", 5000, TTL, CAP);
-        t.record_failure("t", "early", 100, TTL, CAP); // clock went backwards
+        let mut t = StateTable::new((1, 2), CAP);
+        t.record_failure("t", "late", 5000, TTL);
+        t.record_failure("t", "early", 100, TTL); // clock went backwards
         assert_eq!(t.sweep(5000, TTL, 100), 0); // head "late" is fresh
         assert_eq!(t.evict_all_expired(5000, TTL), 1);
         assert_eq!(
@@ -375,10 +444,10 @@ mod tests {
 
     #[test]
     fn test_state_slots_reused_and_released() {
-        let mut t = StateTable::new((9, 9));
+        let mut t = StateTable::new((9, 9), CAP);
         for round in 0..3u64 {
             for i in 0..100u64 {
-                t.record_failure("t", &i.to_string(), round * 10_000, TTL, CAP);
+                t.record_failure("t", &i.to_string(), round * 10_000, TTL);
             }
             assert_eq!(t.len(), 100);
             assert!(t.slots.len() <= 100);
@@ -388,6 +457,46 @@ mod tests {
             assert_eq!(t.sweep(round * 10_000 + 2 * TTL, TTL, usize::MAX), 50);
             assert!(t.is_empty());
             assert_eq!(t.slots.capacity(), 0);
+            assert!(t.buckets.iter().all(|&b| b == NIL));
         }
+    }
+
+    #[test]
+    fn test_state_collisions_in_one_bucket_stay_consistent() {
+        // Capacity 1 => one bucket: every key chains there.
+        let mut t = StateTable::new((5, 6), 1);
+        t.set_capacity(1);
+        assert_eq!(t.buckets.len(), 1);
+        let mut t = StateTable::new((5, 6), 8);
+        t.buckets = vec![NIL; 1]; // force every key into one chain
+        for i in 0..8u64 {
+            assert_eq!(t.record_failure("t", &i.to_string(), i, TTL), 1);
+        }
+        for i in [3u64, 0, 7, 5] {
+            assert!(t.remove("t", &i.to_string()));
+        }
+        for i in [1u64, 2, 4, 6] {
+            assert_eq!(t.record_failure("t", &i.to_string(), 10, TTL), 2);
+        }
+        assert_eq!(t.len(), 4);
+    }
+
+    #[test]
+    fn test_state_set_capacity_reindexes_live_entries() {
+        let mut t = StateTable::new((1, 2), 4);
+        for i in 0..4u64 {
+            t.record_failure("t", &i.to_string(), i, TTL);
+        }
+        t.set_capacity(1000);
+        assert_eq!(t.buckets.len(), 1024);
+        for i in 0..4u64 {
+            assert_eq!(t.record_failure("t", &i.to_string(), 10, TTL), 2);
+        }
+        t.set_capacity(2);
+        assert_eq!(t.len(), 2);
+        assert_eq!(
+            t.iter().map(|(_, r, _)| r).collect::<Vec<_>>(),
+            vec!["2", "3"]
+        );
     }
 }

@@ -56,6 +56,9 @@ DEFAULT_FUEL: Final = 10_000_000
 #: ``configure`` parses and validates the whole config: it gets this much more fuel per byte
 #: of config JSON on top of the per-call budget (measured: ~230 per byte on large configs).
 CONFIGURE_FUEL_PER_BYTE: Final = 1_000
+#: Cold calls (policies, state count, ``evict-expired``'s full sweep of up to 10^6 entries)
+#: may do work proportional to the state table; they get this many times the per-call fuel.
+COLD_FUEL_FACTOR: Final = 100
 #: Linear-memory cap of the instance.
 DEFAULT_MAX_MEMORY_BYTES: Final = 64 * 1024 * 1024
 BUNDLED_WASM: Final = "retry_engine.wasm"
@@ -314,7 +317,7 @@ class WasmRetryEngine:
         return store
 
     def _store_fuel(self) -> None:
-        self._live_store().set_fuel(self._fuel)
+        self._live_store().set_fuel(self._fuel * COLD_FUEL_FACTOR)
 
     # ------------------------------------------------------------------ faults
     def _fault(self, what: str, exc: BaseException) -> None:
@@ -359,45 +362,52 @@ class WasmRetryEngine:
         engine asks for it (need-text), collects the text items and calls ``decide-text``.
         Returns 0 ("no retry") when the instance faulted.
         """
-        tool = _require_str(tool, "payload.name")
-        request_id = _require_str(request_id, "global_context.request_id")
+        if type(tool) is not str:
+            tool = _require_str(tool, "payload.name")
+        if type(request_id) is not str:
+            request_id = _require_str(request_id, "global_context.request_id")
         signals = read_signals(result)
         if not signals and self._idle:
             # The engine said it holds no retry state and checks no text: a result with no
             # failure signal is a success that would change nothing (WIT `idle` bit).
             return 0
-        decision = self._call_decide(tool, request_id, signals, None)
+        # Hot path: one lean call (fastcall.LeanDecide) under the store's lock.
+        with self._lock:
+            lean = self._lean
+            if lean is not None:
+                try:
+                    key = (tool + request_id).encode()
+                except UnicodeEncodeError:
+                    # Lone surrogates cannot cross as UTF-8: a deterministic stand-in.
+                    tool, request_id = _utf8_safe(tool), _utf8_safe(request_id)
+                    key = (tool + request_id).encode()
+                try:
+                    decision: int = lean(key, len(tool), signals)
+                except Exception as exc:
+                    self._idle = False
+                    self._fault("decide", exc)
+                    return 0
+                self._idle = bool(decision & IDLE)
+                if not decision & NEED_TEXT:
+                    return decision
+        if lean is None:  # no lean path (other wasmtime-py) or the instance needs a rebuild
+            decision = self._call_decide(tool, request_id, signals, None)
         if decision & NEED_TEXT:
             decision = self._call_decide(tool, request_id, signals, collect_texts(result))
         return decision
 
     def _call_decide(self, tool: str, request_id: str, signals: int, texts: list[str] | None) -> int:
+        """The generic call path: ``decide-text``, and ``decide`` without a lean caller."""
         with self._lock:
             if self._broken and not self._rebuild():
                 return 0
             store = self._store
             assert store is not None
-            lean = self._lean
-            try:
-                if texts is None and lean is not None:
-                    key = tool + request_id
-                    try:
-                        encoded = key.encode()
-                    except UnicodeEncodeError:
-                        tool, request_id = _utf8_safe(tool), _utf8_safe(request_id)
-                        encoded = (tool + request_id).encode()
-                    decision: int = lean(encoded, len(tool), signals)
-                    self._idle = bool(decision & IDLE)
-                    return decision
-            except Exception as exc:
-                self._idle = False
-                self._fault("decide", exc)
-                return 0
             store.set_fuel(self._fuel)
             try:
                 try:
                     if texts is None:
-                        decision = self._funcs["decide"](store, tool + request_id, len(tool), signals)
+                        decision: int = self._funcs["decide"](store, tool + request_id, len(tool), signals)
                     else:
                         decision = self._funcs["decide-text"](
                             store, tool + request_id, len(tool), signals, texts

@@ -75,6 +75,7 @@ mypy:
 
 bench: wasm ## Benchmarks: hook cost vs the native plugin, engine throughput, .wasm size.
 	$(PY) bench/bench_hook.py
+	$(PY) bench/bench_startup.py
 	$(MAKE) --no-print-directory size
 
 size: wasm ## Print the size of the release .wasm.

@@ -160,7 +160,7 @@ pub fn minimal_linker(engine: &Engine) -> Result<Linker<HostState>> {
     Ok(linker)
 }
 
-/// How a `decide` call's result reads once unpacked (see `Decision` in
+/// How a `decide` call's result reads once unpacked (see `decide` in
 /// `wit/retry-engine.wit`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Decision {
@@ -170,9 +170,12 @@ pub struct Decision {
     pub retry_count: u8,
     /// Bits 48..55: the `decision-reason` ordinal.
     pub reason: u8,
+    /// Bit 62: the engine holds no retry state and no policy checks text, so
+    /// until the next call a result with `signals == 0` is a no-op success.
+    pub idle: bool,
     /// Bit 63: the host must call `decide-text` instead.
     pub need_text: bool,
-    /// Bits 56..62, reserved: must be 0.
+    /// Bits 56..61, reserved: must be 0.
     pub reserved: u8,
     /// The raw value.
     pub raw: u64,
@@ -187,14 +190,17 @@ pub mod reason {
 
 impl Decision {
     pub const DELAY_MASK: u64 = (1 << 40) - 1;
+    pub const IDLE: u64 = 1 << 62;
+    pub const NEED_TEXT: u64 = 1 << 63;
 
     pub fn unpack(raw: u64) -> Self {
         Decision {
             delay_ms: raw & Self::DELAY_MASK,
             retry_count: (raw >> 40) as u8,
             reason: (raw >> 48) as u8,
+            idle: (raw >> 62) & 1 == 1,
             need_text: raw >> 63 == 1,
-            reserved: ((raw >> 56) & 0x7f) as u8,
+            reserved: ((raw >> 56) & 0x3f) as u8,
             raw,
         }
     }

@@ -228,8 +228,9 @@ fn test_decision_bit_layout() -> Result<()> {
         raw == 200 | 2 << 40 | 1 << 48,
         "second retry packs as {raw:#x}"
     );
+    // The success clears the only entry: the engine is idle afterwards.
     let raw = h.decide_raw("tr", 1, Signals::OK.pack())?;
-    ensure!(raw == 0, "success packs as {raw:#x}");
+    ensure!(raw == Decision::IDLE, "success packs as {raw:#x}");
     Ok(())
 }
 
@@ -260,5 +261,53 @@ fn test_state_count_follows_failures_and_successes() -> Result<()> {
         h.decide("t", &format!("r{i}"), Signals::OK)?;
     }
     ensure!(h.state_count()? == 10);
+    Ok(())
+}
+
+#[test]
+fn test_idle_bit_tracks_empty_state() -> Result<()> {
+    let mut h = no_jitter(json!({"max_retries": 2, "state_ttl_ms": 1000}))?;
+    let d = h.decide("t", "a", Signals::OK)?;
+    ensure!(d.is_success() && d.idle, "fresh engine, success: {d:?}");
+    let d = h.decide("t", "a", Signals::ERROR)?;
+    ensure!(d.is_retry() && !d.idle, "state held after a failure: {d:?}");
+    let d = h.decide("t", "b", Signals::OK)?;
+    ensure!(
+        d.is_success() && !d.idle,
+        "another key still holds state: {d:?}"
+    );
+    let d = h.decide("t", "a", Signals::OK)?;
+    ensure!(
+        d.is_success() && d.idle,
+        "the success cleared the only entry: {d:?}"
+    );
+    let d = fail_n(&mut h, "t", "a", 3)?;
+    ensure!(
+        d[2].is_exhausted() && d[2].idle,
+        "exhaustion cleared the only entry: {d:?}"
+    );
+    h.decide("t", "a", Signals::ERROR)?;
+    h.clock.advance_ms(1001);
+    ensure!(h.evict_expired()? == 1);
+    let d = h.decide("t", "z", Signals::OK)?;
+    ensure!(
+        d.is_success() && d.idle,
+        "the expired entry was swept: {d:?}"
+    );
+    Ok(())
+}
+
+#[test]
+fn test_idle_never_set_when_a_policy_checks_text() -> Result<()> {
+    // A result with signals 0 may still fail on its text for such a tool.
+    let mut h = no_jitter(json!({"tool_overrides": {"txt": {"check_text_content": true}}}))?;
+    let d = h.decide("plain", "r", Signals::OK)?;
+    ensure!(d.is_success() && !d.idle, "{d:?}");
+    let d = h.decide_text("txt", "r", Signals::OK, &["fine"])?;
+    ensure!(d.is_success() && !d.idle, "{d:?}");
+    ensure!(h.decide("txt", "r", Signals::OK)?.need_text);
+    // Reconfiguring without text checks makes the engine idle again.
+    h.configure_ok(&json!({"jitter": false}).to_string())?;
+    ensure!(h.decide("plain", "r", Signals::OK)?.idle);
     Ok(())
 }

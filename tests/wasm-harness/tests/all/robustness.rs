@@ -231,7 +231,7 @@ fn check_decision(raw: u64, context: &dyn Fn() -> String) -> Result<Decision> {
     );
     if d.need_text {
         ensure!(
-            d.raw == 1 << 63,
+            d.raw == Decision::NEED_TEXT,
             "need-text with other bits: {d:?} for {}",
             context()
         );
@@ -501,6 +501,54 @@ fn test_robustness_clock_extremes() -> Result<()> {
     h.clock.advance_ns(u64::MAX - 10);
     ensure!(h.evict_expired()? == 1);
     still_usable(&mut h)
+}
+
+#[test]
+fn test_robustness_idle_promise_holds() -> Result<()> {
+    // Whenever a decision says `idle`, a result with signals 0 on any key is a
+    // success that changes nothing, so a host may skip the call.
+    for seed in SEEDS {
+        let mut g = Gen(fastrand::Rng::with_seed(seed));
+        let mut h = Harness::with_seed(u128::from(seed))?;
+        h.configure_ok(
+            &json!({"max_retries": 2, "state_ttl_ms": 50, "max_state_entries": 4,
+                     "tool_overrides": {"z": {"max_retries": 0}}})
+            .to_string(),
+        )?;
+        let mut idle_seen = 0;
+        for i in 0..3_000 {
+            let key = format!("{}{}", g.pick(&["t", "u", "z"]), g.0.u8(0..6));
+            let signals = match g.0.u8(0..3) {
+                0 => 0,
+                1 => Signals::ERROR.pack(),
+                _ => g.signals(),
+            };
+            if g.0.u8(0..20) == 0 {
+                h.clock.advance_ms(g.0.u64(0..80));
+            }
+            let d = Decision::unpack(h.decide_raw(&key, 1, signals)?);
+            if !d.idle {
+                continue;
+            }
+            idle_seen += 1;
+            let ctx = format!("seed {seed} case {i}: {key} {signals:#x} gave {d:?}");
+            ensure!(h.state_count()? == 0, "{ctx}: idle with live state");
+            let next = h.decide("t", &g.0.u16(..).to_string(), Signals::OK)?;
+            ensure!(
+                next.is_success() && next.delay_ms == 0 && next.retry_count == 0 && next.idle,
+                "{ctx}: then a zero-signal result gave {next:?}"
+            );
+            ensure!(
+                h.state_count()? == 0,
+                "{ctx}: the zero-signal result left state"
+            );
+        }
+        ensure!(
+            idle_seen > 100,
+            "seed {seed}: idle seen only {idle_seen} times"
+        );
+    }
+    Ok(())
 }
 
 /// An instance whose every call runs on a fuel budget.

@@ -110,8 +110,9 @@ pub fn text_marks_failure(text: &str, retry_on_status: &[i32]) -> bool {
 }
 
 /// Read [`Signals`] and the text items from a result given as JSON, with the
-/// host's reading rules (JSON has no Python bool-as-int: `true` is not a
-/// status code here).
+/// host's reading rules applied to the Python objects the gateway would parse
+/// that JSON into: a `status_code` of `true`/`false` is a Python bool, which
+/// the native plugin reads as the int 1/0.
 pub fn signals_from_json(result: &Value) -> (Signals, Vec<&str>) {
     let Value::Object(map) = result else {
         // Not a mapping: never a failure.
@@ -125,7 +126,10 @@ pub fn signals_from_json(result: &Value) -> (Signals, Vec<&str>) {
         structured_is_error: sc_map.and_then(|m| m.get("isError")) == Some(&Value::Bool(true)),
         status: sc_map
             .and_then(|m| m.get("status_code"))
-            .and_then(Value::as_i64)
+            .and_then(|v| match v {
+                Value::Bool(b) => Some(i64::from(*b)),
+                other => other.as_i64(),
+            })
             .and_then(|n| i32::try_from(n).ok()),
     };
     let texts = match map.get("content") {
@@ -216,6 +220,9 @@ mod tests {
         let (s, texts) = signals_from_json(&v);
         assert_eq!(s, sig(true, true, false, Some(503)));
         assert_eq!(texts, vec!["a"]);
+        let (s, _) =
+            signals_from_json(&serde_json::json!({"structuredContent": {"status_code": true}}));
+        assert_eq!(s.status, Some(1), "a Python bool reads as an int");
         let (s, _) = signals_from_json(&serde_json::json!({"structuredContent": null}));
         assert_eq!(s, Signals::default());
         let (s, _) = signals_from_json(&serde_json::json!([1, 2]));

@@ -568,6 +568,17 @@ mod tests {
     }
 
     #[test]
+    fn test_config_max_state_entries_bounds() {
+        let ok = Config::from_json(r#"{"max_state_entries": 1000000}"#).unwrap();
+        assert_eq!(ok.max_state_entries(), MAX_STATE_ENTRIES_LIMIT);
+        for bad in ["0", "1000001", "-1", "1.5"] {
+            let errs = errors(&format!(r#"{{"max_state_entries": {bad}}}"#));
+            assert_eq!(errs.len(), 1, "{bad}");
+            assert!(errs[0].starts_with("max_state_entries: must be an integer from 1 to 1000000"));
+        }
+    }
+
+    #[test]
     fn test_config_describe_truncates_long_values() {
         let long = "x".repeat(500);
         let errs = errors(&format!(r#"{{"jitter": "{long}"}}"#));

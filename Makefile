@@ -73,9 +73,11 @@ ruff:
 mypy:
 	$(VENV)/bin/mypy --strict host-python/src/cpex_retry_with_backoff_wasm
 
-bench: wasm ## Benchmarks: hook cost vs the native plugin, engine throughput, .wasm size.
+bench: wasm ## Benchmarks: hook cost vs native, cold start, guest memory, engine throughput, size.
 	$(PY) bench/bench_hook.py
 	$(PY) bench/bench_startup.py
+	cargo run -q --profile bench-host -p retry-engine-wasm-harness --example memory
+	cargo run -q --profile bench-host -p retry-engine-wasm-harness --example throughput
 	$(MAKE) --no-print-directory size
 
 size: wasm ## Print the size of the release .wasm.

@@ -3,14 +3,11 @@
 //! signals), against the built component.
 //!
 //! The workspace's `release` profile is tuned for the small guest (`opt-level
-//! = "z"`, fat LTO, one codegen unit), which makes a host build of wasmtime
-//! slow to compile and slower to run; build the example at full speed with:
+//! = "z"`, fat LTO), which makes a host build of wasmtime slow to compile and
+//! slower to run; the `bench-host` profile builds the example at full speed:
 //!
 //! ```text
-//! CARGO_PROFILE_RELEASE_OPT_LEVEL=3 CARGO_PROFILE_RELEASE_LTO=false \
-//! CARGO_PROFILE_RELEASE_CODEGEN_UNITS=16 CARGO_PROFILE_RELEASE_PANIC=unwind \
-//! CARGO_TARGET_DIR=target/throughput \
-//!   cargo run --release -p retry-engine-wasm-harness --example throughput [-- CALLS]
+//! cargo run --profile bench-host -p retry-engine-wasm-harness --example throughput [-- CALLS]
 //! ```
 //!
 //! Not a test: it prints figures; the target is >= 1,000,000 decisions/s.

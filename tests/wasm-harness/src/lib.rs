@@ -127,10 +127,40 @@ impl HostMonotonicClock for VirtualClock {
     }
 }
 
-/// Store data: only what the two allowed imports need.
+/// Store data: what the two allowed imports need, plus a memory recorder.
 pub struct HostState {
     ctx: WasiCtx,
     table: ResourceTable,
+    /// Linear-memory sizes the guest grew to (for the memory benchmark).
+    pub memory: MemoryRecorder,
+}
+
+/// A [`wasmtime::ResourceLimiter`] that allows everything and remembers the
+/// largest linear memory the guest asked for.
+#[derive(Debug, Default)]
+pub struct MemoryRecorder {
+    /// Bytes of the largest linear memory so far.
+    pub peak_bytes: usize,
+}
+
+impl wasmtime::ResourceLimiter for MemoryRecorder {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _max: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        self.peak_bytes = self.peak_bytes.max(desired);
+        Ok(true)
+    }
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        _desired: usize,
+        _max: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        Ok(true)
+    }
 }
 
 impl WasiView for HostState {
@@ -309,8 +339,10 @@ impl Harness {
             HostState {
                 ctx,
                 table: ResourceTable::new(),
+                memory: MemoryRecorder::default(),
             },
         );
+        store.limiter(|state| &mut state.memory);
         setup(&mut store)?;
         let linker = minimal_linker(engine)?;
         let bindings = RetryComponent::instantiate(&mut store, component, &linker)

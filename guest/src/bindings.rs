@@ -5,7 +5,9 @@ use alloc::string::{String, ToString};
 use alloc::vec::Vec;
 use core::cell::RefCell;
 
-use crate::policy::{simulate, Config, ConfigError, Decision, Engine, Outcome, Policy, Reason};
+use crate::policy::{
+    simulate, snapshot, Config, ConfigError, Decision, Engine, Outcome, Policy, Reason,
+};
 use crate::wire;
 
 mod wit {
@@ -72,6 +74,16 @@ impl api::Guest for Component {
     fn evict_expired() -> u32 {
         let now = now_ms();
         with_engine(|e| e.evict_expired(now) as u32)
+    }
+
+    fn export_state() -> String {
+        let now = now_ms();
+        with_engine(|e| snapshot::export(e, now))
+    }
+
+    fn import_state(state_json: String) -> Result<u32, String> {
+        let now = now_ms();
+        with_engine(|e| snapshot::import(e, &state_json, now))
     }
 
     fn simulate(

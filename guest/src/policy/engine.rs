@@ -6,7 +6,7 @@ use fastrand::Rng;
 use super::backoff;
 use super::classify::{classify, Classification, Signals};
 use super::config::{Config, Policy};
-use super::state::StateTable;
+use super::state::{Entry, StateTable};
 
 /// How many expired entries one decision may sweep. Bounds the latency of a
 /// single call after a burst of entries expires together; the backlog drains
@@ -157,6 +157,11 @@ impl Engine {
     pub fn evict_expired(&mut self, now_ms: u64) -> usize {
         self.state
             .evict_all_expired(now_ms, self.config.state_ttl_ms())
+    }
+
+    /// Put an entry restored from another instance's state as the newest.
+    pub fn restore_entry(&mut self, tool: &str, request_id: &str, entry: Entry) {
+        self.state.put(tool, request_id, entry);
     }
 
     /// Read access to the state table (inspection, export).

@@ -9,6 +9,7 @@ pub mod classify;
 pub mod config;
 pub mod engine;
 pub mod simulate;
+pub mod snapshot;
 pub mod state;
 
 pub use classify::Signals;

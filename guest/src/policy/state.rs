@@ -194,6 +194,34 @@ impl StateTable {
             self.push_tail(i);
             return failures;
         }
+        self.insert_new(
+            hash,
+            tool,
+            request_id,
+            Entry {
+                failures: 1,
+                last_failure_ms: now_ms,
+            },
+        );
+        1
+    }
+
+    /// Put `entry` for a key as the newest entry, replacing any entry the key
+    /// has (restoring exported state). When the table is full, the oldest
+    /// entry goes first.
+    pub fn put(&mut self, tool: &str, request_id: &str, entry: Entry) {
+        let hash = self.hash(tool, request_id);
+        match self.find(hash, tool, request_id) {
+            Some(i) => {
+                self.slots[i as usize].entry = entry;
+                self.unlink(i);
+                self.push_tail(i);
+            }
+            None => self.insert_new(hash, tool, request_id, entry),
+        }
+    }
+
+    fn insert_new(&mut self, hash: u64, tool: &str, request_id: &str, entry: Entry) {
         while self.len >= self.capacity && self.head != NIL {
             self.remove_index(self.head);
         }
@@ -205,10 +233,7 @@ impl StateTable {
             key: key.into_boxed_str(),
             split: tool.len() as u32,
             hash,
-            entry: Entry {
-                failures: 1,
-                last_failure_ms: now_ms,
-            },
+            entry,
             prev: NIL,
             next: NIL,
             chain: self.buckets[bucket],
@@ -226,7 +251,6 @@ impl StateTable {
         self.buckets[bucket] = i;
         self.len += 1;
         self.push_tail(i);
-        1
     }
 
     /// Forget a key. Returns whether it was held.

@@ -1,0 +1,203 @@
+//! Moving live retry state between instances (hot reload of the component).
+//!
+//! Format 1 is a JSON document:
+//! `{"format": 1, "entries": [[tool, request_id, failures, age_ms], ...]}`,
+//! oldest last failure first. Ages rather than timestamps, so the document does
+//! not depend on where either instance's monotonic clock started. JSON rather
+//! than a WIT list of records: one string crosses the host boundary in
+//! microseconds, while a list of 100 000 records is lifted value by value.
+
+use alloc::format;
+use alloc::string::String;
+use core::fmt::Write as _;
+
+use serde_json::Value;
+
+use super::engine::Engine;
+use super::state::{expired, Entry};
+
+/// The format this build writes and reads.
+pub const FORMAT: u64 = 1;
+
+/// Serialize the live (unexpired) entries of `engine` at `now_ms`.
+pub fn export(engine: &Engine, now_ms: u64) -> String {
+    let ttl = engine.config().state_ttl_ms();
+    let mut out = String::from("{\"format\":1,\"entries\":[");
+    let mut first = true;
+    for (tool, request_id, entry) in engine.state().iter() {
+        if expired(entry.last_failure_ms, now_ms, ttl) {
+            continue;
+        }
+        if !first {
+            out.push(',');
+        }
+        first = false;
+        out.push('[');
+        push_json_str(&mut out, tool);
+        out.push(',');
+        push_json_str(&mut out, request_id);
+        let age = now_ms.saturating_sub(entry.last_failure_ms);
+        let _ = write!(out, ",{},{}]", entry.failures, age);
+    }
+    out.push_str("]}");
+    out
+}
+
+/// Restore the entries of a format-1 document into `engine` at `now_ms`;
+/// returns how many were imported. Nothing is imported unless the whole
+/// document is readable.
+pub fn import(engine: &mut Engine, text: &str, now_ms: u64) -> Result<u32, String> {
+    let doc: Value =
+        serde_json::from_str(text).map_err(|e| format!("state is not valid JSON: {e}"))?;
+    let format = doc.get("format").and_then(Value::as_u64);
+    if format != Some(FORMAT) {
+        // Not `Value`'s Display: float formatting would add KiBs to the component.
+        let got = match (doc.get("format"), format) {
+            (None, _) => String::from("(missing)"),
+            (Some(_), Some(n)) => format!("{n}"),
+            (Some(_), None) => String::from("(not an integer)"),
+        };
+        return Err(format!(
+            "state format {got} is not supported (this engine reads format {FORMAT})"
+        ));
+    }
+    let Some(Value::Array(entries)) = doc.get("entries") else {
+        return Err(String::from("state has no \"entries\" list"));
+    };
+    // Validate everything first: a half-imported state would be worse than none.
+    let mut parsed = alloc::vec::Vec::with_capacity(entries.len());
+    for (i, item) in entries.iter().enumerate() {
+        let fields = match item {
+            Value::Array(f) if f.len() == 4 => f,
+            _ => {
+                return Err(format!(
+                    "entries[{i}] is not [tool, request_id, failures, age_ms]"
+                ))
+            }
+        };
+        let (Some(tool), Some(request_id), Some(failures), Some(age_ms)) = (
+            fields[0].as_str(),
+            fields[1].as_str(),
+            fields[2].as_u64().and_then(|n| u32::try_from(n).ok()),
+            fields[3].as_u64(),
+        ) else {
+            return Err(format!("entries[{i}] has a field of the wrong type"));
+        };
+        parsed.push((tool, request_id, failures, age_ms));
+    }
+    let ttl = engine.config().state_ttl_ms();
+    let mut imported = 0u32;
+    for (tool, request_id, failures, age_ms) in parsed {
+        if failures == 0 || age_ms > ttl {
+            continue;
+        }
+        let entry = Entry {
+            failures,
+            last_failure_ms: now_ms.saturating_sub(age_ms),
+        };
+        engine.restore_entry(tool, request_id, entry);
+        imported += 1;
+    }
+    Ok(imported)
+}
+
+/// Append `s` as a JSON string literal.
+fn push_json_str(out: &mut String, s: &str) {
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if (c as u32) < 0x20 => {
+                let _ = write!(out, "\\u{:04x}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::{Config, Outcome, Signals};
+
+    const FAIL: Signals = Signals {
+        is_error: true,
+        structured: false,
+        structured_is_error: false,
+        status: None,
+    };
+    const NO_TEXT: Option<&[&str]> = None;
+
+    fn engine(json: &str) -> Engine {
+        let mut e = Engine::new((1, 2));
+        e.configure(Config::from_json(json).unwrap());
+        e
+    }
+
+    fn fail(e: &mut Engine, tool: &str, rid: &str, now: u64) -> u32 {
+        match e.decide(tool, rid, FAIL, NO_TEXT, now) {
+            Outcome::Decided(d) => d.failures,
+            Outcome::NeedText => panic!("need text"),
+        }
+    }
+
+    #[test]
+    fn test_snapshot_roundtrip_keeps_counts_ages_and_order() {
+        let mut old = engine(r#"{"max_retries": 5, "state_ttl_ms": 1000}"#);
+        fail(&mut old, "t", "a", 100);
+        fail(&mut old, "t\"\\\n", "é✓", 200);
+        fail(&mut old, "t", "a", 300);
+        fail(&mut old, "t", "gone", 0);
+        let doc = export(&old, 1050);
+        assert_eq!(
+            doc,
+            r#"{"format":1,"entries":[["t\"\\\u000a","é✓",1,850],["t","a",2,750]]}"#
+        );
+
+        // The new instance's clock started elsewhere: ages carry over.
+        let mut new = engine(r#"{"max_retries": 5, "state_ttl_ms": 1000}"#);
+        assert_eq!(import(&mut new, &doc, 50_000), Ok(2));
+        assert_eq!(fail(&mut new, "t", "a", 50_000), 3);
+        // "a" had 750 ms of age; 251 ms later its age is 1001 > TTL.
+        assert_eq!(fail(&mut new, "t\"\\\n", "é✓", 50_151), 1);
+        let order: alloc::vec::Vec<&str> = new.state().iter().map(|(_, r, _)| r).collect();
+        assert_eq!(order, ["a", "é✓"]);
+    }
+
+    #[test]
+    fn test_snapshot_import_is_all_or_nothing() {
+        let mut e = engine("{}");
+        for (doc, why) in [
+            ("nope", "not valid JSON"),
+            (
+                r#"{"format": 2, "entries": []}"#,
+                "state format 2 is not supported",
+            ),
+            (r#"{"entries": []}"#, "state format (missing)"),
+            (r#"{"format": 1}"#, "no \"entries\""),
+            (
+                r#"{"format": 1, "entries": [["t","r",1,0], ["t"]]}"#,
+                "entries[1] is not",
+            ),
+            (
+                r#"{"format": 1, "entries": [["t","r",-1,0]]}"#,
+                "entries[0] has a field",
+            ),
+        ] {
+            let err = import(&mut e, doc, 0).unwrap_err();
+            assert!(err.contains(why), "{doc}: {err}");
+        }
+        assert!(e.state().is_empty());
+    }
+
+    #[test]
+    fn test_snapshot_import_respects_ttl_and_capacity() {
+        let mut e = engine(r#"{"state_ttl_ms": 100, "max_state_entries": 2}"#);
+        let doc = r#"{"format":1,"entries":[["t","old",1,101],["t","a",1,5],["t","b",2,4],["t","c",1,3],["t","z",0,1]]}"#;
+        assert_eq!(import(&mut e, doc, 1000), Ok(3));
+        let order: alloc::vec::Vec<&str> = e.state().iter().map(|(_, r, _)| r).collect();
+        assert_eq!(order, ["b", "c"]);
+    }
+}

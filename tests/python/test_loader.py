@@ -169,9 +169,11 @@ def test_truncated_engine_names_the_path(wasm_path: Path, tmp_path: Path) -> Non
 def test_component_that_is_not_a_retry_engine(tmp_path: Path) -> None:
     path = tmp_path / "empty-component.wasm"
     path.write_bytes(bytes(wasmtime.wat2wasm("(component)")))
-    with pytest.raises(
-        RetryEngineLoadError, match=r"empty-component\.wasm does not export contextforge:retry"
-    ):
+    expected = (
+        r"empty-component\.wasm is not for this host's contract: "
+        r"the host needs contextforge:retry/retry-engine@0\.1\.x, it exports nothing"
+    )
+    with pytest.raises(RetryEngineLoadError, match=expected):
         load_component(path)
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import threading
 from collections.abc import Callable, Mapping
 from importlib import resources
@@ -160,9 +161,11 @@ class WasmRetryEngine:
             raise ConfigurationError(tuple(self._host_errors))
 
         self._lock = threading.Lock()
+        self._clock = clock
+        self._seed = seed
         self._path = path
         self._loaded: LoadedComponent = load_component(path)
-        self._linker = self._make_linker(clock, seed)
+        self._linker = self._make_linker(self._loaded)
         self._store: Store | None = None
         self._funcs: dict[str, Func] = {}
         self._lean: LeanDecide | None = None
@@ -188,14 +191,7 @@ class WasmRetryEngine:
 
     def _configure_initial(self, raw: dict[str, Any], max_retries_ceiling: _ceiling.Ceiling | None) -> None:
         """Check the contract, configure, clamp to the ceiling, cache the global policy (lock held)."""
-        self._store_fuel()
-        version = self._funcs["contract-version"](self._live_store())
-        if not isinstance(version, str) or version.split(".")[:2] != CONTRACT_VERSION.split(".")[:2]:
-            raise RetryEngineLoadError(
-                f"{MESSAGE_PREFIX}: {self._path} implements contract {version!r}, "
-                f"this host needs {CONTRACT_VERSION.rsplit('.', 1)[0]}.x"
-            )
-        self.contract_version: str = version
+        self.contract_version: str = self._check_contract()
         errors = self._configure_locked(self._config_json)
         if errors or self._host_errors:
             raise ConfigurationError((*self._host_errors, *errors))
@@ -214,6 +210,75 @@ class WasmRetryEngine:
                     raise ConfigurationError(errors)
         self._global_policy = self._global_policy_locked()
 
+    def _check_contract(self) -> str:
+        """The instance's ``contract-version``, if this host speaks it (lock held)."""
+        self._store_fuel()
+        version = self._funcs["contract-version"](self._live_store())
+        if not isinstance(version, str) or version.split(".")[:2] != CONTRACT_VERSION.split(".")[:2]:
+            raise RetryEngineLoadError(
+                f"{MESSAGE_PREFIX}: {self._path} implements contract {version!r}, "
+                f"this host needs {CONTRACT_VERSION.rsplit('.', 1)[0]}.x"
+            )
+        return version
+
+    # ------------------------------------------------------------------ hot reload
+    def reload(self, wasm_path: str | os.PathLike[str] | None = None) -> int:
+        """Swap in another build of the component without losing live retry state.
+
+        Loads ``wasm_path`` (default: the path in use, e.g. after replacing the file),
+        instantiates it, checks its contract, configures it with the current config, and
+        moves every live retry-state entry across (``export-state`` -> ``import-state``)
+        while holding the instance lock, so no decision falls between the two instances.
+        Returns the number of entries carried over.
+
+        Raises:
+            RetryEngineLoadError: the new build is missing, corrupt, for another contract,
+                rejects the config or the state.  The previous instance keeps serving.
+        """
+        path = Path(wasm_path) if wasm_path is not None else self._path
+        loaded = load_component(path)
+        linker = self._make_linker(loaded)
+        with self._lock:
+            previous = (self._path, self._loaded, self._linker, self._store, self._funcs, self._lean)
+            was_broken = self._broken
+            state = ""
+            if not was_broken and self._store is not None:
+                self._store_fuel()
+                state = self._funcs["export-state"](self._store)
+            try:
+                self._path, self._loaded, self._linker = path, loaded, linker
+                self._instantiate()
+                version = self._check_contract()
+                errors = self._configure_locked(self._config_json)
+                if errors:
+                    raise ConfigurationError(errors)
+                moved = 0
+                if state:
+                    self._store_fuel()
+                    imported = self._funcs["import-state"](self._live_store(), state)
+                    if not isinstance(imported, int):
+                        raise RetryEngineLoadError(f"it cannot take the live state: {imported}")
+                    moved = imported
+                global_policy = self._global_policy_locked()
+            except Exception as exc:
+                self._path, self._loaded, self._linker, self._store, self._funcs, self._lean = previous
+                self._broken = was_broken
+                self._idle = False
+                raise RetryEngineLoadError(
+                    f"{MESSAGE_PREFIX}: reloading {path} refused ({describe_fault(exc)}); "
+                    f"the previous instance ({previous[0]}) keeps serving"
+                ) from exc
+            self.contract_version = version
+            self._global_policy = global_policy
+        log.warning(
+            "%s: reloaded %s (contract %s); %d retry-state entries carried over",
+            MESSAGE_PREFIX,
+            path,
+            version,
+            moved,
+        )
+        return moved
+
     # ------------------------------------------------------------------ construction
     @staticmethod
     def _to_json(config: Mapping[str, Any]) -> str:
@@ -228,10 +293,11 @@ class WasmRetryEngine:
             raise ConfigurationError((ConfigError("", f"not representable as JSON: {exc}"),)) from exc
         return text
 
-    def _make_linker(self, clock: Clock | None, seed: Seed | None) -> Linker:
+    def _make_linker(self, loaded: LoadedComponent) -> Linker:
+        clock, seed = self._clock, self._seed
         if clock is None and seed is None:
             return production_linker()
-        imports = self._loaded.imports
+        imports = loaded.imports
         linker = Linker(get_engine())
         linker.allow_shadowing = True
         linker.add_wasip2()

@@ -45,6 +45,8 @@ EXPORTED_FUNCS = (
     "global-policy",
     "state-count",
     "evict-expired",
+    "export-state",
+    "import-state",
     "contract-version",
 )
 
@@ -163,6 +165,18 @@ def _imported_funcs(engine: Engine, item: object) -> frozenset[str]:
 
 def _describe(path: Path, engine: Engine, component: Component, sha256: str) -> LoadedComponent:
     ctype = component.type
+    # The contract first: a build for another contract version is the likeliest mistake, and
+    # its error should name both versions rather than whatever else differs.
+    exports = ctype.exports(engine)
+    interface = next((name for name in exports if name.startswith(INTERFACE_PREFIX)), None)
+    if interface is None:
+        family = INTERFACE_PREFIX.split("@", maxsplit=1)[0]
+        others = sorted(name for name in exports if name.startswith(family))
+        found = f"it exports {', '.join(others or sorted(exports)) or 'nothing'}"
+        raise RetryEngineLoadError(
+            f"{MESSAGE_PREFIX}: {path} is not for this host's contract: the host needs "
+            f"{INTERFACE_PREFIX}x, {found}"
+        )
     imports: dict[str, frozenset[str]] = {}
     for name, item in ctype.imports(engine).items():
         if not name.startswith(ALLOWED_IMPORT_PREFIXES):
@@ -171,13 +185,6 @@ def _describe(path: Path, engine: Engine, component: Component, sha256: str) -> 
                 "wasi:clocks/monotonic-clock and wasi:random/insecure-seed"
             )
         imports[name] = _imported_funcs(engine, item.ty)
-    exports = ctype.exports(engine)
-    interface = next((name for name in exports if name.startswith(INTERFACE_PREFIX)), None)
-    if interface is None:
-        raise RetryEngineLoadError(
-            f"{MESSAGE_PREFIX}: {path} does not export {INTERFACE_PREFIX}x "
-            f"(exports: {', '.join(sorted(exports)) or 'none'}); is it a retry-engine build?"
-        )
     iface_index = component.get_export_index(interface)
     assert iface_index is not None
     indices: dict[str, ExportIndex] = {}

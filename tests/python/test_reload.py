@@ -1,0 +1,187 @@
+"""Contract-version checks at load, and hot reload with live retry state carried across.
+
+Builds for another contract version are made from the real component by a same-length
+rename of its contract version (``retry-engine@0.1.0`` -> ``@0.1.7`` or ``@0.2.0``, and the
+``contract-version`` literal): the binary stays valid because no length changes, and the
+fixture behaves exactly like the real engine except for the version it declares.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cpex.framework import PluginConfig
+
+from cpex_retry_with_backoff_wasm import RetryEngineLoadError, RetryWithBackoffPlugin, WasmRetryEngine
+from cpex_retry_with_backoff_wasm.signals import DELAY_MASK
+
+from .conftest import VirtualClock, err, ok
+
+NO_JITTER = {"jitter": False, "max_retries": 5}
+
+
+def contract_variant(wasm_path: Path, tmp_path: Path, version: str) -> Path:
+    """The real component declaring contract ``version`` instead of 0.1.0."""
+    assert len(version) == len("0.1.0")
+    data = wasm_path.read_bytes()
+    names = data.count(b"retry-engine@0.1.0")
+    assert names > 0
+    data = data.replace(b"retry-engine@0.1.0", b"retry-engine@" + version.encode())
+    # What is left is the `contract-version` literal, exactly once.
+    assert data.count(b"0.1.0") == 1, "the fixture rename no longer finds the version literal"
+    data = data.replace(b"0.1.0", version.encode())
+    out = tmp_path / f"retry_engine-{version}.wasm"
+    out.write_bytes(data)
+    return out
+
+
+def delays(engine: WasmRetryEngine, tool: str, rid: str, results: list[Any]) -> list[int]:
+    return [engine.decide(tool, rid, r) & DELAY_MASK for r in results]
+
+
+def test_newer_patch_of_the_contract_loads(wasm_path: Path, tmp_path: Path) -> None:
+    patch = contract_variant(wasm_path, tmp_path, "0.1.7")
+    engine = WasmRetryEngine({**NO_JITTER, "wasm_path": str(patch)})
+    assert engine.contract_version == "0.1.7"
+    assert delays(engine, "t", "r", [err(), err()]) == [200, 400]
+
+
+def test_incompatible_contract_is_refused_naming_both_versions(wasm_path: Path, tmp_path: Path) -> None:
+    other = contract_variant(wasm_path, tmp_path, "0.2.0")
+    with pytest.raises(RetryEngineLoadError) as info:
+        WasmRetryEngine({"wasm_path": str(other)})
+    message = str(info.value)
+    assert "contextforge:retry/retry-engine@0.1.x" in message
+    assert "contextforge:retry/retry-engine@0.2.0" in message
+
+
+def test_reload_mid_backoff_keeps_every_budget(wasm_path: Path, tmp_path: Path) -> None:
+    clock = VirtualClock()
+    engine = WasmRetryEngine(NO_JITTER, clock=clock, seed=(1, 2))
+    for i in range(50):
+        assert delays(engine, "t", f"r{i}", [err(), err()]) == [200, 400]
+    clock.advance_ms(10)
+    patch = contract_variant(wasm_path, tmp_path, "0.1.7")
+    assert engine.reload(patch) == 50
+    assert engine.contract_version == "0.1.7"
+    assert engine.wasm_path == patch
+    assert engine.state_count() == 50
+    # Every request continues its budget: third failure -> 800 ms, then 1600, 3200, exhausted.
+    for i in range(50):
+        assert delays(engine, "t", f"r{i}", [err(), err(), err(), err()]) == [800, 1600, 3200, 0]
+
+
+def test_reload_keeps_ttl_ages(wasm_path: Path) -> None:
+    clock = VirtualClock()
+    engine = WasmRetryEngine({**NO_JITTER, "state_ttl_ms": 1000}, clock=clock, seed=(1, 2))
+    delays(engine, "t", "old", [err()])
+    clock.advance_ms(600)
+    delays(engine, "t", "new", [err()])
+    engine.reload(wasm_path)
+    clock.advance_ms(401)  # "old" is now 1001 ms past its failure, "new" 401 ms
+    assert delays(engine, "t", "old", [err()]) == [200], "expired entry survived the reload"
+    assert delays(engine, "t", "new", [err()]) == [400], "live entry lost its budget"
+
+
+def test_reload_to_incompatible_build_is_refused_and_old_instance_serves(
+    wasm_path: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    engine = WasmRetryEngine(NO_JITTER, seed=(1, 2))
+    assert delays(engine, "t", "r", [err()]) == [200]
+    other = contract_variant(wasm_path, tmp_path, "0.2.0")
+    with pytest.raises(RetryEngineLoadError, match=r"retry-engine@0\.2\.0"):
+        engine.reload(other)
+    assert engine.wasm_path == wasm_path
+    assert engine.contract_version == "0.1.0"
+    assert delays(engine, "t", "r", [err(), ok()]) == [400, 0]
+
+
+@pytest.mark.parametrize(
+    ("content", "why"),
+    [(b"not wasm", "not a valid WebAssembly component"), (None, "cannot read component")],
+)
+def test_reload_to_missing_or_corrupt_file_is_refused(
+    tmp_path: Path, content: bytes | None, why: str
+) -> None:
+    engine = WasmRetryEngine(NO_JITTER, seed=(1, 2))
+    delays(engine, "t", "r", [err()])
+    path = tmp_path / "broken.wasm"
+    if content is not None:
+        path.write_bytes(content)
+    with pytest.raises(RetryEngineLoadError, match=why):
+        engine.reload(path)
+    assert delays(engine, "t", "r", [err()]) == [400]
+
+
+def test_reload_refused_when_new_build_rejects_the_state(
+    wasm_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    engine = WasmRetryEngine(NO_JITTER, seed=(1, 2))
+    delays(engine, "t", "r", [err()])
+    old_funcs = engine._funcs
+    real = old_funcs["export-state"]
+    # The old instance hands over a document the new one cannot read (a future format).
+    monkeypatch.setitem(old_funcs, "export-state", lambda store: '{"format": 9, "entries": []}')
+    with pytest.raises(RetryEngineLoadError, match="state format 9 is not supported"):
+        engine.reload(wasm_path)
+    monkeypatch.setitem(old_funcs, "export-state", real)
+    assert delays(engine, "t", "r", [err()]) == [400]
+
+
+def test_plugin_reload_under_load_through_the_plugin(
+    wasm_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    config = PluginConfig(
+        name="RetryWithBackoffWasmPlugin",
+        kind="cpex_retry_with_backoff_wasm.RetryWithBackoffPlugin",
+        hooks=["tool_post_invoke"],
+        config=NO_JITTER,
+    )
+    plugin = RetryWithBackoffPlugin(config, seed=(1, 2))
+    engine = plugin.engine
+    delays(engine, "search", "req-1", [err()])
+    with caplog.at_level(logging.WARNING):
+        assert plugin.reload() == 1
+    assert "1 retry-state entries carried over" in caplog.text
+    assert delays(engine, "search", "req-1", [err()]) == [400]
+
+
+def test_reload_while_threads_decide_loses_no_budget(wasm_path: Path, tmp_path: Path) -> None:
+    """Threads keep driving failure sequences while the main thread reloads twice: every key
+    sees exactly the uninterrupted backoff sequence, including keys whose sequence spanned a
+    reload."""
+    engine = WasmRetryEngine(NO_JITTER, seed=(1, 2))
+    patch = contract_variant(wasm_path, tmp_path, "0.1.7")
+    warmed_up = threading.Barrier(5, timeout=30)
+    stop = threading.Event()
+    seen: dict[str, list[int]] = {}
+    spanned: list[str] = []
+
+    def worker(n: int) -> None:
+        k = 0
+        while not stop.is_set() or k < 20:
+            rid = f"w{n}-k{k}"
+            version = engine.contract_version
+            seen[rid] = delays(engine, "t", rid, [err()] * 6)
+            if engine.contract_version != version:
+                spanned.append(rid)
+            k += 1
+            if k == 10:
+                warmed_up.wait()
+
+    threads = [threading.Thread(target=worker, args=(n,)) for n in range(4)]
+    for t in threads:
+        t.start()
+    warmed_up.wait()
+    engine.reload(patch)
+    engine.reload(wasm_path)
+    stop.set()
+    for t in threads:
+        t.join(timeout=60)
+    assert spanned, "no decision sequence overlapped a reload; the test proved nothing"
+    assert all(s == [200, 400, 800, 1600, 3200, 0] for s in seen.values()), seen
+    assert engine.fault_count == 0

@@ -445,6 +445,22 @@ impl Harness {
             .call_evict_expired(&mut self.store)?)
     }
 
+    /// `export-state`: the live state as a format-1 JSON document.
+    pub fn export_state(&mut self) -> Result<String> {
+        Ok(self
+            .component
+            .contextforge_retry_retry_engine()
+            .call_export_state(&mut self.store)?)
+    }
+
+    /// `import-state`: the outer error is a trap, the inner one the engine's refusal.
+    pub fn import_state(&mut self, json: &str) -> Result<Result<u32, String>> {
+        Ok(self
+            .component
+            .contextforge_retry_retry_engine()
+            .call_import_state(&mut self.store, json)?)
+    }
+
     pub fn simulate(
         &mut self,
         config_json: &str,

@@ -17,4 +17,5 @@ mod imports;
 mod jitter;
 mod robustness;
 mod simulate;
+mod snapshot;
 mod ttl;

@@ -14,9 +14,12 @@ WASM_TARGET := wasm32-wasip2
 WASM_BUILT  := target/$(WASM_TARGET)/release/retry_engine.wasm
 WASM        := target/wasm/retry_engine.wasm
 PKG_WASM    := host-python/src/cpex_retry_with_backoff_wasm/retry_engine.wasm
+DIST        := dist
+WASMTIME_CLI_VERSION := 48.0.8
+CARGO_BIN   := $(or $(CARGO_HOME),$(HOME)/.cargo)/bin
 
 .PHONY: help install toolchain wasm venv smoke test test-rust test-wasm test-python test-python-cpex013 \
-        lint fmt-check clippy ruff mypy bench size ci clean
+        lint fmt-check clippy ruff mypy bench size ci clean dist test-dist cli-test wasmtime-cli
 
 help: ## Show this help.
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -41,7 +44,7 @@ venv: ## Create .venv with the host plugin (editable) and its test/bench depende
 smoke: ## Load the plugin through the real cpex PluginManager and print a few decisions.
 	$(PY) examples/smoke.py
 
-test: test-rust test-wasm test-python test-python-cpex013 lint ## Run every test and lint.
+test: test-rust test-wasm test-python test-python-cpex013 cli-test test-dist lint ## Run every test and lint.
 
 test-rust: ## Unit tests of the pure policy core (native target).
 	cargo test -p retry-engine-guest
@@ -57,6 +60,30 @@ test-python-cpex013: wasm ## pytest again under cpex 0.1.3 (the native different
 	$(VENV013)/bin/python -m pip install --quiet 'cpex==0.1.3' pytest pytest-asyncio pyyaml -e host-python
 	$(VENV013)/bin/python -m pytest tests/python -q -p no:cacheprovider
 
+dist: wasm ## Wheel of host-python (bundling the .wasm) plus the standalone .wasm and its sha256, in dist/.
+	rm -rf $(DIST) host-python/build
+	$(PY) -m pip wheel --quiet --no-deps -w $(DIST) ./host-python
+	cp $(WASM) $(DIST)/retry_engine.wasm
+	cd $(DIST) && sha256sum retry_engine.wasm > retry_engine.wasm.sha256
+	$(PY) tests/dist/check_dist.py $(DIST)
+
+test-dist: dist ## Install the wheel into a fresh venv (no Rust) and load it through cpex's PluginManager.
+	tmp=$$(mktemp -d); trap 'rm -rf "$$tmp"' EXIT; \
+	$(PYTHON) -m venv "$$tmp/venv"; \
+	"$$tmp/venv/bin/python" -m pip install --quiet $(DIST)/cpex_retry_with_backoff_wasm-*.whl \
+	    'pytest>=8' 'pytest-asyncio>=0.23' 'pyyaml>=6'; \
+	cd "$$tmp" && DIST_DIR='$(CURDIR)/$(DIST)' "$$tmp/venv/bin/python" -m pytest '$(CURDIR)/tests/dist' -q -p no:cacheprovider
+
+wasmtime-cli: ## Install the wasmtime CLI (pinned) with cargo, only when absent.
+	@export PATH="$(CARGO_BIN):$$PATH"; command -v wasmtime >/dev/null || { \
+	    echo "wasmtime CLI not found: cargo install --locked wasmtime-cli@$(WASMTIME_CLI_VERSION)" \
+	         "takes ~15-20 min on a cold cache (once: it stays in $(CARGO_BIN))"; \
+	    cargo install --locked wasmtime-cli@$(WASMTIME_CLI_VERSION); }; \
+	printf 'using %s: ' "$$(command -v wasmtime)"; wasmtime --version
+
+cli-test: wasm wasmtime-cli ## The real wasmtime CLI on the .wasm: version, configure, golden scenarios, limits.
+	PATH="$(CARGO_BIN):$$PATH" $(PY) -m pytest tests/cli -q
+
 lint: fmt-check clippy ruff mypy ## All linters.
 
 fmt-check:
@@ -67,8 +94,8 @@ clippy:
 	cargo clippy -p retry-engine-guest --target $(WASM_TARGET) -- -D warnings
 
 ruff:
-	$(VENV)/bin/ruff check host-python tests/python bench examples
-	$(VENV)/bin/ruff format --check host-python tests/python bench examples
+	$(VENV)/bin/ruff check host-python tests/python bench examples tests/dist tests/cli
+	$(VENV)/bin/ruff format --check host-python tests/python bench examples tests/dist tests/cli
 
 mypy:
 	$(VENV)/bin/mypy --strict host-python/src/cpex_retry_with_backoff_wasm

@@ -1,0 +1,524 @@
+"""The built component driven by the real wasmtime CLI (pinned 48.0.8), one fresh instance per call.
+
+Every call is ``wasmtime run --invoke '<call in WAVE syntax>' target/wasm/retry_engine.wasm``,
+with a timeout. Multi-step behaviour goes through the ``simulate`` export (a fresh engine on a
+virtual clock, jitter from a given seed). Each scenario below carries the decisions the
+contract's semantics predict, written by hand; the CLI's exact output is also kept as a golden
+file in ``golden/`` (one line per step), so a change of either the decisions or the CLI's text
+shows up. ``UPDATE_GOLDEN=1`` rewrites the golden files from the CLI (review the diff: the
+hand-written expectations still have to hold).
+
+``WASMTIME`` overrides the CLI binary; ``RETRY_ENGINE_WASM`` the component.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+WASM = Path(os.environ.get("RETRY_ENGINE_WASM", REPO / "target" / "wasm" / "retry_engine.wasm"))
+GOLDEN = Path(__file__).resolve().parent / "golden"
+UPDATE_GOLDEN = os.environ.get("UPDATE_GOLDEN") == "1"
+PINNED_VERSION = "48.0.8"
+IFACE = "contextforge:retry/retry-engine"
+CONTRACT = "0.1.0"
+TIMEOUT_S = 30
+
+#: Limits under which every normal scenario must still pass. Creating an engine (the first
+#: configure of an instance, and every simulate) costs ~1.9M fuel and needs ~1.8 MB of linear
+#: memory (the 1 MiB stack plus the state index); each simulate step ~9k fuel.
+FUEL = 4_000_000
+MAX_MEMORY = 3 * 1024 * 1024
+
+
+def find_wasmtime() -> str:
+    exe = os.environ.get("WASMTIME") or shutil.which("wasmtime")
+    if exe is None:
+        cargo_bin = Path(os.environ.get("CARGO_HOME", Path.home() / ".cargo")) / "bin" / "wasmtime"
+        exe = str(cargo_bin) if cargo_bin.is_file() else None
+    if exe is None:
+        pytest.fail(
+            "no wasmtime CLI: `make cli-test` installs it "
+            f"(cargo install --locked wasmtime-cli@{PINNED_VERSION})",
+            pytrace=False,
+        )
+    return exe
+
+
+WASMTIME = find_wasmtime()
+
+
+# --- WAVE encoding ---------------------------------------------------------------------------
+
+
+def wave_str(s: str) -> str:
+    """A WAVE string literal."""
+    out = []
+    for ch in s:
+        if ch in '"\\':
+            out.append("\\" + ch)
+        elif ch == "\n":
+            out.append("\\n")
+        elif ch == "\t":
+            out.append("\\t")
+        elif ch == "\r":
+            out.append("\\r")
+        elif ord(ch) < 0x20:
+            out.append(f"\\u{{{ord(ch):x}}}")
+        else:
+            out.append(ch)
+    return '"' + "".join(out) + '"'
+
+
+def call(func: str, *args: str) -> str:
+    """``iface.func@version(args)``: the qualified call syntax of the 48 CLI."""
+    return f"{IFACE}.{func}@{CONTRACT}({', '.join(args)})"
+
+
+@dataclass(frozen=True)
+class Run:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def wasmtime(invoke: str, *limits: str, wasm: Path = WASM) -> Run:
+    """One ``wasmtime run --invoke`` (a fresh instance), with ``-W`` limits and a timeout."""
+    argv = [WASMTIME, "run"]
+    for limit in limits:
+        argv += ["-W", limit]
+    argv += ["--invoke", invoke, str(wasm)]
+    env = {**os.environ, "RUST_BACKTRACE": "0"}
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=TIMEOUT_S, env=env, check=False)
+    return Run(proc.returncode, proc.stdout.strip(), proc.stderr)
+
+
+def ok(invoke: str, *limits: str) -> str:
+    run = wasmtime(invoke, *limits)
+    assert run.returncode == 0, f"wasmtime failed ({run.returncode}): {run.stderr}"
+    return run.stdout
+
+
+# --- reading the CLI's output ----------------------------------------------------------------
+
+WAVE_STRING = r'"((?:[^"\\]|\\.)*)"'
+RECORD = re.compile(r"\{[^{}]*\}")
+DECISION = re.compile(r"\{delay-ms: (\d+), retry-count: (\d+), reason: (success|retry|exhausted)\}")
+CONFIG_ERROR = re.compile(r"\{path: " + WAVE_STRING + r", message: " + WAVE_STRING + r"\}")
+
+
+def unwave(s: str) -> str:
+    return re.sub(r"\\(.)", lambda m: {"n": "\n", "t": "\t", "r": "\r"}.get(m.group(1), m.group(1)), s)
+
+
+def config_errors(out: str) -> list[tuple[str, str]]:
+    assert out.startswith("err(["), out
+    assert out.endswith("])"), out
+    errors = [(unwave(p), unwave(m)) for p, m in CONFIG_ERROR.findall(out)]
+    assert len(errors) == len(RECORD.findall(out)), out
+    return errors
+
+
+def decisions(out: str) -> list[tuple[int, int, str]]:
+    assert out.startswith("ok(["), out
+    assert out.endswith("])"), out
+    found = [(int(d), int(c), r) for d, c, r in DECISION.findall(out)]
+    assert len(found) == len(RECORD.findall(out)), out
+    return found
+
+
+# --- scenarios ---------------------------------------------------------------------------------
+
+FAIL = {"isError": True}
+OK = {"isError": False, "content": [{"type": "text", "text": "done"}]}
+
+
+def status(code: int, *, is_error: bool = True) -> dict[str, Any]:
+    return {"isError": is_error, "structuredContent": {"status_code": code}, "content": []}
+
+
+def text(*texts: str, structured: dict[str, Any] | None = None) -> dict[str, Any]:
+    result: dict[str, Any] = {"content": [{"type": "text", "text": t} for t in texts]}
+    if structured is not None:
+        result["structuredContent"] = structured
+    return result
+
+
+@dataclass(frozen=True)
+class Step:
+    tool: str
+    request_id: str
+    result: dict[str, Any] | str  # a str is sent as-is (e.g. invalid JSON)
+    #: What the semantics predict: "delay/count/reason", or for jitter "1..C/count/retry".
+    expect: str
+    advance_ms: int = 0
+
+    @property
+    def result_json(self) -> str:
+        return self.result if isinstance(self.result, str) else json.dumps(self.result)
+
+    def wave(self) -> str:
+        return (
+            f"{{tool: {wave_str(self.tool)}, request-id: {wave_str(self.request_id)}, "
+            f"result-json: {wave_str(self.result_json)}, advance-ms: {self.advance_ms}}}"
+        )
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    doc: str
+    config: dict[str, Any]
+    steps: list[Step] = field(default_factory=list)
+    seed: int = 1
+
+    def invoke(self, seed: int | None = None) -> str:
+        steps = "[" + ", ".join(s.wave() for s in self.steps) + "]"
+        return call(
+            "simulate", wave_str(json.dumps(self.config)), str(self.seed if seed is None else seed), steps
+        )
+
+
+NO_JITTER = {"jitter": False}
+S = Step
+
+SCENARIOS = [
+    Scenario(
+        "backoff_sequence",
+        "min(base * 2^(n-1), max) for the n-th failure, then exhaustion after max_retries",
+        {"max_retries": 6, "backoff_base_ms": 100, "max_backoff_ms": 1000, "jitter": False},
+        [
+            S("fetch", "req-1", FAIL, "100/1/retry"),
+            S("fetch", "req-1", status(503), "200/2/retry", 100),
+            S("fetch", "req-1", status(503, is_error=False), "400/3/retry", 200),  # rule 2: status listed
+            S("fetch", "req-1", status(429), "800/4/retry", 400),
+            S("fetch", "req-1", FAIL, "1000/5/retry", 800),  # 1600 capped at max_backoff_ms
+            S("fetch", "req-1", FAIL, "1000/6/retry", 1000),
+            S("fetch", "req-1", FAIL, "0/7/exhausted", 1000),
+        ],
+    ),
+    Scenario(
+        "exhaustion_fresh_budget",
+        "defaults: budget of 2, exhaustion clears the key, a fresh budget follows; keys are independent",
+        NO_JITTER,
+        [
+            S("t", "r1", status(503), "200/1/retry"),
+            S("t", "r1", status(503), "400/2/retry"),
+            S("t", "r1", status(503), "0/3/exhausted"),
+            S("t", "r1", status(503), "200/1/retry"),  # fresh budget
+            S("t", "r2", FAIL, "200/1/retry"),  # another request id: its own budget
+            S("t", "r1", OK, "0/0/success"),  # success clears r1
+            S("t", "r1", FAIL, "200/1/retry"),
+            S("t", "r2", status(404), "0/0/success"),  # explicit non-retriable status: clears r2
+            S("t", "r2", FAIL, "200/1/retry"),
+            S("a:b", "c", FAIL, "200/1/retry"),  # ("a:b", "c") and ("a", "b:c") do not collide
+            S("a", "b:c", FAIL, "200/1/retry"),
+            S("a:b", "c", FAIL, "400/2/retry"),
+        ],
+    ),
+    Scenario(
+        "overrides",
+        "per-tool max_retries, backoff_base_ms, retry_on_status and max_backoff_ms over the globals",
+        {
+            "jitter": False,
+            "tool_overrides": {
+                "search": {"max_retries": 1, "backoff_base_ms": 50, "retry_on_status": [404]},
+                "slow": {"max_backoff_ms": 300},
+            },
+        },
+        [
+            S("search", "r", status(404), "50/1/retry"),
+            S("search", "r", status(404), "0/2/exhausted"),
+            S("search", "r2", status(503), "0/0/success"),  # 503 is not in search's list
+            S("search", "r3", FAIL, "50/1/retry"),  # isError without a status still fails
+            S("slow", "r", FAIL, "200/1/retry"),
+            S("slow", "r", FAIL, "300/2/retry"),  # 400 capped at the override's 300
+            S("slow", "r", FAIL, "0/3/exhausted"),  # global max_retries 2
+            S("other", "r", status(404), "0/0/success"),  # global list has no 404
+            S("other", "r", status(500), "200/1/retry"),
+        ],
+    ),
+    Scenario(
+        "text_content",
+        "check_text_content: a JSON text item with isError or a listed status_code, "
+        "only without structured content",
+        {"jitter": False, "tool_overrides": {"texty": {"check_text_content": True}}},
+        [
+            S("texty", "r", text('{"isError": true}'), "200/1/retry"),
+            S("texty", "r", text('{"status_code": 503}'), "400/2/retry"),
+            S("texty", "r", text('{"status_code": 404}'), "0/0/success"),  # not listed: clears
+            S("texty", "r2", text("not json"), "0/0/success"),
+            S("texty", "r3", text('{"isError": true}', structured={}), "0/0/success"),  # structured wins
+            S("texty", "r4", text("hello", '{"status_code": 429}'), "200/1/retry"),  # any item
+            S("texty", "r5", {"content": [{"type": "image", "text": '{"isError": true}'}]}, "0/0/success"),
+            S("plain", "r", text('{"isError": true}'), "0/0/success"),  # text not checked by default
+        ],
+    ),
+    Scenario(
+        "ttl",
+        "state_ttl_ms 1000 on the virtual clock: an entry older than the TTL is forgotten",
+        {"jitter": False, "state_ttl_ms": 1000, "max_retries": 3},
+        [
+            S("t", "r", FAIL, "200/1/retry"),
+            S("t", "r", FAIL, "400/2/retry", 1000),  # exactly the TTL old: kept
+            S("t", "r", FAIL, "200/1/retry", 1001),  # older than the TTL: a fresh budget
+            S("t", "r", FAIL, "400/2/retry", 999),
+            S("t", "r", FAIL, "800/3/retry", 1),
+            S("t", "r", FAIL, "0/4/exhausted", 1000),
+        ],
+    ),
+    Scenario(
+        "bounded_state",
+        "max_state_entries 2: a third key evicts the oldest",
+        {"jitter": False, "max_state_entries": 2},
+        [
+            S("t", "a", FAIL, "200/1/retry", 1),
+            S("t", "b", FAIL, "200/1/retry", 1),
+            S("t", "c", FAIL, "200/1/retry", 1),  # evicts a
+            S("t", "a", FAIL, "200/1/retry", 1),  # a was forgotten; evicts b
+            S("t", "c", FAIL, "400/2/retry", 1),  # c survived
+        ],
+    ),
+    Scenario(
+        "jitter_seed_42",
+        "full jitter from a fixed seed: uniform in [1, ceiling], never 0, reproducible",
+        {"max_retries": 8, "backoff_base_ms": 1, "max_backoff_ms": 32, "jitter": True},
+        [S("t", "r", FAIL, f"1..{min(2 ** (n - 1), 32)}/{n}/retry") for n in range(1, 9)]
+        + [S("t", "r", FAIL, "0/9/exhausted")],
+        seed=42,
+    ),
+    Scenario(
+        "jitter_defaults_seed_7",
+        "default policy with jitter: delays in [1, 200 * 2^(n-1)]",
+        {},
+        [
+            S("t", "r", status(503), "1..200/1/retry"),
+            S("t", "r", status(503), "1..400/2/retry"),
+            S("t", "r", status(503), "0/3/exhausted"),
+            S("t", "r2", status(502), "1..200/1/retry"),
+        ],
+        seed=7,
+    ),
+]
+BY_NAME = {s.name: s for s in SCENARIOS}
+
+
+def golden_text(scenario: Scenario, out: str) -> str:
+    lines = [
+        f"# {scenario.name}: {scenario.doc}",
+        f"# config {json.dumps(scenario.config)} seed {scenario.seed}",
+        "# step tool request-id +advance-ms result-json => CLI output",
+    ]
+    records = RECORD.findall(out)
+    assert len(records) == len(scenario.steps), out
+    for i, (step, record) in enumerate(zip(scenario.steps, records, strict=True)):
+        lines.append(f"{i} {step.tool} {step.request_id} +{step.advance_ms} {step.result_json} => {record}")
+    return "\n".join(lines) + "\n"
+
+
+def check_golden(name: str, text_now: str) -> None:
+    path = GOLDEN / f"{name}.txt"
+    if UPDATE_GOLDEN:
+        path.write_text(text_now)
+    assert path.is_file(), f"{path} is missing: run with UPDATE_GOLDEN=1 and review it"
+    assert text_now == path.read_text(), f"{path} differs (UPDATE_GOLDEN=1 regenerates it; review the diff)"
+
+
+def matches(expect: str, got: tuple[int, int, str]) -> bool:
+    delay, count, reason = expect.split("/")
+    if (int(count), reason) != got[1:]:
+        return False
+    if ".." in delay:
+        low, high = (int(x) for x in delay.split(".."))
+        return low <= got[0] <= high
+    return int(delay) == got[0]
+
+
+# --- tests -----------------------------------------------------------------------------------
+
+
+def test_pinned_cli_version() -> None:
+    out = subprocess.run(
+        [WASMTIME, "--version"], capture_output=True, text=True, timeout=TIMEOUT_S, check=True
+    ).stdout
+    assert out.split()[:2] == ["wasmtime", PINNED_VERSION], f"{WASMTIME}: {out}"
+
+
+@pytest.mark.parametrize("invoke", [call("contract-version"), "contract-version()"])
+def test_contract_version(invoke: str) -> None:
+    assert ok(invoke) == f'"{CONTRACT}"'
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        "null",
+        "{}",
+        '{"max_retries": 3, "jitter": false, "unknown_key": [1, 2]}',
+        json.dumps(
+            {
+                "max_retries": 10,
+                "backoff_base_ms": 1,
+                "max_backoff_ms": 1,
+                "retry_on_status": [],
+                "check_text_content": True,
+                "tool_overrides": {"a.b": {"max_retries": 0}, "": {"jitter": False}},
+                "state_ttl_ms": 1,
+                "max_state_entries": 1,
+            }
+        ),
+    ],
+)
+def test_configure_accepts(config: str) -> None:
+    assert ok(call("configure", wave_str(config))) == "ok"
+
+
+@pytest.mark.parametrize(
+    ("config", "errors"),
+    [
+        ('{"max_retries": 11}', [("max_retries", "cannot exceed 10, got 11")]),
+        (
+            '{"backoff_base_ms": 0, "max_backoff_ms": "x", "jitter": 1}',
+            [
+                ("backoff_base_ms", "must be > 0"),
+                ("max_backoff_ms", 'must be a non-negative integer, got "x"'),
+                ("jitter", "must be a boolean, got 1"),
+            ],
+        ),
+        (
+            '{"tool_overrides": {"search": {"max_backoff_ms": 100}}}',
+            [
+                (
+                    "tool_overrides.search.max_backoff_ms",
+                    "must be >= backoff_base_ms (200, inherited from the global config), got 100",
+                )
+            ],
+        ),
+        (
+            '{"tool_overrides": {"a.b": {"max_retries": -1}}}',
+            [('tool_overrides["a.b"].max_retries', "must be a non-negative integer, got -1")],
+        ),
+        ('{"retry_on_status": "500"}', [("retry_on_status", 'must be a list of integers, got "500"')]),
+        ("[1]", [("", "must be a mapping, got a list")]),
+    ],
+)
+def test_configure_rejects_naming_the_key_path(config: str, errors: list[tuple[str, str]]) -> None:
+    assert config_errors(ok(call("configure", wave_str(config)))) == errors
+
+
+def test_configure_rejects_non_json() -> None:
+    [(path, message)] = config_errors(ok(call("configure", wave_str("not json"))))
+    assert path == ""
+    assert message.startswith("config is not valid JSON")
+
+
+@pytest.mark.parametrize("name", list(BY_NAME))
+def test_scenario_matches_semantics_and_golden(name: str) -> None:
+    scenario = BY_NAME[name]
+    out = ok(scenario.invoke())
+    got = decisions(out)
+    wrong = [
+        (i, step.expect, g)
+        for i, (step, g) in enumerate(zip(scenario.steps, got, strict=True))
+        if not matches(step.expect, g)
+    ]
+    assert not wrong, f"steps deviating from the semantics (index, expected, got): {wrong}"
+    check_golden(name, golden_text(scenario, out))
+
+
+@pytest.mark.parametrize("name", ["jitter_seed_42", "jitter_defaults_seed_7"])
+def test_jitter_is_reproducible_per_seed(name: str) -> None:
+    scenario = BY_NAME[name]
+    first = ok(scenario.invoke())
+    assert ok(scenario.invoke()) == first  # two fresh instances, same seed
+    others = {ok(scenario.invoke(seed=seed)) for seed in (scenario.seed + 1, scenario.seed + 2)}
+    assert first not in others, "another seed drew the same delays"
+
+
+def test_jitter_many_draws_never_zero() -> None:
+    # 400 first-and-second retries on distinct keys: ceilings 1 and 2 leave no room but [1, 2].
+    steps = [S("t", f"r{i}", FAIL, f"1..{j}/{j}/retry") for i in range(200) for j in (1, 2)]
+    config = {"backoff_base_ms": 1, "max_backoff_ms": 2, "jitter": True}
+    scenario = Scenario("many", "", config, steps, seed=3)
+    got = decisions(ok(scenario.invoke()))
+    assert all(matches(s.expect, g) for s, g in zip(steps, got, strict=True))
+    assert {g[0] for g in got[1::2]} == {1, 2}  # both values of [1, 2] drawn
+
+
+def test_simulate_errors() -> None:
+    steps = BY_NAME["exhaustion_fresh_budget"].steps[:2]
+    bad_config = call("simulate", wave_str('{"max_retries": 11}'), "1", "[" + steps[0].wave() + "]")
+    assert config_errors(ok(bad_config)) == [("max_retries", "cannot exceed 10, got 11")]
+    bad_step = Step("t", "r", "{nope", "")
+    invoke = call("simulate", wave_str("{}"), "1", f"[{steps[0].wave()}, {bad_step.wave()}]")
+    [(path, message)] = config_errors(ok(invoke))
+    assert path == "steps[1].result-json"
+    assert message.startswith("is not valid JSON")
+
+
+# --- limits ------------------------------------------------------------------------------------
+
+LIMITS = (f"fuel={FUEL}", f"max-memory-size={MAX_MEMORY}")
+
+
+@pytest.mark.parametrize("name", list(BY_NAME))
+def test_scenarios_pass_under_fuel_and_memory_limits(name: str) -> None:
+    scenario = BY_NAME[name]
+    assert ok(scenario.invoke(), *LIMITS) == ok(scenario.invoke())
+
+
+def test_configure_and_version_pass_under_limits() -> None:
+    assert ok(call("contract-version"), *LIMITS) == f'"{CONTRACT}"'
+    assert ok(call("configure", wave_str('{"max_retries": 3}')), *LIMITS) == "ok"
+
+
+def assert_trapped(run: Run, trap: str) -> None:
+    assert run.returncode != 0, run
+    assert "wasm trap" in run.stderr, run.stderr
+    assert trap in run.stderr, run.stderr
+    assert run.stdout == "", run.stdout
+
+
+def huge_steps(n: int) -> str:
+    step = S("t", "r", FAIL, "")
+    return "[" + ", ".join([step.wave()] * n) + "]"
+
+
+def test_huge_steps_list_runs_out_of_fuel() -> None:
+    # ~1400 steps (~110 KiB: a single argv string is capped at 128 KiB on Linux) cost ~13M fuel.
+    invoke = call("simulate", wave_str("{}"), "1", huge_steps(1400))
+    assert len(invoke.encode()) < 128 * 1024
+    assert_trapped(wasmtime(invoke, *LIMITS), "all fuel consumed")
+    # Unlimited, the same input is fine: the limit, not the input, stopped it.
+    assert len(decisions(ok(invoke))) == 1400
+
+
+def test_json_bomb_runs_out_of_memory() -> None:
+    # 60000 array elements in a ~120 KiB result-json expand to ~4.5 MB of parsed JSON.
+    bomb = "[" + ",".join(["0"] * 60_000) + "]"
+    invoke = call("simulate", wave_str("{}"), "1", f"[{S('t', 'r', bomb, '').wave()}]")
+    # The guest aborts on a failed allocation: an `unreachable` trap.
+    assert_trapped(wasmtime(invoke, f"max-memory-size={MAX_MEMORY}"), "unreachable")
+    assert decisions(ok(invoke)) == [(0, 0, "success")]
+
+
+def test_largest_state_table_exceeds_the_memory_limit() -> None:
+    # A valid config whose state index does not fit in 3 MiB: refused by a trap, not a hang.
+    invoke = call("configure", wave_str('{"max_state_entries": 1000000}'))
+    assert_trapped(wasmtime(invoke, f"max-memory-size={MAX_MEMORY}"), "unreachable")
+    assert ok(invoke) == "ok"
+
+
+def test_memory_limit_below_the_initial_stack_fails_at_instantiation() -> None:
+    run = wasmtime(call("contract-version"), "max-memory-size=1000000")
+    assert run.returncode != 0
+    assert "exceeds memory limits" in run.stderr

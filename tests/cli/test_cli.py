@@ -30,7 +30,8 @@ GOLDEN = Path(__file__).resolve().parent / "golden"
 UPDATE_GOLDEN = os.environ.get("UPDATE_GOLDEN") == "1"
 PINNED_VERSION = "48.0.8"
 IFACE = "contextforge:retry/retry-engine"
-CONTRACT = "0.1.0"
+#: The contract version: the WIT package's (``package contextforge:retry@X;``).
+CONTRACT = re.search(r"package contextforge:retry@([^;]+);", (REPO / "wit" / "world.wit").read_text())[1]
 TIMEOUT_S = 30
 
 #: Limits under which every normal scenario must still pass. Creating an engine (the first

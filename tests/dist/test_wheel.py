@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import sys
 import sysconfig
 import textwrap
@@ -126,4 +127,5 @@ def assert_inside_the_installed_wheel(wasm_path: Path) -> None:
 async def test_the_loaded_wasm_is_the_one_inside_the_installed_wheel(manager: Any) -> None:
     plugin = manager.get_plugin(PLUGIN_NAME)
     assert_inside_the_installed_wheel(plugin.engine.wasm_path)
-    assert plugin.engine.contract_version == "0.1.0"
+    package = re.search(r"package contextforge:retry@([^;]+);", (REPO / "wit" / "world.wit").read_text())
+    assert plugin.engine.contract_version == package[1]

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import shutil
 import subprocess
 from dataclasses import dataclass, field
@@ -523,3 +524,61 @@ def test_memory_limit_below_the_initial_stack_fails_at_instantiation() -> None:
     run = wasmtime(call("contract-version"), "max-memory-size=1000000")
     assert run.returncode != 0
     assert "exceeds memory limits" in run.stderr
+
+
+# --- the README's CLI section ------------------------------------------------------------------
+
+
+def readme_examples() -> list[tuple[str, list[str]]]:
+    """``(command, output lines)`` of every ``$ wasmtime ...`` in the README's CLI section."""
+    readme = (REPO / "README.md").read_text()
+    section = readme.split("## Try it with the wasmtime CLI", 1)[1].split("\n## ", 1)[0]
+    examples: list[tuple[str, list[str]]] = []
+    for block in re.findall(r"```console\n(.*?)```", section, re.DOTALL):
+        lines = block.splitlines()
+        i = 0
+        while i < len(lines):
+            assert lines[i].startswith("$ "), lines[i]
+            command = [lines[i][2:]]
+            while not command[-1].endswith("retry_engine.wasm"):
+                i += 1
+                command.append(lines[i])
+            i += 1
+            output = []
+            while i < len(lines) and not lines[i].startswith("$ "):
+                output.append(lines[i])
+                i += 1
+            examples.append(("\n".join(command), output))
+    return examples
+
+
+README_EXAMPLES = readme_examples()
+
+
+@pytest.mark.parametrize(
+    ("command", "output"), README_EXAMPLES, ids=[str(i) for i in range(len(README_EXAMPLES))]
+)
+def test_readme_example_output_is_real(command: str, output: list[str]) -> None:
+    argv = shlex.split(command)
+    assert argv[:2] == ["wasmtime", "run"]
+    env = {**os.environ, "RUST_BACKTRACE": "0"}
+    proc = subprocess.run(
+        [WASMTIME, *argv[1:]],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT_S,
+        env=env,
+        check=False,
+    )
+    if output[0].startswith("Error:"):
+        assert proc.returncode == 134, proc
+        assert proc.stderr.startswith(output[0])
+        assert output[-1] in proc.stderr
+    else:
+        assert proc.returncode == 0, proc.stderr
+        assert proc.stdout.splitlines() == output
+
+
+def test_readme_has_cli_examples() -> None:
+    assert len(README_EXAMPLES) >= 7

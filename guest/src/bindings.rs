@@ -115,8 +115,16 @@ fn decide(key: &str, tool_len: u32, signals: u64, texts: Option<&[String]>) -> u
     let signals = wire::unpack_signals(signals);
     let now = now_ms();
     with_engine(|e| match e.decide(tool, request_id, signals, texts, now) {
-        Outcome::Decided(d) if e.is_idle() => wire::pack_decision(&d) | wire::IDLE,
-        Outcome::Decided(d) => wire::pack_decision(&d),
+        Outcome::Decided(d) => {
+            let mut bits = wire::pack_decision(&d);
+            if !e.config().any_text_check() {
+                bits |= wire::TEXT_FREE;
+                if e.state_count() == 0 {
+                    bits |= wire::IDLE;
+                }
+            }
+            bits
+        }
         Outcome::NeedText => wire::NEED_TEXT,
     })
 }

@@ -20,6 +20,9 @@ pub const DELAY_MASK: u64 = (1 << 40) - 1;
 pub const FAILURES_SHIFT: u32 = 40;
 /// Decision bits 48..55: the reason ordinal.
 pub const REASON_SHIFT: u32 = 48;
+/// Decision bit 61: no policy (global or override) inspects text content, so
+/// a result whose `signals` are 0 is never a failure for any tool.
+pub const TEXT_FREE: u64 = 1 << 61;
 /// Decision bit 62: the engine is idle after this call (no retry state, no
 /// text checks): until the next call, a result whose `signals` are 0 is a
 /// success that changes nothing, so the host may answer it without calling.

@@ -421,3 +421,36 @@ def test_state_growth_never_exhausts_the_call_fuel() -> None:
         engine.decide("tool", f"req-{i}", {"isError": True})
     assert engine.fault_count == 0
     assert engine.state_count() == 120_000
+
+
+def test_success_shortcut_skips_only_keys_without_state() -> None:
+    """WIT `text-free` bit: the host answers a plain success itself for keys it never saw
+    retried, and always calls in for a key that may hold state (so the state is cleared)."""
+    clock = VirtualClock()
+    engine = WasmRetryEngine({"jitter": False}, clock=clock, seed=(1, 2))
+    ok_result = {"isError": False}
+    assert engine.decide("t", "a", {"isError": True}) & DELAY_MASK == 200
+    calls = clock.calls
+    assert engine.decide("t", "b", ok_result) == 0
+    assert engine.decide("u", "a", ok_result) == 0  # same request id, other tool: other key
+    assert clock.calls == calls, "a success for a key without state reached the engine"
+    engine.decide("t", "a", ok_result)
+    assert clock.calls == calls + 1, "a success for a key with state must reach the engine"
+    assert engine.state_count() == 0
+    assert engine.decide("t", "a", {"isError": True}) & DELAY_MASK == 200, "state was not cleared"
+
+
+def test_success_shortcut_is_off_after_too_many_held_keys(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("cpex_retry_with_backoff_wasm.engine.HELD_KEYS_CAP", 2)
+    clock = VirtualClock()
+    engine = WasmRetryEngine({"jitter": False}, clock=clock, seed=(1, 2))
+    for rid in ("a", "b", "c"):
+        engine.decide("t", rid, {"isError": True})
+    calls = clock.calls
+    engine.decide("t", "other", {"isError": False})
+    assert clock.calls == calls + 1, "an untracked key must reach the engine once tracking overflowed"
+    for rid in ("a", "b", "c"):  # clears every key: the engine is idle again
+        engine.decide("t", rid, {"isError": False})
+    calls = clock.calls
+    engine.decide("t", "other", {"isError": False})
+    assert clock.calls == calls, "the shortcut should be back once the engine reported idle"

@@ -165,9 +165,9 @@ def test_reload_while_threads_decide_loses_no_budget(wasm_path: Path, tmp_path: 
         k = 0
         while not stop.is_set() or k < 20:
             rid = f"w{n}-k{k}"
-            version = engine.contract_version
+            reloads = engine.reload_count
             seen[rid] = delays(engine, "t", rid, [err()] * 6)
-            if engine.contract_version != version:
+            if engine.reload_count != reloads:
                 spanned.append(rid)
             k += 1
             if k == 10:

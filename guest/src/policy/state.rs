@@ -69,7 +69,10 @@ impl Slot {
 
 /// The state table. Not thread-safe; one per engine.
 pub struct StateTable {
-    /// First slot of each bucket's chain; the length is a power of two.
+    /// First slot of each bucket's chain, stored as `slot + 1` so that an
+    /// all-zero array is an empty index (allocated zeroed: no fill loop to pay
+    /// for in fuel). The length is a power of two, or 0 until the first entry
+    /// arrives (configuring or replaying a scenario never pays for it).
     buckets: Vec<u32>,
     slots: Vec<Slot>,
     free: Vec<u32>,
@@ -86,7 +89,7 @@ impl StateTable {
     pub fn new(hash_key: (u64, u64), capacity: usize) -> Self {
         let capacity = capacity.max(1);
         Self {
-            buckets: vec![NIL; bucket_count(capacity)],
+            buckets: Vec::new(),
             slots: Vec::new(),
             free: Vec::new(),
             len: 0,
@@ -106,15 +109,15 @@ impl StateTable {
         }
         self.capacity = capacity;
         let count = bucket_count(capacity);
-        if count == self.buckets.len() {
+        if self.buckets.is_empty() || count == self.buckets.len() {
             return;
         }
-        self.buckets = vec![NIL; count];
+        self.buckets = vec![0; count];
         let mut i = self.head;
         while i != NIL {
             let b = self.bucket_of(self.slots[i as usize].hash);
-            self.slots[i as usize].chain = self.buckets[b];
-            self.buckets[b] = i;
+            self.slots[i as usize].chain = self.head_of(b);
+            self.set_head(b, i);
             i = self.slots[i as usize].next;
         }
     }
@@ -148,8 +151,21 @@ impl StateTable {
         (hash as usize) & (self.buckets.len() - 1)
     }
 
+    /// The first slot of bucket `b`'s chain, or `NIL`.
+    fn head_of(&self, b: usize) -> u32 {
+        self.buckets[b].wrapping_sub(1)
+    }
+
+    fn set_head(&mut self, b: usize, slot: u32) {
+        // NIL (u32::MAX) wraps to 0, the empty bucket.
+        self.buckets[b] = slot.wrapping_add(1);
+    }
+
     fn find(&self, hash: u64, tool: &str, request_id: &str) -> Option<u32> {
-        let mut i = self.buckets[self.bucket_of(hash)];
+        if self.buckets.is_empty() {
+            return None;
+        }
+        let mut i = self.head_of(self.bucket_of(hash));
         while i != NIL {
             let slot = &self.slots[i as usize];
             if slot.matches(hash, tool, request_id) {
@@ -225,6 +241,11 @@ impl StateTable {
         while self.len >= self.capacity && self.head != NIL {
             self.remove_index(self.head);
         }
+        if self.buckets.is_empty() {
+            // Allocated once, on the first entry, and kept: an index that came and
+            // went with every burst would cost its fill each time.
+            self.buckets = vec![0; bucket_count(self.capacity)];
+        }
         let mut key = String::with_capacity(tool.len() + request_id.len());
         key.push_str(tool);
         key.push_str(request_id);
@@ -236,7 +257,7 @@ impl StateTable {
             entry,
             prev: NIL,
             next: NIL,
-            chain: self.buckets[bucket],
+            chain: self.head_of(bucket),
         };
         let i = match self.free.pop() {
             Some(i) => {
@@ -248,7 +269,7 @@ impl StateTable {
                 (self.slots.len() - 1) as u32
             }
         };
-        self.buckets[bucket] = i;
+        self.set_head(bucket, i);
         self.len += 1;
         self.push_tail(i);
     }
@@ -317,10 +338,10 @@ impl StateTable {
         // `capacity` and keyed).
         let bucket = self.bucket_of(self.slots[i as usize].hash);
         let after = self.slots[i as usize].chain;
-        if self.buckets[bucket] == i {
-            self.buckets[bucket] = after;
+        if self.head_of(bucket) == i {
+            self.set_head(bucket, after);
         } else {
-            let mut j = self.buckets[bucket];
+            let mut j = self.head_of(bucket);
             while j != NIL {
                 let next = self.slots[j as usize].chain;
                 if next == i {
@@ -481,18 +502,22 @@ mod tests {
             assert_eq!(t.sweep(round * 10_000 + 2 * TTL, TTL, usize::MAX), 50);
             assert!(t.is_empty());
             assert_eq!(t.slots.capacity(), 0);
-            assert!(t.buckets.iter().all(|&b| b == NIL));
+            assert!(t.buckets.iter().all(|&b| b == 0));
         }
     }
 
     #[test]
     fn test_state_collisions_in_one_bucket_stay_consistent() {
         // Capacity 1 => one bucket: every key chains there.
-        let mut t = StateTable::new((5, 6), 1);
-        t.set_capacity(1);
-        assert_eq!(t.buckets.len(), 1);
         let mut t = StateTable::new((5, 6), 8);
-        t.buckets = vec![NIL; 1]; // force every key into one chain
+        assert!(
+            t.buckets.is_empty(),
+            "the index is allocated on the first entry"
+        );
+        t.record_failure("t", "first", 0, TTL);
+        assert_eq!(t.buckets.len(), 8);
+        t.remove("t", "first");
+        t.buckets = vec![0; 1]; // force every key into one chain
         for i in 0..8u64 {
             assert_eq!(t.record_failure("t", &i.to_string(), i, TTL), 1);
         }

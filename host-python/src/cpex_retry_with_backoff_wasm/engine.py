@@ -43,7 +43,7 @@ from .model import (
     Policy,
     RetryEngineLoadError,
 )
-from .signals import IDLE, NEED_TEXT, collect_texts, read_signals
+from .signals import IDLE, NEED_TEXT, REASON_SHIFT, TEXT_FREE, collect_texts, read_signals
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +60,10 @@ CONFIGURE_FUEL_PER_BYTE: Final = 1_000
 #: Cold calls (policies, state count, ``evict-expired``'s full sweep of up to 10^6 entries)
 #: may do work proportional to the state table; they get this many times the per-call fuel.
 COLD_FUEL_FACTOR: Final = 100
+#: Keys the host remembers as holding retry state (see ``WasmRetryEngine.decide``); beyond
+#: this the success shortcut is off until the engine reports itself idle.
+HELD_KEYS_CAP: Final = 100_000
+_REASON_RETRY: Final = 1
 #: Linear-memory cap of the instance.
 DEFAULT_MAX_MEMORY_BYTES: Final = 64 * 1024 * 1024
 BUNDLED_WASM: Final = "retry_engine.wasm"
@@ -171,9 +175,17 @@ class WasmRetryEngine:
         self._lean: LeanDecide | None = None
         #: The engine's last word that it is idle (see ``decide``); False whenever unsure.
         self._idle = False
+        #: Keys whose last decision was a retry: a superset of the keys holding state in the
+        #: engine (the engine may drop more on its own: TTL, capacity).  Valid for the success
+        #: shortcut only while ``_text_free`` (the engine's word) and not overflowed.
+        self._held: set[tuple[str, str]] = set()
+        self._held_complete = True
+        self._text_free = False
         self._broken = False
         #: Number of faults (traps, failed rebuilds) since construction.
         self.fault_count = 0
+        #: Number of successful ``reload`` calls since construction.
+        self.reload_count = 0
 
         if max_retries_ceiling is not None:
             raw = _ceiling.clamp_explicit(raw, max_retries_ceiling)
@@ -264,12 +276,14 @@ class WasmRetryEngine:
                 self._path, self._loaded, self._linker, self._store, self._funcs, self._lean = previous
                 self._broken = was_broken
                 self._idle = False
+                self._text_free = False
                 raise RetryEngineLoadError(
                     f"{MESSAGE_PREFIX}: reloading {path} refused ({describe_fault(exc)}); "
                     f"the previous instance ({previous[0]}) keeps serving"
                 ) from exc
             self.contract_version = version
             self._global_policy = global_policy
+            self.reload_count += 1
         log.warning(
             "%s: reloaded %s (contract %s); %d retry-state entries carried over",
             MESSAGE_PREFIX,
@@ -357,10 +371,12 @@ class WasmRetryEngine:
         self._funcs = funcs
         self._lean = LeanDecide.build(funcs["decide"], store, self._fuel)
         self._idle = False
+        self._text_free = False
         self._broken = False
 
     def _configure_locked(self, config_json: str) -> tuple[ConfigError, ...]:
         self._idle = False
+        self._text_free = False
         store = self._live_store()
         store.set_fuel(self._fuel + CONFIGURE_FUEL_PER_BYTE * len(config_json.encode("utf-8", "replace")))
         errors = self._funcs["configure"](store, config_json)
@@ -405,6 +421,9 @@ class WasmRetryEngine:
 
     def _rebuild(self) -> bool:
         """Instantiate and configure again (lock held); False if that failed too."""
+        # The new instance starts empty: no key holds state any more.
+        self._held.clear()
+        self._held_complete = True
         try:
             self._instantiate()
             errors = self._configure_locked(self._config_json)
@@ -433,9 +452,12 @@ class WasmRetryEngine:
         if type(request_id) is not str:
             request_id = _require_str(request_id, "global_context.request_id")
         signals = read_signals(result)
-        if not signals and self._idle:
-            # The engine said it holds no retry state and checks no text: a result with no
-            # failure signal is a success that would change nothing (WIT `idle` bit).
+        if not signals and (
+            self._idle or (self._text_free and self._held_complete and (tool, request_id) not in self._held)
+        ):
+            # A result with no failure signal, and the engine said no policy checks text: it is
+            # a success, and for a key that holds no retry state it would change nothing (WIT
+            # `text-free` and `idle` bits).  ``_held`` is a superset of the keys with state.
             return 0
         # Hot path: one lean call (fastcall.LeanDecide) under the store's lock.
         with self._lock:
@@ -453,7 +475,7 @@ class WasmRetryEngine:
                     self._idle = False
                     self._fault("decide", exc)
                     return 0
-                self._idle = bool(decision & IDLE)
+                self._note(tool, request_id, decision)
                 if not decision & NEED_TEXT:
                     return decision
         if lean is None:  # no lean path (other wasmtime-py) or the instance needs a rebuild
@@ -495,8 +517,26 @@ class WasmRetryEngine:
                 self._idle = False
                 self._fault("decide" if texts is None else "decide-text", exc)
                 return 0
-            self._idle = bool(decision & IDLE)
+            self._note(tool, request_id, decision)
             return decision
+
+    def _note(self, tool: str, request_id: str, decision: int) -> None:
+        """Remember what a decision says about the engine's state (lock held)."""
+        self._idle = bool(decision & IDLE)
+        self._text_free = bool(decision & TEXT_FREE)
+        held = self._held
+        if (decision >> REASON_SHIFT) & 0xFF == _REASON_RETRY:
+            if len(held) >= HELD_KEYS_CAP:
+                # Too many to track: no shortcut for unknown keys until the engine is idle.
+                self._held_complete = False
+                held.clear()
+            elif self._held_complete:
+                held.add((tool, request_id))
+        elif held:
+            held.discard((tool, request_id))
+        if self._idle:
+            held.clear()
+            self._held_complete = True
 
     # ------------------------------------------------------------------ cold paths
     @property

@@ -31,6 +31,9 @@ STATUS_SHIFT: Final = 32
 DELAY_MASK: Final = (1 << 40) - 1
 COUNT_SHIFT: Final = 40
 REASON_SHIFT: Final = 48
+#: bit 61: no policy checks text content: a result whose signals are 0 is a success for every
+#: tool, and changes nothing for a key that holds no retry state.
+TEXT_FREE: Final = 1 << 61
 #: bit 62: the engine is idle (no retry state, no text checks): until the next call into it,
 #: a result whose signals are 0 is a success that changes nothing.
 IDLE: Final = 1 << 62

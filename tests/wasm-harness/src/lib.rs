@@ -200,12 +200,15 @@ pub struct Decision {
     pub retry_count: u8,
     /// Bits 48..55: the `decision-reason` ordinal.
     pub reason: u8,
+    /// Bit 61: no policy checks text, so `signals == 0` is a success for any
+    /// tool and a no-op for a key without state.
+    pub text_free: bool,
     /// Bit 62: the engine holds no retry state and no policy checks text, so
     /// until the next call a result with `signals == 0` is a no-op success.
     pub idle: bool,
     /// Bit 63: the host must call `decide-text` instead.
     pub need_text: bool,
-    /// Bits 56..61, reserved: must be 0.
+    /// Bits 56..60, reserved: must be 0.
     pub reserved: u8,
     /// The raw value.
     pub raw: u64,
@@ -220,6 +223,7 @@ pub mod reason {
 
 impl Decision {
     pub const DELAY_MASK: u64 = (1 << 40) - 1;
+    pub const TEXT_FREE: u64 = 1 << 61;
     pub const IDLE: u64 = 1 << 62;
     pub const NEED_TEXT: u64 = 1 << 63;
 
@@ -228,9 +232,10 @@ impl Decision {
             delay_ms: raw & Self::DELAY_MASK,
             retry_count: (raw >> 40) as u8,
             reason: (raw >> 48) as u8,
+            text_free: (raw >> 61) & 1 == 1,
             idle: (raw >> 62) & 1 == 1,
             need_text: raw >> 63 == 1,
-            reserved: ((raw >> 56) & 0x3f) as u8,
+            reserved: ((raw >> 56) & 0x1f) as u8,
             raw,
         }
     }

@@ -220,17 +220,20 @@ fn test_decision_bit_layout() -> Result<()> {
     let mut h = no_jitter(json!({"max_retries": 3, "backoff_base_ms": 100}))?;
     let raw = h.decide_raw("tr", 1, Signals::ERROR.pack())?;
     ensure!(
-        raw == 100 | 1 << 40 | 1 << 48,
+        raw == 100 | 1 << 40 | 1 << 48 | Decision::TEXT_FREE,
         "first retry packs as {raw:#x}"
     );
     let raw = h.decide_raw("tr", 1, Signals::ERROR.pack())?;
     ensure!(
-        raw == 200 | 2 << 40 | 1 << 48,
+        raw == 200 | 2 << 40 | 1 << 48 | Decision::TEXT_FREE,
         "second retry packs as {raw:#x}"
     );
     // The success clears the only entry: the engine is idle afterwards.
     let raw = h.decide_raw("tr", 1, Signals::OK.pack())?;
-    ensure!(raw == Decision::IDLE, "success packs as {raw:#x}");
+    ensure!(
+        raw == Decision::IDLE | Decision::TEXT_FREE,
+        "success packs as {raw:#x}"
+    );
     Ok(())
 }
 
@@ -309,5 +312,24 @@ fn test_idle_never_set_when_a_policy_checks_text() -> Result<()> {
     // Reconfiguring without text checks makes the engine idle again.
     h.configure_ok(&json!({"jitter": false}).to_string())?;
     ensure!(h.decide("plain", "r", Signals::OK)?.idle);
+    Ok(())
+}
+
+#[test]
+fn test_text_free_bit_follows_the_config_not_the_state() -> Result<()> {
+    let mut h = no_jitter(json!({}))?;
+    let d = h.decide("t", "r", Signals::ERROR)?;
+    ensure!(d.is_retry() && d.text_free && !d.idle, "{d:?}");
+    let d = h.decide("t", "r", Signals::OK)?;
+    ensure!(d.is_success() && d.text_free && d.idle, "{d:?}");
+    // Any policy checking text clears it, for every tool.
+    h.configure_ok(&json!({"tool_overrides": {"txt": {"check_text_content": true}}}).to_string())?;
+    let d = h.decide("plain", "r", Signals::ERROR)?;
+    ensure!(d.is_retry() && !d.text_free, "{d:?}");
+    let d = h.decide("txt", "r", Signals::OK)?;
+    ensure!(
+        d.need_text && !d.text_free && !d.idle,
+        "need-text carries no other bit: {d:?}"
+    );
     Ok(())
 }

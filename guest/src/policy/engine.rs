@@ -173,26 +173,7 @@ impl Engine {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    const FAIL: Signals = Signals {
-        is_error: true,
-        structured: false,
-        structured_is_error: false,
-        status: None,
-    };
-    const OK: Signals = Signals {
-        is_error: false,
-        structured: false,
-        structured_is_error: false,
-        status: None,
-    };
-    const NO_TEXT: Option<&[&str]> = None;
-
-    fn engine(json: &str) -> Engine {
-        let mut e = Engine::new((1, 2));
-        e.configure(Config::from_json(json).unwrap());
-        e
-    }
+    use crate::policy::test_support::{engine, FAIL, NO_TEXT, OK};
 
     fn delays(
         e: &mut Engine,

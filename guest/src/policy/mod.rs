@@ -11,6 +11,8 @@ pub mod engine;
 pub mod simulate;
 pub mod snapshot;
 pub mod state;
+#[cfg(test)]
+mod test_support;
 
 pub use classify::Signals;
 pub use config::{Config, ConfigError, Policy};

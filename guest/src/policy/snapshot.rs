@@ -120,21 +120,8 @@ fn push_json_str(out: &mut String, s: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::policy::{Config, Outcome, Signals};
-
-    const FAIL: Signals = Signals {
-        is_error: true,
-        structured: false,
-        structured_is_error: false,
-        status: None,
-    };
-    const NO_TEXT: Option<&[&str]> = None;
-
-    fn engine(json: &str) -> Engine {
-        let mut e = Engine::new((1, 2));
-        e.configure(Config::from_json(json).unwrap());
-        e
-    }
+    use crate::policy::test_support::{engine, FAIL, NO_TEXT};
+    use crate::policy::Outcome;
 
     fn fail(e: &mut Engine, tool: &str, rid: &str, now: u64) -> u32 {
         match e.decide(tool, rid, FAIL, NO_TEXT, now) {

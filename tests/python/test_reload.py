@@ -8,6 +8,7 @@ fixture behaves exactly like the real engine except for the version it declares.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import threading
 from pathlib import Path
@@ -185,3 +186,45 @@ def test_reload_while_threads_decide_loses_no_budget(wasm_path: Path, tmp_path: 
     assert spanned, "no decision sequence overlapped a reload; the test proved nothing"
     assert all(s == [200, 400, 800, 1600, 3200, 0] for s in seen.values()), seen
     assert engine.fault_count == 0
+
+
+def sha256_of(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_wasm_sha256_pin_accepts_the_exact_artifact(wasm_path: Path) -> None:
+    engine = WasmRetryEngine({**NO_JITTER, "wasm_sha256": sha256_of(wasm_path).upper()})
+    assert engine.pinned_sha256 == sha256_of(wasm_path)
+    assert delays(engine, "t", "r", [err()]) == [200]
+
+
+def test_wasm_sha256_mismatch_loads_nothing(wasm_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from cpex_retry_with_backoff_wasm import loader
+
+    compiled: list[bytes] = []
+    monkeypatch.setattr(loader, "Component", lambda engine, data: compiled.append(data))
+    monkeypatch.setattr(loader, "_components", {})
+    monkeypatch.setattr(loader, "_read_cached", lambda *a: pytest.fail("the cache was read"))
+    wrong = "0" * 64
+    with pytest.raises(
+        RetryEngineLoadError, match=f"has sha256 {sha256_of(wasm_path)}, but wasm_sha256 pins {wrong}"
+    ):
+        WasmRetryEngine({"wasm_sha256": wrong})
+    assert compiled == []
+
+
+@pytest.mark.parametrize("pin", ["abc", 42, "g" * 64])
+def test_wasm_sha256_must_be_hex(pin: Any) -> None:
+    with pytest.raises(ValueError, match="wasm_sha256: must be 64 hexadecimal digits"):
+        WasmRetryEngine({"wasm_sha256": pin})
+
+
+def test_reload_honours_the_pin_until_a_new_one_is_given(wasm_path: Path, tmp_path: Path) -> None:
+    engine = WasmRetryEngine({**NO_JITTER, "wasm_sha256": sha256_of(wasm_path)}, seed=(1, 2))
+    delays(engine, "t", "r", [err()])
+    patch = contract_variant(wasm_path, tmp_path, "0.1.7")
+    with pytest.raises(RetryEngineLoadError, match="but wasm_sha256 pins"):
+        engine.reload(patch)
+    assert engine.reload(patch, wasm_sha256=sha256_of(patch)) == 1
+    assert engine.pinned_sha256 == sha256_of(patch)
+    assert delays(engine, "t", "r", [err()]) == [400]

@@ -49,6 +49,7 @@ log = logging.getLogger(__name__)
 
 #: Host-only config keys (the engine ignores keys it does not know).
 KEY_WASM_PATH: Final = "wasm_path"
+KEY_WASM_SHA256: Final = "wasm_sha256"
 KEY_FUEL: Final = "wasm_fuel"
 KEY_MAX_MEMORY: Final = "wasm_max_memory_bytes"
 #: Fuel granted to every call into the instance (one unit ~ one Wasm instruction).  A decision
@@ -100,6 +101,10 @@ def _utf8_encodable(text: str) -> bool:
     except UnicodeEncodeError:
         return False
     return True
+
+
+def _is_sha256_hex(text: str) -> bool:
+    return len(text) == 64 and all(c in "0123456789abcdefABCDEF" for c in text)
 
 
 def describe_fault(exc: BaseException) -> str:
@@ -164,11 +169,20 @@ class WasmRetryEngine:
             self._host_errors.append(ConfigError(KEY_WASM_PATH, f"must be a path string, got {wasm_path!r}"))
             raise ConfigurationError(tuple(self._host_errors))
 
+        pin = raw.get(KEY_WASM_SHA256)
+        if pin is not None and not (isinstance(pin, str) and _is_sha256_hex(pin)):
+            self._host_errors.append(
+                ConfigError(KEY_WASM_SHA256, f"must be 64 hexadecimal digits, got {pin!r}")
+            )
+            raise ConfigurationError(tuple(self._host_errors))
+        #: The pinned sha256 of the component (``wasm_sha256``), or None.
+        self.pinned_sha256: str | None = pin.lower() if pin is not None else None
+
         self._lock = threading.Lock()
         self._clock = clock
         self._seed = seed
         self._path = path
-        self._loaded: LoadedComponent = load_component(path)
+        self._loaded: LoadedComponent = load_component(path, self.pinned_sha256)
         self._linker = self._make_linker(self._loaded)
         self._store: Store | None = None
         self._funcs: dict[str, Func] = {}
@@ -234,21 +248,28 @@ class WasmRetryEngine:
         return version
 
     # ------------------------------------------------------------------ hot reload
-    def reload(self, wasm_path: str | os.PathLike[str] | None = None) -> int:
+    def reload(self, wasm_path: str | os.PathLike[str] | None = None, wasm_sha256: str | None = None) -> int:
         """Swap in another build of the component without losing live retry state.
 
         Loads ``wasm_path`` (default: the path in use, e.g. after replacing the file),
         instantiates it, checks its contract, configures it with the current config, and
         moves every live retry-state entry across (``export-state`` -> ``import-state``)
         while holding the instance lock, so no decision falls between the two instances.
-        Returns the number of entries carried over.
+        Returns the number of entries carried over.  With ``wasm_sha256`` pinned (in the
+        config, or given here for the new build) the file must match it; a pin given here
+        replaces the configured one once the reload succeeds.
 
         Raises:
             RetryEngineLoadError: the new build is missing, corrupt, for another contract,
                 rejects the config or the state.  The previous instance keeps serving.
         """
         path = Path(wasm_path) if wasm_path is not None else self._path
-        loaded = load_component(path)
+        if wasm_sha256 is not None and not _is_sha256_hex(wasm_sha256):
+            raise ConfigurationError(
+                (ConfigError(KEY_WASM_SHA256, f"must be 64 hexadecimal digits, got {wasm_sha256!r}"),)
+            )
+        pin = wasm_sha256.lower() if wasm_sha256 is not None else self.pinned_sha256
+        loaded = load_component(path, pin)
         linker = self._make_linker(loaded)
         with self._lock:
             previous = (self._path, self._loaded, self._linker, self._store, self._funcs, self._lean)
@@ -284,6 +305,7 @@ class WasmRetryEngine:
             self.contract_version = version
             self._global_policy = global_policy
             self.reload_count += 1
+            self.pinned_sha256 = pin
         log.warning(
             "%s: reloaded %s (contract %s); %d retry-state entries carried over",
             MESSAGE_PREFIX,

@@ -196,11 +196,12 @@ def _describe(path: Path, engine: Engine, component: Component, sha256: str) -> 
     return LoadedComponent(path, sha256, component, interface, indices, imports)
 
 
-def load_component(path: str | os.PathLike[str]) -> LoadedComponent:
+def load_component(path: str | os.PathLike[str], expected_sha256: str | None = None) -> LoadedComponent:
     """Compile (or fetch from the caches) the component at ``path``.
 
     Raises ``RetryEngineLoadError`` naming the path when the file is missing, unreadable,
-    not a component, or not a retry-engine component.
+    not a component, not a retry-engine component, or (with ``expected_sha256``) not the
+    pinned artifact — checked before anything is compiled or loaded.
     """
     wasm_path = Path(path)
     try:
@@ -208,6 +209,11 @@ def load_component(path: str | os.PathLike[str]) -> LoadedComponent:
     except OSError as exc:
         raise RetryEngineLoadError(f"{MESSAGE_PREFIX}: cannot read component {wasm_path}: {exc}") from exc
     sha256 = hashlib.sha256(data).hexdigest()
+    if expected_sha256 is not None and sha256 != expected_sha256.lower():
+        raise RetryEngineLoadError(
+            f"{MESSAGE_PREFIX}: {wasm_path} has sha256 {sha256}, but wasm_sha256 pins "
+            f"{expected_sha256.lower()}; nothing was loaded"
+        )
     with _lock:
         cached = _components.get(sha256)
     if cached is not None:

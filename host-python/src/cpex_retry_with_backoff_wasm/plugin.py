@@ -70,13 +70,14 @@ class RetryWithBackoffPlugin(Plugin):  # type: ignore[misc, unused-ignore]  # cp
         """The Wasm adapter (state inspection, policies)."""
         return self._engine
 
-    def reload(self, wasm_path: str | None = None) -> int:
+    def reload(self, wasm_path: str | None = None, wasm_sha256: str | None = None) -> int:
         """Hot-swap the component (default: re-read ``wasm_path``), keeping live retry state.
 
         Returns the number of retry-state entries carried over.  On any problem with the new
-        build it raises ``RetryEngineLoadError`` and the previous instance keeps serving.
+        build (including a ``wasm_sha256`` pin it does not match) it raises
+        ``RetryEngineLoadError`` and the previous instance keeps serving.
         """
-        return self._engine.reload(wasm_path)
+        return self._engine.reload(wasm_path, wasm_sha256)
 
     async def tool_post_invoke(
         self,

@@ -1,0 +1,361 @@
+"""Start the flaky MCP server and the real ContextForge gateway, and talk to them.
+
+Shared by the pytest suite (conftest.py) and the demo (demo.py). Runs in the e2e venv (the
+gateway, this project's wheel and the native plugin installed side by side). Everything binds
+to 127.0.0.1 on ports picked at run time; every process is started in its own process group,
+its PID recorded, and stopped with SIGTERM then SIGKILL; every wait has a timeout.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+HERE = Path(__file__).resolve().parent
+PY = sys.executable
+JWT_SECRET = "e2e-jwt-secret-0123456789abcdef0123456789abcdef"
+ENC_SECRET = "e2e-auth-encryption-secret-0123456789abcdef"
+ADMIN = "admin@example.com"
+# Per-call observations the tests collect; conftest prints them as a table at the end.
+RESULTS: list[dict[str, Any]] = []
+
+_RETRY_RE = re.compile(r"retry requested .* delay_ms=(\d+)")
+SERVER_NAME = "flaky"  # tools become "flaky-<tool>" (slug of the server name, "_" -> "-")
+
+# Plugin stanzas: the wasm plugin under a name that avoids the gateway's native fast path
+# (see README "Which name"); the native plugin under a non-default name too, so that both run
+# through the same Python hook path of the gateway and are compared like for like.
+PLUGINS = {
+    "wasm": ("RetryWithBackoffWasmPlugin", "cpex_retry_with_backoff_wasm.RetryWithBackoffPlugin"),
+    "native": ("RetryWithBackoffNativePlugin", "cpex_retry_with_backoff.RetryWithBackoffPlugin"),
+}
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Proc:
+    """A child process started in its own session; stop() terminates it by PID, then kills."""
+
+    name: str
+    popen: subprocess.Popen[bytes]
+    log_path: Path
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def stop(self, timeout: float = 10.0) -> None:
+        if self.popen.poll() is None:
+            # Own session: the group id is our PID; workers the server forks go with it.
+            _signal_group(self.pid, signal.SIGTERM)
+            try:
+                self.popen.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                _signal_group(self.pid, signal.SIGKILL)
+                self.popen.wait(timeout=timeout)
+        # Leftovers of the group (if any) after the leader exited.
+        _signal_group(self.pid, signal.SIGKILL)
+
+    def log_tail(self, lines: int = 40) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+
+def _signal_group(pgid: int, sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, sig)
+
+
+def start(name: str, argv: list[str], *, cwd: Path, env: dict[str, str], log_path: Path) -> Proc:
+    log = open(log_path, "wb")  # noqa: SIM115 - handed to the child, closed below
+    try:
+        popen = subprocess.Popen(
+            argv,
+            cwd=cwd,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    finally:
+        log.close()
+    return Proc(name, popen, log_path)
+
+
+def wait_until(what: str, check: Any, timeout: float, proc: Proc | None = None) -> Any:
+    """Poll check() until it returns something truthy; fail after timeout or if proc died."""
+    deadline = time.monotonic() + timeout
+    last: Exception | None = None
+    while time.monotonic() < deadline:
+        if proc is not None and not proc.alive():
+            raise RuntimeError(
+                f"{proc.name} exited ({proc.popen.returncode}) while waiting for {what}:\n{proc.log_tail()}"
+            )
+        try:
+            value = check()
+            if value:
+                return value
+        except (httpx.HTTPError, OSError) as e:
+            last = e
+        time.sleep(0.2)
+    tail = f"\n{proc.name} log:\n{proc.log_tail()}" if proc is not None else ""
+    raise TimeoutError(f"timed out after {timeout}s waiting for {what} (last error: {last!r}){tail}")
+
+
+# --------------------------------------------------------------------------- flaky server
+
+
+@dataclass
+class FlakyServer:
+    proc: Proc
+    port: int
+    attempt_log: Path
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/mcp"
+
+    def attempts(self, key: str) -> list[dict[str, Any]]:
+        """The upstream calls of key, in order: {"t", "tool", "key", "attempt", "answer"}."""
+        if not self.attempt_log.exists():
+            return []
+        rows = [json.loads(line) for line in self.attempt_log.read_text().splitlines() if line]
+        return [r for r in rows if r["key"] == key]
+
+
+def start_flaky_server(workdir: Path) -> FlakyServer:
+    port = free_port()
+    attempt_log = workdir / "attempts.jsonl"
+    proc = start(
+        "flaky-server",
+        [PY, str(HERE / "flaky_server.py"), str(port), str(attempt_log)],
+        cwd=workdir,
+        env={**_base_env(), "PYTHONUNBUFFERED": "1"},
+        log_path=workdir / "flaky-server.log",
+    )
+    server = FlakyServer(proc, port, attempt_log)
+    try:
+        wait_until("the flaky MCP server to listen", lambda: _port_open(port), 30, proc)
+    except BaseException:
+        proc.stop()
+        raise
+    return server
+
+
+def _port_open(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.settimeout(0.5)
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def _base_env() -> dict[str, str]:
+    """A minimal environment: nothing from the caller's gateway/plugin settings leaks in."""
+    keep = ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "SYSTEMROOT")
+    return {k: os.environ[k] for k in keep if k in os.environ}
+
+
+# --------------------------------------------------------------------------- gateway
+
+
+@dataclass
+class PluginSetup:
+    variant: str = "wasm"  # "wasm" | "native"
+    max_retries: int = 2
+    backoff_base_ms: int = 100
+    max_backoff_ms: int = 5000
+    retry_on_status: list[int] = field(default_factory=lambda: [429, 500, 502, 503, 504])
+    jitter: bool = False
+
+    def yaml(self) -> str:
+        name, kind = PLUGINS[self.variant]
+        # JSON is valid YAML: no YAML library needed here.
+        doc = {
+            "plugins": [
+                {
+                    "name": name,
+                    "kind": kind,
+                    "hooks": ["tool_post_invoke"],
+                    "mode": "sequential",
+                    "priority": 170,
+                    "config": {
+                        "max_retries": self.max_retries,
+                        "backoff_base_ms": self.backoff_base_ms,
+                        "max_backoff_ms": self.max_backoff_ms,
+                        "retry_on_status": self.retry_on_status,
+                        "jitter": self.jitter,
+                        "check_text_content": False,
+                        "tool_overrides": {},
+                    },
+                }
+            ],
+            "plugin_dirs": [],
+            "plugin_settings": {
+                "parallel_execution_within_band": False,
+                "plugin_timeout": 30,
+                "fail_on_plugin_error": False,
+                "plugin_health_check_interval": 3600,
+            },
+        }
+        return json.dumps(doc, indent=2) + "\n"
+
+
+@dataclass
+class Gateway:
+    proc: Proc
+    port: int
+    token: str
+    workdir: Path
+    plugin: PluginSetup
+    max_tool_retries: int
+    client: httpx.Client
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def stop(self) -> None:
+        self.client.close()
+        self.proc.stop()
+
+    def register(self, server: FlakyServer, name: str = SERVER_NAME) -> dict[str, Any]:
+        body = {"name": name, "url": server.url, "transport": "STREAMABLEHTTP"}
+        r = self.client.post("/gateways", json=body, timeout=60)
+        if r.status_code >= 300:
+            raise RuntimeError(f"POST /gateways -> {r.status_code}: {r.text}\n{self.proc.log_tail()}")
+        return dict(r.json())
+
+    def tool_names(self) -> list[str]:
+        r = self.client.get("/tools", timeout=30)
+        r.raise_for_status()
+        data = r.json()
+        items = data["items"] if isinstance(data, dict) and "items" in data else data
+        return sorted(t["name"] for t in items)
+
+    def call(
+        self, tool: str, arguments: dict[str, Any], correlation_id: str, timeout: float = 60
+    ) -> tuple[dict[str, Any], float]:
+        """tools/call through POST /rpc; returns (JSON-RPC response, client-side seconds).
+
+        correlation_id becomes the request id the plugin keys its retry state on, and tags the
+        gateway's log lines of this call (see retry_delays).
+        """
+        body = {
+            "jsonrpc": "2.0",
+            "id": 1,
+            "method": "tools/call",
+            "params": {"name": tool, "arguments": arguments},
+        }
+        headers = {"X-Correlation-ID": correlation_id}
+        t0 = time.monotonic()
+        r = self.client.post("/rpc", json=body, headers=headers, timeout=timeout)
+        elapsed = time.monotonic() - t0
+        r.raise_for_status()
+        return dict(r.json()), elapsed
+
+    def retry_delays(self, correlation_id: str) -> list[int]:
+        """delay_ms of each "retry requested" the gateway logged (at DEBUG) for that request."""
+        delays = []
+        for line in self.proc.log_path.read_text(errors="replace").splitlines():
+            if "retry requested" not in line or correlation_id not in line:
+                continue
+            try:
+                rec = json.loads(line)
+            except ValueError:
+                continue
+            m = _RETRY_RE.search(str(rec.get("message", "")))
+            if m and rec.get("request_id") == correlation_id:
+                delays.append(int(m.group(1)))
+        return delays
+
+
+def gateway_env(
+    workdir: Path, port: int, plugins_yaml: Path, max_tool_retries: int, log_level: str
+) -> dict[str, str]:
+    return {
+        **_base_env(),
+        "PYTHONUNBUFFERED": "1",
+        "HOST": "127.0.0.1",
+        "PORT": str(port),
+        "DATABASE_URL": f"sqlite:///{workdir / 'mcp.db'}",
+        "CACHE_TYPE": "memory",
+        "PLUGINS_ENABLED": "true",
+        "PLUGINS_CONFIG_FILE": str(plugins_yaml),
+        "SSRF_ALLOW_LOCALHOST": "true",
+        "JWT_SECRET_KEY": JWT_SECRET,
+        "AUTH_ENCRYPTION_SECRET": ENC_SECRET,
+        "PLATFORM_ADMIN_EMAIL": ADMIN,
+        "HEALTH_CHECK_INTERVAL": "3600",
+        "MAX_TOOL_RETRIES": str(max_tool_retries),
+        "LOG_LEVEL": log_level,
+        "MCPGATEWAY_UI_ENABLED": "false",
+        "MCPGATEWAY_ADMIN_API_ENABLED": "false",
+        "OBSERVABILITY_ENABLED": "false",
+    }
+
+
+def mint_token(env: dict[str, str], cwd: Path) -> str:
+    out = subprocess.run(
+        [PY, "-m", "mcpgateway.utils.create_jwt_token", "-u", ADMIN, "--admin", "--secret", JWT_SECRET],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    return out.stdout.strip().splitlines()[-1]
+
+
+def start_gateway(
+    workdir: Path, plugin: PluginSetup, max_tool_retries: int = 3, log_level: str = "DEBUG"
+) -> Gateway:
+    """Start the gateway in a clean working directory (it reads a .env from there)."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    plugins_yaml = workdir / "plugins.yaml"
+    plugins_yaml.write_text(plugin.yaml())
+    env = gateway_env(workdir, port, plugins_yaml, max_tool_retries, log_level)
+    proc = start(
+        "gateway",
+        [str(Path(PY).parent / "mcpgateway"), "--host", "127.0.0.1", "--port", str(port)],
+        cwd=workdir,
+        env=env,
+        log_path=workdir / "gateway.log",
+    )
+    try:
+        base = f"http://127.0.0.1:{port}"
+        wait_until(
+            "the gateway's /health",
+            lambda: httpx.get(f"{base}/health", timeout=2).status_code == 200,
+            120,
+            proc,
+        )
+        token = mint_token(env, workdir)
+        client = httpx.Client(base_url=base, headers={"Authorization": f"Bearer {token}"})
+        return Gateway(proc, port, token, workdir, plugin, max_tool_retries, client)
+    except BaseException:
+        proc.stop()
+        raise

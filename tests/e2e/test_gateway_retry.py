@@ -1,0 +1,114 @@
+"""The real ContextForge gateway retries real MCP tool calls with this plugin (and the native one).
+
+Attempts are counted on the flaky server; delays are read three ways: the delay the gateway
+says it was asked for (its DEBUG "retry requested ... delay_ms=N"), the gap between upstream
+attempts (server clock) and the client's wall time for the whole call.
+"""
+
+from __future__ import annotations
+
+import itertools
+import uuid
+from typing import Any
+
+import harness as h
+import pytest
+
+BASE_MS = 100
+# Upper slack on a gap: the gateway opens a new MCP session per attempt (tens of ms here).
+SLACK_MS = 3000
+
+
+def _call(gw: h.Gateway, server: h.FlakyServer, scenario: str, tool: str, **args: Any) -> dict[str, Any]:
+    key = f"{gw.plugin.variant}-{tool}-{uuid.uuid4().hex[:12]}"
+    resp, elapsed = gw.call(
+        f"{h.SERVER_NAME}-{tool.replace('_', '-')}", {**args, "key": key}, correlation_id=key
+    )
+    rows = server.attempts(key)
+    gaps = [round((b["t"] - a["t"]) * 1000) for a, b in itertools.pairwise(rows)]
+    out = {
+        "variant": gw.plugin.variant,
+        "scenario": scenario,
+        "resp": resp,
+        "elapsed_ms": round(elapsed * 1000),
+        "answers": [r["answer"] for r in rows],
+        "attempts": len(rows),
+        "delays_ms": gw.retry_delays(key),
+        "gaps_ms": gaps,
+    }
+    h.RESULTS.append({k: v for k, v in out.items() if k != "resp"})
+    return out
+
+
+def _result(out: dict[str, Any]) -> dict[str, Any]:
+    assert "result" in out["resp"], out["resp"]
+    return dict(out["resp"]["result"])
+
+
+def _assert_backoff(out: dict[str, Any], expected: list[int]) -> None:
+    assert out["delays_ms"] == expected, out
+    for gap, delay in zip(out["gaps_ms"], expected, strict=True):
+        assert delay <= gap < delay + SLACK_MS, out
+    assert out["elapsed_ms"] >= sum(expected), out
+
+
+def test_flaky_twice_succeeds_on_third_attempt(gateway: h.Gateway, flaky_server: h.FlakyServer) -> None:
+    out = _call(gateway, flaky_server, "flaky(2), max_retries 2", "flaky", fail_times=2)
+    assert out["answers"] == ["503", "503", "ok"], out
+    _assert_backoff(out, [BASE_MS, 2 * BASE_MS])
+    res = _result(out)
+    assert res.get("isError") is False, res
+    assert "ok after 2 failures" in res["content"][0]["text"]
+
+
+def test_flaky_three_times_returns_upstream_error(gateway: h.Gateway, flaky_server: h.FlakyServer) -> None:
+    out = _call(gateway, flaky_server, "flaky(3), max_retries 2", "flaky", fail_times=3)
+    assert out["answers"] == ["503", "503", "503"], out
+    _assert_backoff(out, [BASE_MS, 2 * BASE_MS])
+    res = _result(out)
+    assert res["isError"] is True, res
+    assert res["structuredContent"] == {"status_code": 503}
+    assert res["content"][0]["text"].startswith("attempt 3:")
+
+
+def test_ok_runs_once(gateway: h.Gateway, flaky_server: h.FlakyServer) -> None:
+    out = _call(gateway, flaky_server, "ok", "ok")
+    assert out["answers"] == ["ok"], out
+    assert out["delays_ms"] == []
+    assert _result(out).get("isError") is False
+
+
+def test_non_retryable_status_runs_once(gateway: h.Gateway, flaky_server: h.FlakyServer) -> None:
+    out = _call(gateway, flaky_server, "not_found (404)", "not_found")
+    assert out["answers"] == ["404"], out
+    assert out["delays_ms"] == []
+    res = _result(out)
+    assert res["isError"] is True
+    assert res["structuredContent"] == {"status_code": 404}
+
+
+def test_fresh_budget_per_call(gateway: h.Gateway, flaky_server: h.FlakyServer) -> None:
+    """Two calls in a row: the second starts from the first backoff again (new request id)."""
+    first = _call(gateway, flaky_server, "always_fail, twice (1st call)", "always_fail")
+    second = _call(gateway, flaky_server, "always_fail, twice (2nd call)", "always_fail")
+    for out in (first, second):
+        assert out["attempts"] == 3, out
+        _assert_backoff(out, [BASE_MS, 2 * BASE_MS])
+
+
+@pytest.mark.parametrize(
+    "tool_args", [{"tool": "always_fail"}, {"tool": "flaky", "fail_times": 2}], ids=["always_fail", "flaky2"]
+)
+def test_gateway_ceiling_caps_attempts(
+    capped_gateway: h.Gateway, flaky_server: h.FlakyServer, tool_args: dict[str, Any]
+) -> None:
+    """MAX_TOOL_RETRIES=1: two attempts at most, although the plugin allows max_retries 3."""
+    args = dict(tool_args)
+    tool = args.pop("tool")
+    label = f"flaky({args['fail_times']})" if "fail_times" in args else tool
+    out = _call(capped_gateway, flaky_server, f"{label}, max_retries 3, MAX_TOOL_RETRIES=1", tool, **args)
+    assert out["answers"] == ["503", "503"], out
+    _assert_backoff(out, [BASE_MS])
+    res = _result(out)
+    assert res["isError"] is True
+    assert res["content"][0]["text"].startswith("attempt 2:")

@@ -112,6 +112,8 @@ impl api::Guest for Component {
 
 fn decide(key: &str, tool_len: u32, signals: u64, texts: Option<&[String]>) -> u64 {
     let (tool, request_id) = wire::split_key(key, tool_len);
+    #[cfg(feature = "fault-injection")]
+    inject_fault(tool);
     let signals = wire::unpack_signals(signals);
     let now = now_ms();
     with_engine(|e| match e.decide(tool, request_id, signals, texts, now) {
@@ -127,6 +129,30 @@ fn decide(key: &str, tool_len: u32, signals: u64, texts: Option<&[String]>) -> u
         }
         Outcome::NeedText => wire::NEED_TEXT,
     })
+}
+
+/// Deliberate faults for the host's fault-injection tests, keyed by magic tool
+/// names. Only in the `fault-injection` build (`make wasm-faulty`, written to
+/// `target/wasm/retry_engine_faulty.wasm`); the release component has none.
+#[cfg(feature = "fault-injection")]
+fn inject_fault(tool: &str) {
+    match tool {
+        // A guest bug: trap.
+        "__fault_trap__" => core::arch::wasm32::unreachable(),
+        // A runaway guest: only the host's fuel budget stops it.
+        "__fault_spin__" => loop {
+            core::hint::black_box(());
+        },
+        // A leak: allocate until the host's memory cap refuses to grow.
+        "__fault_oom__" => {
+            let mut hog: Vec<Vec<u8>> = Vec::new();
+            loop {
+                hog.push(alloc::vec![1u8; 1 << 20]);
+                core::hint::black_box(&hog);
+            }
+        }
+        _ => {}
+    }
 }
 
 fn to_wit_errors(errors: Vec<ConfigError>) -> Vec<api::ConfigError> {
@@ -158,6 +184,10 @@ fn to_wit_decision(d: &Decision) -> api::SimDecision {
             Reason::Success => api::DecisionReason::Success,
             Reason::Retry => api::DecisionReason::Retry,
             Reason::Exhausted => api::DecisionReason::Exhausted,
+            Reason::NonRetryable => api::DecisionReason::NonRetryable,
+            Reason::Budget => api::DecisionReason::Budget,
+            Reason::Deadline => api::DecisionReason::Deadline,
+            Reason::RetryAfter => api::DecisionReason::RetryAfter,
         },
     }
 }

@@ -114,7 +114,8 @@ def ok(invoke: str, *limits: str) -> str:
 
 WAVE_STRING = r'"((?:[^"\\]|\\.)*)"'
 RECORD = re.compile(r"\{[^{}]*\}")
-DECISION = re.compile(r"\{delay-ms: (\d+), retry-count: (\d+), reason: (success|retry|exhausted)\}")
+REASON_NAMES = "success|retry|exhausted|non-retryable|budget|deadline|retry-after"
+DECISION = re.compile(r"\{delay-ms: (\d+), retry-count: (\d+), reason: (" + REASON_NAMES + r")\}")
 CONFIG_ERROR = re.compile(r"\{path: " + WAVE_STRING + r", message: " + WAVE_STRING + r"\}")
 
 
@@ -220,7 +221,7 @@ SCENARIOS = [
             S("t", "r2", FAIL, "200/1/retry"),  # another request id: its own budget
             S("t", "r1", OK, "0/0/success"),  # success clears r1
             S("t", "r1", FAIL, "200/1/retry"),
-            S("t", "r2", status(404), "0/0/success"),  # explicit non-retriable status: clears r2
+            S("t", "r2", status(404), "0/0/non-retryable"),  # explicit non-retriable status: clears r2
             S("t", "r2", FAIL, "200/1/retry"),
             S("a:b", "c", FAIL, "200/1/retry"),  # ("a:b", "c") and ("a", "b:c") do not collide
             S("a", "b:c", FAIL, "200/1/retry"),
@@ -240,12 +241,12 @@ SCENARIOS = [
         [
             S("search", "r", status(404), "50/1/retry"),
             S("search", "r", status(404), "0/2/exhausted"),
-            S("search", "r2", status(503), "0/0/success"),  # 503 is not in search's list
+            S("search", "r2", status(503), "0/0/non-retryable"),  # 503 is not in search's list
             S("search", "r3", FAIL, "50/1/retry"),  # isError without a status still fails
             S("slow", "r", FAIL, "200/1/retry"),
             S("slow", "r", FAIL, "300/2/retry"),  # 400 capped at the override's 300
             S("slow", "r", FAIL, "0/3/exhausted"),  # global max_retries 2
-            S("other", "r", status(404), "0/0/success"),  # global list has no 404
+            S("other", "r", status(404), "0/0/non-retryable"),  # global list has no 404
             S("other", "r", status(500), "200/1/retry"),
         ],
     ),

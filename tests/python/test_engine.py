@@ -82,7 +82,7 @@ def test_tool_policy_merges_override() -> None:
                 (err(), (3000, 4, "retry")),
             ],
         ),
-        (NO_JITTER, [(err(404), (0, 0, "success")), (err(503), (200, 1, "retry"))]),
+        (NO_JITTER, [(err(404), (0, 0, "non-retryable")), (err(503), (200, 1, "retry"))]),
     ],
     ids=["backoff-exhaust-fresh", "success-clears", "max-retries-0", "capped", "status-not-retriable"],
 )

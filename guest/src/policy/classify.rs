@@ -3,7 +3,7 @@
 //! The rules are the native plugin's (0.3.11), in this order:
 //! 1. `isError` is `True`: a failure, unless `structuredContent.status_code`
 //!    is an integer that is not in `retry_on_status` (an explicit
-//!    non-retriable status wins).
+//!    non-retriable status wins: "non-retryable", no retry).
 //! 2. Otherwise, with structured content present: `structuredContent.isError`
 //!    is `True`, or its `status_code` is in `retry_on_status`.
 //! 3. Otherwise, only if the policy checks text content and there is no
@@ -37,8 +37,12 @@ pub struct Signals {
 pub enum Classification {
     /// A retriable failure.
     Failure,
-    /// Not a failure (a success, or a non-retriable error).
+    /// Not a failure.
     NotFailure,
+    /// A failure signal that is not retriable: `isError` with an integer
+    /// status code outside `retry_on_status` (rule 1). Treated exactly like
+    /// [`Classification::NotFailure`] except for the decision reason.
+    NonRetryable,
     /// The answer depends on the text content, which was not supplied.
     NeedText,
 }
@@ -53,7 +57,7 @@ pub fn classify<T: AsRef<str>>(
     use Classification::*;
     if signals.is_error {
         return match signals.status {
-            Some(code) if !policy.retries_status(code) => NotFailure,
+            Some(code) if !policy.retries_status(code) => NonRetryable,
             _ => Failure,
         };
     }
@@ -166,8 +170,8 @@ mod tests {
             (sig(false, false, false, None), NotFailure),
             (sig(true, false, false, None), Failure),
             (sig(true, true, false, Some(503)), Failure),
-            (sig(true, true, false, Some(404)), NotFailure),
-            (sig(true, true, true, Some(404)), NotFailure),
+            (sig(true, true, false, Some(404)), NonRetryable),
+            (sig(true, true, true, Some(404)), NonRetryable),
             (sig(false, true, true, None), Failure),
             (sig(false, true, false, Some(429)), Failure),
             (sig(false, true, false, Some(200)), NotFailure),

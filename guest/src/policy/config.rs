@@ -77,6 +77,9 @@ pub struct Config {
     overrides: Vec<(String, Policy)>,
     state_ttl_ms: u64,
     max_state_entries: u32,
+    /// Opt-in: the host adds the decision reason to the trace metrics. Off by
+    /// default because the native plugin's metrics carry no reason (parity).
+    metrics_reason: bool,
 }
 
 impl Default for Config {
@@ -86,6 +89,7 @@ impl Default for Config {
             overrides: Vec::new(),
             state_ttl_ms: DEFAULT_STATE_TTL_MS,
             max_state_entries: DEFAULT_MAX_STATE_ENTRIES,
+            metrics_reason: false,
         }
     }
 }
@@ -163,6 +167,14 @@ impl Config {
             },
         };
 
+        let metrics_reason = match root.get("metrics_reason") {
+            None => false,
+            Some(v) => v.as_bool().unwrap_or_else(|| {
+                errors.push("metrics_reason", must_be("a boolean", v));
+                false
+            }),
+        };
+
         let mut overrides = Vec::new();
         match root.get("tool_overrides") {
             None => {}
@@ -192,6 +204,7 @@ impl Config {
                 overrides,
                 state_ttl_ms,
                 max_state_entries,
+                metrics_reason,
             })
         } else {
             Err(errors.0)
@@ -232,6 +245,11 @@ impl Config {
     /// Bound on live retry-state entries.
     pub fn max_state_entries(&self) -> u32 {
         self.max_state_entries
+    }
+
+    /// Whether the host should add the decision reason to trace metrics.
+    pub fn metrics_reason(&self) -> bool {
+        self.metrics_reason
     }
 
     /// Builder-style setter for the state TTL (tests, simulations).
@@ -488,7 +506,19 @@ mod tests {
             assert_eq!(c.global(), &Policy::default());
             assert_eq!(c.state_ttl_ms(), 300_000);
             assert_eq!(c.max_state_entries(), 100_000);
+            assert!(!c.metrics_reason());
         }
+    }
+
+    #[test]
+    fn test_config_metrics_reason_is_a_global_boolean() {
+        assert!(Config::from_json(r#"{"metrics_reason": true}"#)
+            .unwrap()
+            .metrics_reason());
+        assert_eq!(
+            errors(r#"{"metrics_reason": "yes"}"#),
+            vec!["metrics_reason: must be a boolean, got \"yes\""]
+        );
     }
 
     #[test]

@@ -23,6 +23,19 @@ pub enum Reason {
     Retry = 1,
     /// A failure beyond the budget: give up, state cleared.
     Exhausted = 2,
+    /// A failure signal that is not retriable (e.g. `isError` with a status
+    /// code outside `retry_on_status`): no retry, state cleared. The native
+    /// plugin reports these as plain successes (count 0); only the reason
+    /// differs.
+    NonRetryable = 3,
+    /// A retriable failure refused because the tool's retry budget is spent.
+    Budget = 4,
+    /// A retriable failure refused because its delay would cross the
+    /// `(tool, request)` deadline (`max_total_delay_ms`); state cleared.
+    Deadline = 5,
+    /// A retriable failure refused because the server's delay hint exceeds
+    /// what the policy allows.
+    RetryAfter = 6,
 }
 
 /// One decision.
@@ -41,6 +54,11 @@ impl Decision {
         delay_ms: 0,
         failures: 0,
         reason: Reason::Success,
+    };
+    const NON_RETRYABLE: Self = Self {
+        delay_ms: 0,
+        failures: 0,
+        reason: Reason::NonRetryable,
     };
 }
 
@@ -111,9 +129,16 @@ impl Engine {
         }
         let ttl = self.config.state_ttl_ms();
         self.state.sweep(now_ms, ttl, SWEEP_PER_CALL);
-        if class == Classification::NotFailure {
-            self.state.remove(tool, request_id);
-            return Outcome::Decided(Decision::SUCCESS);
+        match class {
+            Classification::NotFailure => {
+                self.state.remove(tool, request_id);
+                return Outcome::Decided(Decision::SUCCESS);
+            }
+            Classification::NonRetryable => {
+                self.state.remove(tool, request_id);
+                return Outcome::Decided(Decision::NON_RETRYABLE);
+            }
+            Classification::Failure | Classification::NeedText => {}
         }
 
         let (max_retries, base, max, jitter) = (
@@ -266,6 +291,23 @@ mod tests {
         assert!(e.is_idle());
         let e = engine(r#"{"tool_overrides": {"x": {"check_text_content": true}}}"#);
         assert!(!e.is_idle());
+    }
+
+    #[test]
+    fn test_engine_non_retryable_clears_like_success() {
+        let mut e = engine(r#"{"jitter": false}"#);
+        delays(&mut e, "t", "r", 1, 0);
+        let not_retriable = Signals {
+            is_error: true,
+            structured: true,
+            structured_is_error: false,
+            status: Some(404),
+        };
+        assert_eq!(
+            e.decide("t", "r", not_retriable, NO_TEXT, 0),
+            Outcome::Decided(Decision::NON_RETRYABLE)
+        );
+        assert_eq!(e.state_count(), 0);
     }
 
     #[test]

@@ -235,6 +235,8 @@ class WasmRetryEngine:
                 if errors:  # pragma: no cover - lowering a valid budget cannot invalidate it
                     raise ConfigurationError(errors)
         self._global_policy = self._global_policy_locked()
+        # The engine validated it as a boolean (global key); the host only presents it.
+        self._metrics_reason = raw.get("metrics_reason") is True
 
     def _check_contract(self) -> str:
         """The instance's ``contract-version``, if this host speaks it (lock held)."""
@@ -589,6 +591,11 @@ class WasmRetryEngine:
     def evict_expired(self) -> int:
         """Sweep entries older than ``state_ttl_ms``; how many were removed."""
         return int(self._cold_call("evict-expired", lambda: self._funcs["evict-expired"](self._live_store())))
+
+    @property
+    def metrics_reason(self) -> bool:
+        """``metrics_reason``: the trace metrics carry the decision reason (off: native parity)."""
+        return self._metrics_reason
 
     @property
     def fuel_per_call(self) -> int:

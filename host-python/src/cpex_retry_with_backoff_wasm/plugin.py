@@ -22,7 +22,7 @@ from cpex.framework import (  # type: ignore[import-untyped, unused-ignore]
 
 from .ceiling import read_ceiling
 from .engine import Clock, Seed, WasmRetryEngine
-from .signals import COUNT_SHIFT, DELAY_MASK
+from .signals import COUNT_SHIFT, DELAY_MASK, REASON_EXHAUSTED, REASON_SHIFT, REASONS
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +59,7 @@ class RetryWithBackoffPlugin(Plugin):  # type: ignore[misc, unused-ignore]  # cp
             seed=seed,
         )
         self._policy_metadata = self._engine.global_policy.metadata()
+        self._metrics_reason = self._engine.metrics_reason
         log.info(
             "retry_with_backoff_wasm: loaded %s (contract %s)",
             self._engine.wasm_path,
@@ -89,17 +90,24 @@ class RetryWithBackoffPlugin(Plugin):  # type: ignore[misc, unused-ignore]  # cp
         trace_id = read_trace_id(extensions)
         decision = self._engine.decide(payload.name, context.global_context.request_id, payload.result)
         delay = decision & DELAY_MASK
+        reason = (decision >> REASON_SHIFT) & 0xFF
+        if reason == REASON_EXHAUSTED:
+            # The native plugin's warning, word for word.
+            log.warning(
+                "tool_post_invoke: tool=%s request_id=%s exhausted after %d failure(s)",
+                payload.name,
+                context.global_context.request_id,
+                (decision >> COUNT_SHIFT) & 0xFF,
+            )
         if trace_id is None:
             return ToolPostInvokeResult(retry_delay_ms=delay)
-        return ToolPostInvokeResult(
-            retry_delay_ms=delay,
-            metadata={
-                "retry_with_backoff": {
-                    "retry_count": (decision >> COUNT_SHIFT) & 0xFF,
-                    "retry_delay_ms": delay,
-                }
-            },
-        )
+        metrics: dict[str, Any] = {
+            "retry_count": (decision >> COUNT_SHIFT) & 0xFF,
+            "retry_delay_ms": delay,
+        }
+        if self._metrics_reason:
+            metrics["reason"] = REASONS[reason] if reason < len(REASONS) else str(reason)
+        return ToolPostInvokeResult(retry_delay_ms=delay, metadata={"retry_with_backoff": metrics})
 
     async def resource_post_fetch(
         self,

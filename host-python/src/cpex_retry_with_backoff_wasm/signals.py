@@ -38,8 +38,9 @@ TEXT_FREE: Final = 1 << 61
 #: a result whose signals are 0 is a success that changes nothing.
 IDLE: Final = 1 << 62
 NEED_TEXT: Final = 1 << 63
-#: ``decision-reason`` ordinals, in WIT declaration order.
-REASONS: Final = ("success", "retry", "exhausted")
+#: ``decision-reason`` ordinals, in WIT declaration order (new reasons are only appended).
+REASONS: Final = ("success", "retry", "exhausted", "non-retryable", "budget", "deadline", "retry-after")
+REASON_EXHAUSTED: Final = 2
 
 _S32_MIN: Final = -(1 << 31)
 _S32_MAX: Final = (1 << 31) - 1
@@ -176,7 +177,7 @@ def decision_retry_count(decision: int) -> int:
 
 
 def decision_reason(decision: int) -> str:
-    """``success``, ``retry`` or ``exhausted``."""
+    """The ``decision-reason`` name: ``success``, ``retry``, ``exhausted``, ``non-retryable``, ..."""
     ordinal = (decision >> REASON_SHIFT) & 0xFF
     if ordinal >= len(REASONS):
         raise ValueError(f"unknown decision-reason ordinal {ordinal}")

@@ -219,6 +219,10 @@ pub mod reason {
     pub const SUCCESS: u8 = 0;
     pub const RETRY: u8 = 1;
     pub const EXHAUSTED: u8 = 2;
+    pub const NON_RETRYABLE: u8 = 3;
+    pub const BUDGET: u8 = 4;
+    pub const DEADLINE: u8 = 5;
+    pub const RETRY_AFTER: u8 = 6;
 }
 
 impl Decision {

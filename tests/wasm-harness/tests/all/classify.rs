@@ -31,8 +31,16 @@ fn is_failure(h: &mut Harness, signals: Signals) -> Result<bool> {
             );
             Ok(true)
         }
-        reason::SUCCESS => {
+        reason::SUCCESS | reason::NON_RETRYABLE => {
             ensure!(d.delay_ms == 0 && d.retry_count == 0, "{signals:?}: {d:?}");
+            // Not a retry: non-retryable exactly when `isError` carries a
+            // status (necessarily outside retry_on_status here; issue 6 §7).
+            let want = if signals.is_error && signals.status.is_some() {
+                reason::NON_RETRYABLE
+            } else {
+                reason::SUCCESS
+            };
+            ensure!(d.reason == want, "{signals:?}: reason {d:?}");
             Ok(false)
         }
         _ => bail!("{signals:?}: unexpected first decision {d:?}"),
@@ -160,9 +168,7 @@ fn test_classify_status_uses_the_tools_retry_on_status() -> Result<()> {
     ensure!(h.decide("y", "q", s500)?.is_retry());
     // An empty list: isError still fails unless a status says otherwise.
     ensure!(h.decide("none", "a", s500)?.is_success());
-    ensure!(h
-        .decide("none", "b", structured(true, false, Some(500)))?
-        .is_success());
+    assert_non_retryable(h.decide("none", "b", structured(true, false, Some(500)))?)?;
     ensure!(h.decide("none", "c", Signals::ERROR)?.is_retry());
     Ok(())
 }
@@ -405,6 +411,6 @@ fn test_decide_text_ignores_texts_when_not_applicable() -> Result<()> {
         200,
         1,
     )?;
-    assert_success(h.decide_text("txt", "e", structured(true, false, Some(404)), &err)?)?;
+    assert_non_retryable(h.decide_text("txt", "e", structured(true, false, Some(404)), &err)?)?;
     Ok(())
 }

@@ -225,7 +225,7 @@ fn check_decision(raw: u64, context: &dyn Fn() -> String) -> Result<Decision> {
         context()
     );
     ensure!(
-        d.reason <= reason::EXHAUSTED,
+        d.reason <= reason::RETRY_AFTER,
         "bad reason: {d:?} for {}",
         context()
     );
@@ -248,7 +248,7 @@ fn check_decision(raw: u64, context: &dyn Fn() -> String) -> Result<Decision> {
             context()
         );
     }
-    if d.is_success() {
+    if d.is_success() || d.reason == reason::NON_RETRYABLE {
         ensure!(
             d.retry_count == 0,
             "success with a count: {d:?} for {}",

@@ -32,6 +32,14 @@ fn success() -> SimDecision {
     }
 }
 
+fn non_retryable() -> SimDecision {
+    SimDecision {
+        delay_ms: 0,
+        retry_count: 0,
+        reason: DecisionReason::NonRetryable,
+    }
+}
+
 fn exhausted(retry_count: u32) -> SimDecision {
     SimDecision {
         delay_ms: 0,
@@ -219,7 +227,7 @@ fn test_simulate_status_code_bool_reads_as_int() -> Result<()> {
     ];
     let got = replay(config, 1, &steps)?;
     ensure!(
-        got == [retry(200, 1), success(), success()],
+        got == [retry(200, 1), success(), non_retryable()],
         "status_code true/false must read as 1/0: {got:?}"
     );
     Ok(())

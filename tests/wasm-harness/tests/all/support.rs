@@ -86,6 +86,17 @@ pub fn assert_success(d: Decision) -> Result<()> {
     Ok(())
 }
 
+/// Assert `d` is a non-retryable failure: delay 0, count 0, reason
+/// `non-retryable` (issue 6 §7).
+pub fn assert_non_retryable(d: Decision) -> Result<()> {
+    ensure!(
+        d.reason == reason::NON_RETRYABLE && d.delay_ms == 0 && d.retry_count == 0 && !d.need_text,
+        "expected non-retryable, got {d:?}"
+    );
+    ensure!(d.reserved == 0, "reserved bits set in {d:?}");
+    Ok(())
+}
+
 /// Assert `d` gives up: delay 0, reason exhausted.
 pub fn assert_exhausted(d: Decision) -> Result<()> {
     ensure!(

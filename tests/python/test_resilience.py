@@ -1,0 +1,75 @@
+"""Issue 6 (resilience beyond the native plugin) through the real cpex PluginManager.
+
+Every feature here is opt-in or parity-preserving; ``test_differential.py`` checks the defaults
+against the native plugin.  Jitter is off or the seed fixed, the clock virtual.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import pytest
+from cpex.framework import GlobalContext, ToolPostInvokePayload
+from cpex.framework.extensions.extensions import Extensions
+from cpex.framework.extensions.request import RequestExtension
+
+from cpex_retry_with_backoff_wasm.signals import REASONS, decision_reason
+
+from .conftest import err, ok
+
+NO_JITTER = {"jitter": False}
+
+
+async def post(manager: Any, tool: str, rid: str, result: Any, trace_id: str | None = "trace-1") -> Any:
+    payload = ToolPostInvokePayload(name=tool, result=result)
+    ext = Extensions(request=RequestExtension(request_id=rid, trace_id=trace_id))
+    res, _ = await manager.invoke_hook(
+        "tool_post_invoke", payload, GlobalContext(request_id=rid), extensions=ext
+    )
+    return res
+
+
+def metrics(res: Any) -> dict[str, Any]:
+    return dict(res.metadata["retry_with_backoff"])
+
+
+# --------------------------------------------------------------------------- (a) reasons
+def test_reason_ordinals_follow_the_wit_enum() -> None:
+    assert REASONS == ("success", "retry", "exhausted", "non-retryable", "budget", "deadline", "retry-after")
+    assert decision_reason(3 << 48) == "non-retryable"
+    with pytest.raises(ValueError, match="unknown decision-reason ordinal 7"):
+        decision_reason(7 << 48)
+
+
+async def test_metrics_carry_no_reason_by_default(manager_factory: Any) -> None:
+    manager = await manager_factory(NO_JITTER)
+    assert metrics(await post(manager, "t", "r", err())) == {"retry_count": 1, "retry_delay_ms": 200}
+
+
+async def test_metrics_reason_opt_in(manager_factory: Any) -> None:
+    manager = await manager_factory({**NO_JITTER, "max_retries": 1, "metrics_reason": True})
+    seen = [metrics(await post(manager, "t", "r", r)) for r in [err(), err(), err(404), err(503), ok()]]
+    assert seen == [
+        {"retry_count": 1, "retry_delay_ms": 200, "reason": "retry"},
+        {"retry_count": 2, "retry_delay_ms": 0, "reason": "exhausted"},
+        {"retry_count": 0, "retry_delay_ms": 0, "reason": "non-retryable"},
+        {"retry_count": 1, "retry_delay_ms": 200, "reason": "retry"},
+        {"retry_count": 0, "retry_delay_ms": 0, "reason": "success"},
+    ]
+
+
+@pytest.mark.parametrize("bad", ["yes", 1, None])
+async def test_metrics_reason_must_be_a_boolean(manager_factory: Any, bad: Any) -> None:
+    await manager_factory({"metrics_reason": bad}, expect_plugins=0)
+
+
+async def test_exhaustion_logs_the_native_warning(
+    manager_factory: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    manager = await manager_factory({**NO_JITTER, "max_retries": 1})
+    with caplog.at_level(logging.WARNING, logger="cpex_retry_with_backoff_wasm.plugin"):
+        for _ in range(2):
+            await post(manager, "search", "req-9", err(), trace_id=None)
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert warnings == ["tool_post_invoke: tool=search request_id=req-9 exhausted after 2 failure(s)"]

@@ -44,7 +44,7 @@ venv: ## Create .venv with the host plugin (editable) and its test/bench depende
 smoke: ## Load the plugin through the real cpex PluginManager and print a few decisions.
 	$(PY) examples/smoke.py
 
-test: test-rust test-wasm test-python test-python-cpex013 cli-test test-dist lint ## Run every test and lint.
+test: test-rust test-wasm test-python test-python-cpex013 cli-test test-dist test-e2e lint ## Run every test and lint.
 
 test-rust: ## Unit tests of the pure policy core (native target).
 	cargo test -p retry-engine-guest
@@ -73,6 +73,19 @@ test-dist: dist ## Install the wheel into a fresh venv (no Rust) and load it thr
 	"$$tmp/venv/bin/python" -m pip install --quiet $(DIST)/cpex_retry_with_backoff_wasm-*.whl \
 	    'pytest>=8' 'pytest-asyncio>=0.23' 'pyyaml>=6'; \
 	cd "$$tmp" && DIST_DIR='$(CURDIR)/$(DIST)' "$$tmp/venv/bin/python" -m pytest '$(CURDIR)/tests/dist' -q -p no:cacheprovider
+
+# End to end: the real gateway (mcp-contextforge-gateway 1.0.7, its own venv in target/) with the
+# wheel from dist/ and the native plugin, against a flaky MCP server; everything on 127.0.0.1.
+E2E_VENV := target/e2e-venv
+.PHONY: demo test-e2e
+
+test-e2e: dist ## The real gateway retrying a flaky MCP server through this plugin and the native one.
+	tests/e2e/setup-venv.sh $(E2E_VENV) $(PYTHON) $(DIST)
+	$(E2E_VENV)/bin/python -m pytest tests/e2e -q -p no:cacheprovider
+
+demo: toolchain venv dist ## Start a flaky MCP server and the real gateway with this plugin; trace a few calls.
+	tests/e2e/setup-venv.sh $(E2E_VENV) $(PYTHON) $(DIST)
+	$(E2E_VENV)/bin/python tests/e2e/demo.py
 
 wasmtime-cli: ## Install the wasmtime CLI (pinned) with cargo, only when absent.
 	@export PATH="$(CARGO_BIN):$$PATH"; command -v wasmtime >/dev/null || { \

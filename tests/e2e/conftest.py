@@ -18,6 +18,10 @@ import harness as h
 import pytest
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    h.stop_on_sigterm()
+
+
 @pytest.fixture(scope="session")
 def workdir() -> Iterator[Path]:
     d = Path(tempfile.mkdtemp(prefix="retry-e2e-"))
@@ -37,41 +41,50 @@ def flaky_server(workdir: Path) -> Iterator[h.FlakyServer]:
         server.proc.stop()
 
 
-def _gateway(
-    workdir: Path, server: h.FlakyServer, name: str, plugin: h.PluginSetup, ceiling: int
-) -> Iterator[h.Gateway]:
-    gw = h.start_gateway(workdir / name, plugin, max_tool_retries=ceiling)
+# name -> (plugin variant, plugin max_retries, MAX_TOOL_RETRIES)
+GATEWAYS = {
+    # The gateway's default ceiling (3) above max_retries 2: the plugin is the limit.
+    "wasm": ("wasm", 2, 3),
+    "native": ("native", 2, 3),
+    # MAX_TOOL_RETRIES=1 while the plugin allows 3 retries: the gateway is the limit.
+    "wasm-capped": ("wasm", 3, 1),
+    "native-capped": ("native", 3, 1),
+}
+
+
+@pytest.fixture(scope="session")
+def gateways(workdir: Path, flaky_server: h.FlakyServer) -> Iterator[dict[str, h.Gateway]]:
+    """All four gateways, launched at once (start-up dominates the run time), then registered."""
+    started: dict[str, h.Gateway] = {}
     try:
-        plugin_name = h.PLUGINS[plugin.variant][0]
-        h.wait_until(
-            f"the gateway to register {plugin_name}",
-            lambda: f"Registered plugin: {plugin_name}" in gw.proc.log_path.read_text(errors="replace"),
-            30,
-            gw.proc,
-        )
-        gw.register(server)
-        yield gw
+        for name, (variant, max_retries, ceiling) in GATEWAYS.items():
+            plugin = h.PluginSetup(
+                variant=variant, max_retries=max_retries, backoff_base_ms=100, jitter=False
+            )
+            started[name] = h.launch_gateway(workdir / f"gw-{name}", plugin, max_tool_retries=ceiling)
+        h.mint_token()  # while they start
+        for gw in started.values():
+            gw.wait_ready()
+            gw.register(flaky_server)
+        yield started
     finally:
-        gw.stop()
+        for gw in started.values():
+            gw.stop()
 
 
-@pytest.fixture(scope="module", params=["wasm", "native"])
+@pytest.fixture(params=["wasm", "native"])
 def variant(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
 
-@pytest.fixture(scope="module")
-def gateway(workdir: Path, flaky_server: h.FlakyServer, variant: str) -> Iterator[h.Gateway]:
-    """MAX_TOOL_RETRIES=3 (the gateway's default) and max_retries 2: the plugin is the limit."""
-    plugin = h.PluginSetup(variant=variant, max_retries=2, backoff_base_ms=100, jitter=False)
-    yield from _gateway(workdir, flaky_server, f"gw-{variant}", plugin, ceiling=3)
+@pytest.fixture
+def gateway(gateways: dict[str, h.Gateway], variant: str) -> h.Gateway:
+    return gateways[variant]
 
 
-@pytest.fixture(scope="module")
-def capped_gateway(workdir: Path, flaky_server: h.FlakyServer, variant: str) -> Iterator[h.Gateway]:
-    """MAX_TOOL_RETRIES=1 while the plugin allows 3 retries: the gateway is the limit."""
-    plugin = h.PluginSetup(variant=variant, max_retries=3, backoff_base_ms=100, jitter=False)
-    yield from _gateway(workdir, flaky_server, f"gw-{variant}-capped", plugin, ceiling=1)
+@pytest.fixture
+def capped_gateway(gateways: dict[str, h.Gateway], variant: str) -> h.Gateway:
+    return gateways[f"{variant}-capped"]
 
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:
@@ -82,9 +95,15 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
         Path(out).write_text(json.dumps(h.RESULTS, indent=2) + "\n")
     tr = terminalreporter
     tr.section("upstream attempts through the real gateway")
-    tr.write_line(f"{'variant':7} {'scenario':44} {'attempts':>8}  {'delays asked (ms)':18} gaps seen (ms)")
+    width = max(len(r["scenario"]) for r in h.RESULTS)
+    tr.write_line(
+        f"{'variant':7}  {'scenario':{width}}  attempts  {'delays asked (ms)':17}  "
+        f"{'gaps at server (ms)':19}  client (ms)"
+    )
     for r in sorted(h.RESULTS, key=lambda r: (r["scenario"], r["variant"])):
+        delays = ",".join(map(str, r["delays_ms"])) or "-"
+        gaps = ",".join(map(str, r["gaps_ms"])) or "-"
         tr.write_line(
-            f"{r['variant']:7} {r['scenario']:44} {r['attempts']:>8}  "
-            f"{','.join(map(str, r['delays_ms'])) or '-':18} {','.join(map(str, r['gaps_ms'])) or '-'}"
+            f"{r['variant']:7}  {r['scenario']:{width}}  {r['attempts']:>8}  {delays:17}  {gaps:19}  "
+            f"{r['elapsed_ms']:>11}"
         )

@@ -9,6 +9,7 @@ everything on the way out, also on errors or Ctrl-C.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import sys
@@ -32,6 +33,7 @@ CALLS: list[tuple[str, str, dict[str, Any]]] = [
 
 
 def main() -> int:
+    h.stop_on_sigterm()
     root = Path(tempfile.mkdtemp(prefix="retry-demo-"))
     server = gateway = None
     try:
@@ -49,7 +51,9 @@ def main() -> int:
         server = h.start_flaky_server(root)
         print(f"started  flaky MCP server   pid {server.proc.pid}  {server.url}")
         t0 = time.monotonic()
-        gateway = h.start_gateway(root / "gateway", PLUGIN, max_tool_retries=CEILING)
+        gateway = h.launch_gateway(root / "gateway", PLUGIN, max_tool_retries=CEILING)
+        h.mint_token()  # while it starts
+        gateway.wait_ready()
         up = time.monotonic() - t0
         print(
             f"started  gateway            pid {gateway.proc.pid}  {gateway.base}  (healthy after {up:.1f} s)"
@@ -60,10 +64,14 @@ def main() -> int:
             trace(gateway, server, i, (title, tool, args))
         return 0
     finally:
+        # Stop everything first: printing may fail (closed pipe) and must not leave processes.
+        stopped = []
         for name, thing in (("gateway", gateway), ("flaky MCP server", server)):
             if thing is not None:
                 thing.proc.stop()
-                print(f"stopped  {name:18} pid {thing.proc.pid}")
+                stopped.append(f"stopped  {name:18} pid {thing.proc.pid}")
+        with contextlib.suppress(OSError):
+            print("\n".join(stopped))
         shutil.rmtree(root, ignore_errors=True)
 
 

@@ -9,6 +9,8 @@ its PID recorded, and stopped with SIGTERM then SIGKILL; every wait has a timeou
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import functools
 import json
 import os
 import re
@@ -16,6 +18,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -88,6 +91,25 @@ def _signal_group(pgid: int, sig: int) -> None:
         os.killpg(pgid, sig)
 
 
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    """In the child before exec (Linux): SIGTERM it if this Python process dies, even by SIGKILL,
+    so that no gateway or server outlives the test run that started it."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def stop_on_sigterm() -> None:
+    """Turn SIGTERM into KeyboardInterrupt, so finalizers (and finally blocks) stop the children."""
+
+    def handler(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    signal.signal(signal.SIGTERM, handler)
+
+
 def start(name: str, argv: list[str], *, cwd: Path, env: dict[str, str], log_path: Path) -> Proc:
     log = open(log_path, "wb")  # noqa: SIM115 - handed to the child, closed below
     try:
@@ -99,6 +121,7 @@ def start(name: str, argv: list[str], *, cwd: Path, env: dict[str, str], log_pat
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            preexec_fn=_die_with_parent,  # noqa: PLW1509 - only prctl, no locks or imports
         )
     finally:
         log.close()
@@ -226,7 +249,6 @@ class PluginSetup:
 class Gateway:
     proc: Proc
     port: int
-    token: str
     workdir: Path
     plugin: PluginSetup
     max_tool_retries: int
@@ -235,6 +257,24 @@ class Gateway:
     @property
     def base(self) -> str:
         return f"http://127.0.0.1:{self.port}"
+
+    def wait_ready(self, timeout: float = 120) -> None:
+        """Healthy, this variant's plugin registered by cpex, and an admin token in the client."""
+        deadline = time.monotonic() + timeout
+        wait_until(
+            f"{self.proc.name}'s /health",
+            lambda: httpx.get(f"{self.base}/health", timeout=2).status_code == 200,
+            timeout,
+            self.proc,
+        )
+        plugin_name = PLUGINS[self.plugin.variant][0]
+        wait_until(
+            f"{self.proc.name} to register {plugin_name}",
+            lambda: f"Registered plugin: {plugin_name}" in self.proc.log_path.read_text(errors="replace"),
+            max(1.0, deadline - time.monotonic()),
+            self.proc,
+        )
+        self.client.headers["Authorization"] = f"Bearer {mint_token()}"
 
     def stop(self) -> None:
         self.client.close()
@@ -316,46 +356,51 @@ def gateway_env(
     }
 
 
-def mint_token(env: dict[str, str], cwd: Path) -> str:
-    out = subprocess.run(
-        [PY, "-m", "mcpgateway.utils.create_jwt_token", "-u", ADMIN, "--admin", "--secret", JWT_SECRET],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    )
+@functools.cache
+def mint_token() -> str:
+    """An admin JWT from the gateway's own tool, signed with the secret every gateway here uses."""
+    with tempfile.TemporaryDirectory(prefix="retry-e2e-token-") as cwd:
+        env = {**_base_env(), "JWT_SECRET_KEY": JWT_SECRET, "AUTH_ENCRYPTION_SECRET": ENC_SECRET}
+        out = subprocess.run(
+            [PY, "-m", "mcpgateway.utils.create_jwt_token", "-u", ADMIN, "--admin", "--secret", JWT_SECRET],
+            cwd=cwd,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        )
     return out.stdout.strip().splitlines()[-1]
 
 
-def start_gateway(
+def launch_gateway(
     workdir: Path, plugin: PluginSetup, max_tool_retries: int = 3, log_level: str = "DEBUG"
 ) -> Gateway:
-    """Start the gateway in a clean working directory (it reads a .env from there)."""
+    """Start the gateway in a clean working directory (it reads a .env from there); no wait."""
     workdir.mkdir(parents=True, exist_ok=True)
     port = free_port()
     plugins_yaml = workdir / "plugins.yaml"
     plugins_yaml.write_text(plugin.yaml())
     env = gateway_env(workdir, port, plugins_yaml, max_tool_retries, log_level)
     proc = start(
-        "gateway",
+        f"gateway ({workdir.name})",
         [str(Path(PY).parent / "mcpgateway"), "--host", "127.0.0.1", "--port", str(port)],
         cwd=workdir,
         env=env,
         log_path=workdir / "gateway.log",
     )
+    base = f"http://127.0.0.1:{port}"
+    return Gateway(proc, port, workdir, plugin, max_tool_retries, httpx.Client(base_url=base))
+
+
+def start_gateway(
+    workdir: Path, plugin: PluginSetup, max_tool_retries: int = 3, log_level: str = "DEBUG"
+) -> Gateway:
+    """launch_gateway, then wait until it is ready (stopping it if it never gets there)."""
+    gw = launch_gateway(workdir, plugin, max_tool_retries, log_level)
     try:
-        base = f"http://127.0.0.1:{port}"
-        wait_until(
-            "the gateway's /health",
-            lambda: httpx.get(f"{base}/health", timeout=2).status_code == 200,
-            120,
-            proc,
-        )
-        token = mint_token(env, workdir)
-        client = httpx.Client(base_url=base, headers={"Authorization": f"Bearer {token}"})
-        return Gateway(proc, port, token, workdir, plugin, max_tool_retries, client)
+        gw.wait_ready()
     except BaseException:
-        proc.stop()
+        gw.stop()
         raise
+    return gw

@@ -143,11 +143,12 @@ fn inject_fault(tool: &str) {
         "__fault_spin__" => loop {
             core::hint::black_box(());
         },
-        // A leak: allocate until the host's memory cap refuses to grow.
+        // A leak: allocate (untouched, so fuel is not what runs out) until the
+        // host's memory cap refuses to grow; the failed allocation aborts.
         "__fault_oom__" => {
             let mut hog: Vec<Vec<u8>> = Vec::new();
             loop {
-                hog.push(alloc::vec![1u8; 1 << 20]);
+                hog.push(Vec::with_capacity(1 << 20));
                 core::hint::black_box(&hog);
             }
         }

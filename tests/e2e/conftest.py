@@ -54,14 +54,18 @@ GATEWAYS = {
 
 @pytest.fixture(scope="session")
 def gateways(workdir: Path, flaky_server: h.FlakyServer) -> Iterator[dict[str, h.Gateway]]:
-    """All four gateways, launched at once (start-up dominates the run time), then registered."""
+    """All four gateways, launched at once (start-up dominates the run time), then registered.
+
+    TOOL_TIMEOUT=1 (seconds) so that the timeout path is tested quickly."""
     started: dict[str, h.Gateway] = {}
     try:
         for name, (variant, max_retries, ceiling) in GATEWAYS.items():
             plugin = h.PluginSetup(
                 variant=variant, max_retries=max_retries, backoff_base_ms=100, jitter=False
             )
-            started[name] = h.launch_gateway(workdir / f"gw-{name}", plugin, max_tool_retries=ceiling)
+            started[name] = h.launch_gateway(
+                workdir / f"gw-{name}", plugin, max_tool_retries=ceiling, extra_env={"TOOL_TIMEOUT": "1"}
+            )
         h.mint_token()  # while they start
         for gw in started.values():
             gw.wait_ready()

@@ -12,18 +12,24 @@ Tools:
 - ``always_fail(key)``: always the 503 error result;
 - ``not_found(key)``: always an error result with ``status_code`` 404 (not retriable);
 - ``ok(key)``: always success;
+- ``slow(slow_times, seconds, key)``: sleeps ``seconds`` on the first ``slow_times`` calls;
+- ``http_503(fail_times, key)``: the first ``fail_times`` calls get an HTTP 503 response instead
+  of an MCP result (logged with answer "http 503"), then success;
 - ``attempts(key)``: how many calls ``key`` has had (any tool), not counted itself.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sys
 import threading
 import time
 from collections import Counter
 from collections.abc import Callable
+from typing import Any
 
+import uvicorn
 from mcp.server.fastmcp import FastMCP
 from mcp.types import CallToolResult, TextContent
 
@@ -90,6 +96,80 @@ def ok(key: str) -> CallToolResult:
 
 
 @mcp.tool()
+async def slow(slow_times: int, seconds: float, key: str) -> CallToolResult:
+    """Take `seconds` for the first slow_times calls of key (past the gateway's tool timeout), then
+    answer at once."""
+    n, a = _record("slow", key, lambda n: "slow" if n <= slow_times else "ok")
+    if a == "slow":
+        await asyncio.sleep(seconds)
+    return _success(f"attempt {n}: ok ({a})")
+
+
+@mcp.tool()
+def http_503(fail_times: int, key: str) -> CallToolResult:
+    """Success; but the first fail_times HTTP requests calling it for key get an HTTP 503 response
+    (no MCP result at all) from the middleware below."""
+    n, _ = _record("http_503", key, lambda _n: "ok")
+    return _success(f"attempt {n}: ok")
+
+
+class Http503:
+    """ASGI middleware: answer HTTP 503 to a tools/call of http_503 while its key has failures left."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or scope["method"] != "POST":
+            await self.app(scope, receive, send)
+            return
+        chunks = []
+        while True:
+            message = await receive()
+            chunks.append(message.get("body", b""))
+            if not message.get("more_body"):
+                break
+        body = b"".join(chunks)
+        if self._fail(body):
+            await send(
+                {"type": "http.response.start", "status": 503, "headers": [(b"content-type", b"text/plain")]}
+            )
+            await send({"type": "http.response.body", "body": b"upstream unavailable"})
+            return
+        replayed = False
+
+        async def replay() -> Any:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)
+
+    @staticmethod
+    def _fail(body: bytes) -> bool:
+        try:
+            msg = json.loads(body)
+            params = msg["params"]
+            if msg.get("method") != "tools/call" or params["name"] != "http_503":
+                return False
+            args = params["arguments"]
+            key, fail_times = str(args["key"]), int(args["fail_times"])
+        except (ValueError, KeyError, TypeError):
+            return False
+        with _lock:
+            if _http_failures[key] >= fail_times:
+                return False
+            _http_failures[key] += 1
+        _record("http_503", key, lambda _n: "http 503")
+        return True
+
+
+_http_failures: Counter[str] = Counter()
+
+
+@mcp.tool()
 def attempts(key: str) -> int:
     """How many calls key has had so far."""
     with _lock:
@@ -97,4 +177,4 @@ def attempts(key: str) -> int:
 
 
 if __name__ == "__main__":
-    mcp.run(transport="streamable-http")
+    uvicorn.run(Http503(mcp.streamable_http_app()), host="127.0.0.1", port=PORT, log_level="warning")

@@ -374,14 +374,18 @@ def mint_token() -> str:
 
 
 def launch_gateway(
-    workdir: Path, plugin: PluginSetup, max_tool_retries: int = 3, log_level: str = "DEBUG"
+    workdir: Path,
+    plugin: PluginSetup,
+    max_tool_retries: int = 3,
+    log_level: str = "DEBUG",
+    extra_env: dict[str, str] | None = None,
 ) -> Gateway:
     """Start the gateway in a clean working directory (it reads a .env from there); no wait."""
     workdir.mkdir(parents=True, exist_ok=True)
     port = free_port()
     plugins_yaml = workdir / "plugins.yaml"
     plugins_yaml.write_text(plugin.yaml())
-    env = gateway_env(workdir, port, plugins_yaml, max_tool_retries, log_level)
+    env = {**gateway_env(workdir, port, plugins_yaml, max_tool_retries, log_level), **(extra_env or {})}
     proc = start(
         f"gateway ({workdir.name})",
         [str(Path(PY).parent / "mcpgateway"), "--host", "127.0.0.1", "--port", str(port)],

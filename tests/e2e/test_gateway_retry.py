@@ -96,6 +96,32 @@ def test_fresh_budget_per_call(gateway: h.Gateway, flaky_server: h.FlakyServer) 
         _assert_backoff(out, [BASE_MS, 2 * BASE_MS])
 
 
+def test_timeout_is_retried(gateway: h.Gateway, flaky_server: h.FlakyServer) -> None:
+    """An attempt past TOOL_TIMEOUT (1 s): the gateway hands the plugin a synthesized
+    {"isError": true} without status_code, and the plugin asks for a retry."""
+    out = _call(gateway, flaky_server, "slow(1) past TOOL_TIMEOUT=1s", "slow", slow_times=1, seconds=3)
+    assert out["answers"] == ["slow", "ok"], out
+    assert out["delays_ms"] == [BASE_MS], out
+    assert 1000 + BASE_MS <= out["gaps_ms"][0] < 1000 + BASE_MS + SLACK_MS, out
+    assert _result(out).get("isError") is False
+
+
+def test_http_503_is_retried(gateway: h.Gateway, flaky_server: h.FlakyServer) -> None:
+    """HTTP 503 instead of an MCP result: the gateway synthesizes structuredContent.status_code."""
+    out = _call(gateway, flaky_server, "http_503(2): HTTP-level 503 twice", "http_503", fail_times=2)
+    assert out["answers"] == ["http 503", "http 503", "ok"], out
+    _assert_backoff(out, [BASE_MS, 2 * BASE_MS])
+    assert _result(out).get("isError") is False
+
+
+def test_http_503_exhausted_is_a_jsonrpc_error(gateway: h.Gateway, flaky_server: h.FlakyServer) -> None:
+    """Retries of an HTTP-level failure run out: the client gets JSON-RPC error -32603."""
+    out = _call(gateway, flaky_server, "http_503(5): HTTP-level 503 always", "http_503", fail_times=5)
+    assert out["answers"] == ["http 503"] * 3, out
+    _assert_backoff(out, [BASE_MS, 2 * BASE_MS])
+    assert out["resp"].get("error", {}).get("code") == -32603, out["resp"]
+
+
 @pytest.mark.parametrize(
     "tool_args", [{"tool": "always_fail"}, {"tool": "flaky", "fail_times": 2}], ids=["always_fail", "flaky2"]
 )

@@ -29,6 +29,7 @@ CALLS: list[tuple[str, str, dict[str, Any]]] = [
     ("fails twice, then works", "flaky", {"fail_times": 2}),
     ("fails three times (one more than max_retries)", "flaky", {"fail_times": 3}),
     ("404 is not in retry_on_status", "not_found", {}),
+    ("an HTTP-level 503 once (the gateway synthesizes the status)", "http_503", {"fail_times": 1}),
 ]
 
 
@@ -71,7 +72,7 @@ def main() -> int:
                 thing.proc.stop()
                 stopped.append(f"stopped  {name:18} pid {thing.proc.pid}")
         with contextlib.suppress(OSError):
-            print("\n".join(stopped))
+            print("\n" + "\n".join(stopped))
         shutil.rmtree(root, ignore_errors=True)
 
 
@@ -84,10 +85,13 @@ def trace(gw: h.Gateway, server: h.FlakyServer, i: int, call: tuple[str, str, di
     rows = server.attempts(key)
     delays = gw.retry_delays(key)
     for n, row in enumerate(rows, 1):
-        answer = {"ok": "success", "503": "error, status_code 503", "404": "error, status_code 404"}[
-            row["answer"]
-        ]
-        gap = f"  (+{(row['t'] - rows[n - 2]['t']) * 1000:.0f} ms after attempt {n - 1})" if n > 1 else ""
+        answer = {
+            "ok": "success",
+            "503": "error result, status_code 503",
+            "404": "error result, status_code 404",
+            "http 503": "HTTP 503, no MCP result",
+        }[row["answer"]]
+        at = f"+{(row['t'] - rows[n - 2]['t']) * 1000:.0f} ms" if n > 1 else "t=0"
         if n <= len(delays):
             ceiling = min(PLUGIN.backoff_base_ms * 2 ** (n - 1), PLUGIN.max_backoff_ms)
             drawn = f" (drawn from [1, {ceiling}])" if PLUGIN.jitter else ""
@@ -98,7 +102,7 @@ def trace(gw: h.Gateway, server: h.FlakyServer, i: int, call: tuple[str, str, di
             decision = "no retry: 404 not retriable"
         else:
             decision = f"no retry: max_retries={PLUGIN.max_retries} spent"
-        print(f"    attempt {n}: upstream {answer:22} -> {decision:42}{gap}".rstrip())
+        print(f"    attempt {n} {at:>8}  upstream: {answer:30} -> plugin: {decision}")
     result = resp.get("result", {})
     if "result" not in resp:
         outcome = f"JSON-RPC error {resp.get('error')}"

@@ -5,6 +5,7 @@ use alloc::string::{String, ToString};
 use alloc::vec::Vec;
 use core::cell::RefCell;
 
+use crate::policy::backoff::Jitter;
 use crate::policy::{
     simulate, snapshot, Config, ConfigError, Decision, Engine, Outcome, Policy, Reason,
 };
@@ -173,6 +174,12 @@ fn to_wit_policy(p: &Policy) -> api::Policy {
         max_backoff_ms: p.max_backoff_ms,
         retry_on_status: p.retry_on_status.clone(),
         jitter: p.jitter,
+        jitter_mode: match p.jitter_kind() {
+            Jitter::None => api::JitterMode::None,
+            Jitter::Full => api::JitterMode::Full,
+            Jitter::Equal => api::JitterMode::Equal,
+            Jitter::Decorrelated => api::JitterMode::Decorrelated,
+        },
         check_text_content: p.check_text_content,
     }
 }

@@ -394,7 +394,7 @@ def test_configure_accepts(config: str) -> None:
             [
                 ("backoff_base_ms", "must be > 0"),
                 ("max_backoff_ms", 'must be a non-negative integer, got "x"'),
-                ("jitter", "must be a boolean, got 1"),
+                ("jitter", 'must be a boolean or one of "none", "full", "equal", "decorrelated", got 1'),
             ],
         ),
         (

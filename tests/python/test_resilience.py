@@ -14,6 +14,8 @@ from cpex.framework import GlobalContext, ToolPostInvokePayload
 from cpex.framework.extensions.extensions import Extensions
 from cpex.framework.extensions.request import RequestExtension
 
+from cpex_retry_with_backoff_wasm.engine import WasmRetryEngine
+from cpex_retry_with_backoff_wasm.model import ConfigurationError, Policy
 from cpex_retry_with_backoff_wasm.signals import REASONS, decision_reason
 
 from .conftest import err, ok
@@ -73,3 +75,46 @@ async def test_exhaustion_logs_the_native_warning(
             await post(manager, "search", "req-9", err(), trace_id=None)
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert warnings == ["tool_post_invoke: tool=search request_id=req-9 exhausted after 2 failure(s)"]
+
+
+# --------------------------------------------------------------------------- (b) jitter modes
+def test_policy_reports_the_jitter_mode() -> None:
+    engine = WasmRetryEngine(
+        {"jitter": "equal", "tool_overrides": {"a": {"jitter": False}, "b": {"jitter": "decorrelated"}}}
+    )
+    assert engine.global_policy.jitter_mode == "equal"
+    assert engine.global_policy.jitter is True
+    assert engine.tool_policy("a") == Policy(2, 200, 5000, (429, 500, 502, 503, 504), False, False)
+    assert engine.tool_policy("a").jitter_mode == "none"
+    assert engine.tool_policy("b").jitter_mode == "decorrelated"
+
+
+@pytest.mark.parametrize(
+    ("mode", "low", "high"),
+    [("none", [200, 400, 800], [200, 400, 800]), ("equal", [100, 200, 400], [200, 400, 800])],
+)
+async def test_jitter_modes_through_the_manager(
+    manager_factory: Any, mode: str, low: list[int], high: list[int]
+) -> None:
+    manager = await manager_factory({"jitter": mode, "max_retries": 3})
+    for k in range(50):
+        got = [(await post(manager, "t", f"r{k}", err(), trace_id=None)).retry_delay_ms for _ in range(3)]
+        assert all(lo <= d <= hi for d, lo, hi in zip(got, low, high, strict=True)), got
+
+
+async def test_decorrelated_jitter_through_the_manager(manager_factory: Any) -> None:
+    manager = await manager_factory({"jitter": "decorrelated", "max_retries": 5, "max_backoff_ms": 1000})
+    for k in range(50):
+        previous = 200
+        for _ in range(5):
+            d = (await post(manager, "t", f"r{k}", err(), trace_id=None)).retry_delay_ms
+            assert 200 <= d <= min(3 * previous, 1000)
+            previous = d
+
+
+async def test_jitter_mode_errors_name_the_key(manager_factory: Any) -> None:
+    with pytest.raises(
+        ConfigurationError, match=r'tool_overrides\.t\.jitter: must be a boolean or one of "none"'
+    ):
+        WasmRetryEngine({"tool_overrides": {"t": {"jitter": "sometimes"}}})
+    await manager_factory({"jitter": "sometimes"}, expect_plugins=0)

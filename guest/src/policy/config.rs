@@ -16,6 +16,8 @@ use core::fmt;
 
 use serde_json::{Map, Value};
 
+use super::backoff::Jitter;
+
 /// Largest `max_retries` accepted (as in the native plugin).
 pub const MAX_RETRIES_LIMIT: u32 = 10;
 /// Default TTL of a retry-state entry, counted from its last failure. The
@@ -40,8 +42,13 @@ pub struct Policy {
     pub max_backoff_ms: u64,
     /// Status codes that count as a retriable failure.
     pub retry_on_status: Vec<i32>,
-    /// Full jitter: draw the delay uniformly from `[1, ceiling]`.
+    /// Whether delays are jittered (`jitter: false` or `"none"` turn it off).
     pub jitter: bool,
+    /// Which jitter applies while `jitter` is on: `Full` (the default, also
+    /// what `jitter: true` means), `Equal` or `Decorrelated`; never
+    /// `Jitter::None` (that is `jitter == false`). Two fields rather than one
+    /// so that `jitter` keeps its boolean meaning for parity configs.
+    pub jitter_mode: Jitter,
     /// Inspect JSON text content when there is no structured content.
     pub check_text_content: bool,
 }
@@ -54,12 +61,22 @@ impl Default for Policy {
             max_backoff_ms: 5000,
             retry_on_status: vec![429, 500, 502, 503, 504],
             jitter: true,
+            jitter_mode: Jitter::Full,
             check_text_content: false,
         }
     }
 }
 
 impl Policy {
+    /// The jitter in force: `Jitter::None` when off, else `jitter_mode`.
+    pub fn jitter_kind(&self) -> Jitter {
+        if self.jitter {
+            self.jitter_mode
+        } else {
+            Jitter::None
+        }
+    }
+
     /// Whether `status` is one of the retriable status codes.
     pub fn retries_status(&self, status: i32) -> bool {
         self.retry_on_status.contains(&status)
@@ -227,6 +244,13 @@ impl Config {
         }
     }
 
+    /// Whether any policy needs a key's previous delay (decorrelated jitter),
+    /// so exported state must carry it.
+    pub fn uses_delay_history(&self) -> bool {
+        let decorrelated = |p: &Policy| p.jitter_kind() == Jitter::Decorrelated;
+        decorrelated(&self.global) || self.overrides.iter().any(|(_, p)| decorrelated(p))
+    }
+
     /// Whether any policy (global or an override) inspects text content.
     pub fn any_text_check(&self) -> bool {
         self.global.check_text_content || self.overrides.iter().any(|(_, p)| p.check_text_content)
@@ -287,7 +311,8 @@ struct PolicyFields<'a> {
     backoff_base_ms: Option<u64>,
     max_backoff_ms: Option<u64>,
     retry_on_status: Option<Vec<i32>>,
-    jitter: Option<bool>,
+    /// `(on, mode)`: `true` = full, `false` = none, or a mode name.
+    jitter: Option<(bool, Jitter)>,
     check_text_content: Option<bool>,
 }
 
@@ -341,7 +366,9 @@ impl<'a> PolicyFields<'a> {
             backoff_base_ms,
             max_backoff_ms,
             retry_on_status,
-            jitter: boolean("jitter", errors),
+            jitter: map
+                .get("jitter")
+                .and_then(|v| parse_jitter(v, &path("jitter"), errors)),
             check_text_content: boolean("check_text_content", errors),
         }
     }
@@ -355,7 +382,8 @@ impl<'a> PolicyFields<'a> {
                 .retry_on_status
                 .clone()
                 .unwrap_or_else(|| base.retry_on_status.clone()),
-            jitter: self.jitter.unwrap_or(base.jitter),
+            jitter: self.jitter.map_or(base.jitter, |(on, _)| on),
+            jitter_mode: self.jitter.map_or(base.jitter_mode, |(_, mode)| mode),
             check_text_content: self.check_text_content.unwrap_or(base.check_text_content),
         }
     }
@@ -413,6 +441,31 @@ impl<'a> PolicyFields<'a> {
             (None, None) => {}
         }
     }
+}
+
+/// `jitter`: a boolean (parity: `true` is full jitter) or a mode name.
+fn parse_jitter(v: &Value, path: &str, errors: &mut Errors) -> Option<(bool, Jitter)> {
+    let parsed = match v {
+        Value::Bool(on) => Some((*on, Jitter::Full)),
+        Value::String(s) => match s.as_str() {
+            "none" => Some((false, Jitter::Full)),
+            "full" => Some((true, Jitter::Full)),
+            "equal" => Some((true, Jitter::Equal)),
+            "decorrelated" => Some((true, Jitter::Decorrelated)),
+            _ => None,
+        },
+        _ => None,
+    };
+    if parsed.is_none() {
+        errors.push(
+            path,
+            must_be(
+                "a boolean or one of \"none\", \"full\", \"equal\", \"decorrelated\"",
+                v,
+            ),
+        );
+    }
+    parsed
 }
 
 fn parse_status_list(v: &Value, path: &str, errors: &mut Errors) -> Option<Vec<i32>> {
@@ -546,7 +599,7 @@ mod tests {
                 "backoff_base_ms: must be > 0",
                 "retry_on_status[1]: must be an integer status code (32-bit), got \"503\"",
                 "retry_on_status[2]: must be an integer status code (32-bit), got a non-integer number",
-                "jitter: must be a boolean, got \"yes\"",
+                "jitter: must be a boolean or one of \"none\", \"full\", \"equal\", \"decorrelated\", got \"yes\"",
                 "state_ttl_ms: must be a positive integer (ms), got 0",
                 "tool_overrides[\"a.b\"].check_text_content: must be a boolean, got 1",
                 "tool_overrides.bad: must be a mapping, got a list",
@@ -598,6 +651,33 @@ mod tests {
     }
 
     #[test]
+    fn test_config_jitter_modes_and_booleans() {
+        let c = Config::from_json(
+            r#"{"jitter": "decorrelated", "tool_overrides": {
+                "a": {"jitter": true}, "b": {"jitter": "none"}, "c": {"jitter": "equal"},
+                "d": {"max_retries": 1}}}"#,
+        )
+        .unwrap();
+        assert_eq!(c.global().jitter_kind(), Jitter::Decorrelated);
+        assert_eq!(c.policy_for("a").jitter_kind(), Jitter::Full);
+        assert_eq!(c.policy_for("b").jitter_kind(), Jitter::None);
+        assert!(!c.policy_for("b").jitter);
+        assert_eq!(c.policy_for("c").jitter_kind(), Jitter::Equal);
+        assert_eq!(c.policy_for("d").jitter_kind(), Jitter::Decorrelated);
+        let c = Config::from_json(r#"{"jitter": false}"#).unwrap();
+        assert_eq!(c.global().jitter_kind(), Jitter::None);
+        assert_eq!(
+            c.global().jitter_mode,
+            Jitter::Full,
+            "false is parity: as the default"
+        );
+        assert_eq!(
+            errors(r#"{"tool_overrides": {"t": {"jitter": "Full"}}}"#),
+            vec!["tool_overrides.t.jitter: must be a boolean or one of \"none\", \"full\", \"equal\", \"decorrelated\", got \"Full\""]
+        );
+    }
+
+    #[test]
     fn test_config_max_state_entries_bounds() {
         let ok = Config::from_json(r#"{"max_state_entries": 1000000}"#).unwrap();
         assert_eq!(ok.max_state_entries(), MAX_STATE_ENTRIES_LIMIT);
@@ -611,7 +691,7 @@ mod tests {
     #[test]
     fn test_config_describe_truncates_long_values() {
         let long = "x".repeat(500);
-        let errs = errors(&format!(r#"{{"jitter": "{long}"}}"#));
+        let errs = errors(&format!(r#"{{"check_text_content": "{long}"}}"#));
         assert!(errs[0].len() < 120, "{}", errs[0]);
     }
 }

@@ -145,11 +145,20 @@ impl Engine {
             policy.max_retries,
             policy.backoff_base_ms,
             policy.max_backoff_ms,
-            policy.jitter,
+            policy.jitter_kind(),
         );
-        let failures = self.state.record_failure(tool, request_id, now_ms, ttl);
+        let entry = self.state.record_failure(tool, request_id, now_ms, ttl);
+        let failures = entry.failures;
         if failures <= max_retries {
-            let delay_ms = backoff::delay_ms(failures - 1, base, max, jitter, &mut self.rng);
+            let delay_ms = backoff::delay_ms(
+                failures - 1,
+                base,
+                max,
+                jitter,
+                u64::from(entry.last_delay_ms),
+                &mut self.rng,
+            );
+            entry.last_delay_ms = u32::try_from(delay_ms).unwrap_or(u32::MAX);
             Outcome::Decided(Decision {
                 delay_ms,
                 failures,

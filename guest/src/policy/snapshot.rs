@@ -1,8 +1,14 @@
 //! Moving live retry state between instances (hot reload of the component).
 //!
-//! Format 1 is a JSON document:
-//! `{"format": 1, "entries": [[tool, request_id, failures, age_ms], ...]}`,
-//! oldest last failure first. Ages rather than timestamps, so the document does
+//! Format 2 is a JSON document:
+//! `{"format": 2, "entries": [[tool, request_id, failures, age_ms, last_delay_ms], ...]}`,
+//! oldest last failure first (`last_delay_ms`, the key's previous retry delay,
+//! drives decorrelated jitter). Format 1 (the same without `last_delay_ms`,
+//! written by earlier builds) is still read, with a `last_delay_ms` of 0.
+//! Export writes format 1 unless some policy uses decorrelated jitter (the
+//! only reader of `last_delay_ms`): the oldest format that carries what the
+//! configuration needs, so a hot reload back to a build that reads only
+//! format 1 keeps working for every other configuration. Ages rather than timestamps, so the document does
 //! not depend on where either instance's monotonic clock started. JSON rather
 //! than a WIT list of records: one string crosses the host boundary in
 //! microseconds, while a list of 100 000 records is lifted value by value.
@@ -16,13 +22,20 @@ use serde_json::Value;
 use super::engine::Engine;
 use super::state::{expired, Entry};
 
-/// The format this build writes and reads.
-pub const FORMAT: u64 = 1;
+/// The format this build writes (it also reads [`FORMAT_V1`]).
+pub const FORMAT: u64 = 2;
+/// The earlier format, still read.
+pub const FORMAT_V1: u64 = 1;
 
 /// Serialize the live (unexpired) entries of `engine` at `now_ms`.
 pub fn export(engine: &Engine, now_ms: u64) -> String {
     let ttl = engine.config().state_ttl_ms();
-    let mut out = String::from("{\"format\":1,\"entries\":[");
+    let v2 = engine.config().uses_delay_history();
+    let mut out = String::from(if v2 {
+        "{\"format\":2,\"entries\":["
+    } else {
+        "{\"format\":1,\"entries\":["
+    });
     let mut first = true;
     for (tool, request_id, entry) in engine.state().iter() {
         if expired(entry.last_failure_ms, now_ms, ttl) {
@@ -37,20 +50,24 @@ pub fn export(engine: &Engine, now_ms: u64) -> String {
         out.push(',');
         push_json_str(&mut out, request_id);
         let age = now_ms.saturating_sub(entry.last_failure_ms);
-        let _ = write!(out, ",{},{}]", entry.failures, age);
+        let _ = write!(out, ",{},{}", entry.failures, age);
+        if v2 {
+            let _ = write!(out, ",{}", entry.last_delay_ms);
+        }
+        out.push(']');
     }
     out.push_str("]}");
     out
 }
 
-/// Restore the entries of a format-1 document into `engine` at `now_ms`;
+/// Restore the entries of a format-2 (or format-1) document into `engine` at `now_ms`;
 /// returns how many were imported. Nothing is imported unless the whole
 /// document is readable.
 pub fn import(engine: &mut Engine, text: &str, now_ms: u64) -> Result<u32, String> {
     let doc: Value =
         serde_json::from_str(text).map_err(|e| format!("state is not valid JSON: {e}"))?;
     let format = doc.get("format").and_then(Value::as_u64);
-    if format != Some(FORMAT) {
+    if format != Some(FORMAT) && format != Some(FORMAT_V1) {
         // Not `Value`'s Display: float formatting would add KiBs to the component.
         let got = match (doc.get("format"), format) {
             (None, _) => String::from("(missing)"),
@@ -58,41 +75,53 @@ pub fn import(engine: &mut Engine, text: &str, now_ms: u64) -> Result<u32, Strin
             (Some(_), None) => String::from("(not an integer)"),
         };
         return Err(format!(
-            "state format {got} is not supported (this engine reads format {FORMAT})"
+            "state format {got} is not supported (this engine reads formats {FORMAT_V1} and {FORMAT})"
         ));
     }
     let Some(Value::Array(entries)) = doc.get("entries") else {
         return Err(String::from("state has no \"entries\" list"));
     };
     // Validate everything first: a half-imported state would be worse than none.
+    let width = if format == Some(FORMAT_V1) { 4 } else { 5 };
     let mut parsed = alloc::vec::Vec::with_capacity(entries.len());
     for (i, item) in entries.iter().enumerate() {
         let fields = match item {
-            Value::Array(f) if f.len() == 4 => f,
-            _ => {
+            Value::Array(f) if f.len() == width => f,
+            _ if width == 4 => {
                 return Err(format!(
                     "entries[{i}] is not [tool, request_id, failures, age_ms]"
                 ))
             }
+            _ => {
+                return Err(format!(
+                    "entries[{i}] is not [tool, request_id, failures, age_ms, last_delay_ms]"
+                ))
+            }
         };
-        let (Some(tool), Some(request_id), Some(failures), Some(age_ms)) = (
+        let last_delay = match fields.get(4) {
+            None => Some(0),
+            Some(v) => v.as_u64().and_then(|n| u32::try_from(n).ok()),
+        };
+        let (Some(tool), Some(request_id), Some(failures), Some(age_ms), Some(last_delay_ms)) = (
             fields[0].as_str(),
             fields[1].as_str(),
             fields[2].as_u64().and_then(|n| u32::try_from(n).ok()),
             fields[3].as_u64(),
+            last_delay,
         ) else {
             return Err(format!("entries[{i}] has a field of the wrong type"));
         };
-        parsed.push((tool, request_id, failures, age_ms));
+        parsed.push((tool, request_id, failures, age_ms, last_delay_ms));
     }
     let ttl = engine.config().state_ttl_ms();
     let mut imported = 0u32;
-    for (tool, request_id, failures, age_ms) in parsed {
+    for (tool, request_id, failures, age_ms, last_delay_ms) in parsed {
         if failures == 0 || age_ms > ttl {
             continue;
         }
         let entry = Entry {
             failures,
+            last_delay_ms,
             last_failure_ms: now_ms.saturating_sub(age_ms),
         };
         engine.restore_entry(tool, request_id, entry);
@@ -121,7 +150,7 @@ fn push_json_str(out: &mut String, s: &str) {
 mod tests {
     use super::*;
     use crate::policy::test_support::{engine, FAIL, NO_TEXT};
-    use crate::policy::Outcome;
+    use crate::policy::{Config, Outcome};
 
     fn fail(e: &mut Engine, tool: &str, rid: &str, now: u64) -> u32 {
         match e.decide(tool, rid, FAIL, NO_TEXT, now) {
@@ -132,7 +161,9 @@ mod tests {
 
     #[test]
     fn test_snapshot_roundtrip_keeps_counts_ages_and_order() {
-        let mut old = engine(r#"{"max_retries": 5, "state_ttl_ms": 1000}"#);
+        let config = r#"{"max_retries": 5, "state_ttl_ms": 1000, "jitter": false,
+                        "tool_overrides": {"d": {"jitter": "decorrelated"}}}"#;
+        let mut old = engine(config);
         fail(&mut old, "t", "a", 100);
         fail(&mut old, "t\"\\\n", "é✓", 200);
         fail(&mut old, "t", "a", 300);
@@ -140,11 +171,11 @@ mod tests {
         let doc = export(&old, 1050);
         assert_eq!(
             doc,
-            r#"{"format":1,"entries":[["t\"\\\u000a","é✓",1,850],["t","a",2,750]]}"#
+            r#"{"format":2,"entries":[["t\"\\\u000a","é✓",1,850,200],["t","a",2,750,400]]}"#
         );
 
         // The new instance's clock started elsewhere: ages carry over.
-        let mut new = engine(r#"{"max_retries": 5, "state_ttl_ms": 1000}"#);
+        let mut new = engine(config);
         assert_eq!(import(&mut new, &doc, 50_000), Ok(2));
         assert_eq!(fail(&mut new, "t", "a", 50_000), 3);
         // "a" had 750 ms of age; 251 ms later its age is 1001 > TTL.
@@ -159,8 +190,16 @@ mod tests {
         for (doc, why) in [
             ("nope", "not valid JSON"),
             (
-                r#"{"format": 2, "entries": []}"#,
-                "state format 2 is not supported",
+                r#"{"format": 3, "entries": []}"#,
+                "state format 3 is not supported (this engine reads formats 1 and 2)",
+            ),
+            (
+                r#"{"format": 2, "entries": [["t","r",1,0]]}"#,
+                "entries[0] is not [tool, request_id, failures, age_ms, last_delay_ms]",
+            ),
+            (
+                r#"{"format": 2, "entries": [["t","r",1,0,-5]]}"#,
+                "entries[0] has a field",
             ),
             (r#"{"entries": []}"#, "state format (missing)"),
             (r#"{"format": 1}"#, "no \"entries\""),
@@ -177,6 +216,26 @@ mod tests {
             assert!(err.contains(why), "{doc}: {err}");
         }
         assert!(e.state().is_empty());
+    }
+
+    #[test]
+    fn test_snapshot_reads_format_1_and_keeps_last_delay_of_format_2() {
+        let mut e = engine(r#"{"jitter": "decorrelated", "max_retries": 5}"#);
+        let doc = r#"{"format":1,"entries":[["t","v1",1,0]]}"#;
+        assert_eq!(import(&mut e, doc, 10), Ok(1));
+        let doc = r#"{"format":2,"entries":[["t","v2",1,0,4000]]}"#;
+        assert_eq!(import(&mut e, doc, 10), Ok(1));
+        let entries: alloc::vec::Vec<(&str, Entry)> =
+            e.state().iter().map(|(_, r, en)| (r, en)).collect();
+        assert_eq!(entries[0].1.last_delay_ms, 0);
+        assert_eq!(entries[1].1.last_delay_ms, 4000);
+        assert!(export(&e, 10).contains(r#"["t","v2",1,0,4000]"#));
+        // Without decorrelated jitter nothing reads last_delay_ms: format 1.
+        e.configure(Config::from_json("{}").unwrap());
+        assert_eq!(
+            export(&e, 10),
+            r#"{"format":1,"entries":[["t","v1",1,0],["t","v2",1,0]]}"#
+        );
     }
 
     #[test]

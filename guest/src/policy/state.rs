@@ -38,8 +38,23 @@ const NIL: u32 = u32::MAX;
 pub struct Entry {
     /// Consecutive failures so far.
     pub failures: u32,
+    /// The delay (ms) of the key's last retry, saturated to u32 (0 = none
+    /// yet); decorrelated jitter grows from it. In the padding after
+    /// `failures`, so entries stay the same size.
+    pub last_delay_ms: u32,
     /// Monotonic time of the last failure (ms).
     pub last_failure_ms: u64,
+}
+
+impl Entry {
+    /// The entry of a key's first failure at `now_ms`.
+    pub fn first(now_ms: u64) -> Self {
+        Self {
+            failures: 1,
+            last_delay_ms: 0,
+            last_failure_ms: now_ms,
+        }
+    }
 }
 
 struct Slot {
@@ -183,43 +198,38 @@ impl StateTable {
         (!expired(entry.last_failure_ms, now_ms, ttl_ms)).then_some(entry)
     }
 
-    /// Record a failure at `now_ms` and return the consecutive-failure count.
-    /// An expired entry starts over at 1. When the table is full, the oldest
-    /// entry goes first.
+    /// Record a failure at `now_ms` and return the key's entry: its
+    /// consecutive-failure count includes this failure, `last_delay_ms` is
+    /// still the previous retry's (the caller sets the new one). An expired
+    /// entry starts over at 1. When the table is full, the oldest entry goes
+    /// first.
     pub fn record_failure(
         &mut self,
         tool: &str,
         request_id: &str,
         now_ms: u64,
         ttl_ms: u64,
-    ) -> u32 {
+    ) -> &mut Entry {
         let hash = self.hash(tool, request_id);
-        if let Some(i) = self.find(hash, tool, request_id) {
-            let slot = &mut self.slots[i as usize];
-            let previous = if expired(slot.entry.last_failure_ms, now_ms, ttl_ms) {
-                0
-            } else {
-                slot.entry.failures
-            };
-            slot.entry = Entry {
-                failures: previous.saturating_add(1),
-                last_failure_ms: now_ms,
-            };
-            let failures = slot.entry.failures;
-            self.unlink(i);
-            self.push_tail(i);
-            return failures;
-        }
-        self.insert_new(
-            hash,
-            tool,
-            request_id,
-            Entry {
-                failures: 1,
-                last_failure_ms: now_ms,
-            },
-        );
-        1
+        let i = match self.find(hash, tool, request_id) {
+            Some(i) => {
+                let slot = &mut self.slots[i as usize];
+                slot.entry = if expired(slot.entry.last_failure_ms, now_ms, ttl_ms) {
+                    Entry::first(now_ms)
+                } else {
+                    Entry {
+                        failures: slot.entry.failures.saturating_add(1),
+                        last_failure_ms: now_ms,
+                        ..slot.entry
+                    }
+                };
+                self.unlink(i);
+                self.push_tail(i);
+                i
+            }
+            None => self.insert_new(hash, tool, request_id, Entry::first(now_ms)),
+        };
+        &mut self.slots[i as usize].entry
     }
 
     /// Put `entry` for a key as the newest entry, replacing any entry the key
@@ -233,11 +243,13 @@ impl StateTable {
                 self.unlink(i);
                 self.push_tail(i);
             }
-            None => self.insert_new(hash, tool, request_id, entry),
+            None => {
+                self.insert_new(hash, tool, request_id, entry);
+            }
         }
     }
 
-    fn insert_new(&mut self, hash: u64, tool: &str, request_id: &str, entry: Entry) {
+    fn insert_new(&mut self, hash: u64, tool: &str, request_id: &str, entry: Entry) -> u32 {
         while self.len >= self.capacity && self.head != NIL {
             self.remove_index(self.head);
         }
@@ -272,6 +284,7 @@ impl StateTable {
         self.set_head(bucket, i);
         self.len += 1;
         self.push_tail(i);
+        i
     }
 
     /// Forget a key. Returns whether it was held.
@@ -420,10 +433,10 @@ mod tests {
     #[test]
     fn test_state_counts_and_removes() {
         let mut t = StateTable::new((1, 2), CAP);
-        assert_eq!(t.record_failure("a", "r", 0, TTL), 1);
-        assert_eq!(t.record_failure("a", "r", 1, TTL), 2);
-        assert_eq!(t.record_failure("ab", "", 1, TTL), 1);
-        assert_eq!(t.record_failure("a", "b", 1, TTL), 1);
+        assert_eq!(t.record_failure("a", "r", 0, TTL).failures, 1);
+        assert_eq!(t.record_failure("a", "r", 1, TTL).failures, 2);
+        assert_eq!(t.record_failure("ab", "", 1, TTL).failures, 1);
+        assert_eq!(t.record_failure("a", "b", 1, TTL).failures, 1);
         assert_eq!(t.len(), 3);
         assert!(t.remove("a", "r"));
         assert!(!t.remove("a", "r"));
@@ -431,6 +444,7 @@ mod tests {
             t.get("ab", "", 1, TTL),
             Some(Entry {
                 failures: 1,
+                last_delay_ms: 0,
                 last_failure_ms: 1
             })
         );
@@ -442,8 +456,11 @@ mod tests {
         t.record_failure("a", "r", 10, TTL);
         assert!(t.get("a", "r", 10 + TTL, TTL).is_some());
         assert!(t.get("a", "r", 10 + TTL + 1, TTL).is_none());
-        assert_eq!(t.record_failure("a", "r", 10 + TTL, TTL), 2);
-        assert_eq!(t.record_failure("a", "r", 10 + 2 * TTL + 1, TTL), 1);
+        assert_eq!(t.record_failure("a", "r", 10 + TTL, TTL).failures, 2);
+        assert_eq!(
+            t.record_failure("a", "r", 10 + 2 * TTL + 1, TTL).failures,
+            1
+        );
     }
 
     #[test]
@@ -519,13 +536,13 @@ mod tests {
         t.remove("t", "first");
         t.buckets = vec![0; 1]; // force every key into one chain
         for i in 0..8u64 {
-            assert_eq!(t.record_failure("t", &i.to_string(), i, TTL), 1);
+            assert_eq!(t.record_failure("t", &i.to_string(), i, TTL).failures, 1);
         }
         for i in [3u64, 0, 7, 5] {
             assert!(t.remove("t", &i.to_string()));
         }
         for i in [1u64, 2, 4, 6] {
-            assert_eq!(t.record_failure("t", &i.to_string(), 10, TTL), 2);
+            assert_eq!(t.record_failure("t", &i.to_string(), 10, TTL).failures, 2);
         }
         assert_eq!(t.len(), 4);
     }
@@ -539,7 +556,7 @@ mod tests {
         t.set_capacity(1000);
         assert_eq!(t.buckets.len(), 1024);
         for i in 0..4u64 {
-            assert_eq!(t.record_failure("t", &i.to_string(), 10, TTL), 2);
+            assert_eq!(t.record_failure("t", &i.to_string(), 10, TTL).failures, 2);
         }
         t.set_capacity(2);
         assert_eq!(t.len(), 2);

@@ -26,6 +26,13 @@ class Policy:
     retry_on_status: tuple[int, ...]
     jitter: bool
     check_text_content: bool
+    #: WIT ``jitter-mode``: ``none``, ``full``, ``equal`` or ``decorrelated``; left out, it
+    #: follows ``jitter`` (``full`` when on, ``none`` when off).
+    jitter_mode: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.jitter_mode:
+            object.__setattr__(self, "jitter_mode", "full" if self.jitter else "none")
 
     @classmethod
     def from_record(cls, record: Any) -> Policy:
@@ -37,6 +44,7 @@ class Policy:
             retry_on_status=tuple(int(s) for s in getattr(record, "retry-on-status")),
             jitter=bool(record.jitter),
             check_text_content=bool(getattr(record, "check-text-content")),
+            jitter_mode=str(getattr(record, "jitter-mode", "")),
         )
 
     def metadata(self) -> dict[str, Any]:

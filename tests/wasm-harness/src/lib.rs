@@ -31,7 +31,7 @@ wasmtime::component::bindgen!({
 });
 
 pub use exports::contextforge::retry::retry_engine::{
-    ConfigError, DecisionReason, Policy, SimDecision, SimStep,
+    ConfigError, DecisionReason, JitterMode, Policy, SimDecision, SimStep,
 };
 
 /// The contract version the harness is written against.

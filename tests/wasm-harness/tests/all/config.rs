@@ -42,6 +42,7 @@ fn test_config_all_keys_are_read() -> Result<()> {
         max_backoff_ms: 1,
         retry_on_status: vec![418, -1, 0],
         jitter: false,
+        jitter_mode: JitterMode::None,
         check_text_content: true,
     };
     ensure!(h.global_policy()? == expected, "{:?}", h.global_policy()?);
@@ -411,6 +412,7 @@ fn test_config_tool_policy_merges_overrides() -> Result<()> {
         max_backoff_ms: 5000,
         retry_on_status: vec![500],
         jitter: false,
+        jitter_mode: JitterMode::None,
         check_text_content: false,
     };
     ensure!(h.global_policy()? == global);
@@ -428,6 +430,7 @@ fn test_config_tool_policy_merges_overrides() -> Result<()> {
             == Policy {
                 max_retries: 0,
                 jitter: true,
+                jitter_mode: JitterMode::Full,
                 check_text_content: true,
                 ..global.clone()
             }
@@ -440,6 +443,7 @@ fn test_config_tool_policy_merges_overrides() -> Result<()> {
                 max_backoff_ms: 9,
                 retry_on_status: vec![],
                 jitter: true,
+                jitter_mode: JitterMode::Full,
                 check_text_content: true,
             }
     );

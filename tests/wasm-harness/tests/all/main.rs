@@ -15,6 +15,7 @@ mod config;
 mod decide;
 mod imports;
 mod jitter;
+mod jitter_modes;
 mod robustness;
 mod simulate;
 mod snapshot;

@@ -1,7 +1,9 @@
 //! Test-only helpers on top of the `harness` library.
 
 pub use anyhow::{bail, ensure, Result};
-pub use harness::{reason, ConfigError, Decision, DecisionReason, Harness, Policy, Signals};
+pub use harness::{
+    reason, ConfigError, Decision, DecisionReason, Harness, JitterMode, Policy, Signals,
+};
 pub use serde_json::json;
 
 /// A fresh instance configured with `config` (a JSON value).
@@ -29,6 +31,7 @@ pub fn default_policy() -> Policy {
         max_backoff_ms: 5000,
         retry_on_status: vec![429, 500, 502, 503, 504],
         jitter: true,
+        jitter_mode: JitterMode::Full,
         check_text_content: false,
     }
 }

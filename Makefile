@@ -44,7 +44,7 @@ venv: ## Create .venv with the host plugin (editable) and its test/bench depende
 smoke: ## Load the plugin through the real cpex PluginManager and print a few decisions.
 	$(PY) examples/smoke.py
 
-test: test-rust test-wasm test-python test-python-cpex013 cli-test test-dist test-e2e lint ## Run every test and lint.
+test: test-rust test-wasm test-python test-python-cpex013 soak-smoke cli-test test-dist test-e2e lint ## Run every test and lint.
 
 test-rust: ## Unit tests of the pure policy core (native target).
 	cargo test -p retry-engine-guest
@@ -52,10 +52,10 @@ test-rust: ## Unit tests of the pure policy core (native target).
 test-wasm: wasm ## The wasmtime harness against the built .wasm.
 	cargo test -p retry-engine-wasm-harness
 
-test-python: wasm ## pytest through the real cpex PluginManager and the built .wasm.
+test-python: wasm wasm-faulty ## pytest through the real cpex PluginManager and the built .wasm.
 	$(PY) -m pytest tests/python -q
 
-test-python-cpex013: wasm ## pytest again under cpex 0.1.3 (the native differential is skipped there).
+test-python-cpex013: wasm wasm-faulty ## pytest again under cpex 0.1.3 (the native differential is skipped there).
 	test -x $(VENV013)/bin/python || $(PYTHON) -m venv $(VENV013)
 	$(VENV013)/bin/python -m pip install --quiet 'cpex==0.1.3' pytest pytest-asyncio pyyaml -e host-python
 	$(VENV013)/bin/python -m pytest tests/python -q -p no:cacheprovider
@@ -86,6 +86,28 @@ test-e2e: dist ## The real gateway retrying a flaky MCP server through this plug
 demo: toolchain venv dist ## Start a flaky MCP server and the real gateway with this plugin; trace a few calls.
 	tests/e2e/setup-venv.sh $(E2E_VENV) $(PYTHON) $(DIST)
 	$(E2E_VENV)/bin/python tests/e2e/demo.py
+
+# Reliability (issue 7): the long property run of the pure core (proptest on the stable
+# toolchain: cargo-fuzz needs nightly), the deliberately faulting build, and the soak.
+FAULTY_WASM    := target/wasm/retry_engine_faulty.wasm
+PROPTEST_CASES ?= 20000
+SOAK_SECONDS   ?= 120
+.PHONY: wasm-faulty fuzz soak soak-smoke
+
+wasm-faulty: ## The fault-injection build (magic tool names trap/spin/leak) to target/wasm/retry_engine_faulty.wasm.
+	cargo build -p retry-engine-guest --release --target $(WASM_TARGET) --features fault-injection \
+	    --target-dir target/faulty
+	mkdir -p $(dir $(FAULTY_WASM))
+	cp target/faulty/$(WASM_TARGET)/release/retry_engine.wasm $(FAULTY_WASM)
+
+fuzz: ## Long property run of the pure core: PROPTEST_CASES (20000) cases per property.
+	PROPTEST_CASES=$(PROPTEST_CASES) cargo test -p retry-engine-guest --test properties
+
+soak: wasm ## Soak through cpex's PluginManager: 10^6 unique ids, then SOAK_SECONDS (120) of mixed load.
+	$(PY) bench/soak.py --seconds $(SOAK_SECONDS)
+
+soak-smoke: wasm ## A few seconds of the soak (part of make test).
+	$(PY) bench/soak.py --seconds 3 --exhaust 20000 --max-state-entries 5000 --reload-every 1
 
 wasmtime-cli: ## Install the wasmtime CLI (pinned) with cargo, only when absent.
 	@export PATH="$(CARGO_BIN):$$PATH"; command -v wasmtime >/dev/null || { \

@@ -72,6 +72,21 @@ def test_gateway_import_failure_falls_through(monkeypatch: pytest.MonkeyPatch) -
     assert read_ceiling() == Ceiling(1, "MAX_TOOL_RETRIES environment variable")
 
 
+def test_gateway_settings_failing_on_access_fall_through(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Regression (found by the e2e run): gateway 1.0.7 builds its settings lazily, so reading
+    `settings.max_tool_retries` raises (e.g. SecurityConfigurationError without JWT_SECRET_KEY)."""
+
+    class LazySettings:
+        @property
+        def max_tool_retries(self) -> int:
+            raise RuntimeError("JWT_SECRET_KEY is not set")
+
+    install_gateway(monkeypatch, None)
+    sys.modules["mcpgateway.config"].settings = LazySettings()  # type: ignore[attr-defined]
+    monkeypatch.setenv("MAX_TOOL_RETRIES", "2")
+    assert read_ceiling() == Ceiling(2, "MAX_TOOL_RETRIES environment variable")
+
+
 @pytest.mark.parametrize("raw", ["three", "3.5", ""])
 def test_env_not_an_integer_is_ignored(monkeypatch: pytest.MonkeyPatch, raw: str) -> None:
     monkeypatch.setenv("MAX_TOOL_RETRIES", raw)

@@ -47,12 +47,14 @@ def _as_count(value: Any) -> int | None:
 def _from_gateway() -> Ceiling | None:
     try:
         config = importlib.import_module("mcpgateway.config")
+        # Gateway 1.0.7 builds its settings lazily on first attribute access, so reading the
+        # value can fail (e.g. no JWT_SECRET_KEY outside a running gateway) as well as the import.
+        value = _as_count(getattr(getattr(config, "settings", None), "max_tool_retries", None))
     except ImportError:
         return None
     except Exception as exc:  # a gateway whose settings fail to load: try the next source
         log.debug("retry_with_backoff_wasm: mcpgateway settings unavailable: %s", exc)
         return None
-    value = _as_count(getattr(getattr(config, "settings", None), "max_tool_retries", None))
     if value is None:
         return None
     return Ceiling(value, "mcpgateway settings max_tool_retries")

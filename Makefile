@@ -22,7 +22,7 @@ CARGO_BIN   := $(or $(CARGO_HOME),$(HOME)/.cargo)/bin
         lint fmt-check clippy ruff mypy bench size ci clean dist test-dist cli-test wasmtime-cli
 
 help: ## Show this help.
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
+	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-20s %s\n", $$1, $$2}'
 
 install: toolchain wasm venv smoke ## Set up everything (rust target, .wasm, Python venv) and run a smoke check.
 
@@ -129,8 +129,8 @@ clippy:
 	cargo clippy -p retry-engine-guest --target $(WASM_TARGET) -- -D warnings
 
 ruff:
-	$(VENV)/bin/ruff check host-python tests/python bench examples tests/dist tests/cli
-	$(VENV)/bin/ruff format --check host-python tests/python bench examples tests/dist tests/cli
+	$(VENV)/bin/ruff check host-python tests/python bench examples tests/dist tests/cli tests/e2e
+	$(VENV)/bin/ruff format --check host-python tests/python bench examples tests/dist tests/cli tests/e2e
 
 mypy:
 	$(VENV)/bin/mypy --strict host-python/src/cpex_retry_with_backoff_wasm
@@ -149,4 +149,4 @@ ci: install test ## What .ci/run does.
 
 clean:
 	cargo clean
-	rm -rf $(VENV) $(VENV013) $(PKG_WASM)
+	rm -rf $(VENV) $(VENV013) $(PKG_WASM) dist

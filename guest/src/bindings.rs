@@ -181,6 +181,7 @@ fn to_wit_policy(p: &Policy) -> api::Policy {
             Jitter::Decorrelated => api::JitterMode::Decorrelated,
         },
         check_text_content: p.check_text_content,
+        max_total_delay_ms: p.max_total_delay_ms,
     }
 }
 

@@ -118,3 +118,32 @@ async def test_jitter_mode_errors_name_the_key(manager_factory: Any) -> None:
     ):
         WasmRetryEngine({"tool_overrides": {"t": {"jitter": "sometimes"}}})
     await manager_factory({"jitter": "sometimes"}, expect_plugins=0)
+
+
+# --------------------------------------------------------------------------- (c) deadline
+async def test_deadline_through_the_manager(manager_factory: Any) -> None:
+    manager = await manager_factory(
+        {**NO_JITTER, "max_retries": 5, "max_total_delay_ms": 1000, "metrics_reason": True}
+    )
+    seen = [metrics(await post(manager, "t", "r", err())) for _ in range(4)]
+    assert seen == [
+        {"retry_count": 1, "retry_delay_ms": 200, "reason": "retry"},
+        {"retry_count": 2, "retry_delay_ms": 400, "reason": "retry"},
+        {"retry_count": 3, "retry_delay_ms": 0, "reason": "deadline"},
+        {"retry_count": 1, "retry_delay_ms": 200, "reason": "retry"},
+    ]
+
+
+def test_deadline_in_the_policy_and_per_tool() -> None:
+    engine = WasmRetryEngine(
+        {"max_total_delay_ms": 5000, "tool_overrides": {"t": {"max_total_delay_ms": None}}}
+    )
+    assert engine.global_policy.max_total_delay_ms == 5000
+    assert engine.tool_policy("t").max_total_delay_ms is None
+    assert WasmRetryEngine({}).global_policy.max_total_delay_ms is None
+
+
+@pytest.mark.parametrize("bad", [0, -1, 2**32, "5s", 1.5, True])
+def test_deadline_must_be_a_positive_integer_or_null(bad: Any) -> None:
+    with pytest.raises(ConfigurationError, match=r"max_total_delay_ms: must be null or an integer from 1"):
+        WasmRetryEngine({"max_total_delay_ms": bad})

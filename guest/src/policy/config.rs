@@ -25,6 +25,9 @@ pub const MAX_RETRIES_LIMIT: u32 = 10;
 pub const DEFAULT_STATE_TTL_MS: u64 = 300_000;
 /// Default bound on live retry-state entries.
 pub const DEFAULT_MAX_STATE_ENTRIES: u32 = 100_000;
+/// Largest `max_total_delay_ms` accepted (~49.7 days): a key's summed delays
+/// are kept in 32 bits.
+pub const MAX_TOTAL_DELAY_LIMIT: u64 = u32::MAX as u64;
 /// Largest `max_state_entries` accepted. The state index is allocated for the
 /// bound up front (4 bytes per entry, rounded up to a power of two), and each
 /// live entry takes ~100 bytes plus its key, so a million entries already needs
@@ -51,6 +54,10 @@ pub struct Policy {
     pub jitter_mode: Jitter,
     /// Inspect JSON text content when there is no structured content.
     pub check_text_content: bool,
+    /// Deadline of one `(tool, request)`: a retry is never scheduled when its
+    /// delay would push the key's summed delays past this many ms. `None` =
+    /// no deadline (the default; the native plugin has none).
+    pub max_total_delay_ms: Option<u64>,
 }
 
 impl Default for Policy {
@@ -63,6 +70,7 @@ impl Default for Policy {
             jitter: true,
             jitter_mode: Jitter::Full,
             check_text_content: false,
+            max_total_delay_ms: None,
         }
     }
 }
@@ -244,11 +252,13 @@ impl Config {
         }
     }
 
-    /// Whether any policy needs a key's previous delay (decorrelated jitter),
-    /// so exported state must carry it.
+    /// Whether any policy reads a key's delay history (decorrelated jitter
+    /// its previous delay, a deadline its summed delays), so exported state
+    /// must carry it.
     pub fn uses_delay_history(&self) -> bool {
-        let decorrelated = |p: &Policy| p.jitter_kind() == Jitter::Decorrelated;
-        decorrelated(&self.global) || self.overrides.iter().any(|(_, p)| decorrelated(p))
+        let reads =
+            |p: &Policy| p.jitter_kind() == Jitter::Decorrelated || p.max_total_delay_ms.is_some();
+        reads(&self.global) || self.overrides.iter().any(|(_, p)| reads(p))
     }
 
     /// Whether any policy (global or an override) inspects text content.
@@ -314,6 +324,8 @@ struct PolicyFields<'a> {
     /// `(on, mode)`: `true` = full, `false` = none, or a mode name.
     jitter: Option<(bool, Jitter)>,
     check_text_content: Option<bool>,
+    /// `Some(None)`: explicitly no deadline (`null`).
+    max_total_delay_ms: Option<Option<u64>>,
 }
 
 impl<'a> PolicyFields<'a> {
@@ -360,9 +372,24 @@ impl<'a> PolicyFields<'a> {
             .get("retry_on_status")
             .and_then(|v| parse_status_list(v, &path("retry_on_status"), errors));
 
+        let max_total_delay_ms = map.get("max_total_delay_ms").and_then(|v| match v {
+            Value::Null => Some(None),
+            _ => match v.as_u64() {
+                Some(n) if n > 0 && n <= MAX_TOTAL_DELAY_LIMIT => Some(Some(n)),
+                _ => {
+                    errors.push(
+                        &path("max_total_delay_ms"),
+                        must_be("null or an integer from 1 to 4294967295 (ms)", v),
+                    );
+                    None
+                }
+            },
+        });
+
         Self {
             prefix,
             max_retries,
+            max_total_delay_ms,
             backoff_base_ms,
             max_backoff_ms,
             retry_on_status,
@@ -385,6 +412,7 @@ impl<'a> PolicyFields<'a> {
             jitter: self.jitter.map_or(base.jitter, |(on, _)| on),
             jitter_mode: self.jitter.map_or(base.jitter_mode, |(_, mode)| mode),
             check_text_content: self.check_text_content.unwrap_or(base.check_text_content),
+            max_total_delay_ms: self.max_total_delay_ms.unwrap_or(base.max_total_delay_ms),
         }
     }
 
@@ -675,6 +703,37 @@ mod tests {
             errors(r#"{"tool_overrides": {"t": {"jitter": "Full"}}}"#),
             vec!["tool_overrides.t.jitter: must be a boolean or one of \"none\", \"full\", \"equal\", \"decorrelated\", got \"Full\""]
         );
+    }
+
+    #[test]
+    fn test_config_max_total_delay_ms_inherits_and_null_turns_it_off() {
+        let c = Config::from_json(
+            r#"{"max_total_delay_ms": 1000, "tool_overrides": {
+                "off": {"max_total_delay_ms": null}, "long": {"max_total_delay_ms": 4294967295},
+                "same": {"max_retries": 1}}}"#,
+        )
+        .unwrap();
+        assert_eq!(c.global().max_total_delay_ms, Some(1000));
+        assert_eq!(c.policy_for("off").max_total_delay_ms, None);
+        assert_eq!(
+            c.policy_for("long").max_total_delay_ms,
+            Some(u64::from(u32::MAX))
+        );
+        assert_eq!(c.policy_for("same").max_total_delay_ms, Some(1000));
+        assert!(c.uses_delay_history());
+        assert_eq!(Config::default().global().max_total_delay_ms, None);
+        assert!(!Config::default().uses_delay_history());
+        for bad in ["0", "4294967296", "-1", "\"1s\""] {
+            let errs = errors(&format!(
+                r#"{{"tool_overrides": {{"t": {{"max_total_delay_ms": {bad}}}}}}}"#
+            ));
+            assert_eq!(errs.len(), 1, "{bad}");
+            assert!(
+                errs[0].starts_with("tool_overrides.t.max_total_delay_ms: must be null or an integer from 1 to 4294967295 (ms), got"),
+                "{}",
+                errs[0]
+            );
+        }
     }
 
     #[test]

@@ -141,11 +141,12 @@ impl Engine {
             Classification::Failure | Classification::NeedText => {}
         }
 
-        let (max_retries, base, max, jitter) = (
+        let (max_retries, base, max, jitter, deadline) = (
             policy.max_retries,
             policy.backoff_base_ms,
             policy.max_backoff_ms,
             policy.jitter_kind(),
+            policy.max_total_delay_ms,
         );
         let entry = self.state.record_failure(tool, request_id, now_ms, ttl);
         let failures = entry.failures;
@@ -158,7 +159,19 @@ impl Engine {
                 u64::from(entry.last_delay_ms),
                 &mut self.rng,
             );
+            let total = u64::from(entry.total_delay_ms).saturating_add(delay_ms);
+            if deadline.is_some_and(|limit| total > limit) {
+                // This retry would end past the key's deadline: give up now,
+                // and clear the key as exhaustion does.
+                self.state.remove(tool, request_id);
+                return Outcome::Decided(Decision {
+                    delay_ms: 0,
+                    failures,
+                    reason: Reason::Deadline,
+                });
+            }
             entry.last_delay_ms = u32::try_from(delay_ms).unwrap_or(u32::MAX);
+            entry.total_delay_ms = u32::try_from(total).unwrap_or(u32::MAX);
             Outcome::Decided(Decision {
                 delay_ms,
                 failures,
@@ -317,6 +330,37 @@ mod tests {
             Outcome::Decided(Decision::NON_RETRYABLE)
         );
         assert_eq!(e.state_count(), 0);
+    }
+
+    #[test]
+    fn test_engine_deadline_refuses_the_retry_that_would_cross_it() {
+        // 200 + 400 = 600 fits 700; + 800 would not.
+        let mut e = engine(r#"{"jitter": false, "max_retries": 5, "max_total_delay_ms": 700}"#);
+        use Reason::*;
+        assert_eq!(
+            delays(&mut e, "t", "r", 4, 0),
+            vec![
+                (200, 1, Retry),
+                (400, 2, Retry),
+                (0, 3, Deadline),
+                (200, 1, Retry)
+            ]
+        );
+        // Exactly at the deadline is allowed.
+        let mut e = engine(r#"{"jitter": false, "max_retries": 5, "max_total_delay_ms": 600}"#);
+        assert_eq!(
+            delays(&mut e, "t", "r", 3, 0),
+            vec![(200, 1, Retry), (400, 2, Retry), (0, 3, Deadline)]
+        );
+        assert_eq!(e.state_count(), 0);
+        // A success resets the sum; a deadline below the first delay never retries.
+        let mut e = engine(
+            r#"{"jitter": false, "max_total_delay_ms": 250, "tool_overrides": {"x": {"max_total_delay_ms": 100}}}"#,
+        );
+        delays(&mut e, "t", "r", 1, 0);
+        e.decide("t", "r", OK, NO_TEXT, 0);
+        assert_eq!(delays(&mut e, "t", "r", 1, 0), vec![(200, 1, Retry)]);
+        assert_eq!(delays(&mut e, "x", "r", 1, 0), vec![(0, 1, Deadline)]);
     }
 
     #[test]

@@ -1,13 +1,14 @@
 //! Moving live retry state between instances (hot reload of the component).
 //!
 //! Format 2 is a JSON document:
-//! `{"format": 2, "entries": [[tool, request_id, failures, age_ms, last_delay_ms], ...]}`,
+//! `{"format": 2, "entries": [[tool, request_id, failures, age_ms, last_delay_ms, total_delay_ms], ...]}`,
 //! oldest last failure first (`last_delay_ms`, the key's previous retry delay,
-//! drives decorrelated jitter). Format 1 (the same without `last_delay_ms`,
-//! written by earlier builds) is still read, with a `last_delay_ms` of 0.
-//! Export writes format 1 unless some policy uses decorrelated jitter (the
-//! only reader of `last_delay_ms`): the oldest format that carries what the
-//! configuration needs, so a hot reload back to a build that reads only
+//! drives decorrelated jitter; `total_delay_ms`, its summed delays, the
+//! deadline). Format 1 (the same without the last two fields, written by
+//! earlier builds) is still read, with both at 0.
+//! Export writes format 1 unless some policy reads the delay history
+//! (decorrelated jitter or a deadline): the oldest format that carries what
+//! the configuration needs, so a hot reload back to a build that reads only
 //! format 1 keeps working for every other configuration. Ages rather than timestamps, so the document does
 //! not depend on where either instance's monotonic clock started. JSON rather
 //! than a WIT list of records: one string crosses the host boundary in
@@ -52,7 +53,7 @@ pub fn export(engine: &Engine, now_ms: u64) -> String {
         let age = now_ms.saturating_sub(entry.last_failure_ms);
         let _ = write!(out, ",{},{}", entry.failures, age);
         if v2 {
-            let _ = write!(out, ",{}", entry.last_delay_ms);
+            let _ = write!(out, ",{},{}", entry.last_delay_ms, entry.total_delay_ms);
         }
         out.push(']');
     }
@@ -82,7 +83,7 @@ pub fn import(engine: &mut Engine, text: &str, now_ms: u64) -> Result<u32, Strin
         return Err(String::from("state has no \"entries\" list"));
     };
     // Validate everything first: a half-imported state would be worse than none.
-    let width = if format == Some(FORMAT_V1) { 4 } else { 5 };
+    let width = if format == Some(FORMAT_V1) { 4 } else { 6 };
     let mut parsed = alloc::vec::Vec::with_capacity(entries.len());
     for (i, item) in entries.iter().enumerate() {
         let fields = match item {
@@ -94,34 +95,51 @@ pub fn import(engine: &mut Engine, text: &str, now_ms: u64) -> Result<u32, Strin
             }
             _ => {
                 return Err(format!(
-                    "entries[{i}] is not [tool, request_id, failures, age_ms, last_delay_ms]"
+                    "entries[{i}] is not [tool, request_id, failures, age_ms, last_delay_ms, total_delay_ms]"
                 ))
             }
         };
-        let last_delay = match fields.get(4) {
+        let u32_at = |at: usize| match fields.get(at) {
             None => Some(0),
             Some(v) => v.as_u64().and_then(|n| u32::try_from(n).ok()),
         };
-        let (Some(tool), Some(request_id), Some(failures), Some(age_ms), Some(last_delay_ms)) = (
+        let (
+            Some(tool),
+            Some(request_id),
+            Some(failures),
+            Some(age_ms),
+            Some(last_delay_ms),
+            Some(total_delay_ms),
+        ) = (
             fields[0].as_str(),
             fields[1].as_str(),
-            fields[2].as_u64().and_then(|n| u32::try_from(n).ok()),
+            u32_at(2),
             fields[3].as_u64(),
-            last_delay,
-        ) else {
+            u32_at(4),
+            u32_at(5),
+        )
+        else {
             return Err(format!("entries[{i}] has a field of the wrong type"));
         };
-        parsed.push((tool, request_id, failures, age_ms, last_delay_ms));
+        parsed.push((
+            tool,
+            request_id,
+            failures,
+            age_ms,
+            last_delay_ms,
+            total_delay_ms,
+        ));
     }
     let ttl = engine.config().state_ttl_ms();
     let mut imported = 0u32;
-    for (tool, request_id, failures, age_ms, last_delay_ms) in parsed {
+    for (tool, request_id, failures, age_ms, last_delay_ms, total_delay_ms) in parsed {
         if failures == 0 || age_ms > ttl {
             continue;
         }
         let entry = Entry {
             failures,
             last_delay_ms,
+            total_delay_ms,
             last_failure_ms: now_ms.saturating_sub(age_ms),
         };
         engine.restore_entry(tool, request_id, entry);
@@ -171,7 +189,7 @@ mod tests {
         let doc = export(&old, 1050);
         assert_eq!(
             doc,
-            r#"{"format":2,"entries":[["t\"\\\u000a","é✓",1,850,200],["t","a",2,750,400]]}"#
+            r#"{"format":2,"entries":[["t\"\\\u000a","é✓",1,850,200,200],["t","a",2,750,400,600]]}"#
         );
 
         // The new instance's clock started elsewhere: ages carry over.
@@ -194,11 +212,11 @@ mod tests {
                 "state format 3 is not supported (this engine reads formats 1 and 2)",
             ),
             (
-                r#"{"format": 2, "entries": [["t","r",1,0]]}"#,
-                "entries[0] is not [tool, request_id, failures, age_ms, last_delay_ms]",
+                r#"{"format": 2, "entries": [["t","r",1,0,5]]}"#,
+                "entries[0] is not [tool, request_id, failures, age_ms, last_delay_ms, total_delay_ms]",
             ),
             (
-                r#"{"format": 2, "entries": [["t","r",1,0,-5]]}"#,
+                r#"{"format": 2, "entries": [["t","r",1,0,5,-5]]}"#,
                 "entries[0] has a field",
             ),
             (r#"{"entries": []}"#, "state format (missing)"),
@@ -223,14 +241,15 @@ mod tests {
         let mut e = engine(r#"{"jitter": "decorrelated", "max_retries": 5}"#);
         let doc = r#"{"format":1,"entries":[["t","v1",1,0]]}"#;
         assert_eq!(import(&mut e, doc, 10), Ok(1));
-        let doc = r#"{"format":2,"entries":[["t","v2",1,0,4000]]}"#;
+        let doc = r#"{"format":2,"entries":[["t","v2",1,0,4000,4000]]}"#;
         assert_eq!(import(&mut e, doc, 10), Ok(1));
         let entries: alloc::vec::Vec<(&str, Entry)> =
             e.state().iter().map(|(_, r, en)| (r, en)).collect();
         assert_eq!(entries[0].1.last_delay_ms, 0);
         assert_eq!(entries[1].1.last_delay_ms, 4000);
-        assert!(export(&e, 10).contains(r#"["t","v2",1,0,4000]"#));
-        // Without decorrelated jitter nothing reads last_delay_ms: format 1.
+        assert!(export(&e, 10).contains(r#"["t","v2",1,0,4000,4000]"#));
+        // Without decorrelated jitter or a deadline nothing reads the delay
+        // history: format 1.
         e.configure(Config::from_json("{}").unwrap());
         assert_eq!(
             export(&e, 10),

@@ -42,6 +42,9 @@ pub struct Entry {
     /// yet); decorrelated jitter grows from it. In the padding after
     /// `failures`, so entries stay the same size.
     pub last_delay_ms: u32,
+    /// The key's delays summed since its first failure, saturated to u32
+    /// (`max_total_delay_ms` is at most `u32::MAX`).
+    pub total_delay_ms: u32,
     /// Monotonic time of the last failure (ms).
     pub last_failure_ms: u64,
 }
@@ -52,6 +55,7 @@ impl Entry {
         Self {
             failures: 1,
             last_delay_ms: 0,
+            total_delay_ms: 0,
             last_failure_ms: now_ms,
         }
     }
@@ -445,6 +449,7 @@ mod tests {
             Some(Entry {
                 failures: 1,
                 last_delay_ms: 0,
+                total_delay_ms: 0,
                 last_failure_ms: 1
             })
         );

@@ -16,6 +16,10 @@ CONTRACT_VERSION = "0.1.0"
 MESSAGE_PREFIX = f"{COMPONENT_NAME}@{CONTRACT_VERSION}"
 
 
+def _optional_int(value: Any) -> int | None:
+    return None if value is None else int(value)
+
+
 @dataclass(frozen=True, slots=True)
 class Policy:
     """The effective retry policy of a tool (WIT record ``policy``)."""
@@ -29,6 +33,8 @@ class Policy:
     #: WIT ``jitter-mode``: ``none``, ``full``, ``equal`` or ``decorrelated``; left out, it
     #: follows ``jitter`` (``full`` when on, ``none`` when off).
     jitter_mode: str = ""
+    #: WIT ``max-total-delay-ms``: the ``(tool, request)`` deadline in ms, or None.
+    max_total_delay_ms: int | None = None
 
     def __post_init__(self) -> None:
         if not self.jitter_mode:
@@ -45,6 +51,7 @@ class Policy:
             jitter=bool(record.jitter),
             check_text_content=bool(getattr(record, "check-text-content")),
             jitter_mode=str(getattr(record, "jitter-mode", "")),
+            max_total_delay_ms=_optional_int(getattr(record, "max-total-delay-ms", None)),
         )
 
     def metadata(self) -> dict[str, Any]:

@@ -44,6 +44,7 @@ fn test_config_all_keys_are_read() -> Result<()> {
         jitter: false,
         jitter_mode: JitterMode::None,
         check_text_content: true,
+        max_total_delay_ms: None,
     };
     ensure!(h.global_policy()? == expected, "{:?}", h.global_policy()?);
     Ok(())
@@ -414,6 +415,7 @@ fn test_config_tool_policy_merges_overrides() -> Result<()> {
         jitter: false,
         jitter_mode: JitterMode::None,
         check_text_content: false,
+        max_total_delay_ms: None,
     };
     ensure!(h.global_policy()? == global);
     ensure!(h.tool_policy("unlisted")? == global);
@@ -445,6 +447,7 @@ fn test_config_tool_policy_merges_overrides() -> Result<()> {
                 jitter: true,
                 jitter_mode: JitterMode::Full,
                 check_text_content: true,
+                max_total_delay_ms: None,
             }
     );
     // Tool names match exactly: no prefix, case or trimming games.

@@ -143,7 +143,11 @@ fn test_jitter_mode_decorrelated_state_survives_export_import() -> Result<()> {
         delays.push(old.decide("t", "r", Signals::ERROR)?.delay_ms);
     }
     let doc = old.export_state()?;
-    let want = format!(r#"{{"format":2,"entries":[["t","r",3,0,{}]]}}"#, delays[2]);
+    let want = format!(
+        r#"{{"format":2,"entries":[["t","r",3,0,{},{}]]}}"#,
+        delays[2],
+        delays.iter().sum::<u64>()
+    );
     ensure!(doc == want, "{doc}");
     let mut new = with_mode("decorrelated", 4)?;
     ensure!(new.import_state(&doc)? == Ok(1));

@@ -12,6 +12,7 @@ mod support;
 mod capacity;
 mod classify;
 mod config;
+mod deadline;
 mod decide;
 mod imports;
 mod jitter;

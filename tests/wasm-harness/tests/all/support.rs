@@ -33,6 +33,7 @@ pub fn default_policy() -> Policy {
         jitter: true,
         jitter_mode: JitterMode::Full,
         check_text_content: false,
+        max_total_delay_ms: None,
     }
 }
 

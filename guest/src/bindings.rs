@@ -115,21 +115,24 @@ fn decide(key: &str, tool_len: u32, signals: u64, texts: Option<&[String]>) -> u
     let (tool, request_id) = wire::split_key(key, tool_len);
     #[cfg(feature = "fault-injection")]
     inject_fault(tool);
+    let hints = wire::unpack_hints(signals);
     let signals = wire::unpack_signals(signals);
     let now = now_ms();
-    with_engine(|e| match e.decide(tool, request_id, signals, texts, now) {
-        Outcome::Decided(d) => {
-            let mut bits = wire::pack_decision(&d);
-            if !e.config().any_text_check() {
-                bits |= wire::TEXT_FREE;
-                if e.state_count() == 0 {
-                    bits |= wire::IDLE;
+    with_engine(
+        |e| match e.decide_with(tool, request_id, signals, hints, texts, now) {
+            Outcome::Decided(d) => {
+                let mut bits = wire::pack_decision(&d);
+                if !e.config().any_text_check() {
+                    bits |= wire::TEXT_FREE;
+                    if e.state_count() == 0 {
+                        bits |= wire::IDLE;
+                    }
                 }
+                bits
             }
-            bits
-        }
-        Outcome::NeedText => wire::NEED_TEXT,
-    })
+            Outcome::NeedText => wire::NEED_TEXT,
+        },
+    )
 }
 
 /// Deliberate faults for the host's fault-injection tests, keyed by magic tool
@@ -182,6 +185,7 @@ fn to_wit_policy(p: &Policy) -> api::Policy {
         },
         check_text_content: p.check_text_content,
         max_total_delay_ms: p.max_total_delay_ms,
+        safe_classification: p.safe_classification,
     }
 }
 

@@ -3,7 +3,7 @@
 //! variants to pass through wasmtime-py, and the host reads them
 //! unambiguously.
 
-use crate::policy::{Decision, Signals};
+use crate::policy::{Decision, Hints, Signals};
 
 /// `signals` bit 0: `result["isError"]` is `True`.
 pub const SIG_IS_ERROR: u64 = 1 << 0;
@@ -13,6 +13,12 @@ pub const SIG_STRUCTURED: u64 = 1 << 1;
 pub const SIG_STRUCTURED_IS_ERROR: u64 = 1 << 2;
 /// `signals` bit 3: a status code is in bits 32..63.
 pub const SIG_STATUS: u64 = 1 << 3;
+/// `signals` bit 4: an MCP input-validation error (safe classification).
+pub const SIG_VALIDATION_ERROR: u64 = 1 << 4;
+/// `signals` bit 5: `resultType` is `"input_required"` (safe classification).
+pub const SIG_INPUT_REQUIRED: u64 = 1 << 5;
+/// `signals` bit 6: an explicit `retryable: false` (safe classification).
+pub const SIG_NOT_RETRYABLE: u64 = 1 << 6;
 
 /// Decision bits 0..39: the delay in ms.
 pub const DELAY_MASK: u64 = (1 << 40) - 1;
@@ -37,6 +43,15 @@ pub fn unpack_signals(bits: u64) -> Signals {
         structured: bits & SIG_STRUCTURED != 0,
         structured_is_error: bits & SIG_STRUCTURED_IS_ERROR != 0,
         status: (bits & SIG_STATUS != 0).then_some((bits >> 32) as u32 as i32),
+    }
+}
+
+/// Unpack the safe-classification hints of `signals` (bits 4..6).
+pub fn unpack_hints(bits: u64) -> Hints {
+    Hints {
+        validation_error: bits & SIG_VALIDATION_ERROR != 0,
+        input_required: bits & SIG_INPUT_REQUIRED != 0,
+        not_retryable: bits & SIG_NOT_RETRYABLE != 0,
     }
 }
 
@@ -105,6 +120,15 @@ mod tests {
                 assert_eq!(unpack_signals(pack_signals(s)), s);
             }
         }
+    }
+
+    #[test]
+    fn test_wire_hints() {
+        assert_eq!(unpack_hints(0), Hints::NONE);
+        assert!(unpack_hints(0b111 << 4).validation_error);
+        let h = unpack_hints(SIG_INPUT_REQUIRED | SIG_IS_ERROR);
+        assert!(h.input_required && !h.validation_error && !h.not_retryable);
+        assert!(unpack_hints(SIG_NOT_RETRYABLE).not_retryable);
     }
 
     #[test]

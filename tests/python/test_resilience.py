@@ -16,7 +16,14 @@ from cpex.framework.extensions.request import RequestExtension
 
 from cpex_retry_with_backoff_wasm.engine import WasmRetryEngine
 from cpex_retry_with_backoff_wasm.model import ConfigurationError, Policy
-from cpex_retry_with_backoff_wasm.signals import REASONS, decision_reason
+from cpex_retry_with_backoff_wasm.signals import (
+    REASONS,
+    SIG_INPUT_REQUIRED,
+    SIG_NOT_RETRYABLE,
+    SIG_VALIDATION_ERROR,
+    decision_reason,
+    read_hints,
+)
 
 from .conftest import err, ok
 
@@ -147,3 +154,83 @@ def test_deadline_in_the_policy_and_per_tool() -> None:
 def test_deadline_must_be_a_positive_integer_or_null(bad: Any) -> None:
     with pytest.raises(ConfigurationError, match=r"max_total_delay_ms: must be null or an integer from 1"):
         WasmRetryEngine({"max_total_delay_ms": bad})
+
+
+# --------------------------------------------------------------------------- (d) safe classification
+VALIDATION = err(structuredContent={"error": {"code": -32602, "message": "missing 'q'"}})
+NOT_RETRYABLE = err(structuredContent={"status_code": 503, "retryable": False})
+INPUT_REQUIRED = err(resultType="input_required")
+
+
+@pytest.mark.parametrize(
+    ("result", "bits"),
+    [
+        (err(), 0),
+        (VALIDATION, SIG_VALIDATION_ERROR),
+        (err(structuredContent={"code": -32602}), SIG_VALIDATION_ERROR),
+        (err(structuredContent={"validation_error": True}), SIG_VALIDATION_ERROR),
+        (err(structuredContent={"error_type": "validation_error"}), SIG_VALIDATION_ERROR),
+        (err(structuredContent={"code": -32602.0}), 0),
+        (err(structuredContent={"code": True}), 0),
+        (err(structuredContent={"validation_error": 1}), 0),
+        (NOT_RETRYABLE, SIG_NOT_RETRYABLE),
+        (err(retryable=False), SIG_NOT_RETRYABLE),
+        (err(retryable=0), 0),
+        (INPUT_REQUIRED, SIG_INPUT_REQUIRED),
+        (err(resultType="complete"), 0),
+        (None, 0),
+        ([1], 0),
+    ],
+)
+def test_read_hints(result: Any, bits: int) -> None:
+    assert read_hints(result) == bits
+
+
+def test_read_hints_never_raises() -> None:
+    class Hostile(dict[str, Any]):
+        def __getitem__(self, key: str) -> Any:
+            raise RuntimeError("boom")
+
+    assert read_hints(Hostile()) == 0
+    assert read_hints({"structuredContent": Hostile()}) == 0
+
+
+async def test_safe_classification_is_opt_in(manager_factory: Any) -> None:
+    manager = await manager_factory({**NO_JITTER, "metrics_reason": True})
+    for i, result in enumerate([VALIDATION, NOT_RETRYABLE, INPUT_REQUIRED]):
+        assert metrics(await post(manager, "t", f"r{i}", result))["reason"] == "retry"
+
+
+async def test_safe_classification_through_the_manager(manager_factory: Any) -> None:
+    manager = await manager_factory(
+        {**NO_JITTER, "metrics_reason": True, "tool_overrides": {"safe": {"safe_classification": True}}}
+    )
+    assert metrics(await post(manager, "safe", "r", err()))["reason"] == "retry"
+    assert metrics(await post(manager, "safe", "r", VALIDATION)) == {
+        "retry_count": 0,
+        "retry_delay_ms": 0,
+        "reason": "non-retryable",
+    }
+    assert metrics(await post(manager, "safe", "r2", NOT_RETRYABLE))["reason"] == "non-retryable"
+    assert metrics(await post(manager, "safe", "r3", INPUT_REQUIRED))["reason"] == "success"
+    assert metrics(await post(manager, "other", "r", VALIDATION))["reason"] == "retry"
+
+
+async def test_safe_classification_with_text_content(manager_factory: Any) -> None:
+    manager = await manager_factory(
+        {**NO_JITTER, "check_text_content": True, "safe_classification": True, "metrics_reason": True}
+    )
+    text_failure = {"content": [{"type": "text", "text": '{"isError": true}'}], "retryable": False}
+    assert metrics(await post(manager, "t", "r", text_failure))["reason"] == "non-retryable"
+    text_failure.pop("retryable")
+    assert metrics(await post(manager, "t", "r", text_failure))["reason"] == "retry"
+
+
+def test_safe_classification_in_the_policy() -> None:
+    engine = WasmRetryEngine(
+        {"safe_classification": True, "tool_overrides": {"raw": {"safe_classification": False}}}
+    )
+    assert engine.global_policy.safe_classification is True
+    assert engine.tool_policy("raw").safe_classification is False
+    with pytest.raises(ConfigurationError, match="safe_classification: must be a boolean"):
+        WasmRetryEngine({"safe_classification": "on"})

@@ -10,6 +10,12 @@
 //!    structured content: any text item whose text is a JSON object with
 //!    `"isError": true` or an integer `status_code` in `retry_on_status`.
 //!
+//! With `safe_classification` on (opt-in; issue 6 §5), three hints the host
+//! reads ([`Hints`]) refine that, before anything else: a result whose
+//! `resultType` is `"input_required"` is not a failure; a failure that is an
+//! MCP input-validation error, or that says `retryable: false`, is
+//! non-retryable.
+//!
 //! The host reads the result into [`Signals`] (Python objects never cross the
 //! boundary); [`signals_from_json`] does the same for a JSON document, for the
 //! scenario replay.
@@ -32,6 +38,31 @@ pub struct Signals {
     pub status: Option<i32>,
 }
 
+/// Facts beyond the native plugin's that the host reads from a result
+/// (signal bits 4..6). Only consulted under `safe_classification`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Hints {
+    /// An MCP input-validation error: a JSON-RPC `-32602` code or an explicit
+    /// validation marker in the structured content.
+    pub validation_error: bool,
+    /// `result["resultType"] == "input_required"`: the tool asks for input.
+    pub input_required: bool,
+    /// An explicit `retryable: false`.
+    pub not_retryable: bool,
+}
+
+impl Hints {
+    /// No hint (what a host that predates them sends).
+    pub const NONE: Self = Self {
+        validation_error: false,
+        input_required: false,
+        not_retryable: false,
+    };
+}
+
+/// JSON-RPC "Invalid params", which MCP uses for tool input-validation errors.
+pub const JSONRPC_INVALID_PARAMS: i64 = -32602;
+
 /// The answer of [`classify`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Classification {
@@ -45,6 +76,27 @@ pub enum Classification {
     NonRetryable,
     /// The answer depends on the text content, which was not supplied.
     NeedText,
+}
+
+/// [`classify`], refined by `hints` when the policy has `safe_classification`.
+pub fn classify_with<T: AsRef<str>>(
+    signals: Signals,
+    hints: Hints,
+    policy: &Policy,
+    texts: Option<&[T]>,
+) -> Classification {
+    if !policy.safe_classification {
+        return classify(signals, policy, texts);
+    }
+    if hints.input_required {
+        return Classification::NotFailure;
+    }
+    match classify(signals, policy, texts) {
+        Classification::Failure if hints.validation_error || hints.not_retryable => {
+            Classification::NonRetryable
+        }
+        other => other,
+    }
 }
 
 /// Classify one result. `texts` are the result's text items (`None` = not read
@@ -147,6 +199,28 @@ pub fn signals_from_json(result: &Value) -> (Signals, Vec<&str>) {
     (signals, texts)
 }
 
+/// Read [`Hints`] from a result given as JSON, as the host reads them from the
+/// Python objects (see `wit/retry-engine.wit`, signal bits 4..6).
+pub fn hints_from_json(result: &Value) -> Hints {
+    let Value::Object(map) = result else {
+        return Hints::NONE;
+    };
+    let sc = map.get("structuredContent").and_then(Value::as_object);
+    let field = |key: &str| sc.and_then(|m| m.get(key));
+    let invalid_params = |v: Option<&Value>| {
+        v.and_then(Value::as_i64) == Some(JSONRPC_INVALID_PARAMS) && v.is_some_and(|v| !v.is_f64())
+    };
+    Hints {
+        validation_error: invalid_params(field("code"))
+            || invalid_params(field("error").and_then(|e| e.get("code")))
+            || field("validation_error") == Some(&Value::Bool(true))
+            || field("error_type").and_then(Value::as_str) == Some("validation_error"),
+        input_required: map.get("resultType").and_then(Value::as_str) == Some("input_required"),
+        not_retryable: field("retryable") == Some(&Value::Bool(false))
+            || map.get("retryable") == Some(&Value::Bool(false)),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -197,6 +271,81 @@ mod tests {
         assert_eq!(classify(Signals::default(), &p, Some(failing)), Failure);
         let fine: &[&str] = &[r#"{"status_code": 404}"#, "[1]", r#"{"isError": 1}"#];
         assert_eq!(classify(Signals::default(), &p, Some(fine)), NotFailure);
+    }
+
+    #[test]
+    fn test_classify_safe_hints_only_when_enabled() {
+        let safe = Policy {
+            safe_classification: true,
+            ..Policy::default()
+        };
+        let fail = sig(true, true, false, Some(503));
+        let validation = Hints {
+            validation_error: true,
+            ..Hints::NONE
+        };
+        let no_retry = Hints {
+            not_retryable: true,
+            ..Hints::NONE
+        };
+        let input = Hints {
+            input_required: true,
+            ..Hints::NONE
+        };
+        let p = Policy::default();
+        for h in [validation, no_retry, input] {
+            assert_eq!(classify_with(fail, h, &p, NO_TEXT), Failure, "{h:?} off");
+        }
+        assert_eq!(
+            classify_with(fail, validation, &safe, NO_TEXT),
+            NonRetryable
+        );
+        assert_eq!(classify_with(fail, no_retry, &safe, NO_TEXT), NonRetryable);
+        assert_eq!(classify_with(fail, input, &safe, NO_TEXT), NotFailure);
+        assert_eq!(classify_with(fail, Hints::NONE, &safe, NO_TEXT), Failure);
+        // A hint on a result that is no failure changes nothing.
+        let fine = sig(false, true, false, Some(200));
+        assert_eq!(classify_with(fine, no_retry, &safe, NO_TEXT), NotFailure);
+        // Text checks: input_required needs no text; the others wait for it.
+        let texty = Policy {
+            check_text_content: true,
+            ..safe
+        };
+        let none = Signals::default();
+        assert_eq!(classify_with(none, input, &texty, NO_TEXT), NotFailure);
+        assert_eq!(classify_with(none, no_retry, &texty, NO_TEXT), NeedText);
+        let failing: &[&str] = &[r#"{"isError": true}"#];
+        assert_eq!(
+            classify_with(none, no_retry, &texty, Some(failing)),
+            NonRetryable
+        );
+    }
+
+    #[test]
+    fn test_classify_hints_from_json() {
+        let h = |v: serde_json::Value| hints_from_json(&v);
+        assert_eq!(h(serde_json::json!({"isError": true})), Hints::NONE);
+        for v in [
+            serde_json::json!({"structuredContent": {"code": -32602}}),
+            serde_json::json!({"structuredContent": {"error": {"code": -32602, "message": "x"}}}),
+            serde_json::json!({"structuredContent": {"validation_error": true}}),
+            serde_json::json!({"structuredContent": {"error_type": "validation_error"}}),
+        ] {
+            assert!(h(v.clone()).validation_error, "{v}");
+        }
+        for v in [
+            serde_json::json!({"structuredContent": {"code": -32602.0}}),
+            serde_json::json!({"structuredContent": {"code": "-32602"}}),
+            serde_json::json!({"structuredContent": {"validation_error": 1}}),
+            serde_json::json!({"code": -32602}),
+        ] {
+            assert!(!h(v.clone()).validation_error, "{v}");
+        }
+        assert!(h(serde_json::json!({"resultType": "input_required"})).input_required);
+        assert!(!h(serde_json::json!({"resultType": "complete"})).input_required);
+        assert!(h(serde_json::json!({"structuredContent": {"retryable": false}})).not_retryable);
+        assert!(h(serde_json::json!({"retryable": false})).not_retryable);
+        assert!(!h(serde_json::json!({"retryable": 0})).not_retryable);
     }
 
     #[test]

@@ -58,6 +58,10 @@ pub struct Policy {
     /// delay would push the key's summed delays past this many ms. `None` =
     /// no deadline (the default; the native plugin has none).
     pub max_total_delay_ms: Option<u64>,
+    /// Opt-in safe classification (issue 6 §5): `resultType:
+    /// "input_required"` is not a failure; input-validation errors and
+    /// `retryable: false` are non-retryable. Off by default (parity).
+    pub safe_classification: bool,
 }
 
 impl Default for Policy {
@@ -71,6 +75,7 @@ impl Default for Policy {
             jitter_mode: Jitter::Full,
             check_text_content: false,
             max_total_delay_ms: None,
+            safe_classification: false,
         }
     }
 }
@@ -326,6 +331,7 @@ struct PolicyFields<'a> {
     check_text_content: Option<bool>,
     /// `Some(None)`: explicitly no deadline (`null`).
     max_total_delay_ms: Option<Option<u64>>,
+    safe_classification: Option<bool>,
 }
 
 impl<'a> PolicyFields<'a> {
@@ -397,6 +403,7 @@ impl<'a> PolicyFields<'a> {
                 .get("jitter")
                 .and_then(|v| parse_jitter(v, &path("jitter"), errors)),
             check_text_content: boolean("check_text_content", errors),
+            safe_classification: boolean("safe_classification", errors),
         }
     }
 
@@ -413,6 +420,7 @@ impl<'a> PolicyFields<'a> {
             jitter_mode: self.jitter.map_or(base.jitter_mode, |(_, mode)| mode),
             check_text_content: self.check_text_content.unwrap_or(base.check_text_content),
             max_total_delay_ms: self.max_total_delay_ms.unwrap_or(base.max_total_delay_ms),
+            safe_classification: self.safe_classification.unwrap_or(base.safe_classification),
         }
     }
 
@@ -734,6 +742,21 @@ mod tests {
                 errs[0]
             );
         }
+    }
+
+    #[test]
+    fn test_config_safe_classification_global_and_per_tool() {
+        let c = Config::from_json(
+            r#"{"safe_classification": true, "tool_overrides": {"raw": {"safe_classification": false}}}"#,
+        )
+        .unwrap();
+        assert!(c.global().safe_classification);
+        assert!(!c.policy_for("raw").safe_classification);
+        assert!(!Config::default().global().safe_classification);
+        assert_eq!(
+            errors(r#"{"tool_overrides": {"t": {"safe_classification": "yes"}}}"#),
+            vec!["tool_overrides.t.safe_classification: must be a boolean, got \"yes\""]
+        );
     }
 
     #[test]

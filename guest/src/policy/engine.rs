@@ -4,7 +4,7 @@
 use fastrand::Rng;
 
 use super::backoff;
-use super::classify::{classify, Classification, Signals};
+use super::classify::{classify_with, Classification, Hints, Signals};
 use super::config::{Config, Policy};
 use super::state::{Entry, StateTable};
 
@@ -122,8 +122,21 @@ impl Engine {
         texts: Option<&[T]>,
         now_ms: u64,
     ) -> Outcome {
+        self.decide_with(tool, request_id, signals, Hints::NONE, texts, now_ms)
+    }
+
+    /// [`Engine::decide`] with the host's [`Hints`] (safe classification).
+    pub fn decide_with<T: AsRef<str>>(
+        &mut self,
+        tool: &str,
+        request_id: &str,
+        signals: Signals,
+        hints: Hints,
+        texts: Option<&[T]>,
+        now_ms: u64,
+    ) -> Outcome {
         let policy = self.config.policy_for(tool);
-        let class = classify(signals, policy, texts);
+        let class = classify_with(signals, hints, policy, texts);
         if class == Classification::NeedText {
             return Outcome::NeedText;
         }

@@ -14,6 +14,6 @@ pub mod state;
 #[cfg(test)]
 mod test_support;
 
-pub use classify::Signals;
+pub use classify::{Hints, Signals};
 pub use config::{Config, ConfigError, Policy};
 pub use engine::{Decision, Engine, Outcome, Reason};

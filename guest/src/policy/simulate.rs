@@ -8,7 +8,7 @@ use alloc::vec::Vec;
 
 use serde_json::Value;
 
-use super::classify::signals_from_json;
+use super::classify::{hints_from_json, signals_from_json};
 use super::config::{Config, ConfigError};
 use super::engine::{Decision, Engine, Outcome};
 
@@ -55,10 +55,11 @@ pub fn simulate(
     for (step, result) in steps.iter().zip(&results) {
         now_ms = now_ms.saturating_add(step.advance_ms);
         let (signals, texts) = signals_from_json(result);
-        match engine.decide(
+        match engine.decide_with(
             step.tool,
             step.request_id,
             signals,
+            hints_from_json(result),
             Some(&texts[..]),
             now_ms,
         ) {

@@ -43,7 +43,7 @@ from .model import (
     Policy,
     RetryEngineLoadError,
 )
-from .signals import IDLE, NEED_TEXT, REASON_SHIFT, TEXT_FREE, collect_texts, read_signals
+from .signals import IDLE, NEED_TEXT, REASON_SHIFT, TEXT_FREE, collect_texts, read_hints, read_signals
 
 log = logging.getLogger(__name__)
 
@@ -476,9 +476,10 @@ class WasmRetryEngine:
         if type(request_id) is not str:
             request_id = _require_str(request_id, "global_context.request_id")
         signals = read_signals(result)
-        if not signals and (
-            self._idle or (self._text_free and self._held_complete and (tool, request_id) not in self._held)
-        ):
+        if signals:
+            # Facts for safe classification; only a result with a failure signal can need them.
+            signals |= read_hints(result)
+        elif self._idle or (self._text_free and self._held_complete and (tool, request_id) not in self._held):
             # A result with no failure signal, and the engine said no policy checks text: it is
             # a success, and for a key that holds no retry state it would change nothing (WIT
             # `text-free` and `idle` bits).  ``_held`` is a superset of the keys with state.
@@ -505,6 +506,8 @@ class WasmRetryEngine:
         if lean is None:  # no lean path (other wasmtime-py) or the instance needs a rebuild
             decision = self._call_decide(tool, request_id, signals, None)
         if decision & NEED_TEXT:
+            # Text content may make it a failure: the hints can matter now.
+            signals |= read_hints(result)
             decision = self._call_decide(tool, request_id, signals, collect_texts(result))
         return decision
 

@@ -35,6 +35,8 @@ class Policy:
     jitter_mode: str = ""
     #: WIT ``max-total-delay-ms``: the ``(tool, request)`` deadline in ms, or None.
     max_total_delay_ms: int | None = None
+    #: WIT ``safe-classification``.
+    safe_classification: bool = False
 
     def __post_init__(self) -> None:
         if not self.jitter_mode:
@@ -52,6 +54,7 @@ class Policy:
             check_text_content=bool(getattr(record, "check-text-content")),
             jitter_mode=str(getattr(record, "jitter-mode", "")),
             max_total_delay_ms=_optional_int(getattr(record, "max-total-delay-ms", None)),
+            safe_classification=bool(getattr(record, "safe-classification", False)),
         )
 
     def metadata(self) -> dict[str, Any]:

@@ -25,7 +25,17 @@ SIG_HAS_STRUCTURED: Final = 1 << 1
 SIG_STRUCTURED_IS_ERROR: Final = 1 << 2
 #: bit 3: ``structuredContent["status_code"]`` is an int that fits an s32 (bits 32..63).
 SIG_HAS_STATUS: Final = 1 << 3
+#: bits 4..6: facts for ``safe_classification`` (``read_hints``); the engine ignores them unless
+#: the tool's policy opts in.
+#: bit 4: an MCP input-validation error (JSON-RPC -32602 or an explicit marker).
+SIG_VALIDATION_ERROR: Final = 1 << 4
+#: bit 5: ``result["resultType"] == "input_required"``.
+SIG_INPUT_REQUIRED: Final = 1 << 5
+#: bit 6: an explicit ``retryable: False``.
+SIG_NOT_RETRYABLE: Final = 1 << 6
 STATUS_SHIFT: Final = 32
+#: JSON-RPC "Invalid params": MCP's code for tool input-validation errors.
+JSONRPC_INVALID_PARAMS: Final = -32602
 
 # --- decision (engine -> host) -----------------------------------------------------------
 DELAY_MASK: Final = (1 << 40) - 1
@@ -144,6 +154,45 @@ def read_signals(result: Any) -> int:
     if status is not None:
         bits |= SIG_HAS_STATUS | ((status & _U32_MASK) << STATUS_SHIFT)
     return bits
+
+
+def _is_invalid_params(value: Any) -> bool:
+    return type(value) is int and value == JSONRPC_INVALID_PARAMS
+
+
+def _is_str(value: Any, text: str) -> bool:
+    return isinstance(value, str) and str.__eq__(value, text)
+
+
+def read_hints(result: Any) -> int:
+    """The safe-classification bits (4..6) of ``result``; never raises.
+
+    Only facts, read after the native plugin's keys (so a mapping that raises on access fails
+    there first, as in the native plugin); any exception here reads as "no hint".  Whether
+    they count is the engine's decision (``safe_classification``).
+    """
+    try:
+        bits = 0
+        if _is_str(_get(result, "resultType"), "input_required"):
+            bits |= SIG_INPUT_REQUIRED
+        if _get(result, "retryable") is False:
+            bits |= SIG_NOT_RETRYABLE
+        structured = _get(result, "structuredContent")
+        if structured is _MISSING or structured is None:
+            return bits
+        if _get(structured, "retryable") is False:
+            bits |= SIG_NOT_RETRYABLE
+        error = _get(structured, "error")
+        if (
+            _is_invalid_params(_get(structured, "code"))
+            or (error is not _MISSING and _is_invalid_params(_get(error, "code")))
+            or _get(structured, "validation_error") is True
+            or _is_str(_get(structured, "error_type"), "validation_error")
+        ):
+            bits |= SIG_VALIDATION_ERROR
+        return bits
+    except Exception:
+        return 0
 
 
 def collect_texts(result: Any) -> list[str]:

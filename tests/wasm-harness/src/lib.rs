@@ -267,6 +267,16 @@ pub struct Signals {
     pub status: Option<i32>,
 }
 
+/// `signals` bits 4..6: the safe-classification hints.
+pub mod hint {
+    /// bit 4: an MCP input-validation error.
+    pub const VALIDATION_ERROR: u64 = 1 << 4;
+    /// bit 5: `resultType` is `"input_required"`.
+    pub const INPUT_REQUIRED: u64 = 1 << 5;
+    /// bit 6: `retryable: false`.
+    pub const NOT_RETRYABLE: u64 = 1 << 6;
+}
+
 impl Signals {
     /// A plain success: nothing set.
     pub const OK: Signals = Signals {

@@ -45,6 +45,7 @@ fn test_config_all_keys_are_read() -> Result<()> {
         jitter_mode: JitterMode::None,
         check_text_content: true,
         max_total_delay_ms: None,
+        safe_classification: false,
     };
     ensure!(h.global_policy()? == expected, "{:?}", h.global_policy()?);
     Ok(())
@@ -416,6 +417,7 @@ fn test_config_tool_policy_merges_overrides() -> Result<()> {
         jitter_mode: JitterMode::None,
         check_text_content: false,
         max_total_delay_ms: None,
+        safe_classification: false,
     };
     ensure!(h.global_policy()? == global);
     ensure!(h.tool_policy("unlisted")? == global);
@@ -448,6 +450,7 @@ fn test_config_tool_policy_merges_overrides() -> Result<()> {
                 jitter_mode: JitterMode::Full,
                 check_text_content: true,
                 max_total_delay_ms: None,
+                safe_classification: false,
             }
     );
     // Tool names match exactly: no prefix, case or trimming games.

@@ -18,6 +18,7 @@ mod imports;
 mod jitter;
 mod jitter_modes;
 mod robustness;
+mod safe;
 mod simulate;
 mod snapshot;
 mod ttl;

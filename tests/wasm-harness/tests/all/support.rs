@@ -34,6 +34,7 @@ pub fn default_policy() -> Policy {
         jitter_mode: JitterMode::Full,
         check_text_content: false,
         max_total_delay_ms: None,
+        safe_classification: false,
     }
 }
 

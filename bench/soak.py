@@ -42,6 +42,8 @@ from cpex.framework.extensions.extensions import Extensions
 from cpex.framework.extensions.request import RequestExtension
 from cpex.framework.hooks.policies import HookPayloadPolicy
 
+from cpex_retry_with_backoff_wasm import RetryEngineLoadError
+
 NAME = "RetryWithBackoffWasmPlugin"
 KIND = "cpex_retry_with_backoff_wasm.RetryWithBackoffPlugin"
 BASE_MS, MAX_MS, MAX_RETRIES = 100, 2_000, 3
@@ -246,8 +248,12 @@ async def main(args: argparse.Namespace) -> int:
                 and time.perf_counter() < deadline - 0.5
                 and not all(t.done() for t in tasks)
             ):
-                plugin.reload()  # hot swap of the same build: live state carried over
-                reloads += 1
+                try:
+                    plugin.reload()  # hot swap of the same build: live state carried over
+                    reloads += 1
+                except RetryEngineLoadError as exc:  # refused: the old instance keeps serving
+                    stats.errors += 1
+                    stats.problem(f"reload refused: {exc}")
         for t in tasks:
             t.result()
         elapsed = time.perf_counter() - started
@@ -340,7 +346,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--exhaust", type=int, default=1_000_000, help="unique failing request ids first (10^6)")
     p.add_argument("--tasks", type=int, default=4, help="concurrent asyncio tasks in the mixed phase")
     p.add_argument("--max-state-entries", type=int, default=100_000, help="the plugin's state bound")
-    p.add_argument("--memory-mib", type=int, default=24, help="guest linear-memory cap (MiB)")
+    p.add_argument(
+        "--memory-mib",
+        type=int,
+        default=64,
+        help="guest linear-memory cap (MiB; a hot reload of 10^5 entries needs ~48)",
+    )
     p.add_argument("--reload-every", type=float, default=30.0, help="hot reload period in seconds (0: never)")
     p.add_argument("--seed", type=int, default=7)
     p.add_argument("--json", help="also write the report as JSON to this file")

@@ -186,6 +186,8 @@ fn to_wit_policy(p: &Policy) -> api::Policy {
         check_text_content: p.check_text_content,
         max_total_delay_ms: p.max_total_delay_ms,
         safe_classification: p.safe_classification,
+        honor_retry_after: p.honor_retry_after,
+        max_retry_after_ms: p.max_retry_after_ms,
     }
 }
 

@@ -19,6 +19,10 @@ pub const SIG_VALIDATION_ERROR: u64 = 1 << 4;
 pub const SIG_INPUT_REQUIRED: u64 = 1 << 5;
 /// `signals` bit 6: an explicit `retryable: false` (safe classification).
 pub const SIG_NOT_RETRYABLE: u64 = 1 << 6;
+/// `signals` bit 7: a server delay hint is in bits 8..31 (ms).
+pub const SIG_RETRY_AFTER: u64 = 1 << 7;
+/// `signals` bits 8..31: the delay hint in ms (24 bits, saturated by the host).
+pub const RETRY_AFTER_SHIFT: u32 = 8;
 
 /// Decision bits 0..39: the delay in ms.
 pub const DELAY_MASK: u64 = (1 << 40) - 1;
@@ -52,6 +56,8 @@ pub fn unpack_hints(bits: u64) -> Hints {
         validation_error: bits & SIG_VALIDATION_ERROR != 0,
         input_required: bits & SIG_INPUT_REQUIRED != 0,
         not_retryable: bits & SIG_NOT_RETRYABLE != 0,
+        retry_after_ms: (bits & SIG_RETRY_AFTER != 0)
+            .then_some(((bits >> RETRY_AFTER_SHIFT) & 0x00ff_ffff) as u32),
     }
 }
 
@@ -129,6 +135,15 @@ mod tests {
         let h = unpack_hints(SIG_INPUT_REQUIRED | SIG_IS_ERROR);
         assert!(h.input_required && !h.validation_error && !h.not_retryable);
         assert!(unpack_hints(SIG_NOT_RETRYABLE).not_retryable);
+        assert_eq!(unpack_hints(5000 << 8).retry_after_ms, None, "no flag");
+        assert_eq!(
+            unpack_hints(SIG_RETRY_AFTER | 5000 << 8 | 503 << 32).retry_after_ms,
+            Some(5000)
+        );
+        assert_eq!(
+            unpack_hints(SIG_RETRY_AFTER | 0xff_ffff << 8).retry_after_ms,
+            Some((1 << 24) - 1)
+        );
     }
 
     #[test]

@@ -10,19 +10,23 @@ import logging
 from typing import Any
 
 import pytest
-from cpex.framework import GlobalContext, ToolPostInvokePayload
+from cpex.framework import GlobalContext, PluginConfig, PluginContext, ToolPostInvokePayload
 from cpex.framework.extensions.extensions import Extensions
 from cpex.framework.extensions.request import RequestExtension
 
+from cpex_retry_with_backoff_wasm import RetryWithBackoffPlugin
 from cpex_retry_with_backoff_wasm.engine import WasmRetryEngine
 from cpex_retry_with_backoff_wasm.model import ConfigurationError, Policy
 from cpex_retry_with_backoff_wasm.signals import (
     REASONS,
+    RETRY_AFTER_SHIFT,
     SIG_INPUT_REQUIRED,
     SIG_NOT_RETRYABLE,
+    SIG_RETRY_AFTER,
     SIG_VALIDATION_ERROR,
     decision_reason,
     read_hints,
+    read_retry_after_ms,
 )
 
 from .conftest import err, ok
@@ -234,3 +238,120 @@ def test_safe_classification_in_the_policy() -> None:
     assert engine.tool_policy("raw").safe_classification is False
     with pytest.raises(ConfigurationError, match="safe_classification: must be a boolean"):
         WasmRetryEngine({"safe_classification": "on"})
+
+
+# --------------------------------------------------------------------------- (e) server delay hints
+#: 1994-11-06T08:49:37Z, the RFC 9110 example date, as the host's wall clock minus 30 s.
+NOW_S = 784_111_777.0 - 30
+
+
+def fixed_wall_clock() -> float:
+    return NOW_S
+
+
+@pytest.mark.parametrize(
+    ("structured", "ms"),
+    [
+        ({}, None),
+        ({"retry_after_ms": 1500, "retry_after": 9}, 1500),
+        ({"retry_after": 2}, 2000),
+        ({"retry_after": 0.25}, 250),
+        ({"retry_after": "3"}, 3000),
+        ({"retry_after": "Sun, 06 Nov 1994 08:49:37 GMT"}, 30_000),  # IMF-fixdate
+        ({"retry_after": "Sunday, 06-Nov-94 08:49:37 GMT"}, 30_000),  # RFC 850
+        ({"retry_after": "Sun Nov  6 08:49:37 1994"}, 30_000),  # asctime
+        ({"retry_after": "Sun, 06 Nov 1994 08:48:37 GMT"}, 0),  # in the past
+        ({"retry_after": "soon"}, None),
+        ({"retry_after": -1}, None),
+        ({"retry_after": True}, None),
+        ({"retry_after": float("nan")}, None),
+        ({"headers": {"Retry-After": "4"}}, 4000),
+        ({"headers": {"RETRY-AFTER-MS": "250", "Retry-After": "4"}}, 250),
+        ({"headers": {"retry-after": "Sun, 06 Nov 1994 08:49:47 GMT"}}, 40_000),
+        ({"headers": {"X-RateLimit-Reset": "7"}}, 7000),
+        ({"headers": {"x-ratelimit-reset": 999_999_999}}, 999_999_999_000),  # below 10^9: a delta
+        ({"headers": [("Retry-After", "4")]}, None),
+    ],
+)
+def test_read_retry_after(structured: dict[str, Any], ms: float | None) -> None:
+    assert read_retry_after_ms(structured, fixed_wall_clock) == ms
+
+
+def test_rate_limit_reset_epoch_seconds() -> None:
+    def clock() -> float:
+        return 1_700_000_000.5
+
+    headers = {"headers": {"X-RateLimit-Reset": "1700000030"}}
+    assert read_retry_after_ms(headers, clock) == 29_500
+    assert read_retry_after_ms({"headers": {"X-RateLimit-Reset": 1_600_000_000}}, clock) == 0
+
+
+def test_retry_after_hint_bits() -> None:
+    bits = read_hints(err(structuredContent={"retry_after": 2}), fixed_wall_clock)
+    assert bits == SIG_RETRY_AFTER | (2000 << RETRY_AFTER_SHIFT)
+    huge = read_hints(err(structuredContent={"retry_after": 10**9}), fixed_wall_clock)
+    assert huge >> RETRY_AFTER_SHIFT == (1 << 24) - 1
+
+
+async def test_retry_after_is_opt_in(manager_factory: Any) -> None:
+    manager = await manager_factory(NO_JITTER)
+    res = await post(manager, "t", "r", err(structuredContent={"status_code": 429, "retry_after": 3}))
+    assert res.retry_delay_ms == 200
+
+
+async def test_retry_after_through_the_manager(manager_factory: Any) -> None:
+    manager = await manager_factory(
+        {
+            **NO_JITTER,
+            "metrics_reason": True,
+            "max_retries": 5,
+            "honor_retry_after": True,
+            "max_retry_after_ms": 10_000,
+            "max_total_delay_ms": 15_000,
+        }
+    )
+
+    def limited(**sc: Any) -> dict[str, Any]:
+        return err(structuredContent={"status_code": 429, **sc})
+
+    seen = [
+        metrics(await post(manager, "t", "r", limited(retry_after=3))),
+        metrics(await post(manager, "t", "r", limited(headers={"Retry-After": "60"}))),
+        metrics(await post(manager, "t", "r", limited(retry_after_ms=2500))),
+    ]
+    assert seen == [
+        {"retry_count": 1, "retry_delay_ms": 3000, "reason": "retry"},
+        {"retry_count": 2, "retry_delay_ms": 10_000, "reason": "retry"},  # clamped
+        {"retry_count": 3, "retry_delay_ms": 0, "reason": "retry-after"},  # 13 s + 2.5 s > 15 s
+    ]
+
+
+async def test_retry_after_http_date_uses_the_hosts_wall_clock() -> None:
+    plugin = RetryWithBackoffPlugin(
+        PluginConfig(
+            name="RetryWithBackoffWasmPlugin",
+            kind="cpex_retry_with_backoff_wasm.RetryWithBackoffPlugin",
+            hooks=["tool_post_invoke"],
+            config={"jitter": False, "honor_retry_after": True},
+        ),
+        wall_clock=fixed_wall_clock,
+    )
+    result = err(
+        structuredContent={"status_code": 503, "headers": {"Retry-After": "Sun, 06 Nov 1994 08:49:37 GMT"}}
+    )
+    payload = ToolPostInvokePayload(name="t", result=result)
+    res = await plugin.tool_post_invoke(payload, PluginContext(global_context=GlobalContext(request_id="r")))
+    assert res.retry_delay_ms == 30_000
+
+
+def test_retry_after_keys_in_the_policy() -> None:
+    engine = WasmRetryEngine(
+        {"honor_retry_after": True, "tool_overrides": {"t": {"max_retry_after_ms": 5000}}}
+    )
+    assert engine.global_policy.honor_retry_after is True
+    assert engine.global_policy.max_retry_after_ms == 60_000
+    assert engine.tool_policy("t").max_retry_after_ms == 5000
+    with pytest.raises(
+        ConfigurationError, match=r"max_retry_after_ms: must be an integer from 1 to 16777215"
+    ):
+        WasmRetryEngine({"max_retry_after_ms": 2**24})

@@ -81,6 +81,16 @@ pub fn delay_ms(
     }
 }
 
+/// The random spread added above a server's delay hint (the hint is a floor):
+/// 0 without jitter, else uniform in `[0, ceiling]` for the attempt, so
+/// clients told the same wait do not all come back at once.
+pub fn spread_ms(attempt: u32, base_ms: u64, max_ms: u64, jitter: Jitter, rng: &mut Rng) -> u64 {
+    match jitter {
+        Jitter::None => 0,
+        _ => rng.u64(0..=ceiling_ms(attempt, base_ms, max_ms)),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

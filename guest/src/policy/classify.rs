@@ -20,8 +20,9 @@
 //! boundary); [`signals_from_json`] does the same for a JSON document, for the
 //! scenario replay.
 
+use alloc::string::String;
 use alloc::vec::Vec;
-use serde_json::Value;
+use serde_json::{Map, Value};
 
 use super::config::Policy;
 
@@ -49,6 +50,9 @@ pub struct Hints {
     pub input_required: bool,
     /// An explicit `retryable: false`.
     pub not_retryable: bool,
+    /// A server delay hint in ms (`Retry-After` and friends, as the host
+    /// read it, relative to now); only consulted under `honor_retry_after`.
+    pub retry_after_ms: Option<u32>,
 }
 
 impl Hints {
@@ -57,6 +61,7 @@ impl Hints {
         validation_error: false,
         input_required: false,
         not_retryable: false,
+        retry_after_ms: None,
     };
 }
 
@@ -218,8 +223,63 @@ pub fn hints_from_json(result: &Value) -> Hints {
         input_required: map.get("resultType").and_then(Value::as_str) == Some("input_required"),
         not_retryable: field("retryable") == Some(&Value::Bool(false))
             || map.get("retryable") == Some(&Value::Bool(false)),
+        retry_after_ms: sc.and_then(retry_after_from_json),
     }
 }
+
+/// The relative delay hints of a structured content given as JSON, in the
+/// host's order of precedence: `retry_after_ms`, `retry_after` (seconds),
+/// then `headers` `retry-after-ms`, `Retry-After` (seconds), and
+/// `X-RateLimit-Reset` (seconds; header names in any case). The replay has no
+/// wall clock, so the absolute forms (HTTP-dates, epoch seconds) the host
+/// converts are not read here.
+fn retry_after_from_json(sc: &Map<String, Value>) -> Option<u32> {
+    let ms = |v: &Value| match v {
+        Value::Number(n) => n.as_u64(),
+        _ => None,
+    };
+    let secs = |v: &Value| {
+        match v {
+            Value::Number(n) => n.as_u64(),
+            Value::String(s) if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) => {
+                s.parse::<u64>().ok()
+            }
+            _ => None,
+        }
+        .map(|s| s.saturating_mul(1000))
+    };
+    let header = |name: &str| {
+        sc.get("headers")
+            .and_then(Value::as_object)
+            .and_then(|h| h.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)))
+            .map(|(_, v)| v)
+    };
+    let header_ms = |v: &Value| match v {
+        Value::String(s) => s.parse::<u64>().ok(),
+        other => ms(other),
+    };
+    sc.get("retry_after_ms")
+        .and_then(ms)
+        .or_else(|| sc.get("retry_after").and_then(secs))
+        .or_else(|| header("retry-after-ms").and_then(header_ms))
+        .or_else(|| header("retry-after").and_then(secs))
+        .or_else(|| {
+            header("x-ratelimit-reset")
+                .and_then(secs)
+                .filter(|&ms| ms < EPOCH_MS_FROM)
+        })
+        .map(|ms| {
+            u32::try_from(ms)
+                .unwrap_or(u32::MAX)
+                .min(RETRY_AFTER_MS_MAX)
+        })
+}
+
+/// `X-RateLimit-Reset` values from this many ms on are epoch seconds, not a
+/// delta (10^9 s is September 2001).
+const EPOCH_MS_FROM: u64 = 1_000_000_000_000;
+/// The largest hint the wire carries (24 bits of ms, ~4.66 h).
+pub const RETRY_AFTER_MS_MAX: u32 = (1 << 24) - 1;
 
 #[cfg(test)]
 mod tests {
@@ -346,6 +406,43 @@ mod tests {
         assert!(h(serde_json::json!({"structuredContent": {"retryable": false}})).not_retryable);
         assert!(h(serde_json::json!({"retryable": false})).not_retryable);
         assert!(!h(serde_json::json!({"retryable": 0})).not_retryable);
+    }
+
+    #[test]
+    fn test_classify_retry_after_from_json() {
+        let h = |sc: serde_json::Value| {
+            hints_from_json(&serde_json::json!({"isError": true, "structuredContent": sc}))
+                .retry_after_ms
+        };
+        assert_eq!(h(serde_json::json!({})), None);
+        assert_eq!(
+            h(serde_json::json!({"retry_after_ms": 1500, "retry_after": 9})),
+            Some(1500)
+        );
+        assert_eq!(h(serde_json::json!({"retry_after": 2})), Some(2000));
+        assert_eq!(h(serde_json::json!({"retry_after": "3"})), Some(3000));
+        assert_eq!(h(serde_json::json!({"retry_after": "-3"})), None);
+        assert_eq!(
+            h(serde_json::json!({"headers": {"Retry-After": "4"}})),
+            Some(4000)
+        );
+        assert_eq!(
+            h(serde_json::json!({"headers": {"RETRY-AFTER-MS": "250"}})),
+            Some(250)
+        );
+        assert_eq!(
+            h(serde_json::json!({"headers": {"x-ratelimit-reset": 7}})),
+            Some(7000)
+        );
+        assert_eq!(
+            h(serde_json::json!({"headers": {"X-RateLimit-Reset": 1_700_000_000}})),
+            None,
+            "epoch seconds need a wall clock"
+        );
+        assert_eq!(
+            h(serde_json::json!({"retry_after": 1_000_000})),
+            Some(RETRY_AFTER_MS_MAX)
+        );
     }
 
     #[test]

@@ -28,6 +28,10 @@ pub const DEFAULT_MAX_STATE_ENTRIES: u32 = 100_000;
 /// Largest `max_total_delay_ms` accepted (~49.7 days): a key's summed delays
 /// are kept in 32 bits.
 pub const MAX_TOTAL_DELAY_LIMIT: u64 = u32::MAX as u64;
+/// Default clamp of a server delay hint (ms).
+pub const DEFAULT_MAX_RETRY_AFTER_MS: u64 = 60_000;
+/// Largest `max_retry_after_ms`: the wire carries hints in 24 bits of ms.
+pub const MAX_RETRY_AFTER_LIMIT: u64 = (1 << 24) - 1;
 /// Largest `max_state_entries` accepted. The state index is allocated for the
 /// bound up front (4 bytes per entry, rounded up to a power of two), and each
 /// live entry takes ~100 bytes plus its key, so a million entries already needs
@@ -62,6 +66,10 @@ pub struct Policy {
     /// "input_required"` is not a failure; input-validation errors and
     /// `retryable: false` are non-retryable. Off by default (parity).
     pub safe_classification: bool,
+    /// Opt-in: a server delay hint (signal bits 7..31) is the retry's floor.
+    pub honor_retry_after: bool,
+    /// Clamp of a server delay hint (ms).
+    pub max_retry_after_ms: u64,
 }
 
 impl Default for Policy {
@@ -76,6 +84,8 @@ impl Default for Policy {
             check_text_content: false,
             max_total_delay_ms: None,
             safe_classification: false,
+            honor_retry_after: false,
+            max_retry_after_ms: DEFAULT_MAX_RETRY_AFTER_MS,
         }
     }
 }
@@ -332,6 +342,8 @@ struct PolicyFields<'a> {
     /// `Some(None)`: explicitly no deadline (`null`).
     max_total_delay_ms: Option<Option<u64>>,
     safe_classification: Option<bool>,
+    honor_retry_after: Option<bool>,
+    max_retry_after_ms: Option<u64>,
 }
 
 impl<'a> PolicyFields<'a> {
@@ -404,6 +416,19 @@ impl<'a> PolicyFields<'a> {
                 .and_then(|v| parse_jitter(v, &path("jitter"), errors)),
             check_text_content: boolean("check_text_content", errors),
             safe_classification: boolean("safe_classification", errors),
+            honor_retry_after: boolean("honor_retry_after", errors),
+            max_retry_after_ms: map
+                .get("max_retry_after_ms")
+                .and_then(|v| match v.as_u64() {
+                    Some(n) if n > 0 && n <= MAX_RETRY_AFTER_LIMIT => Some(n),
+                    _ => {
+                        errors.push(
+                            &path("max_retry_after_ms"),
+                            must_be("an integer from 1 to 16777215 (ms)", v),
+                        );
+                        None
+                    }
+                }),
         }
     }
 
@@ -421,6 +446,8 @@ impl<'a> PolicyFields<'a> {
             check_text_content: self.check_text_content.unwrap_or(base.check_text_content),
             max_total_delay_ms: self.max_total_delay_ms.unwrap_or(base.max_total_delay_ms),
             safe_classification: self.safe_classification.unwrap_or(base.safe_classification),
+            honor_retry_after: self.honor_retry_after.unwrap_or(base.honor_retry_after),
+            max_retry_after_ms: self.max_retry_after_ms.unwrap_or(base.max_retry_after_ms),
         }
     }
 
@@ -756,6 +783,25 @@ mod tests {
         assert_eq!(
             errors(r#"{"tool_overrides": {"t": {"safe_classification": "yes"}}}"#),
             vec!["tool_overrides.t.safe_classification: must be a boolean, got \"yes\""]
+        );
+    }
+
+    #[test]
+    fn test_config_retry_after_keys() {
+        let c = Config::from_json(
+            r#"{"honor_retry_after": true, "tool_overrides": {"t": {"max_retry_after_ms": 16777215}}}"#,
+        )
+        .unwrap();
+        assert!(c.policy_for("t").honor_retry_after);
+        assert_eq!(c.policy_for("t").max_retry_after_ms, 16_777_215);
+        assert_eq!(c.global().max_retry_after_ms, 60_000);
+        assert!(!Config::default().global().honor_retry_after);
+        assert_eq!(
+            errors(r#"{"max_retry_after_ms": 16777216, "honor_retry_after": 1}"#),
+            vec![
+                "honor_retry_after: must be a boolean, got 1",
+                "max_retry_after_ms: must be an integer from 1 to 16777215 (ms), got 16777216",
+            ]
         );
     }
 

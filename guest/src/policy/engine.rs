@@ -161,17 +161,39 @@ impl Engine {
             policy.jitter_kind(),
             policy.max_total_delay_ms,
         );
+        // A server delay hint, clamped, when this tool honours them.
+        let floor = hints
+            .retry_after_ms
+            .filter(|_| policy.honor_retry_after)
+            .map(|ms| u64::from(ms).min(policy.max_retry_after_ms));
         let entry = self.state.record_failure(tool, request_id, now_ms, ttl);
         let failures = entry.failures;
         if failures <= max_retries {
-            let delay_ms = backoff::delay_ms(
-                failures - 1,
-                base,
-                max,
-                jitter,
-                u64::from(entry.last_delay_ms),
-                &mut self.rng,
-            );
+            let delay_ms = match floor {
+                None => backoff::delay_ms(
+                    failures - 1,
+                    base,
+                    max,
+                    jitter,
+                    u64::from(entry.last_delay_ms),
+                    &mut self.rng,
+                ),
+                Some(floor) => {
+                    let before = u64::from(entry.total_delay_ms);
+                    if deadline.is_some_and(|limit| before.saturating_add(floor) > limit) {
+                        // The server asks for a wait that ends past the deadline.
+                        self.state.remove(tool, request_id);
+                        return Outcome::Decided(Decision {
+                            delay_ms: 0,
+                            failures,
+                            reason: Reason::RetryAfter,
+                        });
+                    }
+                    // The hint is a floor; the jitter spreads clients above it.
+                    let spread = backoff::spread_ms(failures - 1, base, max, jitter, &mut self.rng);
+                    floor.saturating_add(spread).max(1)
+                }
+            };
             let total = u64::from(entry.total_delay_ms).saturating_add(delay_ms);
             if deadline.is_some_and(|limit| total > limit) {
                 // This retry would end past the key's deadline: give up now,
@@ -234,6 +256,7 @@ impl Engine {
 mod tests {
     use super::*;
     use crate::policy::test_support::{engine, FAIL, NO_TEXT, OK};
+    use crate::policy::Hints;
 
     fn delays(
         e: &mut Engine,
@@ -374,6 +397,44 @@ mod tests {
         e.decide("t", "r", OK, NO_TEXT, 0);
         assert_eq!(delays(&mut e, "t", "r", 1, 0), vec![(200, 1, Retry)]);
         assert_eq!(delays(&mut e, "x", "r", 1, 0), vec![(0, 1, Deadline)]);
+    }
+
+    #[test]
+    fn test_engine_retry_after_is_a_floor_clamped_and_opt_in() {
+        let hint = |ms| Hints {
+            retry_after_ms: Some(ms),
+            ..Hints::NONE
+        };
+        let decide = |e: &mut Engine, rid: &str, h: Hints| match e
+            .decide_with("t", rid, FAIL, h, NO_TEXT, 0)
+        {
+            Outcome::Decided(d) => (d.delay_ms, d.failures, d.reason),
+            Outcome::NeedText => panic!("need text"),
+        };
+        use Reason::*;
+        let mut off = engine(r#"{"jitter": false}"#);
+        assert_eq!(decide(&mut off, "r", hint(3000)), (200, 1, Retry));
+        let mut on = engine(
+            r#"{"jitter": false, "honor_retry_after": true, "max_retry_after_ms": 10000,
+                "max_retries": 5, "max_total_delay_ms": 20000}"#,
+        );
+        assert_eq!(decide(&mut on, "r", hint(3000)), (3000, 1, Retry));
+        assert_eq!(
+            decide(&mut on, "r", hint(60_000)),
+            (10_000, 2, Retry),
+            "clamped"
+        );
+        assert_eq!(decide(&mut on, "r", hint(0)), (1, 3, Retry), "never 0");
+        // 13 001 ms so far: a 10 s floor would end past 20 s.
+        assert_eq!(decide(&mut on, "r", hint(9000)), (0, 4, RetryAfter));
+        assert_eq!(on.state_count(), 0);
+        assert_eq!(decide(&mut on, "q", Hints::NONE), (200, 1, Retry));
+        // With jitter the spread goes above the floor: [floor, floor + ceiling].
+        let mut jit = engine(r#"{"honor_retry_after": true}"#);
+        for i in 0..200 {
+            let (d, _, _) = decide(&mut jit, &i.to_string(), hint(1000));
+            assert!((1000..=1200).contains(&d), "{d}");
+        }
     }
 
     #[test]

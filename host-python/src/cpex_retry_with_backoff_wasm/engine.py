@@ -17,6 +17,7 @@ import json
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable, Mapping
 from importlib import resources
 from pathlib import Path
@@ -135,6 +136,9 @@ class WasmRetryEngine:
         max_retries_ceiling: the gateway's retry ceiling; budgets above it are clamped.
         clock: monotonic nanoseconds; replaces ``wasi:clocks/monotonic-clock`` (tests).
         seed: replaces ``wasi:random/insecure-seed`` with this fixed pair (tests).
+        wall_clock: epoch seconds (default ``time.time``), used only to turn a server's
+            absolute delay hint (an HTTP-date, ``X-RateLimit-Reset`` epoch seconds) into ms
+            from now; the component itself imports no wall clock.
 
     Raises:
         ConfigurationError: (a ``ValueError``) the engine or a host key rejected the config;
@@ -149,8 +153,10 @@ class WasmRetryEngine:
         max_retries_ceiling: _ceiling.Ceiling | None = None,
         clock: Clock | None = None,
         seed: Seed | None = None,
+        wall_clock: Callable[[], float] | None = None,
     ) -> None:
         raw: dict[str, Any] = dict(config or {})
+        self._wall_clock: Callable[[], float] = wall_clock or time.time
         # Host keys are checked first; their problems are reported together with the engine's.
         self._host_errors: list[ConfigError] = []
         self._fuel = _positive_int(raw, KEY_FUEL, DEFAULT_FUEL, self._host_errors)
@@ -478,7 +484,7 @@ class WasmRetryEngine:
         signals = read_signals(result)
         if signals:
             # Facts for safe classification; only a result with a failure signal can need them.
-            signals |= read_hints(result)
+            signals |= read_hints(result, self._wall_clock)
         elif self._idle or (self._text_free and self._held_complete and (tool, request_id) not in self._held):
             # A result with no failure signal, and the engine said no policy checks text: it is
             # a success, and for a key that holds no retry state it would change nothing (WIT
@@ -507,7 +513,7 @@ class WasmRetryEngine:
             decision = self._call_decide(tool, request_id, signals, None)
         if decision & NEED_TEXT:
             # Text content may make it a failure: the hints can matter now.
-            signals |= read_hints(result)
+            signals |= read_hints(result, self._wall_clock)
             decision = self._call_decide(tool, request_id, signals, collect_texts(result))
         return decision
 

@@ -37,6 +37,10 @@ class Policy:
     max_total_delay_ms: int | None = None
     #: WIT ``safe-classification``.
     safe_classification: bool = False
+    #: WIT ``honor-retry-after``.
+    honor_retry_after: bool = False
+    #: WIT ``max-retry-after-ms``.
+    max_retry_after_ms: int = 60_000
 
     def __post_init__(self) -> None:
         if not self.jitter_mode:
@@ -55,6 +59,8 @@ class Policy:
             jitter_mode=str(getattr(record, "jitter-mode", "")),
             max_total_delay_ms=_optional_int(getattr(record, "max-total-delay-ms", None)),
             safe_classification=bool(getattr(record, "safe-classification", False)),
+            honor_retry_after=bool(getattr(record, "honor-retry-after", False)),
+            max_retry_after_ms=int(getattr(record, "max-retry-after-ms", 60_000)),
         )
 
     def metadata(self) -> dict[str, Any]:

@@ -8,6 +8,7 @@ The class stays thin; every decision is made by the Wasm engine behind ``WasmRet
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from cpex.framework import (  # type: ignore[import-untyped, unused-ignore]
@@ -47,16 +48,25 @@ class RetryWithBackoffPlugin(Plugin):  # type: ignore[misc, unused-ignore]  # cp
     """Retry-with-backoff policy for tool results, decided by a sandboxed Wasm engine.
 
     ``clock`` (monotonic nanoseconds) and ``seed`` replace the component's WASI clock and
-    seed; they exist for deterministic tests and are never set by the plugin manager.
+    seed, ``wall_clock`` (epoch seconds) the host's clock for absolute delay hints; they exist
+    for deterministic tests and are never set by the plugin manager.
     """
 
-    def __init__(self, config: PluginConfig, *, clock: Clock | None = None, seed: Seed | None = None) -> None:
+    def __init__(
+        self,
+        config: PluginConfig,
+        *,
+        clock: Clock | None = None,
+        seed: Seed | None = None,
+        wall_clock: Callable[[], float] | None = None,
+    ) -> None:
         super().__init__(config)
         self._engine = WasmRetryEngine(
             dict(config.config or {}),
             max_retries_ceiling=read_ceiling(),
             clock=clock,
             seed=seed,
+            wall_clock=wall_clock,
         )
         self._policy_metadata = self._engine.global_policy.metadata()
         self._metrics_reason = self._engine.metrics_reason

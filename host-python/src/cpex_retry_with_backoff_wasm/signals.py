@@ -13,7 +13,12 @@ exception raised by a broken mapping propagates, as it does in the native plugin
 
 from __future__ import annotations
 
+import math
 import operator
+import time
+from collections.abc import Callable, Mapping
+from datetime import UTC
+from email.utils import parsedate_to_datetime
 from typing import Any, Final
 
 # --- signals (host -> engine) -------------------------------------------------------------
@@ -33,6 +38,13 @@ SIG_VALIDATION_ERROR: Final = 1 << 4
 SIG_INPUT_REQUIRED: Final = 1 << 5
 #: bit 6: an explicit ``retryable: False``.
 SIG_NOT_RETRYABLE: Final = 1 << 6
+#: bit 7: a server delay hint (``honor_retry_after``) is in bits 8..31, in ms from now.
+SIG_RETRY_AFTER: Final = 1 << 7
+RETRY_AFTER_SHIFT: Final = 8
+#: The largest hint the wire carries (24 bits of ms, ~4.66 h); larger ones saturate.
+RETRY_AFTER_MS_MAX: Final = (1 << 24) - 1
+#: ``X-RateLimit-Reset`` values from here on are epoch seconds, not a delta (September 2001).
+EPOCH_SECONDS_FROM: Final = 1_000_000_000
 STATUS_SHIFT: Final = 32
 #: JSON-RPC "Invalid params": MCP's code for tool input-validation errors.
 JSONRPC_INVALID_PARAMS: Final = -32602
@@ -164,12 +176,92 @@ def _is_str(value: Any, text: str) -> bool:
     return isinstance(value, str) and str.__eq__(value, text)
 
 
-def read_hints(result: Any) -> int:
-    """The safe-classification bits (4..6) of ``result``; never raises.
+WallClock = Callable[[], float]
+
+
+def _number(value: Any) -> float | None:
+    """A finite, non-negative int or float (not a bool), else None."""
+    if type(value) is bool or not isinstance(value, int | float):
+        return None
+    number = float(value)
+    return number if math.isfinite(number) and number >= 0 else None
+
+
+def _seconds_or_date_ms(value: Any, wall_clock: WallClock) -> float | None:
+    """``Retry-After``: delay-seconds (a number or digit string) or an RFC 9110 HTTP-date."""
+    number = _number(value)
+    if number is not None:
+        return number * 1000
+    if not isinstance(value, str):
+        return None
+    text = value.strip()
+    if text.isascii() and text.isdigit():
+        return int(text) * 1000.0
+    try:
+        when = parsedate_to_datetime(text)  # IMF-fixdate, RFC 850 and asctime
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
+    if when.tzinfo is None:  # asctime carries no zone: it is GMT
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, (when.timestamp() - wall_clock()) * 1000)
+
+
+def _rate_limit_reset_ms(value: Any, wall_clock: WallClock) -> float | None:
+    """``X-RateLimit-Reset``: delta seconds, or epoch seconds from ``EPOCH_SECONDS_FROM`` on."""
+    number = _number(value)
+    if number is None and isinstance(value, str) and value.strip().isascii() and value.strip().isdigit():
+        number = float(value.strip())
+    if number is None:
+        return None
+    if number >= EPOCH_SECONDS_FROM:
+        return max(0.0, (number - wall_clock()) * 1000)
+    return number * 1000
+
+
+def _header(headers: Any, name: str) -> Any:
+    """``headers[name]`` with the name in any case (HTTP header names are case-insensitive)."""
+    if not isinstance(headers, Mapping):
+        return _MISSING
+    for key, value in headers.items():
+        if isinstance(key, str) and key.lower() == name:
+            return value
+    return _MISSING
+
+
+def read_retry_after_ms(structured: Any, wall_clock: WallClock = time.time) -> float | None:
+    """The server's delay hint in ms from now, or None (the first readable one, in order).
+
+    ``retry_after_ms``, ``retry_after`` (delay-seconds or HTTP-date), then in ``headers``:
+    ``retry-after-ms``, ``Retry-After``, ``X-RateLimit-Reset``.  Absolute times are converted
+    with ``wall_clock`` (epoch seconds); a time in the past is 0.
+    """
+    ms = _number(_get(structured, "retry_after_ms"))
+    if ms is not None:
+        return ms
+    ms = _seconds_or_date_ms(_get(structured, "retry_after"), wall_clock)
+    if ms is not None:
+        return ms
+    headers = _get(structured, "headers")
+    if headers is _MISSING:
+        return None
+    raw = _header(headers, "retry-after-ms")
+    ms = _number(raw)
+    if ms is None and isinstance(raw, str) and raw.strip().isascii() and raw.strip().isdigit():
+        ms = float(raw.strip())
+    if ms is not None:
+        return ms
+    ms = _seconds_or_date_ms(_header(headers, "retry-after"), wall_clock)
+    if ms is not None:
+        return ms
+    return _rate_limit_reset_ms(_header(headers, "x-ratelimit-reset"), wall_clock)
+
+
+def read_hints(result: Any, wall_clock: WallClock = time.time) -> int:
+    """The safe-classification and delay-hint bits (4..31) of ``result``; never raises.
 
     Only facts, read after the native plugin's keys (so a mapping that raises on access fails
     there first, as in the native plugin); any exception here reads as "no hint".  Whether
-    they count is the engine's decision (``safe_classification``).
+    they count is the engine's decision (``safe_classification``, ``honor_retry_after``).
     """
     try:
         bits = 0
@@ -190,6 +282,10 @@ def read_hints(result: Any) -> int:
             or _is_str(_get(structured, "error_type"), "validation_error")
         ):
             bits |= SIG_VALIDATION_ERROR
+        hint = read_retry_after_ms(structured, wall_clock)
+        if hint is not None:
+            ms = min(math.ceil(hint), RETRY_AFTER_MS_MAX)
+            bits |= SIG_RETRY_AFTER | (ms << RETRY_AFTER_SHIFT)
         return bits
     except Exception:
         return 0

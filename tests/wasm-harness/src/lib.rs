@@ -275,6 +275,10 @@ pub mod hint {
     pub const INPUT_REQUIRED: u64 = 1 << 5;
     /// bit 6: `retryable: false`.
     pub const NOT_RETRYABLE: u64 = 1 << 6;
+    /// bit 7 + bits 8..31: a server delay hint of `ms` milliseconds.
+    pub const fn retry_after(ms: u32) -> u64 {
+        1 << 7 | (ms as u64 & 0xff_ffff) << 8
+    }
 }
 
 impl Signals {

@@ -46,6 +46,8 @@ fn test_config_all_keys_are_read() -> Result<()> {
         check_text_content: true,
         max_total_delay_ms: None,
         safe_classification: false,
+        honor_retry_after: false,
+        max_retry_after_ms: 60_000,
     };
     ensure!(h.global_policy()? == expected, "{:?}", h.global_policy()?);
     Ok(())
@@ -418,6 +420,8 @@ fn test_config_tool_policy_merges_overrides() -> Result<()> {
         check_text_content: false,
         max_total_delay_ms: None,
         safe_classification: false,
+        honor_retry_after: false,
+        max_retry_after_ms: 60_000,
     };
     ensure!(h.global_policy()? == global);
     ensure!(h.tool_policy("unlisted")? == global);
@@ -451,6 +455,8 @@ fn test_config_tool_policy_merges_overrides() -> Result<()> {
                 check_text_content: true,
                 max_total_delay_ms: None,
                 safe_classification: false,
+                honor_retry_after: false,
+                max_retry_after_ms: 60_000,
             }
     );
     // Tool names match exactly: no prefix, case or trimming games.

@@ -17,6 +17,7 @@ mod decide;
 mod imports;
 mod jitter;
 mod jitter_modes;
+mod retry_after;
 mod robustness;
 mod safe;
 mod simulate;

@@ -35,6 +35,8 @@ pub fn default_policy() -> Policy {
         check_text_content: false,
         max_total_delay_ms: None,
         safe_classification: false,
+        honor_retry_after: false,
+        max_retry_after_ms: 60_000,
     }
 }
 

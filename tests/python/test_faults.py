@@ -196,13 +196,6 @@ def wrong_world(funcs: tuple[str, ...], *, version: str = "0.1.0") -> str:
         pytest.param(
             wrong_world(EXPORTED_FUNCS),
             r"wrong-world\.wasm.*decide is .*not \(string, u32, u64\) -> u64",
-            marks=pytest.mark.xfail(
-                strict=True,
-                raises=TypeError,
-                reason="bug: WasmRetryEngine._instantiate builds LeanDecide outside its try block, so a "
-                "`decide` of another type escapes as a bare TypeError without the path, not as "
-                "RetryEngineLoadError (the manager still skips the plugin: see the next test)",
-            ),
         ),
         (wrong_world(tuple(f for f in EXPORTED_FUNCS if f != "decide")), r"has no function 'decide'"),
         (wrong_world(EXPORTED_FUNCS, version="0.2.0"), r"not for this host's contract.*retry-engine@0\.2\.0"),

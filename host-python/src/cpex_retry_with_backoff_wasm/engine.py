@@ -27,7 +27,7 @@ from wasmtime import Store, WasiConfig
 from wasmtime.component import Func, Linker
 
 from . import ceiling as _ceiling
-from .fastcall import LeanDecide
+from .fastcall import KEY_FUEL_PER_BYTE, LeanDecide
 from .loader import (
     CLOCK_INTERFACE_PREFIX,
     SEED_INTERFACE_PREFIX,
@@ -59,6 +59,11 @@ DEFAULT_FUEL: Final = 10_000_000
 #: ``configure`` parses and validates the whole config: it gets this much more fuel per byte
 #: of config JSON on top of the per-call budget (measured: ~230 per byte on large configs).
 CONFIGURE_FUEL_PER_BYTE: Final = 1_000
+#: Fuel a call may spend per byte of text on top of ``wasm_fuel`` (and per byte of key:
+#: ``fastcall.KEY_FUEL_PER_BYTE``), so that a large input is bounded by its size rather than
+#: failing at a fixed budget: parsing text as JSON costs 70-700 per byte (measured; deep
+#: nesting is the dear end), hashing and copying a key ~16.
+TEXT_FUEL_PER_BYTE: Final = 1_000
 #: Cold calls (policies, state count, ``evict-expired``'s full sweep of up to 10^6 entries)
 #: may do work proportional to the state table; they get this many times the per-call fuel.
 COLD_FUEL_FACTOR: Final = 100
@@ -391,6 +396,8 @@ class WasmRetryEngine:
                 if func is None:  # pragma: no cover - checked when the component was loaded
                     raise RetryEngineLoadError(f"{MESSAGE_PREFIX}: export {name!r} is not a function")
                 funcs[name] = func
+            # Inside the try: a `decide` of another signature is a load error naming the path.
+            lean = LeanDecide.build(funcs["decide"], store, self._fuel)
         except RetryEngineLoadError:
             raise
         except Exception as exc:
@@ -399,7 +406,7 @@ class WasmRetryEngine:
             ) from exc
         self._store = store
         self._funcs = funcs
-        self._lean = LeanDecide.build(funcs["decide"], store, self._fuel)
+        self._lean = lean
         self._idle = False
         self._text_free = False
         self._broken = False
@@ -494,14 +501,18 @@ class WasmRetryEngine:
         with self._lock:
             lean = self._lean
             if lean is not None:
+                tool_len = len(tool)
                 try:
                     key = (tool + request_id).encode()
                 except UnicodeEncodeError:
-                    # Lone surrogates cannot cross as UTF-8: a deterministic stand-in.
-                    tool, request_id = _utf8_safe(tool), _utf8_safe(request_id)
-                    key = (tool + request_id).encode()
+                    # Lone surrogates cannot cross as UTF-8: a deterministic stand-in for the
+                    # engine.  The host's own bookkeeping (`_note`) keeps the original key,
+                    # which is what the success shortcut looks up.
+                    safe_tool = _utf8_safe(tool)
+                    tool_len = len(safe_tool)
+                    key = (safe_tool + _utf8_safe(request_id)).encode()
                 try:
-                    decision: int = lean(key, len(tool), signals)
+                    decision: int = lean(key, tool_len, signals)
                 except Exception as exc:
                     self._idle = False
                     self._fault("decide", exc)
@@ -517,6 +528,15 @@ class WasmRetryEngine:
             decision = self._call_decide(tool, request_id, signals, collect_texts(result))
         return decision
 
+    def _call_fuel(self, tool: str, request_id: str, texts: list[str] | None) -> int:
+        """Fuel for one generic call: the base budget plus a bound on the work its input can
+        legitimately need (hashing the key, parsing each text as JSON).  Characters count as
+        their worst-case four UTF-8 bytes, so nothing is encoded just to size the budget."""
+        fuel = self._fuel + KEY_FUEL_PER_BYTE * 4 * (len(tool) + len(request_id))
+        if texts:
+            fuel += TEXT_FUEL_PER_BYTE * 4 * sum(len(t) for t in texts)
+        return fuel
+
     def _call_decide(self, tool: str, request_id: str, signals: int, texts: list[str] | None) -> int:
         """The generic call path: ``decide-text``, and ``decide`` without a lean caller."""
         with self._lock:
@@ -524,7 +544,7 @@ class WasmRetryEngine:
                 return 0
             store = self._store
             assert store is not None
-            store.set_fuel(self._fuel)
+            store.set_fuel(self._call_fuel(tool, request_id, texts))
             try:
                 try:
                     if texts is None:
@@ -538,7 +558,7 @@ class WasmRetryEngine:
                     # guest runs).  The key parts get a deterministic stand-in; texts that
                     # cannot be encoded are skipped, as the native plugin skips them.
                     tool, request_id = _utf8_safe(tool), _utf8_safe(request_id)
-                    store.set_fuel(self._fuel)
+                    store.set_fuel(self._call_fuel(tool, request_id, texts))
                     if texts is None:
                         decision = self._funcs["decide"](store, tool + request_id, len(tool), signals)
                     else:

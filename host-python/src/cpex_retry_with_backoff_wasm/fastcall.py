@@ -58,6 +58,8 @@ except (ImportError, AttributeError) as exc:  # pragma: no cover - other wasmtim
     _AVAILABLE = False
 
 _INITIAL_KEY_CAPACITY = 256
+#: Fuel per byte of key on top of the base budget: hashing and copying a key costs ~16.
+KEY_FUEL_PER_BYTE = 128
 
 
 class LeanDecide:
@@ -142,10 +144,12 @@ class LeanDecide:
     def __call__(self, key: bytes, tool_len: int, signals: int) -> int:
         """Call ``decide`` with the UTF-8 ``key``; raise ``WasmtimeError`` on a trap."""
         ctx = self._ctx
-        err = _set_fuel(ctx, self._fuel)
+        size = len(key)
+        # The budget grows with the key (hashing and copying it), so a long key is bounded by
+        # its size instead of failing at a fixed budget.
+        err = _set_fuel(ctx, self._fuel + KEY_FUEL_PER_BYTE * size)
         if err:
             raise WasmtimeError._from_ptr(ctypes.cast(err, _ERROR_PTR))
-        size = len(key)
         if size > self._capacity:
             self._grow(size)
         ctypes.memmove(self._buffer, key, size)

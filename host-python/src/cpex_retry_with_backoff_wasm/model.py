@@ -41,6 +41,10 @@ class Policy:
     honor_retry_after: bool = False
     #: WIT ``max-retry-after-ms``.
     max_retry_after_ms: int = 60_000
+    #: WIT ``retry-budget-percent``: share of a token a success deposits, or None (no budget).
+    retry_budget_percent: int | None = None
+    #: WIT ``retry-budget-min-per-sec``.
+    retry_budget_min_per_sec: int = 1
 
     def __post_init__(self) -> None:
         if not self.jitter_mode:
@@ -61,6 +65,8 @@ class Policy:
             safe_classification=bool(getattr(record, "safe-classification", False)),
             honor_retry_after=bool(getattr(record, "honor-retry-after", False)),
             max_retry_after_ms=int(getattr(record, "max-retry-after-ms", 60_000)),
+            retry_budget_percent=_optional_int(getattr(record, "retry-budget-percent", None)),
+            retry_budget_min_per_sec=int(getattr(record, "retry-budget-min-per-sec", 1)),
         )
 
     def metadata(self) -> dict[str, Any]:

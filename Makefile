@@ -140,6 +140,7 @@ bench: wasm ## Benchmarks: hook cost vs native, cold start, guest memory, engine
 	$(PY) bench/bench_startup.py
 	cargo run -q --profile bench-host -p retry-engine-wasm-harness --example memory
 	cargo run -q --profile bench-host -p retry-engine-wasm-harness --example throughput
+	cargo run -q --profile bench-host -p retry-engine-wasm-harness --example budget
 	$(MAKE) --no-print-directory size
 
 size: wasm ## Print the size of the release .wasm.

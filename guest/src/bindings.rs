@@ -122,7 +122,7 @@ fn decide(key: &str, tool_len: u32, signals: u64, texts: Option<&[String]>) -> u
         |e| match e.decide_with(tool, request_id, signals, hints, texts, now) {
             Outcome::Decided(d) => {
                 let mut bits = wire::pack_decision(&d);
-                if !e.config().any_text_check() {
+                if e.is_text_free() {
                     bits |= wire::TEXT_FREE;
                     if e.state_count() == 0 {
                         bits |= wire::IDLE;
@@ -188,6 +188,8 @@ fn to_wit_policy(p: &Policy) -> api::Policy {
         safe_classification: p.safe_classification,
         honor_retry_after: p.honor_retry_after,
         max_retry_after_ms: p.max_retry_after_ms,
+        retry_budget_percent: p.retry_budget_percent,
+        retry_budget_min_per_sec: p.retry_budget_min_per_sec,
     }
 }
 

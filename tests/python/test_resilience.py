@@ -355,3 +355,37 @@ def test_retry_after_keys_in_the_policy() -> None:
         ConfigurationError, match=r"max_retry_after_ms: must be an integer from 1 to 16777215"
     ):
         WasmRetryEngine({"max_retry_after_ms": 2**24})
+
+
+# --------------------------------------------------------------------------- (f) retry budget
+async def test_retry_budget_through_the_manager(manager_factory: Any) -> None:
+    manager = await manager_factory(
+        {
+            **NO_JITTER,
+            "max_retries": 1,
+            "metrics_reason": True,
+            "tool_overrides": {"b": {"retry_budget_percent": 50}},
+        }
+    )
+    reasons = [metrics(await post(manager, "b", f"r{k}", err()))["reason"] for k in range(11)]
+    assert reasons == ["retry"] * 10 + ["budget"]
+    # Successes pass through the engine (they refill the bucket): two buy one retry.
+    for k in range(2):
+        assert (await post(manager, "b", f"ok{k}", ok())).retry_delay_ms == 0
+    assert metrics(await post(manager, "b", "again", err()))["reason"] == "retry"
+    assert metrics(await post(manager, "b", "more", err()))["reason"] == "budget"
+    # Tools without a budget are unaffected.
+    assert metrics(await post(manager, "free", "r", err()))["reason"] == "retry"
+
+
+def test_retry_budget_in_the_policy() -> None:
+    engine = WasmRetryEngine(
+        {"retry_budget_percent": 34, "tool_overrides": {"t": {"retry_budget_percent": None}}}
+    )
+    assert engine.global_policy.retry_budget_percent == 34
+    assert engine.global_policy.retry_budget_min_per_sec == 1
+    assert engine.tool_policy("t").retry_budget_percent is None
+    with pytest.raises(
+        ConfigurationError, match=r"retry_budget_percent: must be null or an integer from 1 to 1000"
+    ):
+        WasmRetryEngine({"retry_budget_percent": 0})

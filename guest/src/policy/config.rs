@@ -17,6 +17,7 @@ use core::fmt;
 use serde_json::{Map, Value};
 
 use super::backoff::Jitter;
+use super::budget::RetryBudget;
 
 /// Largest `max_retries` accepted (as in the native plugin).
 pub const MAX_RETRIES_LIMIT: u32 = 10;
@@ -28,6 +29,8 @@ pub const DEFAULT_MAX_STATE_ENTRIES: u32 = 100_000;
 /// Largest `max_total_delay_ms` accepted (~49.7 days): a key's summed delays
 /// are kept in 32 bits.
 pub const MAX_TOTAL_DELAY_LIMIT: u64 = u32::MAX as u64;
+/// Default floor of a retry budget (tokens per second).
+pub const DEFAULT_RETRY_BUDGET_MIN_PER_SEC: u32 = 1;
 /// Default clamp of a server delay hint (ms).
 pub const DEFAULT_MAX_RETRY_AFTER_MS: u64 = 60_000;
 /// Largest `max_retry_after_ms`: the wire carries hints in 24 bits of ms.
@@ -70,6 +73,11 @@ pub struct Policy {
     pub honor_retry_after: bool,
     /// Clamp of a server delay hint (ms).
     pub max_retry_after_ms: u64,
+    /// Share of a token each success deposits in the tool's retry budget, in
+    /// percent; `None` = no budget (the default, parity).
+    pub retry_budget_percent: Option<u32>,
+    /// The budget's floor: tokens per second refilled regardless of traffic.
+    pub retry_budget_min_per_sec: u32,
 }
 
 impl Default for Policy {
@@ -86,11 +94,21 @@ impl Default for Policy {
             safe_classification: false,
             honor_retry_after: false,
             max_retry_after_ms: DEFAULT_MAX_RETRY_AFTER_MS,
+            retry_budget_percent: None,
+            retry_budget_min_per_sec: DEFAULT_RETRY_BUDGET_MIN_PER_SEC,
         }
     }
 }
 
 impl Policy {
+    /// The tool's retry budget, if it has one.
+    pub fn retry_budget(&self) -> Option<RetryBudget> {
+        self.retry_budget_percent.map(|percent| RetryBudget {
+            percent,
+            min_per_sec: self.retry_budget_min_per_sec,
+        })
+    }
+
     /// The jitter in force: `Jitter::None` when off, else `jitter_mode`.
     pub fn jitter_kind(&self) -> Jitter {
         if self.jitter {
@@ -276,6 +294,16 @@ impl Config {
         reads(&self.global) || self.overrides.iter().any(|(_, p)| reads(p))
     }
 
+    /// Whether any policy has a retry budget (successes then change state,
+    /// so no success may be answered without calling in).
+    pub fn any_budget(&self) -> bool {
+        self.global.retry_budget_percent.is_some()
+            || self
+                .overrides
+                .iter()
+                .any(|(_, p)| p.retry_budget_percent.is_some())
+    }
+
     /// Whether any policy (global or an override) inspects text content.
     pub fn any_text_check(&self) -> bool {
         self.global.check_text_content || self.overrides.iter().any(|(_, p)| p.check_text_content)
@@ -344,6 +372,9 @@ struct PolicyFields<'a> {
     safe_classification: Option<bool>,
     honor_retry_after: Option<bool>,
     max_retry_after_ms: Option<u64>,
+    /// `Some(None)`: explicitly no budget (`null`).
+    retry_budget_percent: Option<Option<u32>>,
+    retry_budget_min_per_sec: Option<u32>,
 }
 
 impl<'a> PolicyFields<'a> {
@@ -417,6 +448,31 @@ impl<'a> PolicyFields<'a> {
             check_text_content: boolean("check_text_content", errors),
             safe_classification: boolean("safe_classification", errors),
             honor_retry_after: boolean("honor_retry_after", errors),
+            retry_budget_percent: map.get("retry_budget_percent").and_then(|v| match v {
+                Value::Null => Some(None),
+                _ => match v.as_u64() {
+                    Some(n) if (1..=1000).contains(&n) => Some(Some(n as u32)),
+                    _ => {
+                        errors.push(
+                            &path("retry_budget_percent"),
+                            must_be("null or an integer from 1 to 1000", v),
+                        );
+                        None
+                    }
+                },
+            }),
+            retry_budget_min_per_sec: map.get("retry_budget_min_per_sec").and_then(|v| {
+                match v.as_u64() {
+                    Some(n) if n <= 1000 => Some(n as u32),
+                    _ => {
+                        errors.push(
+                            &path("retry_budget_min_per_sec"),
+                            must_be("an integer from 0 to 1000", v),
+                        );
+                        None
+                    }
+                }
+            }),
             max_retry_after_ms: map
                 .get("max_retry_after_ms")
                 .and_then(|v| match v.as_u64() {
@@ -448,6 +504,12 @@ impl<'a> PolicyFields<'a> {
             safe_classification: self.safe_classification.unwrap_or(base.safe_classification),
             honor_retry_after: self.honor_retry_after.unwrap_or(base.honor_retry_after),
             max_retry_after_ms: self.max_retry_after_ms.unwrap_or(base.max_retry_after_ms),
+            retry_budget_percent: self
+                .retry_budget_percent
+                .unwrap_or(base.retry_budget_percent),
+            retry_budget_min_per_sec: self
+                .retry_budget_min_per_sec
+                .unwrap_or(base.retry_budget_min_per_sec),
         }
     }
 
@@ -801,6 +863,35 @@ mod tests {
             vec![
                 "honor_retry_after: must be a boolean, got 1",
                 "max_retry_after_ms: must be an integer from 1 to 16777215 (ms), got 16777216",
+            ]
+        );
+    }
+
+    #[test]
+    fn test_config_retry_budget_keys() {
+        let c = Config::from_json(
+            r#"{"retry_budget_percent": 34, "tool_overrides": {
+                "off": {"retry_budget_percent": null}, "fast": {"retry_budget_min_per_sec": 0}}}"#,
+        )
+        .unwrap();
+        let b = |p: &Policy| p.retry_budget().map(|b| (b.percent, b.min_per_sec));
+        assert_eq!(b(c.global()), Some((34, 1)));
+        assert_eq!(b(c.policy_for("off")), None);
+        assert_eq!(b(c.policy_for("fast")), Some((34, 0)));
+        assert!(c.any_budget());
+        assert!(!Config::default().any_budget());
+        // A floor alone does not turn a budget on, but is inherited.
+        let c = Config::from_json(
+            r#"{"retry_budget_min_per_sec": 5, "tool_overrides": {"t": {"retry_budget_percent": 10}}}"#,
+        )
+        .unwrap();
+        assert_eq!(c.global().retry_budget(), None);
+        assert_eq!(b(c.policy_for("t")), Some((10, 5)));
+        assert_eq!(
+            errors(r#"{"retry_budget_percent": 0, "retry_budget_min_per_sec": 1001}"#),
+            vec![
+                "retry_budget_percent: must be null or an integer from 1 to 1000, got 0",
+                "retry_budget_min_per_sec: must be an integer from 0 to 1000, got 1001",
             ]
         );
     }

@@ -4,6 +4,7 @@
 use fastrand::Rng;
 
 use super::backoff;
+use super::budget::Budgets;
 use super::classify::{classify_with, Classification, Hints, Signals};
 use super::config::{Config, Policy};
 use super::state::{Entry, StateTable};
@@ -75,6 +76,7 @@ pub enum Outcome {
 pub struct Engine {
     config: Config,
     state: StateTable,
+    budgets: Budgets,
     rng: Rng,
 }
 
@@ -85,6 +87,7 @@ impl Engine {
         Self {
             config: Config::default(),
             state: StateTable::new(seed, Config::default().max_state_entries() as usize),
+            budgets: Budgets::default(),
             // Jitter must not be derivable from the hash key: mix the halves.
             rng: Rng::with_seed(seed.0.rotate_left(32) ^ seed.1 ^ 0x9e37_79b9_7f4a_7c15),
         }
@@ -145,6 +148,9 @@ impl Engine {
         match class {
             Classification::NotFailure => {
                 self.state.remove(tool, request_id);
+                if let Some(budget) = policy.retry_budget() {
+                    self.budgets.deposit(tool, budget, now_ms);
+                }
                 return Outcome::Decided(Decision::SUCCESS);
             }
             Classification::NonRetryable => {
@@ -207,6 +213,17 @@ impl Engine {
             }
             entry.last_delay_ms = u32::try_from(delay_ms).unwrap_or(u32::MAX);
             entry.total_delay_ms = u32::try_from(total).unwrap_or(u32::MAX);
+            if let Some(budget) = policy.retry_budget() {
+                if !self.budgets.try_withdraw(tool, budget, now_ms) {
+                    // The tool's retries are spent: give up, as on exhaustion.
+                    self.state.remove(tool, request_id);
+                    return Outcome::Decided(Decision {
+                        delay_ms: 0,
+                        failures,
+                        reason: Reason::Budget,
+                    });
+                }
+            }
             Outcome::Decided(Decision {
                 delay_ms,
                 failures,
@@ -227,7 +244,15 @@ impl Engine {
     /// content. The host may then answer such results without calling in (the
     /// `idle` bit of the wire format); any call can end it.
     pub fn is_idle(&self) -> bool {
-        self.state.is_empty() && !self.config.any_text_check()
+        self.state.is_empty() && self.is_text_free()
+    }
+
+    /// True when, for every tool, a result with no failure signal is a success
+    /// that changes nothing for a key without state: no policy inspects text
+    /// content or keeps a retry budget (which counts successes). The
+    /// `text-free` bit of the wire format.
+    pub fn is_text_free(&self) -> bool {
+        !self.config.any_text_check() && !self.config.any_budget()
     }
 
     /// Entries held (expired ones not yet swept included).
@@ -435,6 +460,31 @@ mod tests {
             let (d, _, _) = decide(&mut jit, &i.to_string(), hint(1000));
             assert!((1000..=1200).contains(&d), "{d}");
         }
+    }
+
+    #[test]
+    fn test_engine_retry_budget_refuses_when_spent_and_successes_refill() {
+        let mut e = engine(
+            r#"{"jitter": false, "max_retries": 1, "retry_budget_percent": 50, "retry_budget_min_per_sec": 1}"#,
+        );
+        use Reason::*;
+        // The bucket starts with 10 tokens: ten keys get their retry.
+        for k in 0..10 {
+            assert_eq!(
+                delays(&mut e, "t", &k.to_string(), 1, 0),
+                vec![(200, 1, Retry)]
+            );
+        }
+        assert_eq!(delays(&mut e, "t", "x", 1, 0), vec![(0, 1, Budget)]);
+        assert_eq!(e.state_count(), 10, "the refused key is cleared");
+        // Two successes earn one token.
+        e.decide("t", "s1", OK, NO_TEXT, 0);
+        e.decide("t", "s2", OK, NO_TEXT, 0);
+        assert_eq!(delays(&mut e, "t", "y", 1, 0), vec![(200, 1, Retry)]);
+        assert_eq!(delays(&mut e, "t", "z", 1, 0), vec![(0, 1, Budget)]);
+        // Another tool has its own bucket; budgets make successes count.
+        assert_eq!(delays(&mut e, "u", "y", 1, 0), vec![(200, 1, Retry)]);
+        assert!(!e.is_text_free());
     }
 
     #[test]

@@ -5,6 +5,7 @@
 //! the caller seeded.
 
 pub mod backoff;
+pub mod budget;
 pub mod classify;
 pub mod config;
 pub mod engine;

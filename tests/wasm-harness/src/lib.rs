@@ -7,6 +7,8 @@
 //! contract allows, and the bit layouts of `decide`'s `signals` argument and
 //! its `decision` result (see `wit/retry-engine.wit`).
 
+pub mod budget_sim;
+
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};

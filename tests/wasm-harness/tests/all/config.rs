@@ -48,6 +48,8 @@ fn test_config_all_keys_are_read() -> Result<()> {
         safe_classification: false,
         honor_retry_after: false,
         max_retry_after_ms: 60_000,
+        retry_budget_percent: None,
+        retry_budget_min_per_sec: 1,
     };
     ensure!(h.global_policy()? == expected, "{:?}", h.global_policy()?);
     Ok(())
@@ -422,6 +424,8 @@ fn test_config_tool_policy_merges_overrides() -> Result<()> {
         safe_classification: false,
         honor_retry_after: false,
         max_retry_after_ms: 60_000,
+        retry_budget_percent: None,
+        retry_budget_min_per_sec: 1,
     };
     ensure!(h.global_policy()? == global);
     ensure!(h.tool_policy("unlisted")? == global);
@@ -457,6 +461,8 @@ fn test_config_tool_policy_merges_overrides() -> Result<()> {
                 safe_classification: false,
                 honor_retry_after: false,
                 max_retry_after_ms: 60_000,
+                retry_budget_percent: None,
+                retry_budget_min_per_sec: 1,
             }
     );
     // Tool names match exactly: no prefix, case or trimming games.

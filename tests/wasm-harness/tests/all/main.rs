@@ -9,6 +9,7 @@
 
 mod support;
 
+mod budget;
 mod capacity;
 mod classify;
 mod config;

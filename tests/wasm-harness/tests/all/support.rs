@@ -37,6 +37,8 @@ pub fn default_policy() -> Policy {
         safe_classification: false,
         honor_retry_after: false,
         max_retry_after_ms: 60_000,
+        retry_budget_percent: None,
+        retry_budget_min_per_sec: 1,
     }
 }
 

@@ -17,6 +17,7 @@ from cpex.framework.extensions.request import RequestExtension
 from cpex_retry_with_backoff_wasm import RetryWithBackoffPlugin
 from cpex_retry_with_backoff_wasm.engine import WasmRetryEngine
 from cpex_retry_with_backoff_wasm.model import ConfigurationError, Policy
+from cpex_retry_with_backoff_wasm.plugin import state_request_id
 from cpex_retry_with_backoff_wasm.signals import (
     REASONS,
     RETRY_AFTER_SHIFT,
@@ -389,3 +390,56 @@ def test_retry_budget_in_the_policy() -> None:
         ConfigurationError, match=r"retry_budget_percent: must be null or an integer from 1 to 1000"
     ):
         WasmRetryEngine({"retry_budget_percent": 0})
+
+
+# --------------------------------------------------------------------------- (g) key scope
+async def post_as(manager: Any, rid: str, result: Any, *, tenant: str | None, user: Any = None) -> int:
+    payload = ToolPostInvokePayload(name="t", result=result)
+    context = GlobalContext(request_id=rid, tenant_id=tenant, user=user)
+    res, _ = await manager.invoke_hook("tool_post_invoke", payload, context)
+    return int(res.retry_delay_ms)
+
+
+async def test_key_scope_request_shares_state_across_tenants(manager_factory: Any) -> None:
+    manager = await manager_factory(NO_JITTER)
+    assert await post_as(manager, "corr-1", err(), tenant="a") == 200
+    assert await post_as(manager, "corr-1", err(), tenant="b") == 400  # b continues a's budget
+
+
+@pytest.mark.parametrize(
+    ("scope", "first", "second"),
+    [
+        ("tenant", {"tenant": "a"}, {"tenant": "b"}),
+        ("user", {"tenant": "a", "user": "x"}, {"tenant": "a", "user": "y"}),
+    ],
+)
+async def test_key_scope_separates_identities(
+    manager_factory: Any, scope: str, first: dict[str, Any], second: dict[str, Any]
+) -> None:
+    manager = await manager_factory({**NO_JITTER, "key_scope": scope})
+    assert await post_as(manager, "corr-1", err(), **first) == 200
+    assert await post_as(manager, "corr-1", err(), **second) == 200
+    assert await post_as(manager, "corr-1", err(), **first) == 400
+    assert await post_as(manager, "corr-1", ok(), **first) == 0
+    assert await post_as(manager, "corr-1", err(), **second) == 400
+
+
+@pytest.mark.parametrize(
+    ("scope", "kwargs", "want"),
+    [
+        ("request", {"tenant_id": "t"}, "r:1"),
+        ("tenant", {"tenant_id": "t:2"}, "3:t:2r:1"),
+        ("tenant", {}, "0:r:1"),
+        ("user", {"user": "bob"}, "3:bobr:1"),
+        ("user", {"user": {"email": "a@b", "id": 7}}, "3:a@br:1"),
+        ("user", {"user": {"id": 7}}, "1:7r:1"),
+        ("user", {}, "0:r:1"),
+    ],
+)
+def test_state_request_id(scope: str, kwargs: dict[str, Any], want: str) -> None:
+    assert state_request_id(scope, GlobalContext(request_id="r:1", **kwargs)) == want
+
+
+async def test_key_scope_is_validated(manager_factory: Any) -> None:
+    await manager_factory({"key_scope": "session"}, expect_plugins=0)
+    assert WasmRetryEngine({"key_scope": "tenant"}).key_scope == "tenant"

@@ -138,6 +138,20 @@ pub struct Config {
     /// Opt-in: the host adds the decision reason to the trace metrics. Off by
     /// default because the native plugin's metrics carry no reason (parity).
     metrics_reason: bool,
+    /// What identifies a retry-state key besides the tool (the host builds
+    /// the key's request part accordingly).
+    key_scope: KeyScope,
+}
+
+/// `key_scope`: which identity the host puts in a state key's request part.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyScope {
+    /// The request id alone (the default; the native plugin's key).
+    Request,
+    /// The tenant id and the request id.
+    Tenant,
+    /// The user and the request id.
+    User,
 }
 
 impl Default for Config {
@@ -148,6 +162,7 @@ impl Default for Config {
             state_ttl_ms: DEFAULT_STATE_TTL_MS,
             max_state_entries: DEFAULT_MAX_STATE_ENTRIES,
             metrics_reason: false,
+            key_scope: KeyScope::Request,
         }
     }
 }
@@ -233,6 +248,22 @@ impl Config {
             }),
         };
 
+        let key_scope = match root.get("key_scope") {
+            None => KeyScope::Request,
+            Some(v) => match v.as_str() {
+                Some("request") => KeyScope::Request,
+                Some("tenant") => KeyScope::Tenant,
+                Some("user") => KeyScope::User,
+                _ => {
+                    errors.push(
+                        "key_scope",
+                        must_be("one of \"request\", \"tenant\", \"user\"", v),
+                    );
+                    KeyScope::Request
+                }
+            },
+        };
+
         let mut overrides = Vec::new();
         match root.get("tool_overrides") {
             None => {}
@@ -263,6 +294,7 @@ impl Config {
                 state_ttl_ms,
                 max_state_entries,
                 metrics_reason,
+                key_scope,
             })
         } else {
             Err(errors.0)
@@ -322,6 +354,11 @@ impl Config {
     /// Bound on live retry-state entries.
     pub fn max_state_entries(&self) -> u32 {
         self.max_state_entries
+    }
+
+    /// Which identity the host puts in a state key besides the request id.
+    pub fn key_scope(&self) -> KeyScope {
+        self.key_scope
     }
 
     /// Whether the host should add the decision reason to trace metrics.
@@ -893,6 +930,23 @@ mod tests {
                 "retry_budget_percent: must be null or an integer from 1 to 1000, got 0",
                 "retry_budget_min_per_sec: must be an integer from 0 to 1000, got 1001",
             ]
+        );
+    }
+
+    #[test]
+    fn test_config_key_scope() {
+        assert_eq!(Config::default().key_scope(), KeyScope::Request);
+        for (name, want) in [
+            ("request", KeyScope::Request),
+            ("tenant", KeyScope::Tenant),
+            ("user", KeyScope::User),
+        ] {
+            let c = Config::from_json(&format!(r#"{{"key_scope": "{name}"}}"#)).unwrap();
+            assert_eq!(c.key_scope(), want);
+        }
+        assert_eq!(
+            errors(r#"{"key_scope": "session"}"#),
+            vec!["key_scope: must be one of \"request\", \"tenant\", \"user\", got \"session\""]
         );
     }
 

@@ -248,6 +248,9 @@ class WasmRetryEngine:
         self._global_policy = self._global_policy_locked()
         # The engine validated it as a boolean (global key); the host only presents it.
         self._metrics_reason = raw.get("metrics_reason") is True
+        # Validated by the engine: "request" (default), "tenant" or "user".
+        scope = raw.get("key_scope", "request")
+        self._key_scope: str = scope if isinstance(scope, str) else "request"
 
     def _check_contract(self) -> str:
         """The instance's ``contract-version``, if this host speaks it (lock held)."""
@@ -620,6 +623,11 @@ class WasmRetryEngine:
     def evict_expired(self) -> int:
         """Sweep entries older than ``state_ttl_ms``; how many were removed."""
         return int(self._cold_call("evict-expired", lambda: self._funcs["evict-expired"](self._live_store())))
+
+    @property
+    def key_scope(self) -> str:
+        """``key_scope``: ``request`` (native key), ``tenant`` or ``user``."""
+        return self._key_scope
 
     @property
     def metrics_reason(self) -> bool:

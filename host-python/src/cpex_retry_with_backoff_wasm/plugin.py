@@ -28,6 +28,36 @@ from .signals import COUNT_SHIFT, DELAY_MASK, REASON_EXHAUSTED, REASON_SHIFT, RE
 log = logging.getLogger(__name__)
 
 
+def _user_identity(user: Any) -> str:
+    """``global_context.user`` as a str: a str as is, a mapping's ``email`` or ``id``, else ""."""
+    if isinstance(user, str):
+        return user
+    if isinstance(user, dict):
+        for field in ("email", "id", "sub"):
+            value = user.get(field)
+            if isinstance(value, str | int) and not isinstance(value, bool):
+                return str(value)
+    return ""
+
+
+def state_request_id(scope: str, global_context: Any) -> str:
+    """The request part of the engine's state key under ``key_scope``.
+
+    ``request``: the request id (the native key).  ``tenant``/``user``: that identity,
+    length-prefixed so no two (identity, request id) pairs give the same string, then the
+    request id: ``f"{len(identity)}:{identity}{request_id}"``.
+    """
+    request_id: str = global_context.request_id
+    if scope == "request":
+        return request_id
+    if scope == "tenant":
+        tenant = getattr(global_context, "tenant_id", None)
+        identity = tenant if isinstance(tenant, str) else ""
+    else:
+        identity = _user_identity(getattr(global_context, "user", None))
+    return f"{len(identity)}:{identity}{request_id}"
+
+
 def read_trace_id(extensions: Any) -> str | None:
     """Best-effort ``extensions.request.trace_id``: a non-empty str, else None; never raises."""
     if extensions is None:
@@ -70,6 +100,7 @@ class RetryWithBackoffPlugin(Plugin):  # type: ignore[misc, unused-ignore]  # cp
         )
         self._policy_metadata = self._engine.global_policy.metadata()
         self._metrics_reason = self._engine.metrics_reason
+        self._key_scope = self._engine.key_scope
         log.info(
             "retry_with_backoff_wasm: loaded %s (contract %s)",
             self._engine.wasm_path,
@@ -98,7 +129,13 @@ class RetryWithBackoffPlugin(Plugin):  # type: ignore[misc, unused-ignore]  # cp
     ) -> ToolPostInvokeResult:
         """Ask for a retry (``retry_delay_ms`` > 0) when the tool result is a retriable failure."""
         trace_id = read_trace_id(extensions)
-        decision = self._engine.decide(payload.name, context.global_context.request_id, payload.result)
+        global_context = context.global_context
+        request_id = (
+            global_context.request_id
+            if self._key_scope == "request"
+            else state_request_id(self._key_scope, global_context)
+        )
+        decision = self._engine.decide(payload.name, request_id, payload.result)
         delay = decision & DELAY_MASK
         reason = (decision >> REASON_SHIFT) & 0xFF
         if reason == REASON_EXHAUSTED:
@@ -106,7 +143,7 @@ class RetryWithBackoffPlugin(Plugin):  # type: ignore[misc, unused-ignore]  # cp
             log.warning(
                 "tool_post_invoke: tool=%s request_id=%s exhausted after %d failure(s)",
                 payload.name,
-                context.global_context.request_id,
+                global_context.request_id,
                 (decision >> COUNT_SHIFT) & 0xFF,
             )
         if trace_id is None:
@@ -131,4 +168,4 @@ class RetryWithBackoffPlugin(Plugin):  # type: ignore[misc, unused-ignore]  # cp
         )
 
 
-__all__ = ["RetryWithBackoffPlugin", "read_trace_id"]
+__all__ = ["RetryWithBackoffPlugin", "read_trace_id", "state_request_id"]

@@ -471,3 +471,19 @@ fn test_config_tool_policy_merges_overrides() -> Result<()> {
     ensure!(h.tool_policy("search ")? == global);
     Ok(())
 }
+
+#[test]
+fn test_config_key_scope_is_validated() -> Result<()> {
+    let mut h = Harness::new()?;
+    for scope in ["request", "tenant", "user"] {
+        h.configure_ok(&json!({"key_scope": scope}).to_string())?;
+    }
+    let errors = rejected(&mut h, r#"{"key_scope": "session", "tool_overrides": {}}"#)?;
+    ensure!(
+        errors.len() == 1
+            && errors[0].path == "key_scope"
+            && errors[0].message == r#"must be one of "request", "tenant", "user", got "session""#,
+        "{errors:?}"
+    );
+    Ok(())
+}

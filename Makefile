@@ -141,6 +141,8 @@ bench: wasm ## Benchmarks: hook cost vs native, cold start, guest memory, engine
 	cargo run -q --profile bench-host -p retry-engine-wasm-harness --example memory
 	cargo run -q --profile bench-host -p retry-engine-wasm-harness --example throughput
 	cargo run -q --profile bench-host -p retry-engine-wasm-harness --example budget
+	$(PY) -m pip install --quiet 'matplotlib>=3.8'  # bench only (host-python[bench])
+	$(PY) bench/picture.py
 	$(MAKE) --no-print-directory size
 
 size: wasm ## Print the size of the release .wasm.

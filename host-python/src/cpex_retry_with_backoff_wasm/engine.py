@@ -246,6 +246,12 @@ class WasmRetryEngine:
                 if errors:  # pragma: no cover - lowering a valid budget cannot invalidate it
                     raise ConfigurationError(errors)
         self._global_policy = self._global_policy_locked()
+        # Reading the safe-classification and delay-hint facts costs ~2 us per failure: only
+        # when some effective policy (the engine's word) reads them.
+        overrides = raw.get("tool_overrides")
+        tools = [t for t in overrides if isinstance(t, str)] if isinstance(overrides, dict) else []
+        policies = [self._global_policy, *(self._tool_policy_locked(t) for t in tools)]
+        self._read_hints = any(p.safe_classification or p.honor_retry_after for p in policies)
         # The engine validated it as a boolean (global key); the host only presents it.
         self._metrics_reason = raw.get("metrics_reason") is True
         # Validated by the engine: "request" (default), "tenant" or "user".
@@ -493,8 +499,10 @@ class WasmRetryEngine:
             request_id = _require_str(request_id, "global_context.request_id")
         signals = read_signals(result)
         if signals:
-            # Facts for safe classification; only a result with a failure signal can need them.
-            signals |= read_hints(result, self._wall_clock)
+            if self._read_hints:
+                # Facts for safe classification and delay hints; only a result with a failure
+                # signal can need them.
+                signals |= read_hints(result, self._wall_clock)
         elif self._idle or (self._text_free and self._held_complete and (tool, request_id) not in self._held):
             # A result with no failure signal, and the engine said no policy checks text: it is
             # a success, and for a key that holds no retry state it would change nothing (WIT
@@ -527,7 +535,8 @@ class WasmRetryEngine:
             decision = self._call_decide(tool, request_id, signals, None)
         if decision & NEED_TEXT:
             # Text content may make it a failure: the hints can matter now.
-            signals |= read_hints(result, self._wall_clock)
+            if self._read_hints:
+                signals |= read_hints(result, self._wall_clock)
             decision = self._call_decide(tool, request_id, signals, collect_texts(result))
         return decision
 

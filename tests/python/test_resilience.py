@@ -443,3 +443,15 @@ def test_state_request_id(scope: str, kwargs: dict[str, Any], want: str) -> None
 async def test_key_scope_is_validated(manager_factory: Any) -> None:
     await manager_factory({"key_scope": "session"}, expect_plugins=0)
     assert WasmRetryEngine({"key_scope": "tenant"}).key_scope == "tenant"
+
+
+# --------------------------------------------------------------------------- hot reload, format 2
+def test_reload_carries_the_delay_history(wasm_path: Any) -> None:
+    """A deadline's summed delays survive ``reload`` (export-state format 2)."""
+    engine = WasmRetryEngine({"jitter": False, "max_retries": 5, "max_total_delay_ms": 1500}, seed=(1, 2))
+    delays = [engine.decide("t", "r", err()) & ((1 << 40) - 1) for _ in range(2)]
+    assert delays == [200, 400]
+    assert engine.reload(wasm_path) == 1
+    # 600 ms already spent: 800 more fits 1500, the next 1600 would not.
+    assert engine.decide("t", "r", err()) & ((1 << 40) - 1) == 800
+    assert decision_reason(engine.decide("t", "r", err())) == "deadline"

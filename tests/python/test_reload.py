@@ -153,37 +153,42 @@ def test_plugin_reload_under_load_through_the_plugin(
 
 def test_reload_while_threads_decide_loses_no_budget(wasm_path: Path, tmp_path: Path) -> None:
     """Threads keep driving failure sequences while the main thread reloads twice: every key
-    sees exactly the uninterrupted backoff sequence, including keys whose sequence spanned a
-    reload."""
+    sees exactly the uninterrupted backoff sequence.  One sequence is paused halfway on
+    purpose until the first reload is done, so at least one budget provably crosses a reload
+    whatever the scheduler does; the others race the reloads freely."""
     engine = WasmRetryEngine(NO_JITTER, seed=(1, 2))
     patch = contract_variant(wasm_path, tmp_path, "0.1.7")
-    warmed_up = threading.Barrier(5, timeout=30)
+    halfway = threading.Event()
+    resume = threading.Event()
     stop = threading.Event()
     seen: dict[str, list[int]] = {}
-    spanned: list[str] = []
+
+    def paused_worker() -> None:
+        first = delays(engine, "t", "paused", [err()] * 3)
+        halfway.set()
+        assert resume.wait(timeout=30)
+        seen["paused"] = first + delays(engine, "t", "paused", [err()] * 3)
 
     def worker(n: int) -> None:
         k = 0
-        while not stop.is_set() or k < 20:
+        while not stop.is_set() or k < 10:
             rid = f"w{n}-k{k}"
-            reloads = engine.reload_count
             seen[rid] = delays(engine, "t", rid, [err()] * 6)
-            if engine.reload_count != reloads:
-                spanned.append(rid)
             k += 1
-            if k == 10:
-                warmed_up.wait()
 
-    threads = [threading.Thread(target=worker, args=(n,)) for n in range(4)]
+    threads = [threading.Thread(target=worker, args=(n,)) for n in range(3)]
+    threads.append(threading.Thread(target=paused_worker))
     for t in threads:
         t.start()
-    warmed_up.wait()
+    assert halfway.wait(timeout=30)
     engine.reload(patch)
+    resume.set()
     engine.reload(wasm_path)
     stop.set()
     for t in threads:
         t.join(timeout=60)
-    assert spanned, "no decision sequence overlapped a reload; the test proved nothing"
+    assert engine.reload_count == 2
+    assert seen["paused"] == [200, 400, 800, 1600, 3200, 0], "the paused budget did not survive"
     assert all(s == [200, 400, 800, 1600, 3200, 0] for s in seen.values()), seen
     assert engine.fault_count == 0
 

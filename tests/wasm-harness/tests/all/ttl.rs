@@ -151,3 +151,24 @@ fn test_ttl_short_ttl_of_one_ms() -> Result<()> {
     h.clock.advance_ms(2);
     assert_retry(h.decide("t", "r", Signals::ERROR)?, 100, 1)
 }
+
+#[test]
+fn test_ttl_raised_by_configure_does_not_revive_expired_entries() -> Result<()> {
+    // More expired entries than one call sweeps (16), so some are still held when the TTL
+    // grows; none may count again.
+    let mut h = with_ttl(TTL)?;
+    for i in 0..40 {
+        assert_retry(h.decide("t", &format!("r{i}"), Signals::ERROR)?, 100, 1)?;
+    }
+    h.clock.advance_ms(TTL + 1);
+    h.decide("t", "other", Signals::OK)?; // sweeps some, not all
+    h.configure_ok(
+        &json!({"jitter": false, "max_retries": 5, "backoff_base_ms": 100, "state_ttl_ms": 10 * TTL})
+            .to_string(),
+    )?;
+    for i in 0..40 {
+        assert_retry(h.decide("t", &format!("r{i}"), Signals::ERROR)?, 100, 1)
+            .map_err(|e| e.context(format!("r{i} came back after the TTL was raised")))?;
+    }
+    Ok(())
+}

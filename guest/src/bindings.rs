@@ -48,12 +48,13 @@ struct Component;
 impl api::Guest for Component {
     fn configure(config_json: String) -> Result<(), Vec<api::ConfigError>> {
         let config = Config::from_json(&config_json).map_err(to_wit_errors)?;
-        let now = now_ms();
         with_engine(|e| {
             // Forget what has expired under the TTL in force first: a longer new TTL must not
             // bring back entries that were already gone (the sweep is amortized, so some may
-            // not have been removed yet).
-            e.evict_expired(now);
+            // not have been removed yet). The clock is only read when there is state.
+            if e.state_count() > 0 {
+                e.evict_expired(now_ms());
+            }
             e.configure(config);
         });
         Ok(())

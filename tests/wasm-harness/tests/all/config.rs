@@ -44,12 +44,8 @@ fn test_config_all_keys_are_read() -> Result<()> {
         jitter: false,
         jitter_mode: JitterMode::None,
         check_text_content: true,
-        max_total_delay_ms: None,
-        safe_classification: false,
-        honor_retry_after: false,
-        max_retry_after_ms: 60_000,
-        retry_budget_percent: None,
-        retry_budget_min_per_sec: 1,
+        // Keys this config does not set keep their defaults.
+        ..default_policy()
     };
     ensure!(h.global_policy()? == expected, "{:?}", h.global_policy()?);
     Ok(())
@@ -414,18 +410,10 @@ fn test_config_tool_policy_merges_overrides() -> Result<()> {
     }))?;
     let global = Policy {
         max_retries: 4,
-        backoff_base_ms: 200,
-        max_backoff_ms: 5000,
         retry_on_status: vec![500],
         jitter: false,
         jitter_mode: JitterMode::None,
-        check_text_content: false,
-        max_total_delay_ms: None,
-        safe_classification: false,
-        honor_retry_after: false,
-        max_retry_after_ms: 60_000,
-        retry_budget_percent: None,
-        retry_budget_min_per_sec: 1,
+        ..default_policy()
     };
     ensure!(h.global_policy()? == global);
     ensure!(h.tool_policy("unlisted")? == global);

@@ -13,7 +13,6 @@ import os
 import re
 import sys
 import sysconfig
-import textwrap
 import zipfile
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -26,24 +25,8 @@ DIST = Path(os.environ.get("DIST_DIR", REPO / "dist"))
 WHEEL_MEMBER = "cpex_retry_with_backoff_wasm/retry_engine.wasm"
 PLUGIN_NAME = "RetryWithBackoffWasmPlugin"
 
-STANZA = textwrap.dedent(
-    f"""
-    plugins:
-      - name: {PLUGIN_NAME}
-        kind: cpex_retry_with_backoff_wasm.RetryWithBackoffPlugin
-        hooks: [tool_post_invoke, resource_post_fetch]
-        mode: sequential
-        priority: 170
-        config:
-          max_retries: 2
-          backoff_base_ms: 200
-          max_backoff_ms: 5000
-          retry_on_status: [429, 500, 502, 503, 504]
-          jitter: false
-    plugin_dirs: []
-    plugin_settings: {{plugin_timeout: 30}}
-    """
-)
+#: The stanza operators copy (examples/plugins.yaml): the plugin loads from it unchanged.
+STANZA_FILE = REPO / "examples" / "plugins.yaml"
 
 
 def sha256(data: bytes) -> str:
@@ -67,11 +50,9 @@ async def manager(tmp_path: Path) -> AsyncIterator[Any]:
     from cpex.framework import PluginManager
     from cpex.framework.hooks.policies import HookPayloadPolicy
 
-    path = tmp_path / "plugins.yaml"
-    path.write_text(STANZA)
     PluginManager.reset()
     mgr = PluginManager(
-        str(path),
+        str(STANZA_FILE),
         hook_policies={"tool_post_invoke": HookPayloadPolicy(writable_fields=frozenset({"result"}))},
     )
     await mgr.initialize()

@@ -1,4 +1,4 @@
-"""The lean ``decide`` call path (``fastcall.LeanDecide``) against the generic ``Func`` call."""
+"""The lean ``decide`` call path (``fastcall.lean_decide``) against the generic ``Func`` call."""
 
 from __future__ import annotations
 
@@ -7,15 +7,17 @@ import random
 import pytest
 from wasmtime import WasmtimeError
 
+from cpex_retry_with_backoff_wasm import fastcall
 from cpex_retry_with_backoff_wasm.engine import WasmRetryEngine
-from cpex_retry_with_backoff_wasm.fastcall import LeanDecide
+from cpex_retry_with_backoff_wasm.fastcall import lean_decide
 from cpex_retry_with_backoff_wasm.signals import pack_signals
 
 
 def test_lean_path_is_active_on_the_tested_wasmtime() -> None:
     """A silent fallback to the generic path would cost ~4x per call: fail loudly instead."""
+    assert fastcall.UNAVAILABLE is None
     engine = WasmRetryEngine({})
-    assert isinstance(engine._lean, LeanDecide)
+    assert callable(engine._lean)
 
 
 def test_lean_and_generic_calls_agree_step_by_step() -> None:
@@ -46,7 +48,7 @@ def test_lean_call_raises_on_a_trap() -> None:
     engine = WasmRetryEngine({})
     assert engine._lean is not None
     assert engine._store is not None
-    starved = LeanDecide.build(engine._funcs["decide"], engine._store, 1)
+    starved = lean_decide(engine._funcs["decide"], engine._store, 1)
     assert starved is not None
     with pytest.raises(WasmtimeError):
         starved(b"toolrequest", 4, 1)
@@ -56,9 +58,4 @@ def test_lean_build_refuses_another_signature() -> None:
     engine = WasmRetryEngine({})
     assert engine._store is not None
     with pytest.raises(TypeError, match="not \\(string, u32, u64\\) -> u64"):
-        LeanDecide.build(engine._funcs["state-count"], engine._store, 1000)
-
-
-def test_lean_decide_is_not_constructed_directly() -> None:
-    with pytest.raises(TypeError, match=r"LeanDecide\.build"):
-        LeanDecide()
+        lean_decide(engine._funcs["state-count"], engine._store, 1000)

@@ -318,7 +318,7 @@ async def test_manager_hands_the_plugin_copy_on_write_results(manager_factory: A
         seen.append(type(result))
         return original(tool, rid, result)
 
-    plugin.engine.decide = spy
+    plugin._decide = spy  # the hook's bound `engine.decide`
     assert (await post(manager, "t", "r", err())).retry_delay_ms == 200
     assert seen == [CopyOnWriteDict]
 

@@ -27,7 +27,8 @@ from wasmtime import Store, WasiConfig
 from wasmtime.component import Func, Linker
 
 from . import ceiling as _ceiling
-from .fastcall import KEY_FUEL_PER_BYTE, LeanDecide
+from . import fastcall
+from .fastcall import KEY_FUEL_PER_BYTE, LeanDecide, lean_decide
 from .loader import (
     CLOCK_INTERFACE_PREFIX,
     SEED_INTERFACE_PREFIX,
@@ -150,6 +151,9 @@ class WasmRetryEngine:
             the message lists every problem as ``path: message``.
         RetryEngineLoadError: the component is missing, corrupt or not a retry engine.
     """
+
+    #: Whether the missing lean call path was logged (once per process).
+    _warned_slow_path: bool = False
 
     def __init__(
         self,
@@ -406,7 +410,7 @@ class WasmRetryEngine:
                     raise RetryEngineLoadError(f"{MESSAGE_PREFIX}: export {name!r} is not a function")
                 funcs[name] = func
             # Inside the try: a `decide` of another signature is a load error naming the path.
-            lean = LeanDecide.build(funcs["decide"], store, self._fuel)
+            lean = lean_decide(funcs["decide"], store, self._fuel)
         except RetryEngineLoadError:
             raise
         except Exception as exc:
@@ -415,6 +419,14 @@ class WasmRetryEngine:
             ) from exc
         self._store = store
         self._funcs = funcs
+        if lean is None and not WasmRetryEngine._warned_slow_path:
+            WasmRetryEngine._warned_slow_path = True
+            log.warning(
+                "%s: the lean decide call is unavailable (%s); using wasmtime-py's generic call, "
+                "several times slower",
+                MESSAGE_PREFIX,
+                fastcall.UNAVAILABLE,
+            )
         self._lean = lean
         self._idle = False
         self._text_free = False
@@ -498,37 +510,38 @@ class WasmRetryEngine:
         if type(request_id) is not str:
             request_id = _require_str(request_id, "global_context.request_id")
         signals = read_signals(result)
+        key = (tool, request_id)
         if signals:
             if self._read_hints:
                 # Facts for safe classification and delay hints; only a result with a failure
                 # signal can need them.
                 signals |= read_hints(result, self._wall_clock)
-        elif self._idle or (self._text_free and self._held_complete and (tool, request_id) not in self._held):
+        elif self._idle or (self._text_free and self._held_complete and key not in self._held):
             # A result with no failure signal, and the engine said no policy checks text: it is
             # a success, and for a key that holds no retry state it would change nothing (WIT
             # `text-free` and `idle` bits).  ``_held`` is a superset of the keys with state.
             return 0
-        # Hot path: one lean call (fastcall.LeanDecide) under the store's lock.
+        # Hot path: one lean call (fastcall.lean_decide) under the store's lock.
         with self._lock:
             lean = self._lean
             if lean is not None:
-                tool_len = len(tool)
                 try:
-                    key = (tool + request_id).encode()
+                    encoded = (tool + request_id).encode()
+                    tool_len = len(tool)
                 except UnicodeEncodeError:
                     # Lone surrogates cannot cross as UTF-8: a deterministic stand-in for the
                     # engine.  The host's own bookkeeping (`_note`) keeps the original key,
                     # which is what the success shortcut looks up.
                     safe_tool = _utf8_safe(tool)
                     tool_len = len(safe_tool)
-                    key = (safe_tool + _utf8_safe(request_id)).encode()
+                    encoded = (safe_tool + _utf8_safe(request_id)).encode()
                 try:
-                    decision: int = lean(key, tool_len, signals)
+                    decision: int = lean(encoded, tool_len, signals)
                 except Exception as exc:
                     self._idle = False
                     self._fault("decide", exc)
                     return 0
-                self._note(tool, request_id, decision)
+                self._note(key, decision)
                 if not decision & NEED_TEXT:
                     return decision
         if lean is None:  # no lean path (other wasmtime-py) or the instance needs a rebuild
@@ -582,26 +595,32 @@ class WasmRetryEngine:
                 self._idle = False
                 self._fault("decide" if texts is None else "decide-text", exc)
                 return 0
-            self._note(tool, request_id, decision)
+            self._note((tool, request_id), decision)
             return decision
 
-    def _note(self, tool: str, request_id: str, decision: int) -> None:
-        """Remember what a decision says about the engine's state (lock held)."""
-        self._idle = bool(decision & IDLE)
-        self._text_free = bool(decision & TEXT_FREE)
+    def _note(self, key: tuple[str, str], decision: int) -> None:
+        """Remember what a decision for ``key`` says about the engine's state (lock held)."""
+        if decision & IDLE:
+            # No state anywhere: nothing to remember (the common case after a success).
+            self._idle = True
+            self._text_free = (decision & TEXT_FREE) != 0
+            if self._held:
+                self._held.clear()
+            self._held_complete = True
+            return
+        self._idle = False
+        self._text_free = (decision & TEXT_FREE) != 0
         held = self._held
         if (decision >> REASON_SHIFT) & 0xFF == _REASON_RETRY:
-            if len(held) >= HELD_KEYS_CAP:
-                # Too many to track: no shortcut for unknown keys until the engine is idle.
-                self._held_complete = False
-                held.clear()
-            elif self._held_complete:
-                held.add((tool, request_id))
+            if self._held_complete:
+                if len(held) < HELD_KEYS_CAP:
+                    held.add(key)
+                else:
+                    # Too many to track: no shortcut for unknown keys until the engine is idle.
+                    self._held_complete = False
+                    held.clear()
         elif held:
-            held.discard((tool, request_id))
-        if self._idle:
-            held.clear()
-            self._held_complete = True
+            held.discard(key)
 
     # ------------------------------------------------------------------ cold paths
     @property
@@ -655,7 +674,7 @@ class WasmRetryEngine:
         with self._lock:
             self._fuel = fuel
             if self._store is not None and self._lean is not None:
-                self._lean = LeanDecide.build(self._funcs["decide"], self._store, fuel)
+                self._lean = lean_decide(self._funcs["decide"], self._store, fuel)
 
     @property
     def wasm_path(self) -> Path:

@@ -20,12 +20,28 @@ from cpex.framework import (  # type: ignore[import-untyped, unused-ignore]
     ToolPostInvokePayload,
     ToolPostInvokeResult,
 )
+from pydantic import BaseModel
 
 from .ceiling import read_ceiling
 from .engine import Clock, Seed, WasmRetryEngine
 from .signals import COUNT_SHIFT, DELAY_MASK, REASON_EXHAUSTED, REASON_SHIFT, REASONS
 
 log = logging.getLogger(__name__)
+
+
+def result_builder() -> Callable[[dict[str, Any]], ToolPostInvokeResult]:
+    """``fields -> ToolPostInvokeResult(**fields)``, as cheaply as pydantic allows.
+
+    The model's own schema validator builds the same instance (same fields, same
+    ``model_fields_set``) without ``BaseModel.__init__``'s keyword packing and extra frame:
+    ~0.15 µs of a ~0.85 µs construction, on every tool result.  A result class with an
+    ``__init__`` of its own gets its constructor.
+    """
+    validator = getattr(ToolPostInvokeResult, "__pydantic_validator__", None)
+    if validator is None or ToolPostInvokeResult.__init__ is not BaseModel.__init__:
+        return lambda fields: ToolPostInvokeResult(**fields)
+    build: Callable[[dict[str, Any]], ToolPostInvokeResult] = validator.validate_python
+    return build
 
 
 def _user_identity(user: Any) -> str:
@@ -101,6 +117,10 @@ class RetryWithBackoffPlugin(Plugin):  # type: ignore[misc, unused-ignore]  # cp
         self._policy_metadata = self._engine.global_policy.metadata()
         self._metrics_reason = self._engine.metrics_reason
         self._key_scope = self._engine.key_scope
+        self._request_scoped = self._key_scope == "request"
+        # Bound once: the hook runs on every tool result.
+        self._decide = self._engine.decide
+        self._result = result_builder()
         log.info(
             "retry_with_backoff_wasm: loaded %s (contract %s)",
             self._engine.wasm_path,
@@ -128,17 +148,15 @@ class RetryWithBackoffPlugin(Plugin):  # type: ignore[misc, unused-ignore]  # cp
         extensions: Any = None,
     ) -> ToolPostInvokeResult:
         """Ask for a retry (``retry_delay_ms`` > 0) when the tool result is a retriable failure."""
-        trace_id = read_trace_id(extensions)
         global_context = context.global_context
         request_id = (
             global_context.request_id
-            if self._key_scope == "request"
+            if self._request_scoped
             else state_request_id(self._key_scope, global_context)
         )
-        decision = self._engine.decide(payload.name, request_id, payload.result)
+        decision = self._decide(payload.name, request_id, payload.result)
         delay = decision & DELAY_MASK
-        reason = (decision >> REASON_SHIFT) & 0xFF
-        if reason == REASON_EXHAUSTED:
+        if (decision >> REASON_SHIFT) & 0xFF == REASON_EXHAUSTED:
             # The native plugin's warning, word for word.
             log.warning(
                 "tool_post_invoke: tool=%s request_id=%s exhausted after %d failure(s)",
@@ -146,15 +164,17 @@ class RetryWithBackoffPlugin(Plugin):  # type: ignore[misc, unused-ignore]  # cp
                 global_context.request_id,
                 (decision >> COUNT_SHIFT) & 0xFF,
             )
+        trace_id = None if extensions is None else read_trace_id(extensions)
         if trace_id is None:
-            return ToolPostInvokeResult(retry_delay_ms=delay)
+            return self._result({"retry_delay_ms": delay})
+        reason = (decision >> REASON_SHIFT) & 0xFF
         metrics: dict[str, Any] = {
             "retry_count": (decision >> COUNT_SHIFT) & 0xFF,
             "retry_delay_ms": delay,
         }
         if self._metrics_reason:
             metrics["reason"] = REASONS[reason] if reason < len(REASONS) else str(reason)
-        return ToolPostInvokeResult(retry_delay_ms=delay, metadata={"retry_with_backoff": metrics})
+        return self._result({"retry_delay_ms": delay, "metadata": {"retry_with_backoff": metrics}})
 
     async def resource_post_fetch(
         self,
@@ -168,4 +188,4 @@ class RetryWithBackoffPlugin(Plugin):  # type: ignore[misc, unused-ignore]  # cp
         )
 
 
-__all__ = ["RetryWithBackoffPlugin", "read_trace_id", "state_request_id"]
+__all__ = ["RetryWithBackoffPlugin", "read_trace_id", "result_builder", "state_request_id"]

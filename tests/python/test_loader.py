@@ -16,7 +16,7 @@ from cpex_retry_with_backoff_wasm.loader import (
     get_engine,
     load_component,
     production_linker,
-    wasmtime_version,
+    wasmtime_build_id,
 )
 from cpex_retry_with_backoff_wasm.model import RetryEngineLoadError
 
@@ -86,7 +86,7 @@ def test_second_start_deserializes_instead_of_compiling(
     assert first.compiles == 1
     files = sorted(p.name for p in fresh_cache.iterdir())
     assert len(files) == 1
-    assert files[0].endswith(f"-wasmtime-{wasmtime_version()}-fuel-sync.cwasm")
+    assert files[0].endswith(f"-wasmtime-{wasmtime_build_id()}-fuel-sync.cwasm")
     assert not any(name.startswith(".tmp-") for name in files)
 
     clear_memory_cache()

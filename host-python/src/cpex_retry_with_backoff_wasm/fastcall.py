@@ -77,6 +77,12 @@ try:  # pragma: no cover - exercised by whichever wasmtime-py / cffi is installe
     _func_call = _lib.wasmtime_component_func_call
     _set_fuel = _lib.wasmtime_context_set_fuel
     _from_buffer = _ffi_cffi.from_buffer
+    # cffi parses a C type from its string on first use (pycparser, ~0.25 ms each): once here
+    # rather than in every plugin's construction.
+    _ARGS_TYPE = _ffi_cffi.typeof("lean_val_t[3]")
+    _RESULT_TYPE = _ffi_cffi.typeof("lean_val_t *")
+    _VOID_PTR = _ffi_cffi.typeof("void *")
+    _UINTPTR = _ffi_cffi.typeof("uintptr_t")
     _ERROR_PTR = POINTER(_capi.wasmtime_error_t)
     _KIND_STRING = _ffi.WASMTIME_COMPONENT_STRING.value
     _KIND_U32 = _ffi.WASMTIME_COMPONENT_U32.value
@@ -91,7 +97,7 @@ KEY_FUEL_PER_BYTE = 128
 
 def _error(err: Any) -> WasmtimeError:
     """The ``wasmtime_error_t *`` a C call returned, as wasmtime-py's exception."""
-    address = int(_ffi_cffi.cast("uintptr_t", err))
+    address = int(_ffi_cffi.cast(_UINTPTR, err))
     return WasmtimeError._from_ptr(ctypes.cast(address, _ERROR_PTR))
 
 
@@ -114,15 +120,15 @@ def lean_decide(func: Func, store: Store, fuel: int) -> LeanDecide | None:
     kinds = tuple(type(ty) for _name, ty in ftype.params)
     if kinds != (String, U32, U64) or type(ftype.result) is not U64:
         raise TypeError(f"decide is {ftype.params} -> {ftype.result}, not (string, u32, u64) -> u64")
-    params = _ffi_cffi.new("lean_val_t[3]")
+    params = _ffi_cffi.new(_ARGS_TYPE)
     params[0].kind = _KIND_STRING
     params[1].kind = _KIND_U32
     params[2].kind = _KIND_U64
-    out: Any = _ffi_cffi.new("lean_val_t *")
+    out: Any = _ffi_cffi.new(_RESULT_TYPE)
     func_raw = func._func  # the C API's wasmtime_component_func_t, a ctypes struct
     context = ctypes.cast(store._context(), c_void_p).value
-    c_func = _ffi_cffi.cast("void *", ctypes.addressof(func_raw))
-    c_ctx = _ffi_cffi.cast("void *", context or 0)
+    c_func = _ffi_cffi.cast(_VOID_PTR, ctypes.addressof(func_raw))
+    c_ctx = _ffi_cffi.cast(_VOID_PTR, context or 0)
     key_arg = params[0].of.string
     tool_len_arg = params[1].of
     signals_arg = params[2].of

@@ -3,8 +3,9 @@
 * One ``wasmtime.Engine`` per process (fuel metering on, component-model async support off),
   built on first use.
 * Components are compiled once per process per ``.wasm`` content and cached on disk as a
-  serialized artifact keyed by the ``.wasm``'s sha256 and the wasmtime version, so a second
-  start deserializes (well under a millisecond) instead of compiling (tens of milliseconds).
+  serialized artifact keyed by the ``.wasm``'s sha256, the wasmtime library and the Engine's
+  settings, so a second start deserializes (well under a millisecond) instead of compiling
+  (tens of milliseconds).
   The cache lives in ``$XDG_CACHE_HOME/cpex-retry-with-backoff-wasm`` (else
   ``~/.cache/cpex-retry-with-backoff-wasm``), is written atomically (temp file +
   ``os.replace``) and carries a sha256 of its own payload, so a torn or tampered file is
@@ -16,7 +17,6 @@
 from __future__ import annotations
 
 import hashlib
-import importlib.metadata
 import logging
 import os
 import tempfile
@@ -24,7 +24,7 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from wasmtime import Config, Engine, WasmtimeError, _bindings
+from wasmtime import Config, Engine, WasmtimeError, _bindings, _ffi
 from wasmtime.component import Component, ComponentInstanceType, ExportIndex, FuncType, Linker
 
 from .model import MESSAGE_PREFIX, RetryEngineLoadError
@@ -62,12 +62,18 @@ _production_linker: Linker | None = None
 _components: dict[str, LoadedComponent] = {}
 
 
-def wasmtime_version() -> str:
-    """The installed wasmtime-py version (part of the cache key)."""
+def wasmtime_build_id() -> str:
+    """The wasmtime library this process runs (part of the cache key): its file's size and
+    modification time, so any other build or install of it misses the cache.
+
+    A ``stat`` instead of ``importlib.metadata.version("wasmtime")``, which scans every
+    installed distribution: ~0.45 ms of a ~5 ms cold start.
+    """
     try:
-        return importlib.metadata.version("wasmtime")
-    except importlib.metadata.PackageNotFoundError:  # pragma: no cover - vendored wasmtime
+        info = os.stat(_ffi.dll._name)
+    except (AttributeError, OSError):  # pragma: no cover - another wasmtime-py layout
         return "unknown"
+    return f"{info.st_size:x}-{info.st_mtime_ns:x}"
 
 
 def _engine_config() -> tuple[Config, str]:
@@ -126,7 +132,7 @@ class LoadedComponent:
 
 
 def _cache_file(sha256: str) -> Path:
-    return cache_dir() / f"{sha256}-wasmtime-{wasmtime_version()}-{_engine_tag}.cwasm"
+    return cache_dir() / f"{sha256}-wasmtime-{wasmtime_build_id()}-{_engine_tag}.cwasm"
 
 
 def _read_cached(engine: Engine, sha256: str) -> Component | None:

@@ -152,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
         medians = {name: statistics.median(values) for name, values in samples.items()}
         row = f"{label:<14}" + "".join(f"{medians[n]:>10.2f}" for n in names)
         if "native" in medians:
-            row += f"{medians['wasm'] / medians['native']:>12.1f}x"
+            row += f"{medians['wasm'] / medians['native']:>12.2f}x"
         print(row)
     return 0
 

@@ -60,12 +60,28 @@ impl api::Guest for Component {
         Ok(())
     }
 
-    fn decide(key: String, tool_len: u32, signals: u64) -> u64 {
-        decide(&key, tool_len, signals, None)
+    fn decide(key: String, tool_len: u32, signals: u64, handle: u32) -> u64 {
+        decide(&key, tool_len, signals, None, handle)
     }
 
-    fn decide_text(key: String, tool_len: u32, signals: u64, texts: Vec<String>) -> u64 {
-        decide(&key, tool_len, signals, Some(&texts))
+    fn decide_text(
+        key: String,
+        tool_len: u32,
+        signals: u64,
+        texts: Vec<String>,
+        handle: u32,
+    ) -> u64 {
+        decide(&key, tool_len, signals, Some(&texts), handle)
+    }
+
+    fn decide_held(handle: u32, signals: u64) -> u64 {
+        let hints = wire::unpack_hints(signals);
+        let signals = wire::unpack_signals(signals);
+        let now = now_ms();
+        with_engine(|e| match e.decide_held(handle, signals, hints, now) {
+            Some(outcome) => decision_bits(e, outcome),
+            None => wire::UNKNOWN_HANDLE,
+        })
     }
 
     fn tool_policy(tool: String) -> api::Policy {
@@ -119,28 +135,34 @@ impl api::Guest for Component {
     }
 }
 
-fn decide(key: &str, tool_len: u32, signals: u64, texts: Option<&[String]>) -> u64 {
+fn decide(key: &str, tool_len: u32, signals: u64, texts: Option<&[String]>, handle: u32) -> u64 {
     let (tool, request_id) = wire::split_key(key, tool_len);
     #[cfg(feature = "fault-injection")]
     inject_fault(tool);
     let hints = wire::unpack_hints(signals);
     let signals = wire::unpack_signals(signals);
     let now = now_ms();
-    with_engine(
-        |e| match e.decide_with(tool, request_id, signals, hints, texts, now) {
-            Outcome::Decided(d) => {
-                let mut bits = wire::pack_decision(&d);
-                if e.is_text_free() {
-                    bits |= wire::TEXT_FREE;
-                    if e.state_count() == 0 {
-                        bits |= wire::IDLE;
-                    }
+    with_engine(|e| {
+        let outcome = e.decide_as(tool, request_id, signals, hints, texts, now, handle);
+        decision_bits(e, outcome)
+    })
+}
+
+/// The `decision` word of an outcome, with the engine's `text-free` and `idle` bits.
+fn decision_bits(e: &Engine, outcome: Outcome) -> u64 {
+    match outcome {
+        Outcome::Decided(d) => {
+            let mut bits = wire::pack_decision(&d);
+            if e.is_text_free() {
+                bits |= wire::TEXT_FREE;
+                if e.state_count() == 0 {
+                    bits |= wire::IDLE;
                 }
-                bits
             }
-            Outcome::NeedText => wire::NEED_TEXT,
-        },
-    )
+            bits
+        }
+        Outcome::NeedText => wire::NEED_TEXT,
+    }
 }
 
 /// Deliberate faults for the host's fault-injection tests, keyed by magic tool

@@ -30,6 +30,8 @@ pub const DELAY_MASK: u64 = (1 << 40) - 1;
 pub const FAILURES_SHIFT: u32 = 40;
 /// Decision bits 48..55: the reason ordinal.
 pub const REASON_SHIFT: u32 = 48;
+/// Decision bit 60 (alone): `decide-held` was given a handle that names no key.
+pub const UNKNOWN_HANDLE: u64 = 1 << 60;
 /// Decision bit 61: no policy (global or override) inspects text content, so
 /// a result whose `signals` are 0 is never a failure for any tool.
 pub const TEXT_FREE: u64 = 1 << 61;

@@ -176,7 +176,7 @@ async def test_truncated_component_is_a_clear_error_at_load(
     assert any(re.search(message, r.getMessage()) for r in caplog.records)
 
 
-def wrong_world(funcs: tuple[str, ...], *, version: str = "0.1.0") -> str:
+def wrong_world(funcs: tuple[str, ...], *, version: str = "0.2.0") -> str:
     """A component exporting the retry-engine name with ``funcs``, each typed ``() -> u32``."""
     exports = " ".join(f'(export "{name}" (func $f))' for name in funcs)
     return f"""
@@ -195,10 +195,10 @@ def wrong_world(funcs: tuple[str, ...], *, version: str = "0.1.0") -> str:
     [
         pytest.param(
             wrong_world(EXPORTED_FUNCS),
-            r"wrong-world\.wasm.*decide is .*not \(string, u32, u64\) -> u64",
+            r"wrong-world\.wasm.*is not \(string, u32, u64, u32\) -> u64",
         ),
         (wrong_world(tuple(f for f in EXPORTED_FUNCS if f != "decide")), r"has no function 'decide'"),
-        (wrong_world(EXPORTED_FUNCS, version="0.2.0"), r"not for this host's contract.*retry-engine@0\.2\.0"),
+        (wrong_world(EXPORTED_FUNCS, version="0.3.0"), r"not for this host's contract.*retry-engine@0\.3\.0"),
     ],
     ids=["wrong-types", "missing-decide", "other-contract"],
 )
@@ -221,4 +221,4 @@ async def test_component_with_wrong_function_types_is_skipped_by_the_manager(
     path.write_bytes(bytes(wasmtime.wat2wasm(wrong_world(EXPORTED_FUNCS))))
     with caplog.at_level(logging.ERROR):
         await manager_factory({"wasm_path": str(path)}, expect_plugins=0)
-    assert any("not (string, u32, u64) -> u64" in r.getMessage() for r in caplog.records)
+    assert any("is not (string, u32, u64, u32) -> u64" in r.getMessage() for r in caplog.records)

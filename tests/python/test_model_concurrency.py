@@ -24,6 +24,7 @@ from cpex.framework import GlobalContext, PluginConfig, PluginContext, ToolPostI
 from cpex_retry_with_backoff_wasm import RetryWithBackoffPlugin
 
 from .conftest import PLUGIN_KIND, PLUGIN_NAME
+from .test_handles import assert_handles_accounted
 
 CONFIG: dict[str, Any] = {
     "jitter": False,
@@ -182,3 +183,4 @@ async def test_concurrent_drivers_match_the_sequential_model(seed: int) -> None:
         got_shared.update(shared)
     assert got_shared == want_shared
     assert plugin.engine.fault_count == 0
+    assert_handles_accounted(plugin.engine)

@@ -403,13 +403,13 @@ async def test_trap_mid_sequence_answers_no_retry_and_recovers(
     assert res.retry_delay_ms == 0
     assert res.continue_processing
     assert res.modified_payload is None
-    assert any("decide failed" in r.getMessage() for r in caplog.records)
+    assert any("decide-held failed" in r.getMessage() for r in caplog.records)
     plugin.engine.fuel_per_call = DEFAULT_FUEL
     assert await delays(manager, "t", "r", [err(), err()]) == [200, 400]
 
 
 async def test_tiny_fuel_from_config_fails_at_construction() -> None:
-    with pytest.raises(RuntimeError, match=r"retry-engine@0\.1\.0: (cannot instantiate|configuring)"):
+    with pytest.raises(RuntimeError, match=r"retry-engine@0\.2\.0: (cannot instantiate|configuring)"):
         direct_plugin({"wasm_fuel": 10})
 
 

@@ -7,7 +7,10 @@ use super::backoff;
 use super::budget::Budgets;
 use super::classify::{classify_with, Classification, Hints, Signals};
 use super::config::{Config, Policy};
-use super::state::{Entry, StateTable};
+use super::state::{Entry, Handle, StateTable, MAX_HANDLE_KEY_BYTES, NO_HANDLE};
+
+/// No texts (a result decided on its signals alone).
+const NO_TEXT: Option<&[&str]> = None;
 
 /// How many expired entries one decision may sweep. Bounds the latency of a
 /// single call after a burst of entries expires together; the backlog drains
@@ -138,6 +141,49 @@ impl Engine {
         texts: Option<&[T]>,
         now_ms: u64,
     ) -> Outcome {
+        self.decide_as(tool, request_id, signals, hints, texts, now_ms, NO_HANDLE)
+    }
+
+    /// Decide on a result of the key `handle` names (see
+    /// [`super::state::Handle`]), exactly as [`Engine::decide_with`] would with
+    /// that key; `None` when the handle names no key (never given, or the key's
+    /// state has gone since: TTL, capacity, a decision that cleared it).
+    pub fn decide_held(
+        &mut self,
+        handle: Handle,
+        signals: Signals,
+        hints: Hints,
+        now_ms: u64,
+    ) -> Option<Outcome> {
+        // Copied out of the table, which the decision then updates.
+        let mut buf = [0u8; MAX_HANDLE_KEY_BYTES];
+        let (tool, request_id) = self.state.key_of(handle)?;
+        let split = tool.len();
+        let len = split + request_id.len();
+        buf[..split].copy_from_slice(tool.as_bytes());
+        buf[split..len].copy_from_slice(request_id.as_bytes());
+        let (tool, request_id) = buf[..len].split_at(split);
+        let (tool, request_id) = (
+            core::str::from_utf8(tool).ok()?,
+            core::str::from_utf8(request_id).ok()?,
+        );
+        Some(self.decide_as(tool, request_id, signals, hints, NO_TEXT, now_ms, handle))
+    }
+
+    /// [`Engine::decide_with`], naming the key `handle` when it keeps state;
+    /// otherwise (and for a key too long to name) `handle` names nothing
+    /// afterwards. [`Outcome::NeedText`] changes nothing, handles included.
+    #[allow(clippy::too_many_arguments)]
+    pub fn decide_as<T: AsRef<str>>(
+        &mut self,
+        tool: &str,
+        request_id: &str,
+        signals: Signals,
+        hints: Hints,
+        texts: Option<&[T]>,
+        now_ms: u64,
+        handle: Handle,
+    ) -> Outcome {
         let policy = self.config.policy_for(tool);
         let class = classify_with(signals, hints, policy, texts);
         if class == Classification::NeedText {
@@ -148,6 +194,7 @@ impl Engine {
         match class {
             Classification::NotFailure => {
                 self.state.remove(tool, request_id);
+                self.state.release(handle);
                 if let Some(budget) = policy.retry_budget() {
                     self.budgets.deposit(tool, budget, now_ms);
                 }
@@ -155,6 +202,7 @@ impl Engine {
             }
             Classification::NonRetryable => {
                 self.state.remove(tool, request_id);
+                self.state.release(handle);
                 return Outcome::Decided(Decision::NON_RETRYABLE);
             }
             Classification::Failure | Classification::NeedText => {}
@@ -172,7 +220,9 @@ impl Engine {
             .retry_after_ms
             .filter(|_| policy.honor_retry_after)
             .map(|ms| u64::from(ms).min(policy.max_retry_after_ms));
-        let entry = self.state.record_failure(tool, request_id, now_ms, ttl);
+        let entry = self
+            .state
+            .record_failure_as(tool, request_id, now_ms, ttl, handle);
         let failures = entry.failures;
         if failures <= max_retries {
             let delay_ms = match floor {
@@ -503,5 +553,51 @@ mod tests {
         e.configure(Config::from_json(r#"{"jitter": false, "max_state_entries": 1}"#).unwrap());
         assert_eq!(e.state_count(), 1);
         assert_eq!(delays(&mut e, "t", "b", 1, 2)[0], (400, 2, Reason::Retry));
+    }
+
+    #[test]
+    fn test_engine_decide_held_matches_decide_by_key() {
+        // Two engines with the same seed: one told every key, one given handles.
+        let config = r#"{"max_retries": 3, "backoff_base_ms": 10, "max_backoff_ms": 70}"#;
+        let (mut by_key, mut by_handle) = (engine(config), engine(config));
+        let keys = [("t", "r1"), ("t", "r2"), ("search", "r1")];
+        for step in 0..60u64 {
+            let k = (step % 3) as usize;
+            let (tool, rid) = keys[k];
+            let signals = if step % 7 == 6 { OK } else { FAIL };
+            let now = step * 10;
+            let want = by_key.decide_with(tool, rid, signals, Hints::NONE, NO_TEXT, now);
+            let handle = k as u32 + 1;
+            let got = match by_handle.decide_held(handle, signals, Hints::NONE, now) {
+                Some(outcome) => outcome,
+                // Unknown (first failure, or the key's state was cleared): by key.
+                None => by_handle.decide_as(tool, rid, signals, Hints::NONE, NO_TEXT, now, handle),
+            };
+            assert_eq!(got, want, "step {step}");
+            assert_eq!(by_handle.state_count(), by_key.state_count());
+        }
+    }
+
+    #[test]
+    fn test_engine_decide_held_is_none_once_the_key_is_cleared() {
+        let mut e = engine(r#"{"max_retries": 1}"#);
+        assert_eq!(e.decide_held(1, FAIL, Hints::NONE, 0), None);
+        e.decide_as("t", "r", FAIL, Hints::NONE, NO_TEXT, 0, 1);
+        let exhausted = e.decide_held(1, FAIL, Hints::NONE, 0);
+        assert!(matches!(
+            exhausted,
+            Some(Outcome::Decided(Decision {
+                reason: Reason::Exhausted,
+                ..
+            }))
+        ));
+        assert_eq!(e.decide_held(1, FAIL, Hints::NONE, 0), None);
+        // A success clears the key too.
+        e.decide_as("t", "r", FAIL, Hints::NONE, NO_TEXT, 0, 1);
+        assert_eq!(
+            e.decide_held(1, OK, Hints::NONE, 0),
+            Some(Outcome::Decided(Decision::SUCCESS))
+        );
+        assert_eq!(e.decide_held(1, OK, Hints::NONE, 0), None);
     }
 }

@@ -22,6 +22,13 @@
 //! Request ids are client-controlled, so the index is keyed with SipHash-1-3
 //! under a per-instance secret key (from the imported seed): chains cannot be
 //! made long on purpose.
+//!
+//! Handles: the host may name a key that holds state with a small number of
+//! its choosing (a [`Handle`]), so that its next results can be decided
+//! without sending the key again (`decide-held`). A handle names at most one
+//! slot and a slot at most one handle; removing the slot drops its handle, so
+//! a handle that names nothing live is simply unknown. The two maps are
+//! plain arrays that grow only when handles are used.
 
 use alloc::boxed::Box;
 use alloc::string::String;
@@ -32,6 +39,17 @@ use core::hash::Hasher;
 use siphasher::sip::SipHasher13;
 
 const NIL: u32 = u32::MAX;
+
+/// A host-chosen name for a key that holds state: 1..=[`MAX_HANDLE`]; 0 (and
+/// anything above the maximum) names nothing.
+pub type Handle = u32;
+/// No handle.
+pub const NO_HANDLE: Handle = 0;
+/// The largest handle a table accepts (bounds the handle map at 4 MiB).
+pub const MAX_HANDLE: Handle = 1 << 20;
+/// Keys longer than this (tool name and request id, in bytes) are never given
+/// a handle: `decide-held` copies the key onto the stack.
+pub const MAX_HANDLE_KEY_BYTES: usize = 256;
 
 /// One live entry, as seen from outside.
 ///
@@ -111,6 +129,10 @@ pub struct StateTable {
     head: u32,
     tail: u32,
     hash_key: (u64, u64),
+    /// `handle_slot[h]`: the slot handle `h` names, plus 1 (0: none).
+    handle_slot: Vec<u32>,
+    /// `slot_handle[i]`: the handle naming slot `i` (0: none).
+    slot_handle: Vec<Handle>,
 }
 
 impl StateTable {
@@ -127,6 +149,8 @@ impl StateTable {
             head: NIL,
             tail: NIL,
             hash_key,
+            handle_slot: Vec::new(),
+            slot_handle: Vec::new(),
         }
     }
 
@@ -225,6 +249,20 @@ impl StateTable {
         now_ms: u64,
         ttl_ms: u64,
     ) -> &mut Entry {
+        self.record_failure_as(tool, request_id, now_ms, ttl_ms, NO_HANDLE)
+    }
+
+    /// [`StateTable::record_failure`], naming the key `handle` from now on
+    /// (see [`Handle`]; a key longer than [`MAX_HANDLE_KEY_BYTES`] gets none,
+    /// and `handle` then names nothing).
+    pub fn record_failure_as(
+        &mut self,
+        tool: &str,
+        request_id: &str,
+        now_ms: u64,
+        ttl_ms: u64,
+        handle: Handle,
+    ) -> &mut Entry {
         let hash = self.hash(tool, request_id);
         let i = match self.find(hash, tool, request_id) {
             Some(i) => {
@@ -244,7 +282,59 @@ impl StateTable {
             }
             None => self.insert_new(hash, tool, request_id, Entry::first(now_ms)),
         };
+        if tool.len() + request_id.len() <= MAX_HANDLE_KEY_BYTES {
+            self.name(i, handle);
+        } else {
+            self.release(handle);
+        }
         &mut self.slots[i as usize].entry
+    }
+
+    /// The key `handle` names, as `(tool, request id)`, if it names a live slot
+    /// (an entry past its TTL but not yet swept included, as for a lookup by key).
+    pub fn key_of(&self, handle: Handle) -> Option<(&str, &str)> {
+        let i = self.handle_slot.get(handle as usize)?.checked_sub(1)?;
+        let slot = &self.slots[i as usize];
+        slot.key.split_at_checked(slot.split as usize)
+    }
+
+    /// Let `handle` name nothing (no-op for [`NO_HANDLE`] or a handle that
+    /// names nothing).
+    pub fn release(&mut self, handle: Handle) {
+        if let Some(named) = self.handle_slot.get_mut(handle as usize) {
+            if let Some(i) = named.checked_sub(1) {
+                *named = 0;
+                self.slot_handle[i as usize] = NO_HANDLE;
+            }
+        }
+    }
+
+    /// Let `handle` name slot `i`, and nothing else name either.
+    fn name(&mut self, i: u32, handle: Handle) {
+        if handle == NO_HANDLE || handle > MAX_HANDLE {
+            return;
+        }
+        let (i, h) = (i as usize, handle as usize);
+        if self.slot_handle.len() <= i {
+            self.slot_handle
+                .resize(self.slots.len().max(i + 1), NO_HANDLE);
+        }
+        let old = self.slot_handle[i];
+        if old == handle {
+            return;
+        }
+        if old != NO_HANDLE {
+            self.handle_slot[old as usize] = 0;
+        }
+        if self.handle_slot.len() <= h {
+            self.handle_slot.resize(h + 1, 0);
+        }
+        // The handle moves here from whatever slot it named before.
+        if let Some(before) = self.handle_slot[h].checked_sub(1) {
+            self.slot_handle[before as usize] = NO_HANDLE;
+        }
+        self.handle_slot[h] = i as u32 + 1;
+        self.slot_handle[i] = handle;
     }
 
     /// Put `entry` for a key as the newest entry, replacing any entry the key
@@ -383,6 +473,12 @@ impl StateTable {
         let slot = &mut self.slots[i as usize];
         slot.key = Box::default();
         slot.chain = NIL;
+        if let Some(handle) = self.slot_handle.get_mut(i as usize) {
+            if *handle != NO_HANDLE {
+                self.handle_slot[*handle as usize] = 0;
+                *handle = NO_HANDLE;
+            }
+        }
         self.free.push(i);
         self.len -= 1;
         // Give the slab back once the table has emptied (e.g. after a burst of
@@ -390,6 +486,8 @@ impl StateTable {
         if self.len == 0 {
             self.slots = Vec::new();
             self.free = Vec::new();
+            self.handle_slot = Vec::new();
+            self.slot_handle = Vec::new();
         }
     }
 
@@ -537,6 +635,65 @@ mod tests {
             assert_eq!(t.slots.capacity(), 0);
             assert!(t.buckets.iter().all(|&b| b == 0));
         }
+    }
+
+    #[test]
+    fn test_state_handle_names_its_key_until_the_key_goes() {
+        let mut t = StateTable::new((1, 2), CAP);
+        assert_eq!(t.key_of(7), None);
+        t.record_failure_as("tool", "r1", 0, TTL, 7);
+        assert_eq!(t.key_of(7), Some(("tool", "r1")));
+        // Another failure of the same key keeps it; no handle leaves it named.
+        assert_eq!(t.record_failure("tool", "r1", 1, TTL).failures, 2);
+        assert_eq!(t.key_of(7), Some(("tool", "r1")));
+        t.remove("tool", "r1");
+        assert_eq!(t.key_of(7), None);
+    }
+
+    #[test]
+    fn test_state_handle_moves_and_slots_never_share_one() {
+        let mut t = StateTable::new((1, 2), CAP);
+        t.record_failure_as("a", "1", 0, TTL, 1);
+        t.record_failure_as("b", "2", 0, TTL, 2);
+        // Handle 1 now names b: a is unnamed, b's old handle 2 names nothing.
+        t.record_failure_as("b", "2", 1, TTL, 1);
+        assert_eq!(t.key_of(1), Some(("b", "2")));
+        assert_eq!(t.key_of(2), None);
+        // Removing a (now unnamed) leaves b's handle alone.
+        t.remove("a", "1");
+        assert_eq!(t.key_of(1), Some(("b", "2")));
+        // A slot reused by another key does not inherit the handle.
+        t.remove("b", "2");
+        t.record_failure("c", "3", 2, TTL);
+        assert_eq!(t.key_of(1), None);
+    }
+
+    #[test]
+    fn test_state_handles_drop_with_eviction_expiry_and_out_of_range() {
+        let mut t = StateTable::new((1, 2), 2);
+        t.record_failure_as("t", "old", 0, TTL, 3);
+        t.record_failure_as("t", "mid", 1, TTL, 4);
+        t.record_failure_as("t", "new", 2, TTL, 5); // full: "old" goes
+        assert_eq!(t.key_of(3), None);
+        assert_eq!(t.key_of(4), Some(("t", "mid")));
+        assert_eq!(t.sweep(2 + TTL + 1, TTL, usize::MAX), 2);
+        assert_eq!(t.key_of(4), None);
+        assert_eq!(t.key_of(5), None);
+        // Out of range, or a key too long to copy: no handle.
+        t.record_failure_as("t", "x", 0, TTL, MAX_HANDLE + 1);
+        assert_eq!(t.key_of(MAX_HANDLE + 1), None);
+        let long = "r".repeat(MAX_HANDLE_KEY_BYTES);
+        t.record_failure_as("t", "y", 0, TTL, 6);
+        assert_eq!(t.key_of(6), Some(("t", "y")));
+        t.record_failure_as("t", &long, 0, TTL, 6);
+        assert_eq!(
+            t.key_of(6),
+            None,
+            "given to a key it cannot name, it names nothing"
+        );
+        t.record_failure_as("", &long, 0, TTL, MAX_HANDLE);
+        assert_eq!(t.key_of(MAX_HANDLE), Some(("", long.as_str())));
+        assert_eq!(t.key_of(u32::MAX), None);
     }
 
     #[test]

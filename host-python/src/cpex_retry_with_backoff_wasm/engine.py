@@ -28,7 +28,7 @@ from wasmtime.component import Func, Linker
 
 from . import ceiling as _ceiling
 from . import fastcall
-from .fastcall import KEY_FUEL_PER_BYTE, LeanDecide, lean_decide
+from .fastcall import KEY_FUEL_PER_BYTE, LeanDecide, LeanDecideHeld, lean_decide, lean_decide_held
 from .loader import (
     CLOCK_INTERFACE_PREFIX,
     SEED_INTERFACE_PREFIX,
@@ -45,7 +45,18 @@ from .model import (
     Policy,
     RetryEngineLoadError,
 )
-from .signals import IDLE, NEED_TEXT, REASON_SHIFT, TEXT_FREE, collect_texts, read_hints, read_signals
+from .signals import (
+    HANDLE_KEY_MAX_BYTES,
+    HANDLE_MAX,
+    IDLE,
+    NEED_TEXT,
+    REASON_SHIFT,
+    TEXT_FREE,
+    UNKNOWN_HANDLE,
+    collect_texts,
+    read_hints,
+    read_signals,
+)
 
 log = logging.getLogger(__name__)
 
@@ -154,6 +165,9 @@ class WasmRetryEngine:
 
     #: Whether the missing lean call path was logged (once per process).
     _warned_slow_path: bool = False
+    # Set by `_forget_held`: whether `_held` lists every key with state, and the next handle.
+    _held_complete: bool
+    _next_handle: int
 
     def __init__(
         self,
@@ -201,14 +215,21 @@ class WasmRetryEngine:
         self._linker = self._make_linker(self._loaded)
         self._store: Store | None = None
         self._funcs: dict[str, Func] = {}
-        self._lean: LeanDecide | None = None
+        #: The lean callers of ``decide`` and ``decide-held`` (``fastcall``), or None.
+        self._lean: tuple[LeanDecide, LeanDecideHeld] | None = None
         #: The engine's last word that it is idle (see ``decide``); False whenever unsure.
         self._idle = False
-        #: Keys whose last decision was a retry: a superset of the keys holding state in the
-        #: engine (the engine may drop more on its own: TTL, capacity).  Valid for the success
+        #: Keys whose last decision was a retry, each with the handle the engine knows it by
+        #: (0: none; WIT ``decide-held``): a superset of the keys holding state in the engine
+        #: (the engine may drop more on its own: TTL, capacity).  Valid for the success
         #: shortcut only while ``_text_free`` (the engine's word) and not overflowed.
-        self._held: set[tuple[str, str]] = set()
-        self._held_complete = True
+        self._held: dict[tuple[str, str], int] = {}
+        #: Handles free for reuse (and ``_next_handle``, the next never used); a handle
+        #: belongs to one key of ``_held`` at a time, or to the one call in flight.
+        self._free_handles: list[int] = []
+        #: Counts ``_forget_held`` calls: a handle taken before one is not free to give back.
+        self._handles_epoch = 0
+        self._forget_held()  # sets _held_complete and _next_handle
         self._text_free = False
         self._broken = False
         #: Number of faults (traps, failed rebuilds) since construction.
@@ -410,7 +431,7 @@ class WasmRetryEngine:
                     raise RetryEngineLoadError(f"{MESSAGE_PREFIX}: export {name!r} is not a function")
                 funcs[name] = func
             # Inside the try: a `decide` of another signature is a load error naming the path.
-            lean = lean_decide(funcs["decide"], store, self._fuel)
+            lean = self._lean_callers(funcs, store, self._fuel)
         except RetryEngineLoadError:
             raise
         except Exception as exc:
@@ -431,6 +452,14 @@ class WasmRetryEngine:
         self._idle = False
         self._text_free = False
         self._broken = False
+
+    @staticmethod
+    def _lean_callers(
+        funcs: dict[str, Func], store: Store, fuel: int
+    ) -> tuple[LeanDecide, LeanDecideHeld] | None:
+        decide = lean_decide(funcs["decide"], store, fuel)
+        held = lean_decide_held(funcs["decide-held"], store, fuel)
+        return None if decide is None or held is None else (decide, held)
 
     def _configure_locked(self, config_json: str) -> tuple[ConfigError, ...]:
         self._idle = False
@@ -480,8 +509,7 @@ class WasmRetryEngine:
     def _rebuild(self) -> bool:
         """Instantiate and configure again (lock held); False if that failed too."""
         # The new instance starts empty: no key holds state any more.
-        self._held.clear()
-        self._held_complete = True
+        self._forget_held()
         try:
             self._instantiate()
             errors = self._configure_locked(self._config_json)
@@ -521,37 +549,83 @@ class WasmRetryEngine:
             # a success, and for a key that holds no retry state it would change nothing (WIT
             # `text-free` and `idle` bits).  ``_held`` is a superset of the keys with state.
             return 0
-        # Hot path: one lean call (fastcall.lean_decide) under the store's lock.
+        # Hot path: one lean call (fastcall) under the store's lock: `decide-held` when the
+        # engine knows the key by a handle, else `decide` with the key.
         with self._lock:
             lean = self._lean
             if lean is not None:
-                try:
-                    encoded = (tool + request_id).encode()
-                    tool_len = len(tool)
-                except UnicodeEncodeError:
-                    # Lone surrogates cannot cross as UTF-8: a deterministic stand-in for the
-                    # engine.  The host's own bookkeeping (`_note`) keeps the original key,
-                    # which is what the success shortcut looks up.
-                    safe_tool = _utf8_safe(tool)
-                    tool_len = len(safe_tool)
-                    encoded = (safe_tool + _utf8_safe(request_id)).encode()
-                try:
-                    decision: int = lean(encoded, tool_len, signals)
-                except Exception as exc:
-                    self._idle = False
-                    self._fault("decide", exc)
-                    return 0
-                self._note(key, decision)
-                if not decision & NEED_TEXT:
-                    return decision
+                old = self._held.get(key)
+                decision: int = UNKNOWN_HANDLE
+                if old:
+                    try:
+                        decision = lean[1](old, signals)
+                    except Exception as exc:
+                        self._idle = False
+                        self._fault("decide-held", exc)
+                        return 0
+                    if not decision & (UNKNOWN_HANDLE | NEED_TEXT):
+                        if (decision >> REASON_SHIFT) & 0xFF == _REASON_RETRY:
+                            # Still held under the same handle: `_note`'s one change is this.
+                            self._idle = False
+                            self._text_free = (decision & TEXT_FREE) != 0
+                        else:
+                            self._note(key, old, old, decision)
+                        return decision
+                fresh = None
+                if decision & UNKNOWN_HANDLE:
+                    # A key without a handle, or whose state went (TTL, capacity): send the key.
+                    decision, fresh = self._decide_by_key(lean[0], key, old, signals)
+                    if not decision & NEED_TEXT:
+                        return decision
         if lean is None:  # no lean path (other wasmtime-py) or the instance needs a rebuild
             decision = self._call_decide(tool, request_id, signals, None)
+            fresh = None
         if decision & NEED_TEXT:
             # Text content may make it a failure: the hints can matter now.
             if self._read_hints:
                 signals |= read_hints(result, self._wall_clock)
-            decision = self._call_decide(tool, request_id, signals, collect_texts(result))
+            decision = self._call_decide(tool, request_id, signals, collect_texts(result), fresh)
         return decision
+
+    def _decide_by_key(
+        self, decide: LeanDecide, key: tuple[str, str], old: int | None, signals: int
+    ) -> tuple[int, tuple[int, int] | None]:
+        """``decide`` with the key, naming it by a handle (lock held).
+
+        Returns the decision and, when it is ``need-text`` and a handle was taken for this
+        call, that handle with the ``_handles_epoch`` it was taken in (see ``_call_decide``).
+        A fault answers 0.
+        """
+        tool, request_id = key
+        try:
+            encoded = (tool + request_id).encode()
+            tool_len = len(tool)
+        except UnicodeEncodeError:
+            # Lone surrogates cannot cross as UTF-8: a deterministic stand-in for the engine.
+            # The host's own bookkeeping (`_note`) keeps the original key, which is what the
+            # success shortcut looks up.
+            safe_tool = _utf8_safe(tool)
+            tool_len = len(safe_tool)
+            encoded = (safe_tool + _utf8_safe(request_id)).encode()
+        handle = old or 0
+        if not handle and self._held_complete and len(encoded) <= HANDLE_KEY_MAX_BYTES:
+            free = self._free_handles
+            if free:
+                handle = free.pop()
+            elif self._next_handle <= HANDLE_MAX:
+                handle = self._next_handle
+                self._next_handle = handle + 1
+        try:
+            decision = decide(encoded, tool_len, signals, handle)
+        except Exception as exc:
+            self._idle = False
+            self._fault("decide", exc)
+            return 0, None
+        if not decision & NEED_TEXT:
+            self._note(key, old, handle, decision)
+            return decision, None
+        # Nothing changed; a handle taken for this call goes back with the text call.
+        return decision, ((handle, self._handles_epoch) if handle != old else None)
 
     def _call_fuel(self, tool: str, request_id: str, texts: list[str] | None) -> int:
         """Fuel for one generic call: the base budget plus a bound on the work its input can
@@ -562,65 +636,109 @@ class WasmRetryEngine:
             fuel += TEXT_FUEL_PER_BYTE * 4 * sum(len(t) for t in texts)
         return fuel
 
-    def _call_decide(self, tool: str, request_id: str, signals: int, texts: list[str] | None) -> int:
-        """The generic call path: ``decide-text``, and ``decide`` without a lean caller."""
+    def _call_decide(
+        self,
+        tool: str,
+        request_id: str,
+        signals: int,
+        texts: list[str] | None,
+        fresh: tuple[int, int] | None = None,
+    ) -> int:
+        """The generic call path: ``decide-text``, and ``decide`` without a lean caller.
+
+        ``fresh``: a handle the lean path took for this key and did not use, with the
+        ``_handles_epoch`` it was taken in; it goes back to the free list unless every handle
+        was freed since.  The call names the key by the handle it already has, if any.
+        """
+        key = (tool, request_id)
         with self._lock:
+            if fresh is not None and fresh[1] == self._handles_epoch:
+                self._free_handles.append(fresh[0])
             if self._broken and not self._rebuild():
                 return 0
+            old = self._held.get(key)
+            handle = old or 0
             store = self._store
             assert store is not None
             store.set_fuel(self._call_fuel(tool, request_id, texts))
             try:
                 try:
                     if texts is None:
-                        decision: int = self._funcs["decide"](store, tool + request_id, len(tool), signals)
+                        decision: int = self._funcs["decide"](
+                            store, tool + request_id, len(tool), signals, handle
+                        )
                     else:
                         decision = self._funcs["decide-text"](
-                            store, tool + request_id, len(tool), signals, texts
+                            store, tool + request_id, len(tool), signals, texts, handle
                         )
                 except UnicodeEncodeError:
                     # Lone surrogates cannot cross as UTF-8 (raised while lowering, before the
                     # guest runs).  The key parts get a deterministic stand-in; texts that
                     # cannot be encoded are skipped, as the native plugin skips them.
-                    tool, request_id = _utf8_safe(tool), _utf8_safe(request_id)
-                    store.set_fuel(self._call_fuel(tool, request_id, texts))
+                    safe_tool, safe_request_id = _utf8_safe(tool), _utf8_safe(request_id)
+                    store.set_fuel(self._call_fuel(safe_tool, safe_request_id, texts))
                     if texts is None:
-                        decision = self._funcs["decide"](store, tool + request_id, len(tool), signals)
+                        decision = self._funcs["decide"](
+                            store, safe_tool + safe_request_id, len(safe_tool), signals, handle
+                        )
                     else:
                         texts = [t for t in texts if _utf8_encodable(t)]
                         decision = self._funcs["decide-text"](
-                            store, tool + request_id, len(tool), signals, texts
+                            store, safe_tool + safe_request_id, len(safe_tool), signals, texts, handle
                         )
             except Exception as exc:
                 self._idle = False
                 self._fault("decide" if texts is None else "decide-text", exc)
                 return 0
-            self._note((tool, request_id), decision)
+            self._note(key, old, handle, decision)
             return decision
 
-    def _note(self, key: tuple[str, str], decision: int) -> None:
-        """Remember what a decision for ``key`` says about the engine's state (lock held)."""
+    def _note(self, key: tuple[str, str], old: int | None, handle: int, decision: int) -> None:
+        """Remember what a decision for ``key`` says about the engine's state (lock held).
+
+        ``old`` is the key's entry in ``_held`` before the call (None: not held), ``handle``
+        the handle the call named it by (0: none).  A handle not kept for the key is freed.
+        """
         if decision & IDLE:
             # No state anywhere: nothing to remember (the common case after a success).
             self._idle = True
             self._text_free = (decision & TEXT_FREE) != 0
-            if self._held:
-                self._held.clear()
-            self._held_complete = True
+            if self._held or self._next_handle != 1:
+                self._forget_held()
             return
         self._idle = False
         self._text_free = (decision & TEXT_FREE) != 0
         held = self._held
         if (decision >> REASON_SHIFT) & 0xFF == _REASON_RETRY:
-            if self._held_complete:
+            if old is None:
+                if not self._held_complete:
+                    return
                 if len(held) < HELD_KEYS_CAP:
-                    held.add(key)
+                    held[key] = handle
                 else:
                     # Too many to track: no shortcut for unknown keys until the engine is idle.
+                    self._forget_held()
                     self._held_complete = False
-                    held.clear()
-        elif held:
-            held.discard(key)
+            elif old != handle:
+                held[key] = handle
+                if old:
+                    self._free_handles.append(old)
+        else:
+            # The decision cleared the key's state.
+            if old is not None:
+                del held[key]
+                if old:
+                    self._free_handles.append(old)
+            if handle and handle != old:
+                self._free_handles.append(handle)
+
+    def _forget_held(self) -> None:
+        """No key is known to hold state: every handle is free (lock held)."""
+        self._held.clear()
+        self._held_complete = True
+        self._free_handles.clear()
+        self._next_handle = 1
+        self._handles_epoch += 1
 
     # ------------------------------------------------------------------ cold paths
     @property
@@ -674,7 +792,7 @@ class WasmRetryEngine:
         with self._lock:
             self._fuel = fuel
             if self._store is not None and self._lean is not None:
-                self._lean = lean_decide(self._funcs["decide"], self._store, fuel)
+                self._lean = self._lean_callers(self._funcs, self._store, fuel)
 
     @property
     def wasm_path(self) -> Path:

@@ -1,12 +1,13 @@
-"""A lean call path for the hot ``decide(key: string, tool-len: u32, signals: u64) -> u64``.
+"""A lean call path for the hot calls ``decide(key, tool-len, signals, handle) -> u64`` and
+``decide-held(handle, signals) -> u64``.
 
 wasmtime-py's generic ``Func.__call__`` reflects over the function's type on every call (a
 C call for the type, Python objects for each parameter type, per-value conversion): ~20 µs of
-the ~22 µs a decision cost.  The signature of ``decide`` never changes, so this module
-prebuilds the three argument values and the result slot once, as the C API's own
-``wasmtime_component_val_t`` structs, and each call only points the string at the key's
-bytes, writes two scalars and calls ``wasmtime_component_func_call`` (the C function
-``Func.__call__`` ends in).  ``make bench`` shows the result next to the native plugin.
+the ~22 µs a decision cost.  The signatures never change, so this module prebuilds the
+argument values and the result slot once, as the C API's own ``wasmtime_component_val_t``
+structs, and each call only points the string at the key's bytes, writes the scalars and
+calls ``wasmtime_component_func_call`` (the C function ``Func.__call__`` ends in).
+``make bench`` shows the result next to the native plugin.
 
 Why each choice (each measured on this project's machines, per call):
 * The C functions are called through cffi (ABI mode, the same shared library wasmtime-py
@@ -79,14 +80,16 @@ try:  # pragma: no cover - exercised by whichever wasmtime-py / cffi is installe
     _from_buffer = _ffi_cffi.from_buffer
     # cffi parses a C type from its string on first use (pycparser, ~0.25 ms each): once here
     # rather than in every plugin's construction.
-    _ARGS_TYPE = _ffi_cffi.typeof("lean_val_t[3]")
+    _ARGS_TYPE = _ffi_cffi.typeof("lean_val_t[4]")
     _RESULT_TYPE = _ffi_cffi.typeof("lean_val_t *")
     _VOID_PTR = _ffi_cffi.typeof("void *")
     _UINTPTR = _ffi_cffi.typeof("uintptr_t")
     _ERROR_PTR = POINTER(_capi.wasmtime_error_t)
-    _KIND_STRING = _ffi.WASMTIME_COMPONENT_STRING.value
-    _KIND_U32 = _ffi.WASMTIME_COMPONENT_U32.value
-    _KIND_U64 = _ffi.WASMTIME_COMPONENT_U64.value
+    _KINDS: dict[type, int] = {
+        String: _ffi.WASMTIME_COMPONENT_STRING.value,
+        U32: _ffi.WASMTIME_COMPONENT_U32.value,
+        U64: _ffi.WASMTIME_COMPONENT_U64.value,
+    }
     _maybe_raise_last_exn = _enter.maybe_raise_last_exn
 except (ImportError, AttributeError, OSError) as exc:  # pragma: no cover - other layouts
     UNAVAILABLE = f"{type(exc).__name__}: {exc}"
@@ -101,44 +104,57 @@ def _error(err: Any) -> WasmtimeError:
     return WasmtimeError._from_ptr(ctypes.cast(address, _ERROR_PTR))
 
 
-#: ``decide(key, tool_len, signals) -> decision`` of one instance (see ``lean_decide``).
-LeanDecide = Callable[[bytes, int, int], int]
+#: ``decide(key, tool_len, signals, handle) -> decision`` of one instance (``lean_decide``).
+LeanDecide = Callable[[bytes, int, int, int], int]
+#: ``decide-held(handle, signals) -> decision`` of one instance (``lean_decide_held``).
+LeanDecideHeld = Callable[[int, int], int]
+
+
+class _Prepared:
+    """What a lean caller needs of one exported function: its C handles and argument slots."""
+
+    def __init__(self, func: Func, store: Store, kinds: tuple[type, ...], signature: str) -> None:
+        ftype = func.type(store)
+        if tuple(type(ty) for _name, ty in ftype.params) != kinds or type(ftype.result) is not U64:
+            raise TypeError(f"{ftype.params} -> {ftype.result} is not {signature}")
+        self.params: Any = _ffi_cffi.new(_ARGS_TYPE)
+        for i, kind in enumerate(kinds):
+            self.params[i].kind = _KINDS[kind]
+        self.out: Any = _ffi_cffi.new(_RESULT_TYPE)
+        func_raw = func._func  # the C API's wasmtime_component_func_t, a ctypes struct
+        context = ctypes.cast(store._context(), c_void_p).value
+        self.func = _ffi_cffi.cast(_VOID_PTR, ctypes.addressof(func_raw))
+        self.ctx = _ffi_cffi.cast(_VOID_PTR, context or 0)
+        # The raw addresses above point into these: they live as long as the caller does.
+        self.keepalive = (func_raw, store)
+
+
+def _raise_call_error(err: Any) -> None:
+    error = _error(err)
+    _maybe_raise_last_exn()  # an exception raised by a Python host function
+    raise error
 
 
 def lean_decide(func: Func, store: Store, fuel: int) -> LeanDecide | None:
     """A lean caller of ``func`` (``decide``) in ``store``, refuelled before every call.
 
-    The caller takes the UTF-8 key, the tool name's length and the signals, and returns the
-    decision; it raises ``WasmtimeError`` on a trap.  Each call gets ``fuel`` plus
-    ``KEY_FUEL_PER_BYTE`` per byte of key.  Returns None when the lean path is unavailable
-    here (``UNAVAILABLE`` says why); raises ``TypeError`` when ``func`` is not
-    ``(string, u32, u64) -> u64``.
+    The caller takes the UTF-8 key, the tool name's length, the signals and the handle, and
+    returns the decision; it raises ``WasmtimeError`` on a trap.  Each call gets ``fuel``
+    plus ``KEY_FUEL_PER_BYTE`` per byte of key.  Returns None when the lean path is
+    unavailable here (``UNAVAILABLE`` says why); raises ``TypeError`` when ``func`` is not
+    ``(string, u32, u64, u32) -> u64``.
     """
     if UNAVAILABLE is not None:
         return None
-    ftype = func.type(store)
-    kinds = tuple(type(ty) for _name, ty in ftype.params)
-    if kinds != (String, U32, U64) or type(ftype.result) is not U64:
-        raise TypeError(f"decide is {ftype.params} -> {ftype.result}, not (string, u32, u64) -> u64")
-    params = _ffi_cffi.new(_ARGS_TYPE)
-    params[0].kind = _KIND_STRING
-    params[1].kind = _KIND_U32
-    params[2].kind = _KIND_U64
-    out: Any = _ffi_cffi.new(_RESULT_TYPE)
-    func_raw = func._func  # the C API's wasmtime_component_func_t, a ctypes struct
-    context = ctypes.cast(store._context(), c_void_p).value
-    c_func = _ffi_cffi.cast(_VOID_PTR, ctypes.addressof(func_raw))
-    c_ctx = _ffi_cffi.cast(_VOID_PTR, context or 0)
-    key_arg = params[0].of.string
-    tool_len_arg = params[1].of
-    signals_arg = params[2].of
+    prepared = _Prepared(func, store, (String, U32, U64, U32), "(string, u32, u64, u32) -> u64")
+    # Everything the call needs is a local of this closure (cheaper to reach than attributes).
+    params, out, c_func, c_ctx = prepared.params, prepared.out, prepared.func, prepared.ctx
+    key_arg, tool_len_arg, signals_arg, handle_arg = (params[i].of for i in range(4))
+    key_arg = key_arg.string
     result = out.of
-    # Everything the call needs is a local of this closure (cheaper to reach than attributes);
-    # `keepalive` holds what the raw addresses point into for as long as the closure lives.
-    keepalive = (func_raw, store)
     set_fuel, func_call, from_buffer = _set_fuel, _func_call, _from_buffer
 
-    def call(key: bytes, tool_len: int, signals: int) -> int:
+    def call(key: bytes, tool_len: int, signals: int, handle: int) -> int:
         size = len(key)
         # The budget grows with the key (hashing and copying it), so a long key is bounded
         # by its size instead of failing at a fixed budget.
@@ -151,16 +167,52 @@ def lean_decide(func: Func, store: Store, fuel: int) -> LeanDecide | None:
         key_arg.data = pinned
         tool_len_arg.u32 = tool_len
         signals_arg.u64 = signals
-        err = func_call(c_func, c_ctx, params, 3, out, 1)
+        handle_arg.u32 = handle
+        err = func_call(c_func, c_ctx, params, 4, out, 1)
         if err:
-            error = _error(err)
-            _maybe_raise_last_exn()  # an exception raised by a Python host function
-            raise error
+            _raise_call_error(err)
         decision: int = result.u64
         return decision
 
-    call.keepalive = keepalive  # type: ignore[attr-defined]
+    call.keepalive = prepared  # type: ignore[attr-defined]
     return call
 
 
-__all__ = ["KEY_FUEL_PER_BYTE", "UNAVAILABLE", "LeanDecide", "lean_decide"]
+def lean_decide_held(func: Func, store: Store, fuel: int) -> LeanDecideHeld | None:
+    """A lean caller of ``func`` (``decide-held``) in ``store``, refuelled to ``fuel`` before
+    every call (the key it decides on is at most 256 bytes, within any budget that fits
+    ``decide``).  None when the lean path is unavailable here; ``TypeError`` when ``func`` is
+    not ``(u32, u64) -> u64``.
+    """
+    if UNAVAILABLE is not None:
+        return None
+    prepared = _Prepared(func, store, (U32, U64), "(u32, u64) -> u64")
+    params, out, c_func, c_ctx = prepared.params, prepared.out, prepared.func, prepared.ctx
+    handle_arg, signals_arg = params[0].of, params[1].of
+    result = out.of
+    set_fuel, func_call = _set_fuel, _func_call
+
+    def call(handle: int, signals: int) -> int:
+        err = set_fuel(c_ctx, fuel)
+        if err:
+            raise _error(err)
+        handle_arg.u32 = handle
+        signals_arg.u64 = signals
+        err = func_call(c_func, c_ctx, params, 2, out, 1)
+        if err:
+            _raise_call_error(err)
+        decision: int = result.u64
+        return decision
+
+    call.keepalive = prepared  # type: ignore[attr-defined]
+    return call
+
+
+__all__ = [
+    "KEY_FUEL_PER_BYTE",
+    "UNAVAILABLE",
+    "LeanDecide",
+    "LeanDecideHeld",
+    "lean_decide",
+    "lean_decide_held",
+]

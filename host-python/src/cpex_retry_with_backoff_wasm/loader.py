@@ -31,8 +31,8 @@ from .model import MESSAGE_PREFIX, RetryEngineLoadError
 
 log = logging.getLogger(__name__)
 
-#: Exported interface, matched on package, name and the contract's 0.1 minor.
-INTERFACE_PREFIX = "contextforge:retry/retry-engine@0.1."
+#: Exported interface, matched on package, name and the contract's 0.2 minor.
+INTERFACE_PREFIX = "contextforge:retry/retry-engine@0.2."
 #: The only imports a retry-engine component may have (matched without the patch version).
 CLOCK_INTERFACE_PREFIX = "wasi:clocks/monotonic-clock@0.2."
 SEED_INTERFACE_PREFIX = "wasi:random/insecure-seed@0.2."
@@ -42,6 +42,7 @@ EXPORTED_FUNCS = (
     "configure",
     "decide",
     "decide-text",
+    "decide-held",
     "tool-policy",
     "global-policy",
     "state-count",

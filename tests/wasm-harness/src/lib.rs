@@ -37,7 +37,7 @@ pub use exports::contextforge::retry::retry_engine::{
 };
 
 /// The contract version the harness is written against.
-pub const CONTRACT_VERSION: &str = "0.1.0";
+pub const CONTRACT_VERSION: &str = "0.2.0";
 /// The seed every harness instance gets unless a test asks for another.
 pub const DEFAULT_SEED: u128 = 0x5eed_0000_0000_0000_0000_0000_0000_0001;
 /// The environment variable that overrides where the component is read from.
@@ -397,10 +397,29 @@ impl Harness {
     }
 
     pub fn decide_raw(&mut self, key: &str, tool_len: u32, signals: u64) -> Result<u64> {
+        self.decide_named(key, tool_len, signals, 0)
+    }
+
+    /// `decide`, naming the key `handle` (0: none).
+    pub fn decide_named(
+        &mut self,
+        key: &str,
+        tool_len: u32,
+        signals: u64,
+        handle: u32,
+    ) -> Result<u64> {
         Ok(self
             .component
             .contextforge_retry_retry_engine()
-            .call_decide(&mut self.store, key, tool_len, signals)?)
+            .call_decide(&mut self.store, key, tool_len, signals, handle)?)
+    }
+
+    /// `decide-held`: the raw decision word (bit 60 alone: unknown handle).
+    pub fn decide_held_raw(&mut self, handle: u32, signals: u64) -> Result<u64> {
+        Ok(self
+            .component
+            .contextforge_retry_retry_engine()
+            .call_decide_held(&mut self.store, handle, signals)?)
     }
 
     pub fn decide(&mut self, tool: &str, request_id: &str, signals: Signals) -> Result<Decision> {
@@ -422,7 +441,7 @@ impl Harness {
         Ok(self
             .component
             .contextforge_retry_retry_engine()
-            .call_decide_text(&mut self.store, key, tool_len, signals, texts)?)
+            .call_decide_text(&mut self.store, key, tool_len, signals, texts, 0)?)
     }
 
     pub fn decide_text(

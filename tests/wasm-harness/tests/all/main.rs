@@ -15,6 +15,7 @@ mod classify;
 mod config;
 mod deadline;
 mod decide;
+mod handles;
 mod imports;
 mod jitter;
 mod jitter_modes;

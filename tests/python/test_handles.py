@@ -1,0 +1,114 @@
+"""The adapter's handles (WIT ``decide-held``): a key that holds state is decided by its
+handle instead of its bytes; the handle bookkeeping must never point a decision at the
+wrong key, and must not grow without bound."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from cpex_retry_with_backoff_wasm import WasmRetryEngine
+from cpex_retry_with_backoff_wasm.signals import DELAY_MASK
+
+from .conftest import VirtualClock, err, ok
+
+NO_JITTER = {"jitter": False}
+
+
+class CallLog:
+    """Wraps the engine's lean callers, counting calls by key and by handle."""
+
+    def __init__(self, engine: WasmRetryEngine) -> None:
+        assert engine._lean is not None
+        self.by_key = self.by_handle = 0
+        decide, decide_held = engine._lean
+
+        def by_key(*args: Any) -> int:
+            self.by_key += 1
+            return decide(*args)
+
+        def by_handle(*args: Any) -> int:
+            self.by_handle += 1
+            return decide_held(*args)
+
+        engine._lean = (by_key, by_handle)
+
+
+def assert_handles_accounted(engine: WasmRetryEngine) -> None:
+    """Every handle ever given out is either one held key's or free, never both or twice."""
+    owned = [h for h in engine._held.values() if h]
+    free = engine._free_handles
+    assert len(set(owned)) == len(owned), "two keys share a handle"
+    assert len(set(free)) == len(free), "a handle is free twice"
+    assert not set(owned) & set(free), "a held key's handle is free"
+    assert set(owned) | set(free) == set(range(1, engine._next_handle))
+
+
+def delays(engine: WasmRetryEngine, tool: str, rid: str, results: list[dict[str, Any]]) -> list[int]:
+    return [engine.decide(tool, rid, r) & DELAY_MASK for r in results]
+
+
+def test_a_key_with_state_is_decided_by_its_handle() -> None:
+    engine = WasmRetryEngine({**NO_JITTER, "max_retries": 3})
+    calls = CallLog(engine)
+    assert delays(engine, "t", "r", [err(), err(), err(), err()]) == [200, 400, 800, 0]
+    assert (calls.by_key, calls.by_handle) == (1, 3)
+    # Exhausted: the key is cleared, its next failure starts over by key.
+    assert delays(engine, "t", "r", [err()]) == [200]
+    assert (calls.by_key, calls.by_handle) == (2, 3)
+
+
+def test_handles_are_reused_not_grown() -> None:
+    engine = WasmRetryEngine({**NO_JITTER, "max_retries": 1})
+    for i in range(5_000):
+        assert delays(engine, "t", f"r{i}", [err(), err()]) == [200, 0]
+    assert engine._next_handle <= 2, "one key at a time holds state: one handle serves them all"
+    for i in range(100):
+        engine.decide("t", f"k{i}", err())
+    assert sorted(engine._held.values()) == list(range(1, 101))
+    for i in range(0, 100, 2):
+        engine.decide("t", f"k{i}", ok())
+    for i in range(100, 150):
+        engine.decide("t", f"k{i}", err())
+    assert engine._next_handle == 101, "freed handles are taken before new ones"
+    assert_handles_accounted(engine)
+
+
+def test_a_key_whose_state_expired_is_told_again_by_key() -> None:
+    clock = VirtualClock()
+    engine = WasmRetryEngine({**NO_JITTER, "state_ttl_ms": 1_000}, clock=clock)
+    calls = CallLog(engine)
+    assert delays(engine, "t", "r", [err()]) == [200]
+    clock.advance_ms(1_001)
+    engine.evict_expired()
+    # The handle names nothing now: the engine says so, and the key goes again.
+    assert delays(engine, "t", "r", [err(), err()]) == [200, 400]
+    assert (calls.by_key, calls.by_handle) == (2, 2)
+
+
+def test_keys_sharing_a_freed_handle_never_see_each_others_state() -> None:
+    engine = WasmRetryEngine({**NO_JITTER, "max_retries": 5})
+    assert delays(engine, "t", "a", [err(), err()]) == [200, 400]
+    assert delays(engine, "t", "a", [ok()]) == [0]  # a's handle is free again
+    assert delays(engine, "t", "b", [err()]) == [200]  # b takes it
+    assert delays(engine, "t", "a", [err()]) == [200]  # a starts over, under another
+    assert delays(engine, "t", "b", [err(), err()]) == [400, 800]
+    assert delays(engine, "t", "a", [err()]) == [400]
+    assert len(set(engine._held.values())) == 2
+    assert_handles_accounted(engine)
+
+
+def test_a_long_key_has_no_handle_and_still_decides() -> None:
+    engine = WasmRetryEngine(NO_JITTER)
+    calls = CallLog(engine)
+    rid = "x" * 300
+    assert delays(engine, "t", rid, [err(), err(), err()]) == [200, 400, 0]
+    assert (calls.by_key, calls.by_handle) == (3, 0)
+
+
+def test_text_checks_with_a_held_key() -> None:
+    """A key held by handle whose next result needs its text: the text call decides it."""
+    engine = WasmRetryEngine({**NO_JITTER, "check_text_content": True})
+    text_error = {"content": [{"type": "text", "text": '{"status_code": 503}'}]}
+    assert delays(engine, "t", "r", [err(), text_error, text_error]) == [200, 400, 0]
+    assert delays(engine, "t", "r", [text_error, ok(), err()]) == [200, 0, 200]
+    assert_handles_accounted(engine)

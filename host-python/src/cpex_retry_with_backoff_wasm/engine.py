@@ -699,14 +699,8 @@ class WasmRetryEngine:
         ``old`` is the key's entry in ``_held`` before the call (None: not held), ``handle``
         the handle the call named it by (0: none).  A handle not kept for the key is freed.
         """
-        if decision & IDLE:
-            # No state anywhere: nothing to remember (the common case after a success).
-            self._idle = True
-            self._text_free = (decision & TEXT_FREE) != 0
-            if self._held or self._next_handle != 1:
-                self._forget_held()
-            return
-        self._idle = False
+        idle = (decision & IDLE) != 0
+        self._idle = idle
         self._text_free = (decision & TEXT_FREE) != 0
         held = self._held
         if (decision >> REASON_SHIFT) & 0xFF == _REASON_RETRY:
@@ -724,13 +718,18 @@ class WasmRetryEngine:
                 if old:
                     self._free_handles.append(old)
         else:
-            # The decision cleared the key's state.
+            # The decision cleared the key's state: its handle, and one taken for this call,
+            # are free again.
             if old is not None:
                 del held[key]
                 if old:
                     self._free_handles.append(old)
             if handle and handle != old:
                 self._free_handles.append(handle)
+            if idle and (held or not self._held_complete):
+                # The engine holds nothing, yet keys are listed (it dropped them on its own: TTL,
+                # capacity) or the list overflowed: start over, every handle free.
+                self._forget_held()
 
     def _forget_held(self) -> None:
         """No key is known to hold state: every handle is free (lock held)."""

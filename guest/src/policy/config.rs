@@ -8,7 +8,6 @@
 //! only fails on the first call for that tool); and all problems are reported
 //! together instead of the first one.
 
-use alloc::format;
 use alloc::string::{String, ToString};
 use alloc::vec;
 use alloc::vec::Vec;
@@ -18,6 +17,7 @@ use serde_json::{Map, Value};
 
 use super::backoff::Jitter;
 use super::budget::RetryBudget;
+use super::text::{push_i64, push_u64};
 
 /// Largest `max_retries` accepted (as in the native plugin).
 pub const MAX_RETRIES_LIMIT: u32 = 10;
@@ -194,7 +194,7 @@ impl Config {
             Ok(value) => Self::from_value(&value),
             Err(e) => Err(vec![ConfigError {
                 path: String::new(),
-                message: format!("config is not valid JSON: {e}"),
+                message: String::from("config is not valid JSON: ") + &e.to_string(),
             }]),
         }
     }
@@ -207,7 +207,7 @@ impl Config {
             Value::Null => &empty,
             Value::Object(map) => map,
             other => {
-                errors.push("", format!("must be a mapping, got {}", describe(other)));
+                errors.push("", must_be("a mapping", other));
                 return Err(errors.0);
             }
         };
@@ -436,10 +436,11 @@ impl<'a> PolicyFields<'a> {
 
         let max_retries = int("max_retries", errors).and_then(|n| {
             if n > u64::from(MAX_RETRIES_LIMIT) {
-                errors.push(
-                    &path("max_retries"),
-                    format!("cannot exceed {MAX_RETRIES_LIMIT}, got {n}"),
-                );
+                let mut message = String::from("cannot exceed ");
+                push_u64(&mut message, u64::from(MAX_RETRIES_LIMIT));
+                message.push_str(", got ");
+                push_u64(&mut message, n);
+                errors.push(&path("max_retries"), message);
                 None
             } else {
                 Some(n as u32)
@@ -555,17 +556,21 @@ impl<'a> PolicyFields<'a> {
         if self.max_backoff_ms.is_some() && merged.max_backoff_ms < merged.backoff_base_ms {
             errors.push(
                 &join(self.prefix, "max_backoff_ms"),
-                format!(
-                    "must be >= backoff_base_ms ({}), got {}",
-                    merged.backoff_base_ms, merged.max_backoff_ms
+                out_of_order(
+                    ">= backoff_base_ms",
+                    merged.backoff_base_ms,
+                    "",
+                    merged.max_backoff_ms,
                 ),
             );
         } else if self.backoff_base_ms.is_some() && merged.max_backoff_ms < merged.backoff_base_ms {
             errors.push(
                 &join(self.prefix, "backoff_base_ms"),
-                format!(
-                    "must be <= max_backoff_ms ({}, the default), got {}",
-                    merged.max_backoff_ms, merged.backoff_base_ms
+                out_of_order(
+                    "<= max_backoff_ms",
+                    merged.max_backoff_ms,
+                    ", the default",
+                    merged.backoff_base_ms,
                 ),
             );
         }
@@ -580,23 +585,29 @@ impl<'a> PolicyFields<'a> {
         match (self.max_backoff_ms, self.backoff_base_ms) {
             (Some(_), Some(_)) => errors.push(
                 &join(prefix, "max_backoff_ms"),
-                format!(
-                    "must be >= backoff_base_ms ({}), got {}",
-                    merged.backoff_base_ms, merged.max_backoff_ms
+                out_of_order(
+                    ">= backoff_base_ms",
+                    merged.backoff_base_ms,
+                    "",
+                    merged.max_backoff_ms,
                 ),
             ),
             (Some(_), None) => errors.push(
                 &join(prefix, "max_backoff_ms"),
-                format!(
-                    "must be >= backoff_base_ms ({}, inherited from the global config), got {}",
-                    merged.backoff_base_ms, merged.max_backoff_ms
+                out_of_order(
+                    ">= backoff_base_ms",
+                    merged.backoff_base_ms,
+                    INHERITED,
+                    merged.max_backoff_ms,
                 ),
             ),
             (None, Some(_)) => errors.push(
                 &join(prefix, "backoff_base_ms"),
-                format!(
-                    "must be <= max_backoff_ms ({}, inherited from the global config), got {}",
-                    merged.max_backoff_ms, merged.backoff_base_ms
+                out_of_order(
+                    "<= max_backoff_ms",
+                    merged.max_backoff_ms,
+                    INHERITED,
+                    merged.backoff_base_ms,
                 ),
             ),
             // Neither set here: the global rule already reported it.
@@ -642,10 +653,11 @@ fn parse_status_list(v: &Value, path: &str, errors: &mut Errors) -> Option<Vec<i
             Some(code) => codes.push(code),
             None => {
                 ok = false;
-                errors.push(
-                    &format!("{path}[{i}]"),
-                    must_be("an integer status code (32-bit)", item),
-                );
+                let mut item_path = String::from(path);
+                item_path.push('[');
+                push_u64(&mut item_path, i as u64);
+                item_path.push(']');
+                errors.push(&item_path, must_be("an integer status code (32-bit)", item));
             }
         }
     }
@@ -657,44 +669,79 @@ fn parse_status_list(v: &Value, path: &str, errors: &mut Errors) -> Option<Vec<i
 fn override_path(tool: &str) -> String {
     let plain = !tool.is_empty() && !tool.contains(['.', '[', ']', '"']);
     if plain {
-        format!("tool_overrides.{tool}")
-    } else {
-        format!("tool_overrides[\"{}\"]", tool.replace('"', "\\\""))
+        return String::from("tool_overrides.") + tool;
     }
+    let mut path = String::from("tool_overrides[\"");
+    for c in tool.chars() {
+        if c == '"' {
+            path.push('\\');
+        }
+        path.push(c);
+    }
+    path.push_str("\"]");
+    path
 }
 
 fn join(prefix: &str, key: &str) -> String {
-    if prefix.is_empty() {
-        key.to_string()
-    } else {
-        format!("{prefix}.{key}")
+    let mut path = String::from(prefix);
+    if !prefix.is_empty() {
+        path.push('.');
     }
+    path.push_str(key);
+    path
 }
 
 fn must_be(what: &str, got: &Value) -> String {
-    format!("must be {what}, got {}", describe(got))
+    let mut message = String::from("must be ");
+    message.push_str(what);
+    message.push_str(", got ");
+    describe(got, &mut message);
+    message
 }
 
-/// A short, bounded rendering of an offending value for error messages.
-/// Floats are named, not printed: float formatting alone would add several
-/// KiB to the component.
-fn describe(v: &Value) -> String {
+/// What a cross-field message says about an inherited bound.
+const INHERITED: &str = ", inherited from the global config";
+
+/// `must be <rule> (<bound><note>), got <got>`, e.g.
+/// `must be >= backoff_base_ms (200), got 100`.
+fn out_of_order(rule: &str, bound: u64, note: &str, got: u64) -> String {
+    let mut message = String::from("must be ");
+    message.push_str(rule);
+    message.push_str(" (");
+    push_u64(&mut message, bound);
+    message.push_str(note);
+    message.push_str("), got ");
+    push_u64(&mut message, got);
+    message
+}
+
+/// Append a short, bounded rendering of an offending value for error
+/// messages: at most 60 characters, then `…`. Floats are named, not printed:
+/// float formatting alone would add several KiB to the component.
+fn describe(v: &Value, out: &mut String) {
     const MAX: usize = 60;
-    let text = match v {
-        Value::Array(_) => "a list".to_string(),
-        Value::Object(_) => "a mapping".to_string(),
-        Value::Null => "null".to_string(),
-        Value::Bool(b) => b.to_string(),
-        Value::String(s) => format!("\"{s}\""),
+    let start = out.len();
+    match v {
+        Value::Array(_) => out.push_str("a list"),
+        Value::Object(_) => out.push_str("a mapping"),
+        Value::Null => out.push_str("null"),
+        Value::Bool(true) => out.push_str("true"),
+        Value::Bool(false) => out.push_str("false"),
+        Value::String(s) => {
+            out.push('"');
+            out.push_str(s);
+            out.push('"');
+        }
         Value::Number(n) => match (n.as_i64(), n.as_u64()) {
-            (Some(i), _) => i.to_string(),
-            (None, Some(u)) => u.to_string(),
-            (None, None) => "a non-integer number".to_string(),
+            (Some(i), _) => push_i64(out, i),
+            (None, Some(u)) => push_u64(out, u),
+            (None, None) => out.push_str("a non-integer number"),
         },
-    };
-    match text.char_indices().nth(MAX) {
-        Some((end, _)) => format!("{}…", text.get(..end).unwrap_or_default()),
-        None => text,
+    }
+    let text = out.get(start..).unwrap_or_default();
+    if let Some((end, _)) = text.char_indices().nth(MAX) {
+        out.truncate(start + end);
+        out.push('…');
     }
 }
 

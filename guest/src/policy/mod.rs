@@ -14,6 +14,7 @@ pub mod snapshot;
 pub mod state;
 #[cfg(test)]
 mod test_support;
+pub mod text;
 
 pub use classify::{Hints, Signals};
 pub use config::{Config, ConfigError, Policy};

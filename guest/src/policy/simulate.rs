@@ -3,7 +3,7 @@
 //! invocation) test multi-step behaviour in a single call.
 
 use alloc::format;
-use alloc::string::String;
+use alloc::string::{String, ToString};
 use alloc::vec::Vec;
 
 use serde_json::Value;
@@ -11,6 +11,7 @@ use serde_json::Value;
 use super::classify::{hints_from_json, signals_from_json};
 use super::config::{Config, ConfigError};
 use super::engine::{Decision, Engine, Outcome};
+use super::text::push_u64;
 
 /// One step: a tool result for `(tool, request_id)`, `advance_ms` after the
 /// previous step.
@@ -38,10 +39,15 @@ pub fn simulate(
     for (i, step) in steps.iter().enumerate() {
         match serde_json::from_str::<Value>(step.result_json) {
             Ok(v) => results.push(v),
-            Err(e) => errors.push(ConfigError {
-                path: format!("steps[{i}].result-json"),
-                message: format!("is not valid JSON: {e}"),
-            }),
+            Err(e) => {
+                let mut path = String::from("steps[");
+                push_u64(&mut path, i as u64);
+                path.push_str("].result-json");
+                errors.push(ConfigError {
+                    path,
+                    message: String::from("is not valid JSON: ") + &e.to_string(),
+                });
+            }
         }
     }
     if !errors.is_empty() {

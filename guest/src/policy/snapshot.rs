@@ -14,14 +14,13 @@
 //! than a WIT list of records: one string crosses the host boundary in
 //! microseconds, while a list of 100 000 records is lifted value by value.
 
-use alloc::format;
-use alloc::string::String;
-use core::fmt::Write as _;
+use alloc::string::{String, ToString};
 
 use serde_json::Value;
 
 use super::engine::Engine;
 use super::state::{expired, Entry};
+use super::text::{push_json_str, push_u64};
 
 /// The format this build writes (it also reads [`FORMAT_V1`]).
 pub const FORMAT: u64 = 2;
@@ -51,9 +50,15 @@ pub fn export(engine: &Engine, now_ms: u64) -> String {
         out.push(',');
         push_json_str(&mut out, request_id);
         let age = now_ms.saturating_sub(entry.last_failure_ms);
-        let _ = write!(out, ",{},{}", entry.failures, age);
+        let push_field = |out: &mut String, n: u64| {
+            out.push(',');
+            push_u64(out, n);
+        };
+        push_field(&mut out, u64::from(entry.failures));
+        push_field(&mut out, age);
         if v2 {
-            let _ = write!(out, ",{},{}", entry.last_delay_ms, entry.total_delay_ms);
+            push_field(&mut out, u64::from(entry.last_delay_ms));
+            push_field(&mut out, u64::from(entry.total_delay_ms));
         }
         out.push(']');
     }
@@ -65,19 +70,23 @@ pub fn export(engine: &Engine, now_ms: u64) -> String {
 /// returns how many were imported. Nothing is imported unless the whole
 /// document is readable.
 pub fn import(engine: &mut Engine, text: &str, now_ms: u64) -> Result<u32, String> {
-    let doc: Value =
-        serde_json::from_str(text).map_err(|e| format!("state is not valid JSON: {e}"))?;
+    let doc: Value = serde_json::from_str(text)
+        .map_err(|e| String::from("state is not valid JSON: ") + &e.to_string())?;
     let format = doc.get("format").and_then(Value::as_u64);
     if format != Some(FORMAT) && format != Some(FORMAT_V1) {
         // Not `Value`'s Display: float formatting would add KiBs to the component.
-        let got = match (doc.get("format"), format) {
-            (None, _) => String::from("(missing)"),
-            (Some(_), Some(n)) => format!("{n}"),
-            (Some(_), None) => String::from("(not an integer)"),
-        };
-        return Err(format!(
-            "state format {got} is not supported (this engine reads formats {FORMAT_V1} and {FORMAT})"
-        ));
+        let mut message = String::from("state format ");
+        match (doc.get("format"), format) {
+            (None, _) => message.push_str("(missing)"),
+            (Some(_), Some(n)) => push_u64(&mut message, n),
+            (Some(_), None) => message.push_str("(not an integer)"),
+        }
+        message.push_str(" is not supported (this engine reads formats ");
+        push_u64(&mut message, FORMAT_V1);
+        message.push_str(" and ");
+        push_u64(&mut message, FORMAT);
+        message.push(')');
+        return Err(message);
     }
     let Some(Value::Array(entries)) = doc.get("entries") else {
         return Err(String::from("state has no \"entries\" list"));
@@ -86,19 +95,20 @@ pub fn import(engine: &mut Engine, text: &str, now_ms: u64) -> Result<u32, Strin
     let width = if format == Some(FORMAT_V1) { 4 } else { 6 };
     let mut parsed = alloc::vec::Vec::with_capacity(entries.len());
     for (i, item) in entries.iter().enumerate() {
-        let fields = match item {
-            Value::Array(f) if f.len() == width => f,
-            _ if width == 4 => {
-                return Err(format!(
-                    "entries[{i}] is not [tool, request_id, failures, age_ms]"
-                ))
-            }
-            _ => {
-                return Err(format!(
-                    "entries[{i}] is not [tool, request_id, failures, age_ms, last_delay_ms, total_delay_ms]"
-                ))
-            }
-        };
+        let fields =
+            match item {
+                Value::Array(f) if f.len() == width => f,
+                _ if width == 4 => {
+                    return Err(entry_error(
+                        i,
+                        " is not [tool, request_id, failures, age_ms]",
+                    ))
+                }
+                _ => return Err(entry_error(
+                    i,
+                    " is not [tool, request_id, failures, age_ms, last_delay_ms, total_delay_ms]",
+                )),
+            };
         let u32_at = |at: usize| match fields.get(at) {
             None => Some(0),
             Some(v) => v.as_u64().and_then(|n| u32::try_from(n).ok()),
@@ -119,7 +129,7 @@ pub fn import(engine: &mut Engine, text: &str, now_ms: u64) -> Result<u32, Strin
             u32_at(5),
         )
         else {
-            return Err(format!("entries[{i}] has a field of the wrong type"));
+            return Err(entry_error(i, " has a field of the wrong type"));
         };
         parsed.push((
             tool,
@@ -148,20 +158,13 @@ pub fn import(engine: &mut Engine, text: &str, now_ms: u64) -> Result<u32, Strin
     Ok(imported)
 }
 
-/// Append `s` as a JSON string literal.
-fn push_json_str(out: &mut String, s: &str) {
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            c if (c as u32) < 0x20 => {
-                let _ = write!(out, "\\u{:04x}", c as u32);
-            }
-            c => out.push(c),
-        }
-    }
-    out.push('"');
+/// `entries[<i>]<what>`.
+fn entry_error(i: usize, what: &str) -> String {
+    let mut message = String::from("entries[");
+    push_u64(&mut message, i as u64);
+    message.push(']');
+    message.push_str(what);
+    message
 }
 
 #[cfg(test)]

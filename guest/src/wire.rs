@@ -91,14 +91,18 @@ pub fn pack_decision(d: &Decision) -> u64 {
 /// A `tool_len` beyond the key makes the whole key the tool name.
 pub fn split_key(key: &str, tool_len: u32) -> (&str, &str) {
     // Fast path: ASCII keys (the norm) split by byte offset.
+    // `split_at_checked` rather than `split_at`: the offsets are always char
+    // boundaries, but the panicking form links the slicing-error formatting.
     let n = tool_len as usize;
-    if key.is_ascii() {
-        return key.split_at(n.min(key.len()));
-    }
-    match key.char_indices().nth(n) {
-        Some((at, _)) => key.split_at(at),
-        None => (key, ""),
-    }
+    let at = if key.is_ascii() {
+        n.min(key.len())
+    } else {
+        match key.char_indices().nth(n) {
+            Some((at, _)) => at,
+            None => key.len(),
+        }
+    };
+    key.split_at_checked(at).unwrap_or((key, ""))
 }
 
 #[cfg(test)]

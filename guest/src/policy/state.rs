@@ -356,7 +356,12 @@ impl StateTable {
             }
             let slot = &self.slots[i as usize];
             i = slot.next;
-            let (tool, request_id) = slot.key.split_at(slot.split as usize);
+            // `split` is a char boundary (the tool's length); the checked
+            // form avoids linking the slicing panic's formatting.
+            let (tool, request_id) = slot
+                .key
+                .split_at_checked(slot.split as usize)
+                .unwrap_or((&slot.key, ""));
             Some((tool, request_id, slot.entry))
         })
     }

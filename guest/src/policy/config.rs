@@ -13,10 +13,9 @@ use alloc::vec;
 use alloc::vec::Vec;
 use core::fmt;
 
-use serde_json::{Map, Value};
-
 use super::backoff::Jitter;
 use super::budget::RetryBudget;
+use super::json::{self, Map, Number, Value};
 use super::text::{push_i64, push_u64};
 
 /// Largest `max_retries` accepted (as in the native plugin).
@@ -190,19 +189,23 @@ impl Config {
     /// Parse and validate a configuration from JSON text. `null` and `{}` give
     /// the defaults.
     pub fn from_json(text: &str) -> Result<Self, Vec<ConfigError>> {
-        match serde_json::from_str::<Value>(text) {
+        match json::parse(text) {
             Ok(value) => Self::from_value(&value),
-            Err(e) => Err(vec![ConfigError {
-                path: String::new(),
-                message: String::from("config is not valid JSON: ") + &e.to_string(),
-            }]),
+            Err(e) => {
+                let mut message = String::from("config is not valid JSON: ");
+                e.push_to(&mut message);
+                Err(vec![ConfigError {
+                    path: String::new(),
+                    message,
+                }])
+            }
         }
     }
 
     /// Parse and validate a configuration from a JSON value.
     pub fn from_value(value: &Value) -> Result<Self, Vec<ConfigError>> {
         let mut errors = Errors::default();
-        let empty = Map::new();
+        let empty = Map::default();
         let root = match value {
             Value::Null => &empty,
             Value::Object(map) => map,
@@ -268,7 +271,9 @@ impl Config {
         match root.get("tool_overrides") {
             None => {}
             Some(Value::Object(tools)) => {
-                for (tool, entry) in tools {
+                // In key order, as serde_json's sorted map gave them (the
+                // order of the errors).
+                for (tool, entry) in tools.sorted() {
                     let prefix = override_path(tool);
                     let Value::Object(fields) = entry else {
                         errors.push(&prefix, must_be("a mapping", entry));
@@ -415,7 +420,7 @@ struct PolicyFields<'a> {
 }
 
 impl<'a> PolicyFields<'a> {
-    fn parse(map: &Map<String, Value>, prefix: &'a str, errors: &mut Errors) -> Self {
+    fn parse(map: &Map, prefix: &'a str, errors: &mut Errors) -> Self {
         let path = |key: &str| join(prefix, key);
         let int = |key: &str, errors: &mut Errors| -> Option<u64> {
             let v = map.get(key)?;
@@ -732,11 +737,9 @@ fn describe(v: &Value, out: &mut String) {
             out.push_str(s);
             out.push('"');
         }
-        Value::Number(n) => match (n.as_i64(), n.as_u64()) {
-            (Some(i), _) => push_i64(out, i),
-            (None, Some(u)) => push_u64(out, u),
-            (None, None) => out.push_str("a non-integer number"),
-        },
+        Value::Number(Number::PosInt(u)) => push_u64(out, *u),
+        Value::Number(Number::NegInt(i)) => push_i64(out, *i),
+        Value::Number(Number::Float) => out.push_str("a non-integer number"),
     }
     let text = out.get(start..).unwrap_or_default();
     if let Some((end, _)) = text.char_indices().nth(MAX) {

@@ -9,6 +9,7 @@ pub mod budget;
 pub mod classify;
 pub mod config;
 pub mod engine;
+pub mod json;
 pub mod simulate;
 pub mod snapshot;
 pub mod state;

@@ -3,14 +3,13 @@
 //! invocation) test multi-step behaviour in a single call.
 
 use alloc::format;
-use alloc::string::{String, ToString};
+use alloc::string::String;
 use alloc::vec::Vec;
-
-use serde_json::Value;
 
 use super::classify::{hints_from_json, signals_from_json};
 use super::config::{Config, ConfigError};
 use super::engine::{Decision, Engine, Outcome};
+use super::json;
 use super::text::push_u64;
 
 /// One step: a tool result for `(tool, request_id)`, `advance_ms` after the
@@ -37,16 +36,15 @@ pub fn simulate(
     let mut results = Vec::with_capacity(steps.len());
     let mut errors = Vec::new();
     for (i, step) in steps.iter().enumerate() {
-        match serde_json::from_str::<Value>(step.result_json) {
+        match json::parse(step.result_json) {
             Ok(v) => results.push(v),
             Err(e) => {
                 let mut path = String::from("steps[");
                 push_u64(&mut path, i as u64);
                 path.push_str("].result-json");
-                errors.push(ConfigError {
-                    path,
-                    message: String::from("is not valid JSON: ") + &e.to_string(),
-                });
+                let mut message = String::from("is not valid JSON: ");
+                e.push_to(&mut message);
+                errors.push(ConfigError { path, message });
             }
         }
     }

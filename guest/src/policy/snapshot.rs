@@ -14,11 +14,10 @@
 //! than a WIT list of records: one string crosses the host boundary in
 //! microseconds, while a list of 100 000 records is lifted value by value.
 
-use alloc::string::{String, ToString};
-
-use serde_json::Value;
+use alloc::string::String;
 
 use super::engine::Engine;
+use super::json::{self, Value};
 use super::state::{expired, Entry};
 use super::text::{push_json_str, push_u64};
 
@@ -70,8 +69,11 @@ pub fn export(engine: &Engine, now_ms: u64) -> String {
 /// returns how many were imported. Nothing is imported unless the whole
 /// document is readable.
 pub fn import(engine: &mut Engine, text: &str, now_ms: u64) -> Result<u32, String> {
-    let doc: Value = serde_json::from_str(text)
-        .map_err(|e| String::from("state is not valid JSON: ") + &e.to_string())?;
+    let doc = json::parse(text).map_err(|e| {
+        let mut message = String::from("state is not valid JSON: ");
+        e.push_to(&mut message);
+        message
+    })?;
     let format = doc.get("format").and_then(Value::as_u64);
     if format != Some(FORMAT) && format != Some(FORMAT_V1) {
         // Not `Value`'s Display: float formatting would add KiBs to the component.

@@ -34,7 +34,11 @@ unsafe impl Sync for Global {}
 static ENGINE: Global = Global(RefCell::new(None));
 
 fn with_engine<R>(f: impl FnOnce(&mut Engine) -> R) -> R {
-    let mut slot = ENGINE.0.borrow_mut();
+    // Never already borrowed: nothing calls back into the component. If it
+    // were, trap (as `borrow_mut` would, without linking its panic message).
+    let Ok(mut slot) = ENGINE.0.try_borrow_mut() else {
+        core::arch::wasm32::unreachable()
+    };
     let engine = slot.get_or_insert_with(|| Engine::new(insecure_seed::insecure_seed()));
     f(engine)
 }

@@ -59,6 +59,9 @@ pub fn simulate(
     for (step, result) in steps.iter().zip(&results) {
         now_ms = now_ms.saturating_add(step.advance_ms);
         let (signals, texts) = signals_from_json(result);
+        // Owned, as the component's `decide-text` passes them: one
+        // instantiation of the generic decision path instead of two.
+        let texts: Vec<String> = texts.into_iter().map(String::from).collect();
         match engine.decide_with(
             step.tool,
             step.request_id,

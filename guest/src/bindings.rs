@@ -3,7 +3,7 @@
 
 use alloc::string::{String, ToString};
 use alloc::vec::Vec;
-use core::cell::RefCell;
+use core::cell::{RefCell, RefMut};
 
 use crate::policy::backoff::Jitter;
 use crate::policy::{
@@ -34,13 +34,21 @@ unsafe impl Sync for Global {}
 static ENGINE: Global = Global(RefCell::new(None));
 
 fn with_engine<R>(f: impl FnOnce(&mut Engine) -> R) -> R {
+    f(&mut engine())
+}
+
+/// The engine, borrowed until the guard drops. Out of line: `with_engine`
+/// is instantiated once per export, and this part is the same for all.
+#[inline(never)]
+fn engine() -> RefMut<'static, Engine> {
     // Never already borrowed: nothing calls back into the component. If it
     // were, trap (as `borrow_mut` would, without linking its panic message).
-    let Ok(mut slot) = ENGINE.0.try_borrow_mut() else {
+    let Ok(slot) = ENGINE.0.try_borrow_mut() else {
         core::arch::wasm32::unreachable()
     };
-    let engine = slot.get_or_insert_with(|| Engine::new(insecure_seed::insecure_seed()));
-    f(engine)
+    RefMut::map(slot, |slot| {
+        slot.get_or_insert_with(|| Engine::new(insecure_seed::insecure_seed()))
+    })
 }
 
 fn now_ms() -> u64 {

@@ -219,37 +219,29 @@ impl Config {
         let global = set.apply_to(&Policy::default());
         set.validate_global(&global, &mut errors);
 
-        let state_ttl_ms = match root.get("state_ttl_ms") {
-            None => DEFAULT_STATE_TTL_MS,
-            Some(v) => match v.as_u64() {
-                Some(ms) if ms > 0 => ms,
-                _ => {
-                    errors.push("state_ttl_ms", must_be("a positive integer (ms)", v));
-                    DEFAULT_STATE_TTL_MS
-                }
-            },
+        let keys = Keys {
+            map: root,
+            prefix: "",
         };
-        let max_state_entries = match root.get("max_state_entries") {
-            None => DEFAULT_MAX_STATE_ENTRIES,
-            Some(v) => match v.as_u64() {
-                Some(n) if n > 0 && n <= u64::from(MAX_STATE_ENTRIES_LIMIT) => n as u32,
-                _ => {
-                    errors.push(
-                        "max_state_entries",
-                        must_be("an integer from 1 to 1000000", v),
-                    );
-                    DEFAULT_MAX_STATE_ENTRIES
-                }
-            },
-        };
-
-        let metrics_reason = match root.get("metrics_reason") {
-            None => false,
-            Some(v) => v.as_bool().unwrap_or_else(|| {
-                errors.push("metrics_reason", must_be("a boolean", v));
-                false
-            }),
-        };
+        let state_ttl_ms = keys
+            .int(
+                "state_ttl_ms",
+                1,
+                u64::MAX,
+                "a positive integer (ms)",
+                &mut errors,
+            )
+            .unwrap_or(DEFAULT_STATE_TTL_MS);
+        let max_state_entries = keys
+            .int(
+                "max_state_entries",
+                1,
+                u64::from(MAX_STATE_ENTRIES_LIMIT),
+                "an integer from 1 to 1000000",
+                &mut errors,
+            )
+            .map_or(DEFAULT_MAX_STATE_ENTRIES, |n| n as u32);
+        let metrics_reason = keys.boolean("metrics_reason", &mut errors).unwrap_or(false);
 
         let key_scope = match root.get("key_scope") {
             None => KeyScope::Request,
@@ -419,115 +411,139 @@ struct PolicyFields<'a> {
     retry_budget_min_per_sec: Option<u32>,
 }
 
-impl<'a> PolicyFields<'a> {
-    fn parse(map: &Map, prefix: &'a str, errors: &mut Errors) -> Self {
-        let path = |key: &str| join(prefix, key);
-        let int = |key: &str, errors: &mut Errors| -> Option<u64> {
-            let v = map.get(key)?;
-            let n = v.as_u64();
-            if n.is_none() {
-                errors.push(&path(key), must_be("a non-negative integer", v));
-            }
-            n
-        };
-        let boolean = |key: &str, errors: &mut Errors| -> Option<bool> {
-            let v = map.get(key)?;
-            let b = v.as_bool();
-            if b.is_none() {
-                errors.push(&path(key), must_be("a boolean", v));
-            }
-            b
-        };
+/// Reads the keys of one mapping (the document or a tool override),
+/// reporting a problem at `prefix.key`. One shared reader per kind of value
+/// rather than code per key: the component is smaller.
+struct Keys<'a> {
+    map: &'a Map,
+    prefix: &'a str,
+}
 
-        let max_retries = int("max_retries", errors).and_then(|n| {
-            if n > u64::from(MAX_RETRIES_LIMIT) {
-                let mut message = String::from("cannot exceed ");
-                push_u64(&mut message, u64::from(MAX_RETRIES_LIMIT));
-                message.push_str(", got ");
-                push_u64(&mut message, n);
-                errors.push(&path("max_retries"), message);
+impl Keys<'_> {
+    fn report(&self, key: &str, message: String, errors: &mut Errors) {
+        errors.push(&join(self.prefix, key), message);
+    }
+
+    /// An integer in `min..=max`; `None` if absent or invalid (reported as
+    /// "must be <what>").
+    fn int(&self, key: &str, min: u64, max: u64, what: &str, errors: &mut Errors) -> Option<u64> {
+        let v = self.map.get(key)?;
+        match v.as_u64() {
+            Some(n) if n >= min && n <= max => Some(n),
+            _ => {
+                self.report(key, must_be(what, v), errors);
                 None
-            } else {
-                Some(n as u32)
             }
-        });
-        let backoff_base_ms = int("backoff_base_ms", errors).and_then(|n| {
-            if n == 0 {
-                errors.push(&path("backoff_base_ms"), "must be > 0".to_string());
-                None
-            } else {
-                Some(n)
-            }
-        });
-        let max_backoff_ms = int("max_backoff_ms", errors);
+        }
+    }
+
+    /// As [`Keys::int`], where `null` is also valid: `Some(None)`.
+    fn nullable_int(
+        &self,
+        key: &str,
+        max: u64,
+        what: &str,
+        errors: &mut Errors,
+    ) -> Option<Option<u64>> {
+        match self.map.get(key)? {
+            Value::Null => Some(None),
+            _ => self.int(key, 1, max, what, errors).map(Some),
+        }
+    }
+
+    fn boolean(&self, key: &str, errors: &mut Errors) -> Option<bool> {
+        let v = self.map.get(key)?;
+        let b = v.as_bool();
+        if b.is_none() {
+            self.report(key, must_be("a boolean", v), errors);
+        }
+        b
+    }
+}
+
+impl<'a> PolicyFields<'a> {
+    /// The policy keys of `map`, in a fixed order (the order of the errors).
+    fn parse(map: &Map, prefix: &'a str, errors: &mut Errors) -> Self {
+        const NON_NEGATIVE: &str = "a non-negative integer";
+        let keys = Keys { map, prefix };
+        let max_retries = keys
+            .int("max_retries", 0, u64::MAX, NON_NEGATIVE, errors)
+            .and_then(|n| {
+                if n > u64::from(MAX_RETRIES_LIMIT) {
+                    let mut message = String::from("cannot exceed ");
+                    push_u64(&mut message, u64::from(MAX_RETRIES_LIMIT));
+                    message.push_str(", got ");
+                    push_u64(&mut message, n);
+                    keys.report("max_retries", message, errors);
+                    None
+                } else {
+                    Some(n as u32)
+                }
+            });
+        let backoff_base_ms = keys
+            .int("backoff_base_ms", 0, u64::MAX, NON_NEGATIVE, errors)
+            .and_then(|n| {
+                if n == 0 {
+                    keys.report("backoff_base_ms", String::from("must be > 0"), errors);
+                    None
+                } else {
+                    Some(n)
+                }
+            });
+        let max_backoff_ms = keys.int("max_backoff_ms", 0, u64::MAX, NON_NEGATIVE, errors);
         let retry_on_status = map
             .get("retry_on_status")
-            .and_then(|v| parse_status_list(v, &path("retry_on_status"), errors));
-
-        let max_total_delay_ms = map.get("max_total_delay_ms").and_then(|v| match v {
-            Value::Null => Some(None),
-            _ => match v.as_u64() {
-                Some(n) if n > 0 && n <= MAX_TOTAL_DELAY_LIMIT => Some(Some(n)),
-                _ => {
-                    errors.push(
-                        &path("max_total_delay_ms"),
-                        must_be("null or an integer from 1 to 4294967295 (ms)", v),
-                    );
-                    None
-                }
-            },
-        });
-
+            .and_then(|v| parse_status_list(v, &join(prefix, "retry_on_status"), errors));
+        let max_total_delay_ms = keys.nullable_int(
+            "max_total_delay_ms",
+            MAX_TOTAL_DELAY_LIMIT,
+            "null or an integer from 1 to 4294967295 (ms)",
+            errors,
+        );
+        let jitter = map
+            .get("jitter")
+            .and_then(|v| parse_jitter(v, &join(prefix, "jitter"), errors));
+        let check_text_content = keys.boolean("check_text_content", errors);
+        let safe_classification = keys.boolean("safe_classification", errors);
+        let honor_retry_after = keys.boolean("honor_retry_after", errors);
+        let retry_budget_percent = keys
+            .nullable_int(
+                "retry_budget_percent",
+                1000,
+                "null or an integer from 1 to 1000",
+                errors,
+            )
+            .map(|n| n.map(|n| n as u32));
+        let retry_budget_min_per_sec = keys
+            .int(
+                "retry_budget_min_per_sec",
+                0,
+                1000,
+                "an integer from 0 to 1000",
+                errors,
+            )
+            .map(|n| n as u32);
+        let max_retry_after_ms = keys.int(
+            "max_retry_after_ms",
+            1,
+            MAX_RETRY_AFTER_LIMIT,
+            "an integer from 1 to 16777215 (ms)",
+            errors,
+        );
         Self {
             prefix,
             max_retries,
-            max_total_delay_ms,
             backoff_base_ms,
             max_backoff_ms,
             retry_on_status,
-            jitter: map
-                .get("jitter")
-                .and_then(|v| parse_jitter(v, &path("jitter"), errors)),
-            check_text_content: boolean("check_text_content", errors),
-            safe_classification: boolean("safe_classification", errors),
-            honor_retry_after: boolean("honor_retry_after", errors),
-            retry_budget_percent: map.get("retry_budget_percent").and_then(|v| match v {
-                Value::Null => Some(None),
-                _ => match v.as_u64() {
-                    Some(n) if (1..=1000).contains(&n) => Some(Some(n as u32)),
-                    _ => {
-                        errors.push(
-                            &path("retry_budget_percent"),
-                            must_be("null or an integer from 1 to 1000", v),
-                        );
-                        None
-                    }
-                },
-            }),
-            retry_budget_min_per_sec: map.get("retry_budget_min_per_sec").and_then(|v| {
-                match v.as_u64() {
-                    Some(n) if n <= 1000 => Some(n as u32),
-                    _ => {
-                        errors.push(
-                            &path("retry_budget_min_per_sec"),
-                            must_be("an integer from 0 to 1000", v),
-                        );
-                        None
-                    }
-                }
-            }),
-            max_retry_after_ms: map
-                .get("max_retry_after_ms")
-                .and_then(|v| match v.as_u64() {
-                    Some(n) if n > 0 && n <= MAX_RETRY_AFTER_LIMIT => Some(n),
-                    _ => {
-                        errors.push(
-                            &path("max_retry_after_ms"),
-                            must_be("an integer from 1 to 16777215 (ms)", v),
-                        );
-                        None
-                    }
-                }),
+            jitter,
+            check_text_content,
+            max_total_delay_ms,
+            safe_classification,
+            honor_retry_after,
+            max_retry_after_ms,
+            retry_budget_percent,
+            retry_budget_min_per_sec,
         }
     }
 

@@ -28,6 +28,7 @@ use alloc::string::String;
 use alloc::vec;
 use alloc::vec::Vec;
 use core::hash::Hasher;
+use core::ops::{Index, IndexMut};
 
 use siphasher::sip::SipHasher13;
 
@@ -97,6 +98,37 @@ impl Slot {
 #[cfg(target_pointer_width = "32")]
 const _: () = assert!(core::mem::size_of::<Slot>() == 48);
 
+/// The slab of slots, indexed by slot number. An index out of range would be
+/// a bug in the table: it traps, as a bounds check does, but through one
+/// shared path (a bounds check links a panic location and a formatted
+/// message per access site: ~1 KiB of the component for this file).
+struct Slots(Vec<Slot>);
+
+impl Index<u32> for Slots {
+    type Output = Slot;
+    fn index(&self, i: u32) -> &Slot {
+        match self.0.get(i as usize) {
+            Some(slot) => slot,
+            None => corrupt(),
+        }
+    }
+}
+
+impl IndexMut<u32> for Slots {
+    fn index_mut(&mut self, i: u32) -> &mut Slot {
+        match self.0.get_mut(i as usize) {
+            Some(slot) => slot,
+            None => corrupt(),
+        }
+    }
+}
+
+#[cold]
+#[inline(never)]
+fn corrupt() -> ! {
+    panic!("state table index out of range")
+}
+
 /// The state table. Not thread-safe; one per engine.
 pub struct StateTable {
     /// First slot of each bucket's chain, stored as `slot + 1` so that an
@@ -104,7 +136,7 @@ pub struct StateTable {
     /// for in fuel). The length is a power of two, or 0 until the first entry
     /// arrives (configuring or replaying a scenario never pays for it).
     buckets: Vec<u32>,
-    slots: Vec<Slot>,
+    slots: Slots,
     free: Vec<u32>,
     len: usize,
     capacity: usize,
@@ -120,7 +152,7 @@ impl StateTable {
         let capacity = capacity.max(1);
         Self {
             buckets: Vec::new(),
-            slots: Vec::new(),
+            slots: Slots(Vec::new()),
             free: Vec::new(),
             len: 0,
             capacity,
@@ -145,10 +177,10 @@ impl StateTable {
         self.buckets = vec![0; count];
         let mut i = self.head;
         while i != NIL {
-            let b = self.bucket_of(self.slots[i as usize].hash);
-            self.slots[i as usize].chain = self.head_of(b);
+            let b = self.bucket_of(self.slots[i].hash);
+            self.slots[i].chain = self.head_of(b);
             self.set_head(b, i);
-            i = self.slots[i as usize].next;
+            i = self.slots[i].next;
         }
     }
 
@@ -183,12 +215,18 @@ impl StateTable {
 
     /// The first slot of bucket `b`'s chain, or `NIL`.
     fn head_of(&self, b: usize) -> u32 {
-        self.buckets[b].wrapping_sub(1)
+        match self.buckets.get(b) {
+            Some(head) => head.wrapping_sub(1),
+            None => corrupt(),
+        }
     }
 
     fn set_head(&mut self, b: usize, slot: u32) {
         // NIL (u32::MAX) wraps to 0, the empty bucket.
-        self.buckets[b] = slot.wrapping_add(1);
+        match self.buckets.get_mut(b) {
+            Some(head) => *head = slot.wrapping_add(1),
+            None => corrupt(),
+        }
     }
 
     fn find(&self, hash: u32, tool: &str, request_id: &str) -> Option<u32> {
@@ -197,7 +235,7 @@ impl StateTable {
         }
         let mut i = self.head_of(self.bucket_of(hash));
         while i != NIL {
-            let slot = &self.slots[i as usize];
+            let slot = &self.slots[i];
             if slot.matches(hash, tool, request_id) {
                 return Some(i);
             }
@@ -209,7 +247,7 @@ impl StateTable {
     /// The live entry for a key, if any (expired entries read as absent).
     pub fn get(&self, tool: &str, request_id: &str, now_ms: u64, ttl_ms: u64) -> Option<Entry> {
         let hash = self.hash(tool, request_id);
-        let entry = self.slots[self.find(hash, tool, request_id)? as usize].entry;
+        let entry = self.slots[self.find(hash, tool, request_id)?].entry;
         (!expired(entry.last_failure_ms, now_ms, ttl_ms)).then_some(entry)
     }
 
@@ -228,7 +266,7 @@ impl StateTable {
         let hash = self.hash(tool, request_id);
         let i = match self.find(hash, tool, request_id) {
             Some(i) => {
-                let slot = &mut self.slots[i as usize];
+                let slot = &mut self.slots[i];
                 slot.entry = if expired(slot.entry.last_failure_ms, now_ms, ttl_ms) {
                     Entry::first(now_ms)
                 } else {
@@ -244,7 +282,7 @@ impl StateTable {
             }
             None => self.insert_new(hash, tool, request_id, Entry::first(now_ms)),
         };
-        &mut self.slots[i as usize].entry
+        &mut self.slots[i].entry
     }
 
     /// Put `entry` for a key as the newest entry, replacing any entry the key
@@ -254,7 +292,7 @@ impl StateTable {
         let hash = self.hash(tool, request_id);
         match self.find(hash, tool, request_id) {
             Some(i) => {
-                self.slots[i as usize].entry = entry;
+                self.slots[i].entry = entry;
                 self.unlink(i);
                 self.push_tail(i);
             }
@@ -288,12 +326,12 @@ impl StateTable {
         };
         let i = match self.free.pop() {
             Some(i) => {
-                self.slots[i as usize] = slot;
+                self.slots[i] = slot;
                 i
             }
             None => {
-                self.slots.push(slot);
-                (self.slots.len() - 1) as u32
+                self.slots.0.push(slot);
+                (self.slots.0.len() - 1) as u32
             }
         };
         self.set_head(bucket, i);
@@ -319,11 +357,7 @@ impl StateTable {
         let mut removed = 0;
         while removed < limit
             && self.head != NIL
-            && expired(
-                self.slots[self.head as usize].entry.last_failure_ms,
-                now_ms,
-                ttl_ms,
-            )
+            && expired(self.slots[self.head].entry.last_failure_ms, now_ms, ttl_ms)
         {
             self.remove_index(self.head);
             removed += 1;
@@ -337,8 +371,8 @@ impl StateTable {
         let mut removed = 0;
         let mut i = self.head;
         while i != NIL {
-            let next = self.slots[i as usize].next;
-            if expired(self.slots[i as usize].entry.last_failure_ms, now_ms, ttl_ms) {
+            let next = self.slots[i].next;
+            if expired(self.slots[i].entry.last_failure_ms, now_ms, ttl_ms) {
                 self.remove_index(i);
                 removed += 1;
             }
@@ -354,7 +388,7 @@ impl StateTable {
             if i == NIL {
                 return None;
             }
-            let slot = &self.slots[i as usize];
+            let slot = &self.slots[i];
             i = slot.next;
             // `split` is a char boundary (the tool's length); the checked
             // form avoids linking the slicing panic's formatting.
@@ -369,23 +403,23 @@ impl StateTable {
     fn remove_index(&mut self, i: u32) {
         // Unchain from the bucket (chains are short: the index is sized for
         // `capacity` and keyed).
-        let bucket = self.bucket_of(self.slots[i as usize].hash);
-        let after = self.slots[i as usize].chain;
+        let bucket = self.bucket_of(self.slots[i].hash);
+        let after = self.slots[i].chain;
         if self.head_of(bucket) == i {
             self.set_head(bucket, after);
         } else {
             let mut j = self.head_of(bucket);
             while j != NIL {
-                let next = self.slots[j as usize].chain;
+                let next = self.slots[j].chain;
                 if next == i {
-                    self.slots[j as usize].chain = after;
+                    self.slots[j].chain = after;
                     break;
                 }
                 j = next;
             }
         }
         self.unlink(i);
-        let slot = &mut self.slots[i as usize];
+        let slot = &mut self.slots[i];
         slot.key = Box::default();
         slot.chain = NIL;
         self.free.push(i);
@@ -393,25 +427,25 @@ impl StateTable {
         // Give the slab back once the table has emptied (e.g. after a burst of
         // unique request ids expired), rather than keeping the peak forever.
         if self.len == 0 {
-            self.slots = Vec::new();
+            self.slots = Slots(Vec::new());
             self.free = Vec::new();
         }
     }
 
     fn unlink(&mut self, i: u32) {
         let (prev, next) = {
-            let s = &self.slots[i as usize];
+            let s = &self.slots[i];
             (s.prev, s.next)
         };
         match prev {
             NIL => self.head = next,
-            p => self.slots[p as usize].next = next,
+            p => self.slots[p].next = next,
         }
         match next {
             NIL => self.tail = prev,
-            n => self.slots[n as usize].prev = prev,
+            n => self.slots[n].prev = prev,
         }
-        let s = &mut self.slots[i as usize];
+        let s = &mut self.slots[i];
         s.prev = NIL;
         s.next = NIL;
     }
@@ -419,13 +453,13 @@ impl StateTable {
     fn push_tail(&mut self, i: u32) {
         let tail = self.tail;
         {
-            let s = &mut self.slots[i as usize];
+            let s = &mut self.slots[i];
             s.prev = tail;
             s.next = NIL;
         }
         match tail {
             NIL => self.head = i,
-            t => self.slots[t as usize].next = i,
+            t => self.slots[t].next = i,
         }
         self.tail = i;
     }
@@ -533,13 +567,13 @@ mod tests {
                 t.record_failure("t", &i.to_string(), round * 10_000, TTL);
             }
             assert_eq!(t.len(), 100);
-            assert!(t.slots.len() <= 100);
+            assert!(t.slots.0.len() <= 100);
             for i in 0..50u64 {
                 t.remove("t", &i.to_string());
             }
             assert_eq!(t.sweep(round * 10_000 + 2 * TTL, TTL, usize::MAX), 50);
             assert!(t.is_empty());
-            assert_eq!(t.slots.capacity(), 0);
+            assert_eq!(t.slots.0.capacity(), 0);
             assert!(t.buckets.iter().all(|&b| b == 0));
         }
     }

@@ -741,7 +741,9 @@ fn out_of_order(rule: &str, bound: u64, note: &str, got: u64) -> String {
 /// float formatting alone would add several KiB to the component.
 fn describe(v: &Value, out: &mut String) {
     const MAX: usize = 60;
-    let start = out.len();
+    let mut text = String::new();
+    let out_final = out;
+    let out = &mut text;
     match v {
         Value::Array(_) => out.push_str("a list"),
         Value::Object(_) => out.push_str("a mapping"),
@@ -757,10 +759,20 @@ fn describe(v: &Value, out: &mut String) {
         Value::Number(Number::NegInt(i)) => push_i64(out, *i),
         Value::Number(Number::Float) => out.push_str("a non-integer number"),
     }
-    let text = out.get(start..).unwrap_or_default();
-    if let Some((end, _)) = text.char_indices().nth(MAX) {
-        out.truncate(start + end);
-        out.push('…');
+    // The byte offset of character MAX, if there is one (counting the
+    // bytes that start a UTF-8 sequence).
+    let mut chars = 0;
+    let cut = text.bytes().position(|b| {
+        let starts_char = b & 0xc0 != 0x80;
+        chars += usize::from(starts_char);
+        starts_char && chars > MAX
+    });
+    match cut.and_then(|cut| text.get(..cut)) {
+        Some(head) => {
+            out_final.push_str(head);
+            out_final.push_str("…");
+        }
+        None => out_final.push_str(&text),
     }
 }
 

@@ -115,6 +115,7 @@ pub fn import(engine: &mut Engine, text: &str, now_ms: u64) -> Result<u32, Strin
             None => Some(0),
             Some(v) => v.as_u64().and_then(|n| u32::try_from(n).ok()),
         };
+        let field = |at: usize| fields.get(at);
         let (
             Some(tool),
             Some(request_id),
@@ -123,10 +124,10 @@ pub fn import(engine: &mut Engine, text: &str, now_ms: u64) -> Result<u32, Strin
             Some(last_delay_ms),
             Some(total_delay_ms),
         ) = (
-            fields[0].as_str(),
-            fields[1].as_str(),
+            field(0).and_then(Value::as_str),
+            field(1).and_then(Value::as_str),
             u32_at(2),
-            fields[3].as_u64(),
+            field(3).and_then(Value::as_u64),
             u32_at(4),
             u32_at(5),
         )

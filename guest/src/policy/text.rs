@@ -5,19 +5,18 @@
 use alloc::string::String;
 
 /// Append `n` in decimal.
-pub fn push_u64(out: &mut String, mut n: u64) {
-    let mut digits = [0u8; 20];
-    let mut at = digits.len();
+pub fn push_u64(out: &mut String, n: u64) {
+    // The power of ten of the leading digit, then the digits from there.
+    let mut unit = 1u64;
+    while n / unit >= 10 {
+        unit *= 10;
+    }
     loop {
-        at -= 1;
-        digits[at] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
+        out.push(char::from(b'0' + (n / unit % 10) as u8));
+        if unit == 1 {
             break;
         }
-    }
-    for &d in digits.get(at..).unwrap_or_default() {
-        out.push(char::from(d));
+        unit /= 10;
     }
 }
 
@@ -48,4 +47,34 @@ pub fn push_json_str(out: &mut String, s: &str) {
         }
     }
     out.push('"');
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use alloc::format;
+
+    #[test]
+    fn test_text_integers_as_format_writes_them() {
+        let mut samples = alloc::vec![0, 1, 9, 10, 99, 100, 4_294_967_295, u64::MAX - 1, u64::MAX];
+        samples.extend((0..64).map(|bit| 1u64 << bit));
+        samples.extend((1..20).map(|k| 10u64.pow(k) - 1));
+        for n in samples {
+            let mut s = String::new();
+            push_u64(&mut s, n);
+            assert_eq!(s, format!("{n}"));
+        }
+        for n in [0, -1, 7, -10, i64::MIN, i64::MAX, -32602] {
+            let mut s = String::new();
+            push_i64(&mut s, n);
+            assert_eq!(s, format!("{n}"));
+        }
+    }
+
+    #[test]
+    fn test_text_json_str_escapes() {
+        let mut s = String::new();
+        push_json_str(&mut s, "a\"b\\c\n\u{1f}\u{7f}é✓😀");
+        assert_eq!(s, "\"a\\\"b\\\\c\\u000a\\u001f\u{7f}é✓😀\"");
+    }
 }

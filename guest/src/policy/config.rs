@@ -215,9 +215,8 @@ impl Config {
             }
         };
 
-        let set = PolicyFields::parse(root, "", &mut errors);
-        let global = set.apply_to(&Policy::default());
-        set.validate_global(&global, &mut errors);
+        let (global, set) = parse_policy(root, "", &Policy::default(), &mut errors);
+        check_backoff_order(&global, set, "", &mut errors);
 
         let keys = Keys {
             map: root,
@@ -271,9 +270,8 @@ impl Config {
                         errors.push(&prefix, must_be("a mapping", entry));
                         continue;
                     };
-                    let set = PolicyFields::parse(fields, &prefix, &mut errors);
-                    let merged = set.apply_to(&global);
-                    set.validate_override(&merged, &prefix, &mut errors);
+                    let (merged, set) = parse_policy(fields, &prefix, &global, &mut errors);
+                    check_backoff_order(&merged, set, &prefix, &mut errors);
                     // Keep sorted by name: `policy_for` binary-searches.
                     let at = overrides
                         .binary_search_by(|(name, _): &(String, Policy)| name.cmp(tool))
@@ -389,26 +387,12 @@ impl Errors {
     }
 }
 
-/// The policy keys one mapping (global or a tool override) sets; `None` = not
-/// set there (inherited), or set to an invalid value (already reported).
-#[derive(Default)]
-struct PolicyFields<'a> {
-    prefix: &'a str,
-    max_retries: Option<u32>,
-    backoff_base_ms: Option<u64>,
-    max_backoff_ms: Option<u64>,
-    retry_on_status: Option<Vec<i32>>,
-    /// `(on, mode)`: `true` = full, `false` = none, or a mode name.
-    jitter: Option<(bool, Jitter)>,
-    check_text_content: Option<bool>,
-    /// `Some(None)`: explicitly no deadline (`null`).
-    max_total_delay_ms: Option<Option<u64>>,
-    safe_classification: Option<bool>,
-    honor_retry_after: Option<bool>,
-    max_retry_after_ms: Option<u64>,
-    /// `Some(None)`: explicitly no budget (`null`).
-    retry_budget_percent: Option<Option<u32>>,
-    retry_budget_min_per_sec: Option<u32>,
+/// Which of the two ordered keys a mapping set (to a valid value), for the
+/// cross-field rule.
+#[derive(Clone, Copy)]
+struct Sets {
+    backoff_base_ms: bool,
+    max_backoff_ms: bool,
 }
 
 /// Reads the keys of one mapping (the document or a tool override),
@@ -461,179 +445,148 @@ impl Keys<'_> {
     }
 }
 
-impl<'a> PolicyFields<'a> {
-    /// The policy keys of `map`, in a fixed order (the order of the errors).
-    fn parse(map: &Map, prefix: &'a str, errors: &mut Errors) -> Self {
-        const NON_NEGATIVE: &str = "a non-negative integer";
-        let keys = Keys { map, prefix };
-        let max_retries = keys
-            .int("max_retries", 0, u64::MAX, NON_NEGATIVE, errors)
-            .and_then(|n| {
-                if n > u64::from(MAX_RETRIES_LIMIT) {
-                    let mut message = String::from("cannot exceed ");
-                    push_u64(&mut message, u64::from(MAX_RETRIES_LIMIT));
-                    message.push_str(", got ");
-                    push_u64(&mut message, n);
-                    keys.report("max_retries", message, errors);
-                    None
-                } else {
-                    Some(n as u32)
-                }
-            });
-        let backoff_base_ms = keys
-            .int("backoff_base_ms", 0, u64::MAX, NON_NEGATIVE, errors)
-            .and_then(|n| {
-                if n == 0 {
-                    keys.report("backoff_base_ms", String::from("must be > 0"), errors);
-                    None
-                } else {
-                    Some(n)
-                }
-            });
-        let max_backoff_ms = keys.int("max_backoff_ms", 0, u64::MAX, NON_NEGATIVE, errors);
-        let retry_on_status = map
-            .get("retry_on_status")
-            .and_then(|v| parse_status_list(v, &join(prefix, "retry_on_status"), errors));
-        let max_total_delay_ms = keys.nullable_int(
-            "max_total_delay_ms",
-            MAX_TOTAL_DELAY_LIMIT,
-            "null or an integer from 1 to 4294967295 (ms)",
-            errors,
+/// The policy a mapping (global or a tool override) describes: `base` with
+/// the keys the mapping sets. An invalid value is reported (keys in a fixed
+/// order: the order of the errors) and leaves the base value.
+fn parse_policy(map: &Map, prefix: &str, base: &Policy, errors: &mut Errors) -> (Policy, Sets) {
+    const NON_NEGATIVE: &str = "a non-negative integer";
+    let keys = Keys { map, prefix };
+    let mut p = base.clone();
+    let max_retries = keys
+        .int("max_retries", 0, u64::MAX, NON_NEGATIVE, errors)
+        .and_then(|n| {
+            if n > u64::from(MAX_RETRIES_LIMIT) {
+                let mut message = String::from("cannot exceed ");
+                push_u64(&mut message, u64::from(MAX_RETRIES_LIMIT));
+                message.push_str(", got ");
+                push_u64(&mut message, n);
+                keys.report("max_retries", message, errors);
+                None
+            } else {
+                Some(n as u32)
+            }
+        });
+    if let Some(n) = max_retries {
+        p.max_retries = n;
+    }
+    let backoff_base_ms = keys
+        .int("backoff_base_ms", 0, u64::MAX, NON_NEGATIVE, errors)
+        .and_then(|n| {
+            if n == 0 {
+                keys.report("backoff_base_ms", String::from("must be > 0"), errors);
+                None
+            } else {
+                Some(n)
+            }
+        });
+    if let Some(n) = backoff_base_ms {
+        p.backoff_base_ms = n;
+    }
+    let max_backoff_ms = keys.int("max_backoff_ms", 0, u64::MAX, NON_NEGATIVE, errors);
+    if let Some(n) = max_backoff_ms {
+        p.max_backoff_ms = n;
+    }
+    if let Some(codes) = map
+        .get("retry_on_status")
+        .and_then(|v| parse_status_list(v, &join(prefix, "retry_on_status"), errors))
+    {
+        p.retry_on_status = codes;
+    }
+    if let Some(ms) = keys.nullable_int(
+        "max_total_delay_ms",
+        MAX_TOTAL_DELAY_LIMIT,
+        "null or an integer from 1 to 4294967295 (ms)",
+        errors,
+    ) {
+        p.max_total_delay_ms = ms;
+    }
+    // `(on, mode)`: `true` = full, `false` = none, or a mode name.
+    if let Some((on, mode)) = map
+        .get("jitter")
+        .and_then(|v| parse_jitter(v, &join(prefix, "jitter"), errors))
+    {
+        p.jitter = on;
+        p.jitter_mode = mode;
+    }
+    if let Some(b) = keys.boolean("check_text_content", errors) {
+        p.check_text_content = b;
+    }
+    if let Some(b) = keys.boolean("safe_classification", errors) {
+        p.safe_classification = b;
+    }
+    if let Some(b) = keys.boolean("honor_retry_after", errors) {
+        p.honor_retry_after = b;
+    }
+    if let Some(percent) = keys.nullable_int(
+        "retry_budget_percent",
+        1000,
+        "null or an integer from 1 to 1000",
+        errors,
+    ) {
+        p.retry_budget_percent = percent.map(|n| n as u32);
+    }
+    if let Some(n) = keys.int(
+        "retry_budget_min_per_sec",
+        0,
+        1000,
+        "an integer from 0 to 1000",
+        errors,
+    ) {
+        p.retry_budget_min_per_sec = n as u32;
+    }
+    if let Some(ms) = keys.int(
+        "max_retry_after_ms",
+        1,
+        MAX_RETRY_AFTER_LIMIT,
+        "an integer from 1 to 16777215 (ms)",
+        errors,
+    ) {
+        p.max_retry_after_ms = ms;
+    }
+    let set = Sets {
+        backoff_base_ms: backoff_base_ms.is_some(),
+        max_backoff_ms: max_backoff_ms.is_some(),
+    };
+    (p, set)
+}
+
+/// The one cross-field rule, `max_backoff_ms >= backoff_base_ms`, reported
+/// at the key the mapping sets (`max_backoff_ms` first). The message names
+/// where the other bound came from: the same mapping, the default (for the
+/// global mapping), or the global config (for an override). A mapping that
+/// sets neither has nothing to report: for an override the global rule
+/// already did.
+fn check_backoff_order(merged: &Policy, set: Sets, prefix: &str, errors: &mut Errors) {
+    if merged.max_backoff_ms >= merged.backoff_base_ms {
+        return;
+    }
+    let global = prefix.is_empty();
+    if set.max_backoff_ms {
+        let note = if global || set.backoff_base_ms {
+            ""
+        } else {
+            INHERITED
+        };
+        errors.push(
+            &join(prefix, "max_backoff_ms"),
+            out_of_order(
+                ">= backoff_base_ms",
+                merged.backoff_base_ms,
+                note,
+                merged.max_backoff_ms,
+            ),
         );
-        let jitter = map
-            .get("jitter")
-            .and_then(|v| parse_jitter(v, &join(prefix, "jitter"), errors));
-        let check_text_content = keys.boolean("check_text_content", errors);
-        let safe_classification = keys.boolean("safe_classification", errors);
-        let honor_retry_after = keys.boolean("honor_retry_after", errors);
-        let retry_budget_percent = keys
-            .nullable_int(
-                "retry_budget_percent",
-                1000,
-                "null or an integer from 1 to 1000",
-                errors,
-            )
-            .map(|n| n.map(|n| n as u32));
-        let retry_budget_min_per_sec = keys
-            .int(
-                "retry_budget_min_per_sec",
-                0,
-                1000,
-                "an integer from 0 to 1000",
-                errors,
-            )
-            .map(|n| n as u32);
-        let max_retry_after_ms = keys.int(
-            "max_retry_after_ms",
-            1,
-            MAX_RETRY_AFTER_LIMIT,
-            "an integer from 1 to 16777215 (ms)",
-            errors,
+    } else if set.backoff_base_ms {
+        let note = if global { ", the default" } else { INHERITED };
+        errors.push(
+            &join(prefix, "backoff_base_ms"),
+            out_of_order(
+                "<= max_backoff_ms",
+                merged.max_backoff_ms,
+                note,
+                merged.backoff_base_ms,
+            ),
         );
-        Self {
-            prefix,
-            max_retries,
-            backoff_base_ms,
-            max_backoff_ms,
-            retry_on_status,
-            jitter,
-            check_text_content,
-            max_total_delay_ms,
-            safe_classification,
-            honor_retry_after,
-            max_retry_after_ms,
-            retry_budget_percent,
-            retry_budget_min_per_sec,
-        }
-    }
-
-    fn apply_to(&self, base: &Policy) -> Policy {
-        Policy {
-            max_retries: self.max_retries.unwrap_or(base.max_retries),
-            backoff_base_ms: self.backoff_base_ms.unwrap_or(base.backoff_base_ms),
-            max_backoff_ms: self.max_backoff_ms.unwrap_or(base.max_backoff_ms),
-            retry_on_status: self
-                .retry_on_status
-                .clone()
-                .unwrap_or_else(|| base.retry_on_status.clone()),
-            jitter: self.jitter.map_or(base.jitter, |(on, _)| on),
-            jitter_mode: self.jitter.map_or(base.jitter_mode, |(_, mode)| mode),
-            check_text_content: self.check_text_content.unwrap_or(base.check_text_content),
-            max_total_delay_ms: self.max_total_delay_ms.unwrap_or(base.max_total_delay_ms),
-            safe_classification: self.safe_classification.unwrap_or(base.safe_classification),
-            honor_retry_after: self.honor_retry_after.unwrap_or(base.honor_retry_after),
-            max_retry_after_ms: self.max_retry_after_ms.unwrap_or(base.max_retry_after_ms),
-            retry_budget_percent: self
-                .retry_budget_percent
-                .unwrap_or(base.retry_budget_percent),
-            retry_budget_min_per_sec: self
-                .retry_budget_min_per_sec
-                .unwrap_or(base.retry_budget_min_per_sec),
-        }
-    }
-
-    /// The one cross-field rule, for the global mapping.
-    fn validate_global(&self, merged: &Policy, errors: &mut Errors) {
-        if self.max_backoff_ms.is_some() && merged.max_backoff_ms < merged.backoff_base_ms {
-            errors.push(
-                &join(self.prefix, "max_backoff_ms"),
-                out_of_order(
-                    ">= backoff_base_ms",
-                    merged.backoff_base_ms,
-                    "",
-                    merged.max_backoff_ms,
-                ),
-            );
-        } else if self.backoff_base_ms.is_some() && merged.max_backoff_ms < merged.backoff_base_ms {
-            errors.push(
-                &join(self.prefix, "backoff_base_ms"),
-                out_of_order(
-                    "<= max_backoff_ms",
-                    merged.max_backoff_ms,
-                    ", the default",
-                    merged.backoff_base_ms,
-                ),
-            );
-        }
-    }
-
-    /// The cross-field rule for an override merged over the global policy:
-    /// reported at the key the override sets, naming the inherited value.
-    fn validate_override(&self, merged: &Policy, prefix: &str, errors: &mut Errors) {
-        if merged.max_backoff_ms >= merged.backoff_base_ms {
-            return;
-        }
-        match (self.max_backoff_ms, self.backoff_base_ms) {
-            (Some(_), Some(_)) => errors.push(
-                &join(prefix, "max_backoff_ms"),
-                out_of_order(
-                    ">= backoff_base_ms",
-                    merged.backoff_base_ms,
-                    "",
-                    merged.max_backoff_ms,
-                ),
-            ),
-            (Some(_), None) => errors.push(
-                &join(prefix, "max_backoff_ms"),
-                out_of_order(
-                    ">= backoff_base_ms",
-                    merged.backoff_base_ms,
-                    INHERITED,
-                    merged.max_backoff_ms,
-                ),
-            ),
-            (None, Some(_)) => errors.push(
-                &join(prefix, "backoff_base_ms"),
-                out_of_order(
-                    "<= max_backoff_ms",
-                    merged.max_backoff_ms,
-                    INHERITED,
-                    merged.backoff_base_ms,
-                ),
-            ),
-            // Neither set here: the global rule already reported it.
-            (None, None) => {}
-        }
     }
 }
 
@@ -770,7 +723,7 @@ fn describe(v: &Value, out: &mut String) {
     match cut.and_then(|cut| text.get(..cut)) {
         Some(head) => {
             out_final.push_str(head);
-            out_final.push_str("…");
+            out_final.push('…');
         }
         None => out_final.push_str(&text),
     }

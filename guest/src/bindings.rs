@@ -1,6 +1,7 @@
 //! The wit-bindgen glue: converts WIT values and delegates to [`crate::policy`].
 //! No policy logic lives here.
 
+use alloc::boxed::Box;
 use alloc::string::{String, ToString};
 use alloc::vec::Vec;
 use core::cell::{RefCell, RefMut};
@@ -27,7 +28,9 @@ use wit::wasi::clocks::monotonic_clock;
 use wit::wasi::random::insecure_seed;
 
 /// The instance's one engine, created on first use (seeded from the import).
-struct Global(RefCell<Option<Engine>>);
+/// Boxed so that the empty static is all zeros (an `Option<Engine>`'s `None`
+/// is not, which put its 240 bytes into the component's data segment).
+struct Global(RefCell<Option<Box<Engine>>>);
 // SAFETY: a component instance is single-threaded; nothing here is shared
 // across threads.
 unsafe impl Sync for Global {}
@@ -47,7 +50,7 @@ fn engine() -> RefMut<'static, Engine> {
         core::arch::wasm32::unreachable()
     };
     RefMut::map(slot, |slot| {
-        slot.get_or_insert_with(|| Engine::new(insecure_seed::insecure_seed()))
+        &mut **slot.get_or_insert_with(|| Box::new(Engine::new(insecure_seed::insecure_seed())))
     })
 }
 

@@ -229,13 +229,32 @@ pub fn parse(text: &str) -> Result<Value, Error> {
         bytes: text.as_bytes(),
         index: 0,
         remaining_depth: RECURSION_LIMIT,
+        failure: ("", 0),
     };
-    let value = p.value()?;
-    match p.skip_whitespace() {
+    let parsed = p.value().and_then(|value| match p.skip_whitespace() {
         Some(_) => Err(p.peek_error(TRAILING_CHARACTERS)),
         None => Ok(value),
-    }
+    });
+    parsed.map_err(|Failed| {
+        let (message, at) = p.failure;
+        let before = text.as_bytes().get(..at).unwrap_or_default();
+        let start_of_line = before
+            .iter()
+            .rposition(|&b| b == b'\n')
+            .map_or(0, |nl| nl + 1);
+        Error {
+            message,
+            line: 1 + before.iter().filter(|&&b| b == b'\n').count(),
+            column: at - start_of_line,
+        }
+    })
 }
+
+/// The reader's failure signal. What failed and where is recorded in
+/// [`Parser::failure`] when it is raised: a zero-sized error keeps each `?`
+/// on the way up cheap (the component is smaller than with the full error
+/// passed up), and the line and column are computed once, at the top.
+struct Failed;
 
 /// The reader's state. Names follow serde_json's deserializer where the
 /// logic is its: `next` consumes a byte, `peek` does not, `error` points at
@@ -246,6 +265,8 @@ struct Parser<'a> {
     bytes: &'a [u8],
     index: usize,
     remaining_depth: u8,
+    /// The message and byte offset of the failure, once [`Failed`] is raised.
+    failure: (&'static str, usize),
 }
 
 impl Parser<'_> {
@@ -267,28 +288,18 @@ impl Parser<'_> {
         self.index += 1;
     }
 
+    /// Fail at the current index.
     #[cold]
-    fn error(&self, message: &'static str) -> Error {
-        self.error_at(self.index, message)
+    fn error(&mut self, message: &'static str) -> Failed {
+        self.failure = (message, self.index);
+        Failed
     }
 
+    /// Fail one byte past the current index (at most at the end).
     #[cold]
-    fn peek_error(&self, message: &'static str) -> Error {
-        self.error_at((self.index + 1).min(self.bytes.len()), message)
-    }
-
-    #[cold]
-    fn error_at(&self, at: usize, message: &'static str) -> Error {
-        let before = self.bytes.get(..at).unwrap_or(self.bytes);
-        let start_of_line = before
-            .iter()
-            .rposition(|&b| b == b'\n')
-            .map_or(0, |nl| nl + 1);
-        Error {
-            message,
-            line: 1 + before.iter().filter(|&&b| b == b'\n').count(),
-            column: at - start_of_line,
-        }
+    fn peek_error(&mut self, message: &'static str) -> Failed {
+        self.failure = (message, (self.index + 1).min(self.bytes.len()));
+        Failed
     }
 
     /// Skip whitespace; the next byte, not consumed.
@@ -302,7 +313,7 @@ impl Parser<'_> {
         None
     }
 
-    fn value(&mut self) -> Result<Value, Error> {
+    fn value(&mut self) -> Result<Value, Failed> {
         let Some(peek) = self.skip_whitespace() else {
             return Err(self.peek_error(EOF_VALUE));
         };
@@ -348,7 +359,7 @@ impl Parser<'_> {
     }
 
     /// One level deeper, at an opening bracket (not yet consumed).
-    fn enter(&mut self) -> Result<(), Error> {
+    fn enter(&mut self) -> Result<(), Failed> {
         self.remaining_depth -= 1;
         if self.remaining_depth == 0 {
             return Err(self.peek_error(RECURSION_LIMIT_EXCEEDED));
@@ -357,7 +368,7 @@ impl Parser<'_> {
         Ok(())
     }
 
-    fn ident(&mut self, rest: &[u8]) -> Result<(), Error> {
+    fn ident(&mut self, rest: &[u8]) -> Result<(), Failed> {
         for &expected in rest {
             match self.next() {
                 None => return Err(self.error(EOF_VALUE)),
@@ -371,7 +382,7 @@ impl Parser<'_> {
     /// After `[`: the elements and the closing `]`. (Not inlined into
     /// `value`: measured smaller.)
     #[inline(never)]
-    fn array(&mut self) -> Result<Vec<Value>, Error> {
+    fn array(&mut self) -> Result<Vec<Value>, Failed> {
         let mut items = Vec::new();
         loop {
             match self.skip_whitespace() {
@@ -396,7 +407,7 @@ impl Parser<'_> {
 
     /// After `{`: the members and the closing `}`.
     #[inline(never)]
-    fn object(&mut self) -> Result<Map, Error> {
+    fn object(&mut self) -> Result<Map, Failed> {
         let mut members = Vec::new();
         loop {
             match self.skip_whitespace() {
@@ -430,7 +441,7 @@ impl Parser<'_> {
     }
 
     /// After the opening quote: the string's contents and the closing quote.
-    fn string(&mut self) -> Result<String, Error> {
+    fn string(&mut self) -> Result<String, Failed> {
         let mut out = String::new();
         let mut start = self.index;
         loop {
@@ -461,7 +472,7 @@ impl Parser<'_> {
     }
 
     /// After a backslash: one escape, appended to `out`.
-    fn escape(&mut self, out: &mut String) -> Result<(), Error> {
+    fn escape(&mut self, out: &mut String) -> Result<(), Failed> {
         let Some(b) = self.next() else {
             return Err(self.error(EOF_STRING));
         };
@@ -482,7 +493,7 @@ impl Parser<'_> {
     }
 
     /// After `\u`: a code point, or a surrogate pair as two escapes.
-    fn unicode_escape(&mut self, out: &mut String) -> Result<(), Error> {
+    fn unicode_escape(&mut self, out: &mut String) -> Result<(), Failed> {
         let n = self.hex4()?;
         let code = match n {
             0xDC00..=0xDFFF => return Err(self.error(LONE_SURROGATE)),
@@ -514,7 +525,7 @@ impl Parser<'_> {
     }
 
     /// Four hex digits.
-    fn hex4(&mut self) -> Result<u16, Error> {
+    fn hex4(&mut self) -> Result<u16, Failed> {
         let Some(digits) = self.bytes.get(self.index..self.index + 4) else {
             self.index = self.bytes.len();
             return Err(self.error(EOF_STRING));
@@ -538,7 +549,7 @@ impl Parser<'_> {
     /// The digits go into a `u64` significand while it fits; serde_json then
     /// stops: further integer digits only count as powers of ten, further
     /// fraction digits are dropped.
-    fn number(&mut self, positive: bool) -> Result<Number, Error> {
+    fn number(&mut self, positive: bool) -> Result<Number, Failed> {
         let mut significand = 0u64;
         let mut exponent = 0i32;
         match self.next() {
@@ -659,7 +670,7 @@ impl Parser<'_> {
     /// (its `f64_from_parts`): the product overflows when `exponent` is
     /// above 308, or when `significand as f64 · 1e{exponent}` rounds to
     /// infinity. A negative exponent never fails (it divides).
-    fn float(&self, significand: u64, exponent: i32) -> Result<Number, Error> {
+    fn float(&mut self, significand: u64, exponent: i32) -> Result<Number, Failed> {
         let overflows = significand != 0
             && match exponent {
                 // Below 1e289 even u64::MAX · 10^exponent stays under f64::MAX.

@@ -97,10 +97,16 @@ pub fn split_key(key: &str, tool_len: u32) -> (&str, &str) {
     let at = if key.is_ascii() {
         n.min(key.len())
     } else {
-        match key.char_indices().nth(n) {
-            Some((at, _)) => at,
-            None => key.len(),
-        }
+        // The byte offset of character n: the (n+1)-th byte that starts a
+        // UTF-8 sequence (counted by hand: `char_indices` is larger).
+        let mut chars = 0;
+        key.bytes()
+            .position(|b| {
+                let starts_char = b & 0xc0 != 0x80;
+                chars += usize::from(starts_char);
+                starts_char && chars > n
+            })
+            .unwrap_or(key.len())
     };
     key.split_at_checked(at).unwrap_or((key, ""))
 }
@@ -174,5 +180,12 @@ mod tests {
         assert_eq!(split_key("é✓x", 2), ("é✓", "x"));
         assert_eq!(split_key("é✓", 5), ("é✓", ""));
         assert_eq!(split_key("", 0), ("", ""));
+        // The byte counting agrees with char_indices on mixed widths.
+        for key in ["aé✓😀b", "😀😀", "é", "xyz✓"] {
+            for n in 0..7 {
+                let at = key.char_indices().nth(n).map_or(key.len(), |(at, _)| at);
+                assert_eq!(split_key(key, n as u32), key.split_at(at), "{key} {n}");
+            }
+        }
     }
 }

@@ -641,17 +641,22 @@ fn parse_status_list(v: &Value, path: &str, errors: &mut Errors) -> Option<Vec<i
 /// `tool_overrides.<tool>`, quoting tool names that would make the path
 /// ambiguous (empty, or containing `.`, `[` or `"`).
 fn override_path(tool: &str) -> String {
-    let plain = !tool.is_empty() && !tool.contains(['.', '[', ']', '"']);
+    // Byte-wise (the special characters are ASCII): char iteration links
+    // UTF-8 decoding that nothing else in the component needs.
+    let plain = !tool.is_empty() && !tool.bytes().any(|b| matches!(b, b'.' | b'[' | b']' | b'"'));
     if plain {
         return String::from("tool_overrides.") + tool;
     }
     let mut path = String::from("tool_overrides[\"");
-    for c in tool.chars() {
-        if c == '"' {
-            path.push('\\');
+    let mut run = 0;
+    for (i, b) in tool.bytes().enumerate() {
+        if b == b'"' {
+            path.push_str(tool.get(run..i).unwrap_or_default());
+            path.push_str("\\\"");
+            run = i + 1;
         }
-        path.push(c);
     }
+    path.push_str(tool.get(run..).unwrap_or_default());
     path.push_str("\"]");
     path
 }

@@ -128,9 +128,8 @@ impl Policy {
 pub struct Config {
     global: Policy,
     /// Overrides already merged over `global` (so the hot path never merges),
-    /// sorted by tool name for binary search. A sorted Vec rather than a map:
-    /// a second BTreeMap instantiation (serde_json has one) costs ~5 KiB of
-    /// the component.
+    /// sorted by tool name (byte order) for binary search. A sorted Vec
+    /// rather than a map: a BTreeMap costs ~5 KiB of the component.
     overrides: Vec<(String, Policy)>,
     state_ttl_ms: u64,
     max_state_entries: u32,
@@ -272,11 +271,10 @@ impl Config {
                     };
                     let (merged, set) = parse_policy(fields, &prefix, &global, &mut errors);
                     check_backoff_order(&merged, set, &prefix, &mut errors);
-                    // Keep sorted by name: `policy_for` binary-searches.
-                    let at = overrides
-                        .binary_search_by(|(name, _): &(String, Policy)| name.cmp(tool))
-                        .unwrap_or_else(|at| at);
-                    overrides.insert(at, (tool.clone(), merged));
+                    // `sorted` gives each name once, in increasing order, so
+                    // pushing keeps the list sorted (`policy_for`
+                    // binary-searches it).
+                    overrides.push((tool.clone(), merged));
                 }
             }
             Some(other) => errors.push("tool_overrides", must_be("a mapping", other)),

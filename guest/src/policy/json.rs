@@ -73,15 +73,19 @@ impl Map {
     /// few places where the order is visible (error order of
     /// `tool_overrides`).
     pub fn sorted(&self) -> impl Iterator<Item = (&String, &Value)> {
-        let mut order: Vec<usize> = Vec::with_capacity(self.0.len());
-        for (i, (key, _)) in self.0.iter().enumerate() {
-            match order.binary_search_by(|&j| self.0[j].0.as_str().cmp(key)) {
+        let mut order: Vec<&(String, Value)> = Vec::with_capacity(self.0.len());
+        for member in &self.0 {
+            match order.binary_search_by(|m| m.0.cmp(&member.0)) {
                 // A later duplicate replaces the earlier one.
-                Ok(at) => order[at] = i,
-                Err(at) => order.insert(at, i),
+                Ok(at) => {
+                    if let Some(slot) = order.get_mut(at) {
+                        *slot = member;
+                    }
+                }
+                Err(at) => order.insert(at, member),
             }
         }
-        order.into_iter().map(move |i| (&self.0[i].0, &self.0[i].1))
+        order.into_iter().map(|(key, value)| (key, value))
     }
 
     /// Among the keys equal to `name` ignoring ASCII case, the value of the

@@ -697,38 +697,39 @@ fn out_of_order(rule: &str, bound: u64, note: &str, got: u64) -> String {
 /// float formatting alone would add several KiB to the component.
 fn describe(v: &Value, out: &mut String) {
     const MAX: usize = 60;
-    let mut text = String::new();
-    let out_final = out;
-    let out = &mut text;
     match v {
         Value::Array(_) => out.push_str("a list"),
         Value::Object(_) => out.push_str("a mapping"),
         Value::Null => out.push_str("null"),
         Value::Bool(true) => out.push_str("true"),
         Value::Bool(false) => out.push_str("false"),
+        // Only a string can be longer than MAX characters: cut it there,
+        // quotes included (so the opening quote and MAX - 1 of its own).
         Value::String(s) => {
+            const KEEP: usize = MAX - 1;
+            let mut chars = 0;
+            let mut cut = s.len();
+            for (i, b) in s.bytes().enumerate() {
+                // A byte that starts a UTF-8 sequence starts a character.
+                if b & 0xc0 != 0x80 {
+                    if chars == KEEP {
+                        cut = i;
+                    }
+                    chars += 1;
+                }
+            }
             out.push('"');
-            out.push_str(s);
-            out.push('"');
+            if chars < KEEP {
+                out.push_str(s);
+                out.push('"');
+            } else {
+                out.push_str(s.get(..cut).unwrap_or(s));
+                out.push('…');
+            }
         }
         Value::Number(Number::PosInt(u)) => push_u64(out, *u),
         Value::Number(Number::NegInt(i)) => push_i64(out, *i),
         Value::Number(Number::Float) => out.push_str("a non-integer number"),
-    }
-    // The byte offset of character MAX, if there is one (counting the
-    // bytes that start a UTF-8 sequence).
-    let mut chars = 0;
-    let cut = text.bytes().position(|b| {
-        let starts_char = b & 0xc0 != 0x80;
-        chars += usize::from(starts_char);
-        starts_char && chars > MAX
-    });
-    match cut.and_then(|cut| text.get(..cut)) {
-        Some(head) => {
-            out_final.push_str(head);
-            out_final.push('…');
-        }
-        None => out_final.push_str(&text),
     }
 }
 
@@ -992,6 +993,30 @@ mod tests {
             let errs = errors(&format!(r#"{{"max_state_entries": {bad}}}"#));
             assert_eq!(errs.len(), 1, "{bad}");
             assert!(errs[0].starts_with("max_state_entries: must be an integer from 1 to 1000000"));
+        }
+    }
+
+    #[test]
+    fn test_config_describe_cuts_strings_at_60_characters() {
+        // The rule as first written: render, then cut at character 60.
+        let oracle = |s: &str| {
+            let text = format!("\"{s}\"");
+            match text.char_indices().nth(60) {
+                Some((end, _)) => format!("{}…", &text[..end]),
+                None => text,
+            }
+        };
+        for unit in ["x", "é", "✓", "😀"] {
+            for n in [0, 1, 57, 58, 59, 60, 61, 100] {
+                let s = unit.repeat(n);
+                let mut got = String::new();
+                describe(&Value::String(s.clone()), &mut got);
+                assert_eq!(got, oracle(&s), "{unit} x {n}");
+                let mixed = format!("{s}é✓😀ab");
+                let mut got = String::new();
+                describe(&Value::String(mixed.clone()), &mut got);
+                assert_eq!(got, oracle(&mixed), "{unit} x {n} mixed");
+            }
         }
     }
 

@@ -93,72 +93,68 @@ pub fn import(engine: &mut Engine, text: &str, now_ms: u64) -> Result<u32, Strin
     let Some(Value::Array(entries)) = doc.get("entries") else {
         return Err(String::from("state has no \"entries\" list"));
     };
-    // Validate everything first: a half-imported state would be worse than none.
+    // Validate everything first: a half-imported state would be worse than
+    // none. (Two passes over the entries rather than a list of the parsed
+    // ones: the component is smaller.)
     let width = if format == Some(FORMAT_V1) { 4 } else { 6 };
-    let mut parsed = alloc::vec::Vec::with_capacity(entries.len());
     for (i, item) in entries.iter().enumerate() {
-        let fields =
-            match item {
-                Value::Array(f) if f.len() == width => f,
-                _ if width == 4 => {
-                    return Err(entry_error(
-                        i,
-                        " is not [tool, request_id, failures, age_ms]",
-                    ))
+        match item {
+            Value::Array(fields) if fields.len() == width => {
+                if read_entry(fields, now_ms).is_none() {
+                    return Err(entry_error(i, " has a field of the wrong type"));
                 }
-                _ => return Err(entry_error(
+            }
+            _ if width == 4 => {
+                return Err(entry_error(
+                    i,
+                    " is not [tool, request_id, failures, age_ms]",
+                ))
+            }
+            _ => {
+                return Err(entry_error(
                     i,
                     " is not [tool, request_id, failures, age_ms, last_delay_ms, total_delay_ms]",
-                )),
-            };
-        let u32_at = |at: usize| match fields.get(at) {
-            None => Some(0),
-            Some(v) => v.as_u64().and_then(|n| u32::try_from(n).ok()),
-        };
-        let field = |at: usize| fields.get(at);
-        let (
-            Some(tool),
-            Some(request_id),
-            Some(failures),
-            Some(age_ms),
-            Some(last_delay_ms),
-            Some(total_delay_ms),
-        ) = (
-            field(0).and_then(Value::as_str),
-            field(1).and_then(Value::as_str),
-            u32_at(2),
-            field(3).and_then(Value::as_u64),
-            u32_at(4),
-            u32_at(5),
-        )
-        else {
-            return Err(entry_error(i, " has a field of the wrong type"));
-        };
-        parsed.push((
-            tool,
-            request_id,
-            failures,
-            age_ms,
-            last_delay_ms,
-            total_delay_ms,
-        ));
+                ))
+            }
+        }
     }
     let ttl = engine.config().state_ttl_ms();
     let mut imported = 0u32;
-    for (tool, request_id, failures, age_ms, last_delay_ms, total_delay_ms) in parsed {
-        if failures == 0 || age_ms > ttl {
+    for item in entries {
+        // Every entry was read above; none is skipped here for its shape.
+        let Value::Array(fields) = item else { continue };
+        let Some((tool, request_id, age_ms, entry)) = read_entry(fields, now_ms) else {
+            continue;
+        };
+        if entry.failures == 0 || age_ms > ttl {
             continue;
         }
-        let entry = Entry {
-            failures,
-            last_delay_ms,
-            total_delay_ms,
-            last_failure_ms: now_ms.saturating_sub(age_ms),
-        };
         engine.restore_entry(tool, request_id, entry);
         imported += 1;
     }
     Ok(imported)
+}
+
+/// An entry's fields `[tool, request_id, failures, age_ms, last_delay_ms,
+/// total_delay_ms]` (the last two 0 when absent, as in format 1): the key,
+/// the age and the entry at `now_ms`; `None` if a field has the wrong type.
+fn read_entry(fields: &[Value], now_ms: u64) -> Option<(&str, &str, u64, Entry)> {
+    let u32_at = |at: usize| match fields.get(at) {
+        None => Some(0),
+        Some(v) => v.as_u64().and_then(|n| u32::try_from(n).ok()),
+    };
+    let field = |at: usize| fields.get(at);
+    let tool = field(0)?.as_str()?;
+    let request_id = field(1)?.as_str()?;
+    let failures = u32_at(2)?;
+    let age_ms = field(3)?.as_u64()?;
+    let entry = Entry {
+        failures,
+        last_delay_ms: u32_at(4)?,
+        total_delay_ms: u32_at(5)?,
+        last_failure_ms: now_ms.saturating_sub(age_ms),
+    };
+    Some((tool, request_id, age_ms, entry))
 }
 
 /// `entries[<i>]<what>`.

@@ -193,14 +193,16 @@ pub fn signals_from_json(result: &Value) -> (Signals, Vec<&str>) {
             })
             .and_then(|n| i32::try_from(n).ok()),
     };
-    let texts = match map.get("content") {
-        Some(Value::Array(items)) => items
-            .iter()
-            .filter(|item| item.get("type").and_then(Value::as_str) == Some("text"))
-            .filter_map(|item| item.get("text").and_then(Value::as_str))
-            .collect(),
-        _ => Vec::new(),
-    };
+    let mut texts = Vec::new();
+    if let Some(Value::Array(items)) = map.get("content") {
+        for item in items {
+            if item.get("type").and_then(Value::as_str) == Some("text") {
+                if let Some(text) = item.get("text").and_then(Value::as_str) {
+                    texts.push(text);
+                }
+            }
+        }
+    }
     (signals, texts)
 }
 

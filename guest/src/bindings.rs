@@ -116,17 +116,22 @@ impl api::Guest for Component {
         steps: Vec<api::SimStep>,
     ) -> Result<Vec<api::SimDecision>, Vec<api::ConfigError>> {
         let config = Config::from_json(&config_json).map_err(to_wit_errors)?;
-        let steps: Vec<simulate::Step<'_>> = steps
-            .iter()
-            .map(|s| simulate::Step {
+        // Loops rather than map/collect chains: smaller in the component.
+        let mut borrowed = Vec::with_capacity(steps.len());
+        for s in &steps {
+            borrowed.push(simulate::Step {
                 tool: &s.tool,
                 request_id: &s.request_id,
                 result_json: &s.result_json,
                 advance_ms: s.advance_ms,
-            })
-            .collect();
-        let decisions = simulate::simulate(config, seed, &steps).map_err(to_wit_errors)?;
-        Ok(decisions.iter().map(to_wit_decision).collect())
+            });
+        }
+        let decisions = simulate::simulate(config, seed, &borrowed).map_err(to_wit_errors)?;
+        let mut out = Vec::with_capacity(decisions.len());
+        for d in &decisions {
+            out.push(to_wit_decision(d));
+        }
+        Ok(out)
     }
 
     fn contract_version() -> String {
@@ -184,13 +189,14 @@ fn inject_fault(tool: &str) {
 }
 
 fn to_wit_errors(errors: Vec<ConfigError>) -> Vec<api::ConfigError> {
-    errors
-        .into_iter()
-        .map(|e| api::ConfigError {
+    let mut out = Vec::with_capacity(errors.len());
+    for e in errors {
+        out.push(api::ConfigError {
             path: e.path,
             message: e.message,
-        })
-        .collect()
+        });
+    }
+    out
 }
 
 fn to_wit_policy(p: &Policy) -> api::Policy {

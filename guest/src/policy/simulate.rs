@@ -61,13 +61,16 @@ pub fn simulate(
         let (signals, texts) = signals_from_json(result);
         // Owned, as the component's `decide-text` passes them: one
         // instantiation of the generic decision path instead of two.
-        let texts: Vec<String> = texts.into_iter().map(String::from).collect();
+        let mut owned = Vec::with_capacity(texts.len());
+        for text in texts {
+            owned.push(String::from(text));
+        }
         match engine.decide_with(
             step.tool,
             step.request_id,
             signals,
             hints_from_json(result),
-            Some(&texts[..]),
+            Some(&owned[..]),
             now_ms,
         ) {
             Outcome::Decided(d) => out.push(d),

@@ -93,14 +93,24 @@ pub fn pack_decision(d: &Decision) -> u64 {
 /// A `tool_len` beyond the key makes the whole key the tool name.
 pub fn split_key(key: &str, tool_len: u32) -> (&str, &str) {
     // Fast path: ASCII keys (the norm) split by byte offset.
+    // `split_at_checked` rather than `split_at`: the offsets are always char
+    // boundaries, but the panicking form links the slicing-error formatting.
     let n = tool_len as usize;
-    if key.is_ascii() {
-        return key.split_at(n.min(key.len()));
-    }
-    match key.char_indices().nth(n) {
-        Some((at, _)) => key.split_at(at),
-        None => (key, ""),
-    }
+    let at = if key.is_ascii() {
+        n.min(key.len())
+    } else {
+        // The byte offset of character n: the (n+1)-th byte that starts a
+        // UTF-8 sequence (counted by hand: `char_indices` is larger).
+        let mut chars = 0;
+        key.bytes()
+            .position(|b| {
+                let starts_char = b & 0xc0 != 0x80;
+                chars += usize::from(starts_char);
+                starts_char && chars > n
+            })
+            .unwrap_or(key.len())
+    };
+    key.split_at_checked(at).unwrap_or((key, ""))
 }
 
 #[cfg(test)]
@@ -172,5 +182,12 @@ mod tests {
         assert_eq!(split_key("é✓x", 2), ("é✓", "x"));
         assert_eq!(split_key("é✓", 5), ("é✓", ""));
         assert_eq!(split_key("", 0), ("", ""));
+        // The byte counting agrees with char_indices on mixed widths.
+        for key in ["aé✓😀b", "😀😀", "é", "xyz✓"] {
+            for n in 0..7 {
+                let at = key.char_indices().nth(n).map_or(key.len(), |(at, _)| at);
+                assert_eq!(split_key(key, n as u32), key.split_at(at), "{key} {n}");
+            }
+        }
     }
 }

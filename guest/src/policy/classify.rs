@@ -20,9 +20,9 @@
 //! boundary); [`signals_from_json`] does the same for a JSON document, for the
 //! scenario replay.
 
-use alloc::string::String;
 use alloc::vec::Vec;
-use serde_json::{Map, Value};
+
+use super::json::{self, Map, Value};
 
 use super::config::Policy;
 
@@ -155,9 +155,9 @@ pub fn text_marks_failure(text: &str, retry_on_status: &[i32]) -> bool {
     if !starts_object {
         return false;
     }
-    // serde_json bounds nesting (128 levels), so hostile text cannot exhaust
+    // The parser bounds nesting (127 levels), so hostile text cannot exhaust
     // the stack; a parse error simply means "not a marker".
-    let Ok(Value::Object(obj)) = serde_json::from_str::<Value>(text) else {
+    let Ok(Value::Object(obj)) = json::parse(text) else {
         return false;
     };
     if obj.get("isError").and_then(Value::as_bool) == Some(true) {
@@ -182,9 +182,9 @@ pub fn signals_from_json(result: &Value) -> (Signals, Vec<&str>) {
     let sc = map.get("structuredContent").filter(|v| !v.is_null());
     let sc_map = sc.and_then(Value::as_object);
     let signals = Signals {
-        is_error: map.get("isError") == Some(&Value::Bool(true)),
+        is_error: is_true(map.get("isError")),
         structured: sc.is_some(),
-        structured_is_error: sc_map.and_then(|m| m.get("isError")) == Some(&Value::Bool(true)),
+        structured_is_error: is_true(sc_map.and_then(|m| m.get("isError"))),
         status: sc_map
             .and_then(|m| m.get("status_code"))
             .and_then(|v| match v {
@@ -193,14 +193,16 @@ pub fn signals_from_json(result: &Value) -> (Signals, Vec<&str>) {
             })
             .and_then(|n| i32::try_from(n).ok()),
     };
-    let texts = match map.get("content") {
-        Some(Value::Array(items)) => items
-            .iter()
-            .filter(|item| item.get("type").and_then(Value::as_str) == Some("text"))
-            .filter_map(|item| item.get("text").and_then(Value::as_str))
-            .collect(),
-        _ => Vec::new(),
-    };
+    let mut texts = Vec::new();
+    if let Some(Value::Array(items)) = map.get("content") {
+        for item in items {
+            if item.get("type").and_then(Value::as_str) == Some("text") {
+                if let Some(text) = item.get("text").and_then(Value::as_str) {
+                    texts.push(text);
+                }
+            }
+        }
+    }
     (signals, texts)
 }
 
@@ -212,17 +214,16 @@ pub fn hints_from_json(result: &Value) -> Hints {
     };
     let sc = map.get("structuredContent").and_then(Value::as_object);
     let field = |key: &str| sc.and_then(|m| m.get(key));
-    let invalid_params = |v: Option<&Value>| {
-        v.and_then(Value::as_i64) == Some(JSONRPC_INVALID_PARAMS) && v.is_some_and(|v| !v.is_f64())
-    };
+    // A float (`-32602.0`) is not the code: `as_i64` reads integers only.
+    let invalid_params =
+        |v: Option<&Value>| v.and_then(Value::as_i64) == Some(JSONRPC_INVALID_PARAMS);
     Hints {
         validation_error: invalid_params(field("code"))
             || invalid_params(field("error").and_then(|e| e.get("code")))
-            || field("validation_error") == Some(&Value::Bool(true))
+            || is_true(field("validation_error"))
             || field("error_type").and_then(Value::as_str) == Some("validation_error"),
         input_required: map.get("resultType").and_then(Value::as_str) == Some("input_required"),
-        not_retryable: field("retryable") == Some(&Value::Bool(false))
-            || map.get("retryable") == Some(&Value::Bool(false)),
+        not_retryable: is_false(field("retryable")) || is_false(map.get("retryable")),
         retry_after_ms: sc.and_then(retry_after_from_json),
     }
 }
@@ -233,14 +234,11 @@ pub fn hints_from_json(result: &Value) -> Hints {
 /// `X-RateLimit-Reset` (seconds; header names in any case). The replay has no
 /// wall clock, so the absolute forms (HTTP-dates, epoch seconds) the host
 /// converts are not read here.
-fn retry_after_from_json(sc: &Map<String, Value>) -> Option<u32> {
-    let ms = |v: &Value| match v {
-        Value::Number(n) => n.as_u64(),
-        _ => None,
-    };
+fn retry_after_from_json(sc: &Map) -> Option<u32> {
+    let ms = Value::as_u64;
     let secs = |v: &Value| {
         match v {
-            Value::Number(n) => n.as_u64(),
+            Value::Number(_) => v.as_u64(),
             Value::String(s) if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) => {
                 s.parse::<u64>().ok()
             }
@@ -248,11 +246,12 @@ fn retry_after_from_json(sc: &Map<String, Value>) -> Option<u32> {
         }
         .map(|s| s.saturating_mul(1000))
     };
+    // The first matching name in key order, as a search of serde_json's
+    // sorted map found it.
     let header = |name: &str| {
         sc.get("headers")
             .and_then(Value::as_object)
-            .and_then(|h| h.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)))
-            .map(|(_, v)| v)
+            .and_then(|h| h.get_ignore_ascii_case(name))
     };
     let header_ms = |v: &Value| match v {
         Value::String(s) => s.parse::<u64>().ok(),
@@ -275,6 +274,16 @@ fn retry_after_from_json(sc: &Map<String, Value>) -> Option<u32> {
         })
 }
 
+/// Whether `v` is the boolean `true`.
+fn is_true(v: Option<&Value>) -> bool {
+    v.and_then(Value::as_bool) == Some(true)
+}
+
+/// Whether `v` is the boolean `false`.
+fn is_false(v: Option<&Value>) -> bool {
+    v.and_then(Value::as_bool) == Some(false)
+}
+
 /// `X-RateLimit-Reset` values from this many ms on are epoch seconds, not a
 /// delta (10^9 s is September 2001).
 const EPOCH_MS_FROM: u64 = 1_000_000_000_000;
@@ -284,6 +293,7 @@ pub const RETRY_AFTER_MS_MAX: u32 = (1 << 24) - 1;
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::policy::test_support::value;
     use Classification::*;
 
     fn sig(is_error: bool, structured: bool, sc_err: bool, status: Option<i32>) -> Signals {
@@ -383,7 +393,7 @@ mod tests {
 
     #[test]
     fn test_classify_hints_from_json() {
-        let h = |v: serde_json::Value| hints_from_json(&v);
+        let h = |v: serde_json::Value| hints_from_json(&value(v));
         assert_eq!(h(serde_json::json!({"isError": true})), Hints::NONE);
         for v in [
             serde_json::json!({"structuredContent": {"code": -32602}}),
@@ -411,8 +421,10 @@ mod tests {
     #[test]
     fn test_classify_retry_after_from_json() {
         let h = |sc: serde_json::Value| {
-            hints_from_json(&serde_json::json!({"isError": true, "structuredContent": sc}))
-                .retry_after_ms
+            hints_from_json(&value(
+                serde_json::json!({"isError": true, "structuredContent": sc}),
+            ))
+            .retry_after_ms
         };
         assert_eq!(h(serde_json::json!({})), None);
         assert_eq!(
@@ -461,7 +473,7 @@ mod tests {
 
     #[test]
     fn test_classify_signals_from_json() {
-        let v: Value = serde_json::from_str(
+        let v = json::parse(
             r#"{"isError": true, "structuredContent": {"status_code": 503, "isError": 1},
                 "content": [{"type": "text", "text": "a"}, {"type": "image", "text": "b"},
                             {"type": "text", "text": 5}]}"#,
@@ -470,12 +482,13 @@ mod tests {
         let (s, texts) = signals_from_json(&v);
         assert_eq!(s, sig(true, true, false, Some(503)));
         assert_eq!(texts, vec!["a"]);
-        let (s, _) =
-            signals_from_json(&serde_json::json!({"structuredContent": {"status_code": true}}));
+        let (s, _) = signals_from_json(&value(
+            serde_json::json!({"structuredContent": {"status_code": true}}),
+        ));
         assert_eq!(s.status, Some(1), "a Python bool reads as an int");
-        let (s, _) = signals_from_json(&serde_json::json!({"structuredContent": null}));
+        let (s, _) = signals_from_json(&value(serde_json::json!({"structuredContent": null})));
         assert_eq!(s, Signals::default());
-        let (s, _) = signals_from_json(&serde_json::json!([1, 2]));
+        let (s, _) = signals_from_json(&value(serde_json::json!([1, 2])));
         assert_eq!(s, Signals::default());
     }
 }

@@ -8,16 +8,15 @@
 //! only fails on the first call for that tool); and all problems are reported
 //! together instead of the first one.
 
-use alloc::format;
 use alloc::string::{String, ToString};
 use alloc::vec;
 use alloc::vec::Vec;
 use core::fmt;
 
-use serde_json::{Map, Value};
-
 use super::backoff::Jitter;
 use super::budget::RetryBudget;
+use super::json::{self, Map, Number, Value};
+use super::text::{push_i64, push_u64};
 
 /// Largest `max_retries` accepted (as in the native plugin).
 pub const MAX_RETRIES_LIMIT: u32 = 10;
@@ -129,9 +128,8 @@ impl Policy {
 pub struct Config {
     global: Policy,
     /// Overrides already merged over `global` (so the hot path never merges),
-    /// sorted by tool name for binary search. A sorted Vec rather than a map:
-    /// a second BTreeMap instantiation (serde_json has one) costs ~5 KiB of
-    /// the component.
+    /// sorted by tool name (byte order) for binary search. A sorted Vec
+    /// rather than a map: a BTreeMap costs ~5 KiB of the component.
     overrides: Vec<(String, Policy)>,
     state_ttl_ms: u64,
     max_state_entries: u32,
@@ -190,63 +188,58 @@ impl Config {
     /// Parse and validate a configuration from JSON text. `null` and `{}` give
     /// the defaults.
     pub fn from_json(text: &str) -> Result<Self, Vec<ConfigError>> {
-        match serde_json::from_str::<Value>(text) {
+        match json::parse(text) {
             Ok(value) => Self::from_value(&value),
-            Err(e) => Err(vec![ConfigError {
-                path: String::new(),
-                message: format!("config is not valid JSON: {e}"),
-            }]),
+            Err(e) => {
+                let mut message = String::from("config is not valid JSON: ");
+                e.push_to(&mut message);
+                Err(vec![ConfigError {
+                    path: String::new(),
+                    message,
+                }])
+            }
         }
     }
 
     /// Parse and validate a configuration from a JSON value.
     pub fn from_value(value: &Value) -> Result<Self, Vec<ConfigError>> {
         let mut errors = Errors::default();
-        let empty = Map::new();
+        let empty = Map::default();
         let root = match value {
             Value::Null => &empty,
             Value::Object(map) => map,
             other => {
-                errors.push("", format!("must be a mapping, got {}", describe(other)));
+                errors.push("", must_be("a mapping", other));
                 return Err(errors.0);
             }
         };
 
-        let set = PolicyFields::parse(root, "", &mut errors);
-        let global = set.apply_to(&Policy::default());
-        set.validate_global(&global, &mut errors);
+        let (global, set) = parse_policy(root, "", &Policy::default(), &mut errors);
+        check_backoff_order(&global, set, "", &mut errors);
 
-        let state_ttl_ms = match root.get("state_ttl_ms") {
-            None => DEFAULT_STATE_TTL_MS,
-            Some(v) => match v.as_u64() {
-                Some(ms) if ms > 0 => ms,
-                _ => {
-                    errors.push("state_ttl_ms", must_be("a positive integer (ms)", v));
-                    DEFAULT_STATE_TTL_MS
-                }
-            },
+        let keys = Keys {
+            map: root,
+            prefix: "",
         };
-        let max_state_entries = match root.get("max_state_entries") {
-            None => DEFAULT_MAX_STATE_ENTRIES,
-            Some(v) => match v.as_u64() {
-                Some(n) if n > 0 && n <= u64::from(MAX_STATE_ENTRIES_LIMIT) => n as u32,
-                _ => {
-                    errors.push(
-                        "max_state_entries",
-                        must_be("an integer from 1 to 1000000", v),
-                    );
-                    DEFAULT_MAX_STATE_ENTRIES
-                }
-            },
-        };
-
-        let metrics_reason = match root.get("metrics_reason") {
-            None => false,
-            Some(v) => v.as_bool().unwrap_or_else(|| {
-                errors.push("metrics_reason", must_be("a boolean", v));
-                false
-            }),
-        };
+        let state_ttl_ms = keys
+            .int(
+                "state_ttl_ms",
+                1,
+                u64::MAX,
+                "a positive integer (ms)",
+                &mut errors,
+            )
+            .unwrap_or(DEFAULT_STATE_TTL_MS);
+        let max_state_entries = keys
+            .int(
+                "max_state_entries",
+                1,
+                u64::from(MAX_STATE_ENTRIES_LIMIT),
+                "an integer from 1 to 1000000",
+                &mut errors,
+            )
+            .map_or(DEFAULT_MAX_STATE_ENTRIES, |n| n as u32);
+        let metrics_reason = keys.boolean("metrics_reason", &mut errors).unwrap_or(false);
 
         let key_scope = match root.get("key_scope") {
             None => KeyScope::Request,
@@ -268,20 +261,20 @@ impl Config {
         match root.get("tool_overrides") {
             None => {}
             Some(Value::Object(tools)) => {
-                for (tool, entry) in tools {
+                // In key order, as serde_json's sorted map gave them (the
+                // order of the errors).
+                for (tool, entry) in tools.sorted() {
                     let prefix = override_path(tool);
                     let Value::Object(fields) = entry else {
                         errors.push(&prefix, must_be("a mapping", entry));
                         continue;
                     };
-                    let set = PolicyFields::parse(fields, &prefix, &mut errors);
-                    let merged = set.apply_to(&global);
-                    set.validate_override(&merged, &prefix, &mut errors);
-                    // Keep sorted by name: `policy_for` binary-searches.
-                    let at = overrides
-                        .binary_search_by(|(name, _): &(String, Policy)| name.cmp(tool))
-                        .unwrap_or_else(|at| at);
-                    overrides.insert(at, (tool.clone(), merged));
+                    let (merged, set) = parse_policy(fields, &prefix, &global, &mut errors);
+                    check_backoff_order(&merged, set, &prefix, &mut errors);
+                    // `sorted` gives each name once, in increasing order, so
+                    // pushing keeps the list sorted (`policy_for`
+                    // binary-searches it).
+                    overrides.push((tool.clone(), merged));
                 }
             }
             Some(other) => errors.push("tool_overrides", must_be("a mapping", other)),
@@ -392,216 +385,206 @@ impl Errors {
     }
 }
 
-/// The policy keys one mapping (global or a tool override) sets; `None` = not
-/// set there (inherited), or set to an invalid value (already reported).
-#[derive(Default)]
-struct PolicyFields<'a> {
-    prefix: &'a str,
-    max_retries: Option<u32>,
-    backoff_base_ms: Option<u64>,
-    max_backoff_ms: Option<u64>,
-    retry_on_status: Option<Vec<i32>>,
-    /// `(on, mode)`: `true` = full, `false` = none, or a mode name.
-    jitter: Option<(bool, Jitter)>,
-    check_text_content: Option<bool>,
-    /// `Some(None)`: explicitly no deadline (`null`).
-    max_total_delay_ms: Option<Option<u64>>,
-    safe_classification: Option<bool>,
-    honor_retry_after: Option<bool>,
-    max_retry_after_ms: Option<u64>,
-    /// `Some(None)`: explicitly no budget (`null`).
-    retry_budget_percent: Option<Option<u32>>,
-    retry_budget_min_per_sec: Option<u32>,
+/// Which of the two ordered keys a mapping set (to a valid value), for the
+/// cross-field rule.
+#[derive(Clone, Copy)]
+struct Sets {
+    backoff_base_ms: bool,
+    max_backoff_ms: bool,
 }
 
-impl<'a> PolicyFields<'a> {
-    fn parse(map: &Map<String, Value>, prefix: &'a str, errors: &mut Errors) -> Self {
-        let path = |key: &str| join(prefix, key);
-        let int = |key: &str, errors: &mut Errors| -> Option<u64> {
-            let v = map.get(key)?;
-            let n = v.as_u64();
-            if n.is_none() {
-                errors.push(&path(key), must_be("a non-negative integer", v));
-            }
-            n
-        };
-        let boolean = |key: &str, errors: &mut Errors| -> Option<bool> {
-            let v = map.get(key)?;
-            let b = v.as_bool();
-            if b.is_none() {
-                errors.push(&path(key), must_be("a boolean", v));
-            }
-            b
-        };
+/// Reads the keys of one mapping (the document or a tool override),
+/// reporting a problem at `prefix.key`. One shared reader per kind of value
+/// rather than code per key: the component is smaller.
+struct Keys<'a> {
+    map: &'a Map,
+    prefix: &'a str,
+}
 
-        let max_retries = int("max_retries", errors).and_then(|n| {
+impl Keys<'_> {
+    fn report(&self, key: &str, message: String, errors: &mut Errors) {
+        errors.push(&join(self.prefix, key), message);
+    }
+
+    /// An integer in `min..=max`; `None` if absent or invalid (reported as
+    /// "must be <what>").
+    fn int(&self, key: &str, min: u64, max: u64, what: &str, errors: &mut Errors) -> Option<u64> {
+        let v = self.map.get(key)?;
+        match v.as_u64() {
+            Some(n) if n >= min && n <= max => Some(n),
+            _ => {
+                self.report(key, must_be(what, v), errors);
+                None
+            }
+        }
+    }
+
+    /// As [`Keys::int`], where `null` is also valid: `Some(None)`.
+    fn nullable_int(
+        &self,
+        key: &str,
+        max: u64,
+        what: &str,
+        errors: &mut Errors,
+    ) -> Option<Option<u64>> {
+        match self.map.get(key)? {
+            Value::Null => Some(None),
+            _ => self.int(key, 1, max, what, errors).map(Some),
+        }
+    }
+
+    fn boolean(&self, key: &str, errors: &mut Errors) -> Option<bool> {
+        let v = self.map.get(key)?;
+        let b = v.as_bool();
+        if b.is_none() {
+            self.report(key, must_be("a boolean", v), errors);
+        }
+        b
+    }
+}
+
+/// The policy a mapping (global or a tool override) describes: `base` with
+/// the keys the mapping sets. An invalid value is reported (keys in a fixed
+/// order: the order of the errors) and leaves the base value.
+fn parse_policy(map: &Map, prefix: &str, base: &Policy, errors: &mut Errors) -> (Policy, Sets) {
+    const NON_NEGATIVE: &str = "a non-negative integer";
+    let keys = Keys { map, prefix };
+    let mut p = base.clone();
+    let max_retries = keys
+        .int("max_retries", 0, u64::MAX, NON_NEGATIVE, errors)
+        .and_then(|n| {
             if n > u64::from(MAX_RETRIES_LIMIT) {
-                errors.push(
-                    &path("max_retries"),
-                    format!("cannot exceed {MAX_RETRIES_LIMIT}, got {n}"),
-                );
+                let mut message = String::from("cannot exceed ");
+                push_u64(&mut message, u64::from(MAX_RETRIES_LIMIT));
+                message.push_str(", got ");
+                push_u64(&mut message, n);
+                keys.report("max_retries", message, errors);
                 None
             } else {
                 Some(n as u32)
             }
         });
-        let backoff_base_ms = int("backoff_base_ms", errors).and_then(|n| {
+    if let Some(n) = max_retries {
+        p.max_retries = n;
+    }
+    let backoff_base_ms = keys
+        .int("backoff_base_ms", 0, u64::MAX, NON_NEGATIVE, errors)
+        .and_then(|n| {
             if n == 0 {
-                errors.push(&path("backoff_base_ms"), "must be > 0".to_string());
+                keys.report("backoff_base_ms", String::from("must be > 0"), errors);
                 None
             } else {
                 Some(n)
             }
         });
-        let max_backoff_ms = int("max_backoff_ms", errors);
-        let retry_on_status = map
-            .get("retry_on_status")
-            .and_then(|v| parse_status_list(v, &path("retry_on_status"), errors));
-
-        let max_total_delay_ms = map.get("max_total_delay_ms").and_then(|v| match v {
-            Value::Null => Some(None),
-            _ => match v.as_u64() {
-                Some(n) if n > 0 && n <= MAX_TOTAL_DELAY_LIMIT => Some(Some(n)),
-                _ => {
-                    errors.push(
-                        &path("max_total_delay_ms"),
-                        must_be("null or an integer from 1 to 4294967295 (ms)", v),
-                    );
-                    None
-                }
-            },
-        });
-
-        Self {
-            prefix,
-            max_retries,
-            max_total_delay_ms,
-            backoff_base_ms,
-            max_backoff_ms,
-            retry_on_status,
-            jitter: map
-                .get("jitter")
-                .and_then(|v| parse_jitter(v, &path("jitter"), errors)),
-            check_text_content: boolean("check_text_content", errors),
-            safe_classification: boolean("safe_classification", errors),
-            honor_retry_after: boolean("honor_retry_after", errors),
-            retry_budget_percent: map.get("retry_budget_percent").and_then(|v| match v {
-                Value::Null => Some(None),
-                _ => match v.as_u64() {
-                    Some(n) if (1..=1000).contains(&n) => Some(Some(n as u32)),
-                    _ => {
-                        errors.push(
-                            &path("retry_budget_percent"),
-                            must_be("null or an integer from 1 to 1000", v),
-                        );
-                        None
-                    }
-                },
-            }),
-            retry_budget_min_per_sec: map.get("retry_budget_min_per_sec").and_then(|v| {
-                match v.as_u64() {
-                    Some(n) if n <= 1000 => Some(n as u32),
-                    _ => {
-                        errors.push(
-                            &path("retry_budget_min_per_sec"),
-                            must_be("an integer from 0 to 1000", v),
-                        );
-                        None
-                    }
-                }
-            }),
-            max_retry_after_ms: map
-                .get("max_retry_after_ms")
-                .and_then(|v| match v.as_u64() {
-                    Some(n) if n > 0 && n <= MAX_RETRY_AFTER_LIMIT => Some(n),
-                    _ => {
-                        errors.push(
-                            &path("max_retry_after_ms"),
-                            must_be("an integer from 1 to 16777215 (ms)", v),
-                        );
-                        None
-                    }
-                }),
-        }
+    if let Some(n) = backoff_base_ms {
+        p.backoff_base_ms = n;
     }
-
-    fn apply_to(&self, base: &Policy) -> Policy {
-        Policy {
-            max_retries: self.max_retries.unwrap_or(base.max_retries),
-            backoff_base_ms: self.backoff_base_ms.unwrap_or(base.backoff_base_ms),
-            max_backoff_ms: self.max_backoff_ms.unwrap_or(base.max_backoff_ms),
-            retry_on_status: self
-                .retry_on_status
-                .clone()
-                .unwrap_or_else(|| base.retry_on_status.clone()),
-            jitter: self.jitter.map_or(base.jitter, |(on, _)| on),
-            jitter_mode: self.jitter.map_or(base.jitter_mode, |(_, mode)| mode),
-            check_text_content: self.check_text_content.unwrap_or(base.check_text_content),
-            max_total_delay_ms: self.max_total_delay_ms.unwrap_or(base.max_total_delay_ms),
-            safe_classification: self.safe_classification.unwrap_or(base.safe_classification),
-            honor_retry_after: self.honor_retry_after.unwrap_or(base.honor_retry_after),
-            max_retry_after_ms: self.max_retry_after_ms.unwrap_or(base.max_retry_after_ms),
-            retry_budget_percent: self
-                .retry_budget_percent
-                .unwrap_or(base.retry_budget_percent),
-            retry_budget_min_per_sec: self
-                .retry_budget_min_per_sec
-                .unwrap_or(base.retry_budget_min_per_sec),
-        }
+    let max_backoff_ms = keys.int("max_backoff_ms", 0, u64::MAX, NON_NEGATIVE, errors);
+    if let Some(n) = max_backoff_ms {
+        p.max_backoff_ms = n;
     }
-
-    /// The one cross-field rule, for the global mapping.
-    fn validate_global(&self, merged: &Policy, errors: &mut Errors) {
-        if self.max_backoff_ms.is_some() && merged.max_backoff_ms < merged.backoff_base_ms {
-            errors.push(
-                &join(self.prefix, "max_backoff_ms"),
-                format!(
-                    "must be >= backoff_base_ms ({}), got {}",
-                    merged.backoff_base_ms, merged.max_backoff_ms
-                ),
-            );
-        } else if self.backoff_base_ms.is_some() && merged.max_backoff_ms < merged.backoff_base_ms {
-            errors.push(
-                &join(self.prefix, "backoff_base_ms"),
-                format!(
-                    "must be <= max_backoff_ms ({}, the default), got {}",
-                    merged.max_backoff_ms, merged.backoff_base_ms
-                ),
-            );
-        }
+    if let Some(codes) = map
+        .get("retry_on_status")
+        .and_then(|v| parse_status_list(v, &join(prefix, "retry_on_status"), errors))
+    {
+        p.retry_on_status = codes;
     }
+    if let Some(ms) = keys.nullable_int(
+        "max_total_delay_ms",
+        MAX_TOTAL_DELAY_LIMIT,
+        "null or an integer from 1 to 4294967295 (ms)",
+        errors,
+    ) {
+        p.max_total_delay_ms = ms;
+    }
+    // `(on, mode)`: `true` = full, `false` = none, or a mode name.
+    if let Some((on, mode)) = map
+        .get("jitter")
+        .and_then(|v| parse_jitter(v, &join(prefix, "jitter"), errors))
+    {
+        p.jitter = on;
+        p.jitter_mode = mode;
+    }
+    if let Some(b) = keys.boolean("check_text_content", errors) {
+        p.check_text_content = b;
+    }
+    if let Some(b) = keys.boolean("safe_classification", errors) {
+        p.safe_classification = b;
+    }
+    if let Some(b) = keys.boolean("honor_retry_after", errors) {
+        p.honor_retry_after = b;
+    }
+    if let Some(percent) = keys.nullable_int(
+        "retry_budget_percent",
+        1000,
+        "null or an integer from 1 to 1000",
+        errors,
+    ) {
+        p.retry_budget_percent = percent.map(|n| n as u32);
+    }
+    if let Some(n) = keys.int(
+        "retry_budget_min_per_sec",
+        0,
+        1000,
+        "an integer from 0 to 1000",
+        errors,
+    ) {
+        p.retry_budget_min_per_sec = n as u32;
+    }
+    if let Some(ms) = keys.int(
+        "max_retry_after_ms",
+        1,
+        MAX_RETRY_AFTER_LIMIT,
+        "an integer from 1 to 16777215 (ms)",
+        errors,
+    ) {
+        p.max_retry_after_ms = ms;
+    }
+    let set = Sets {
+        backoff_base_ms: backoff_base_ms.is_some(),
+        max_backoff_ms: max_backoff_ms.is_some(),
+    };
+    (p, set)
+}
 
-    /// The cross-field rule for an override merged over the global policy:
-    /// reported at the key the override sets, naming the inherited value.
-    fn validate_override(&self, merged: &Policy, prefix: &str, errors: &mut Errors) {
-        if merged.max_backoff_ms >= merged.backoff_base_ms {
-            return;
-        }
-        match (self.max_backoff_ms, self.backoff_base_ms) {
-            (Some(_), Some(_)) => errors.push(
-                &join(prefix, "max_backoff_ms"),
-                format!(
-                    "must be >= backoff_base_ms ({}), got {}",
-                    merged.backoff_base_ms, merged.max_backoff_ms
-                ),
+/// The one cross-field rule, `max_backoff_ms >= backoff_base_ms`, reported
+/// at the key the mapping sets (`max_backoff_ms` first). The message names
+/// where the other bound came from: the same mapping, the default (for the
+/// global mapping), or the global config (for an override). A mapping that
+/// sets neither has nothing to report: for an override the global rule
+/// already did.
+fn check_backoff_order(merged: &Policy, set: Sets, prefix: &str, errors: &mut Errors) {
+    if merged.max_backoff_ms >= merged.backoff_base_ms {
+        return;
+    }
+    let global = prefix.is_empty();
+    if set.max_backoff_ms {
+        let note = if global || set.backoff_base_ms {
+            ""
+        } else {
+            INHERITED
+        };
+        errors.push(
+            &join(prefix, "max_backoff_ms"),
+            out_of_order(
+                ">= backoff_base_ms",
+                merged.backoff_base_ms,
+                note,
+                merged.max_backoff_ms,
             ),
-            (Some(_), None) => errors.push(
-                &join(prefix, "max_backoff_ms"),
-                format!(
-                    "must be >= backoff_base_ms ({}, inherited from the global config), got {}",
-                    merged.backoff_base_ms, merged.max_backoff_ms
-                ),
+        );
+    } else if set.backoff_base_ms {
+        let note = if global { ", the default" } else { INHERITED };
+        errors.push(
+            &join(prefix, "backoff_base_ms"),
+            out_of_order(
+                "<= max_backoff_ms",
+                merged.max_backoff_ms,
+                note,
+                merged.backoff_base_ms,
             ),
-            (None, Some(_)) => errors.push(
-                &join(prefix, "backoff_base_ms"),
-                format!(
-                    "must be <= max_backoff_ms ({}, inherited from the global config), got {}",
-                    merged.max_backoff_ms, merged.backoff_base_ms
-                ),
-            ),
-            // Neither set here: the global rule already reported it.
-            (None, None) => {}
-        }
+        );
     }
 }
 
@@ -642,10 +625,11 @@ fn parse_status_list(v: &Value, path: &str, errors: &mut Errors) -> Option<Vec<i
             Some(code) => codes.push(code),
             None => {
                 ok = false;
-                errors.push(
-                    &format!("{path}[{i}]"),
-                    must_be("an integer status code (32-bit)", item),
-                );
+                let mut item_path = String::from(path);
+                item_path.push('[');
+                push_u64(&mut item_path, i as u64);
+                item_path.push(']');
+                errors.push(&item_path, must_be("an integer status code (32-bit)", item));
             }
         }
     }
@@ -655,46 +639,97 @@ fn parse_status_list(v: &Value, path: &str, errors: &mut Errors) -> Option<Vec<i
 /// `tool_overrides.<tool>`, quoting tool names that would make the path
 /// ambiguous (empty, or containing `.`, `[` or `"`).
 fn override_path(tool: &str) -> String {
-    let plain = !tool.is_empty() && !tool.contains(['.', '[', ']', '"']);
+    // Byte-wise (the special characters are ASCII): char iteration links
+    // UTF-8 decoding that nothing else in the component needs.
+    let plain = !tool.is_empty() && !tool.bytes().any(|b| matches!(b, b'.' | b'[' | b']' | b'"'));
     if plain {
-        format!("tool_overrides.{tool}")
-    } else {
-        format!("tool_overrides[\"{}\"]", tool.replace('"', "\\\""))
+        return String::from("tool_overrides.") + tool;
     }
+    let mut path = String::from("tool_overrides[\"");
+    let mut run = 0;
+    for (i, b) in tool.bytes().enumerate() {
+        if b == b'"' {
+            path.push_str(tool.get(run..i).unwrap_or_default());
+            path.push_str("\\\"");
+            run = i + 1;
+        }
+    }
+    path.push_str(tool.get(run..).unwrap_or_default());
+    path.push_str("\"]");
+    path
 }
 
 fn join(prefix: &str, key: &str) -> String {
-    if prefix.is_empty() {
-        key.to_string()
-    } else {
-        format!("{prefix}.{key}")
+    let mut path = String::from(prefix);
+    if !prefix.is_empty() {
+        path.push('.');
     }
+    path.push_str(key);
+    path
 }
 
 fn must_be(what: &str, got: &Value) -> String {
-    format!("must be {what}, got {}", describe(got))
+    let mut message = String::from("must be ");
+    message.push_str(what);
+    message.push_str(", got ");
+    describe(got, &mut message);
+    message
 }
 
-/// A short, bounded rendering of an offending value for error messages.
-/// Floats are named, not printed: float formatting alone would add several
-/// KiB to the component.
-fn describe(v: &Value) -> String {
+/// What a cross-field message says about an inherited bound.
+const INHERITED: &str = ", inherited from the global config";
+
+/// `must be <rule> (<bound><note>), got <got>`, e.g.
+/// `must be >= backoff_base_ms (200), got 100`.
+fn out_of_order(rule: &str, bound: u64, note: &str, got: u64) -> String {
+    let mut message = String::from("must be ");
+    message.push_str(rule);
+    message.push_str(" (");
+    push_u64(&mut message, bound);
+    message.push_str(note);
+    message.push_str("), got ");
+    push_u64(&mut message, got);
+    message
+}
+
+/// Append a short, bounded rendering of an offending value for error
+/// messages: at most 60 characters, then `…`. Floats are named, not printed:
+/// float formatting alone would add several KiB to the component.
+fn describe(v: &Value, out: &mut String) {
     const MAX: usize = 60;
-    let text = match v {
-        Value::Array(_) => "a list".to_string(),
-        Value::Object(_) => "a mapping".to_string(),
-        Value::Null => "null".to_string(),
-        Value::Bool(b) => b.to_string(),
-        Value::String(s) => format!("\"{s}\""),
-        Value::Number(n) => match (n.as_i64(), n.as_u64()) {
-            (Some(i), _) => i.to_string(),
-            (None, Some(u)) => u.to_string(),
-            (None, None) => "a non-integer number".to_string(),
-        },
-    };
-    match text.char_indices().nth(MAX) {
-        Some((end, _)) => format!("{}…", text.get(..end).unwrap_or_default()),
-        None => text,
+    match v {
+        Value::Array(_) => out.push_str("a list"),
+        Value::Object(_) => out.push_str("a mapping"),
+        Value::Null => out.push_str("null"),
+        Value::Bool(true) => out.push_str("true"),
+        Value::Bool(false) => out.push_str("false"),
+        // Only a string can be longer than MAX characters: cut it there,
+        // quotes included (so the opening quote and MAX - 1 of its own).
+        Value::String(s) => {
+            const KEEP: usize = MAX - 1;
+            let mut chars = 0;
+            let mut cut = s.len();
+            for (i, b) in s.bytes().enumerate() {
+                // A byte that starts a UTF-8 sequence starts a character.
+                if b & 0xc0 != 0x80 {
+                    if chars == KEEP {
+                        cut = i;
+                    }
+                    chars += 1;
+                }
+            }
+            out.push('"');
+            if chars < KEEP {
+                out.push_str(s);
+                out.push('"');
+            } else {
+                out.push_str(s.get(..cut).unwrap_or(s));
+                out.push('…');
+            }
+        }
+        Value::Number(Number::PosInt(u)) => push_u64(out, *u),
+        Value::Number(Number::NegInt(i)) => push_i64(out, *i),
+        Value::Number(Number::Float) => out.push_str("a non-integer number"),
     }
 }
 
@@ -958,6 +993,30 @@ mod tests {
             let errs = errors(&format!(r#"{{"max_state_entries": {bad}}}"#));
             assert_eq!(errs.len(), 1, "{bad}");
             assert!(errs[0].starts_with("max_state_entries: must be an integer from 1 to 1000000"));
+        }
+    }
+
+    #[test]
+    fn test_config_describe_cuts_strings_at_60_characters() {
+        // The rule as first written: render, then cut at character 60.
+        let oracle = |s: &str| {
+            let text = format!("\"{s}\"");
+            match text.char_indices().nth(60) {
+                Some((end, _)) => format!("{}…", &text[..end]),
+                None => text,
+            }
+        };
+        for unit in ["x", "é", "✓", "😀"] {
+            for n in [0, 1, 57, 58, 59, 60, 61, 100] {
+                let s = unit.repeat(n);
+                let mut got = String::new();
+                describe(&Value::String(s.clone()), &mut got);
+                assert_eq!(got, oracle(&s), "{unit} x {n}");
+                let mixed = format!("{s}é✓😀ab");
+                let mut got = String::new();
+                describe(&Value::String(mixed.clone()), &mut got);
+                assert_eq!(got, oracle(&mixed), "{unit} x {n} mixed");
+            }
         }
     }
 

@@ -6,11 +6,11 @@ use alloc::format;
 use alloc::string::String;
 use alloc::vec::Vec;
 
-use serde_json::Value;
-
 use super::classify::{hints_from_json, signals_from_json};
 use super::config::{Config, ConfigError};
 use super::engine::{Decision, Engine, Outcome};
+use super::json;
+use super::text::push_u64;
 
 /// One step: a tool result for `(tool, request_id)`, `advance_ms` after the
 /// previous step.
@@ -36,12 +36,16 @@ pub fn simulate(
     let mut results = Vec::with_capacity(steps.len());
     let mut errors = Vec::new();
     for (i, step) in steps.iter().enumerate() {
-        match serde_json::from_str::<Value>(step.result_json) {
+        match json::parse(step.result_json) {
             Ok(v) => results.push(v),
-            Err(e) => errors.push(ConfigError {
-                path: format!("steps[{i}].result-json"),
-                message: format!("is not valid JSON: {e}"),
-            }),
+            Err(e) => {
+                let mut path = String::from("steps[");
+                push_u64(&mut path, i as u64);
+                path.push_str("].result-json");
+                let mut message = String::from("is not valid JSON: ");
+                e.push_to(&mut message);
+                errors.push(ConfigError { path, message });
+            }
         }
     }
     if !errors.is_empty() {
@@ -55,12 +59,18 @@ pub fn simulate(
     for (step, result) in steps.iter().zip(&results) {
         now_ms = now_ms.saturating_add(step.advance_ms);
         let (signals, texts) = signals_from_json(result);
+        // Owned, as the component's `decide-text` passes them: one
+        // instantiation of the generic decision path instead of two.
+        let mut owned = Vec::with_capacity(texts.len());
+        for text in texts {
+            owned.push(String::from(text));
+        }
         match engine.decide_with(
             step.tool,
             step.request_id,
             signals,
             hints_from_json(result),
-            Some(&texts[..]),
+            Some(&owned[..]),
             now_ms,
         ) {
             Outcome::Decided(d) => out.push(d),

@@ -14,14 +14,12 @@
 //! than a WIT list of records: one string crosses the host boundary in
 //! microseconds, while a list of 100 000 records is lifted value by value.
 
-use alloc::format;
 use alloc::string::String;
-use core::fmt::Write as _;
-
-use serde_json::Value;
 
 use super::engine::Engine;
+use super::json::{self, Value};
 use super::state::{expired, Entry};
+use super::text::{push_json_str, push_u64};
 
 /// The format this build writes (it also reads [`FORMAT_V1`]).
 pub const FORMAT: u64 = 2;
@@ -51,9 +49,15 @@ pub fn export(engine: &Engine, now_ms: u64) -> String {
         out.push(',');
         push_json_str(&mut out, request_id);
         let age = now_ms.saturating_sub(entry.last_failure_ms);
-        let _ = write!(out, ",{},{}", entry.failures, age);
+        let push_field = |out: &mut String, n: u64| {
+            out.push(',');
+            push_u64(out, n);
+        };
+        push_field(&mut out, u64::from(entry.failures));
+        push_field(&mut out, age);
         if v2 {
-            let _ = write!(out, ",{},{}", entry.last_delay_ms, entry.total_delay_ms);
+            push_field(&mut out, u64::from(entry.last_delay_ms));
+            push_field(&mut out, u64::from(entry.total_delay_ms));
         }
         out.push(']');
     }
@@ -65,103 +69,101 @@ pub fn export(engine: &Engine, now_ms: u64) -> String {
 /// returns how many were imported. Nothing is imported unless the whole
 /// document is readable.
 pub fn import(engine: &mut Engine, text: &str, now_ms: u64) -> Result<u32, String> {
-    let doc: Value =
-        serde_json::from_str(text).map_err(|e| format!("state is not valid JSON: {e}"))?;
+    let doc = json::parse(text).map_err(|e| {
+        let mut message = String::from("state is not valid JSON: ");
+        e.push_to(&mut message);
+        message
+    })?;
     let format = doc.get("format").and_then(Value::as_u64);
     if format != Some(FORMAT) && format != Some(FORMAT_V1) {
         // Not `Value`'s Display: float formatting would add KiBs to the component.
-        let got = match (doc.get("format"), format) {
-            (None, _) => String::from("(missing)"),
-            (Some(_), Some(n)) => format!("{n}"),
-            (Some(_), None) => String::from("(not an integer)"),
-        };
-        return Err(format!(
-            "state format {got} is not supported (this engine reads formats {FORMAT_V1} and {FORMAT})"
-        ));
+        let mut message = String::from("state format ");
+        match (doc.get("format"), format) {
+            (None, _) => message.push_str("(missing)"),
+            (Some(_), Some(n)) => push_u64(&mut message, n),
+            (Some(_), None) => message.push_str("(not an integer)"),
+        }
+        message.push_str(" is not supported (this engine reads formats ");
+        push_u64(&mut message, FORMAT_V1);
+        message.push_str(" and ");
+        push_u64(&mut message, FORMAT);
+        message.push(')');
+        return Err(message);
     }
     let Some(Value::Array(entries)) = doc.get("entries") else {
         return Err(String::from("state has no \"entries\" list"));
     };
-    // Validate everything first: a half-imported state would be worse than none.
+    // Validate everything first: a half-imported state would be worse than
+    // none. (Two passes over the entries rather than a list of the parsed
+    // ones: the component is smaller.)
     let width = if format == Some(FORMAT_V1) { 4 } else { 6 };
-    let mut parsed = alloc::vec::Vec::with_capacity(entries.len());
     for (i, item) in entries.iter().enumerate() {
-        let fields = match item {
-            Value::Array(f) if f.len() == width => f,
+        match item {
+            Value::Array(fields) if fields.len() == width => {
+                if read_entry(fields, now_ms).is_none() {
+                    return Err(entry_error(i, " has a field of the wrong type"));
+                }
+            }
             _ if width == 4 => {
-                return Err(format!(
-                    "entries[{i}] is not [tool, request_id, failures, age_ms]"
+                return Err(entry_error(
+                    i,
+                    " is not [tool, request_id, failures, age_ms]",
                 ))
             }
             _ => {
-                return Err(format!(
-                    "entries[{i}] is not [tool, request_id, failures, age_ms, last_delay_ms, total_delay_ms]"
+                return Err(entry_error(
+                    i,
+                    " is not [tool, request_id, failures, age_ms, last_delay_ms, total_delay_ms]",
                 ))
             }
-        };
-        let u32_at = |at: usize| match fields.get(at) {
-            None => Some(0),
-            Some(v) => v.as_u64().and_then(|n| u32::try_from(n).ok()),
-        };
-        let (
-            Some(tool),
-            Some(request_id),
-            Some(failures),
-            Some(age_ms),
-            Some(last_delay_ms),
-            Some(total_delay_ms),
-        ) = (
-            fields[0].as_str(),
-            fields[1].as_str(),
-            u32_at(2),
-            fields[3].as_u64(),
-            u32_at(4),
-            u32_at(5),
-        )
-        else {
-            return Err(format!("entries[{i}] has a field of the wrong type"));
-        };
-        parsed.push((
-            tool,
-            request_id,
-            failures,
-            age_ms,
-            last_delay_ms,
-            total_delay_ms,
-        ));
+        }
     }
     let ttl = engine.config().state_ttl_ms();
     let mut imported = 0u32;
-    for (tool, request_id, failures, age_ms, last_delay_ms, total_delay_ms) in parsed {
-        if failures == 0 || age_ms > ttl {
+    for item in entries {
+        // Every entry was read above; none is skipped here for its shape.
+        let Value::Array(fields) = item else { continue };
+        let Some((tool, request_id, age_ms, entry)) = read_entry(fields, now_ms) else {
+            continue;
+        };
+        if entry.failures == 0 || age_ms > ttl {
             continue;
         }
-        let entry = Entry {
-            failures,
-            last_delay_ms,
-            total_delay_ms,
-            last_failure_ms: now_ms.saturating_sub(age_ms),
-        };
         engine.restore_entry(tool, request_id, entry);
         imported += 1;
     }
     Ok(imported)
 }
 
-/// Append `s` as a JSON string literal.
-fn push_json_str(out: &mut String, s: &str) {
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            c if (c as u32) < 0x20 => {
-                let _ = write!(out, "\\u{:04x}", c as u32);
-            }
-            c => out.push(c),
-        }
-    }
-    out.push('"');
+/// An entry's fields `[tool, request_id, failures, age_ms, last_delay_ms,
+/// total_delay_ms]` (the last two 0 when absent, as in format 1): the key,
+/// the age and the entry at `now_ms`; `None` if a field has the wrong type.
+fn read_entry(fields: &[Value], now_ms: u64) -> Option<(&str, &str, u64, Entry)> {
+    let u32_at = |at: usize| match fields.get(at) {
+        None => Some(0),
+        Some(v) => v.as_u64().and_then(|n| u32::try_from(n).ok()),
+    };
+    let field = |at: usize| fields.get(at);
+    let tool = field(0)?.as_str()?;
+    let request_id = field(1)?.as_str()?;
+    let failures = u32_at(2)?;
+    let age_ms = field(3)?.as_u64()?;
+    let entry = Entry {
+        failures,
+        last_delay_ms: u32_at(4)?,
+        total_delay_ms: u32_at(5)?,
+        last_failure_ms: now_ms.saturating_sub(age_ms),
+    };
+    Some((tool, request_id, age_ms, entry))
+}
+
+/// `entries[<i>]<what>`.
+fn entry_error(i: usize, what: &str) -> String {
+    let mut message = String::from("entries[");
+    push_u64(&mut message, i as u64);
+    message.push(']');
+    message.push_str(what);
+    message
 }
 
 #[cfg(test)]

@@ -35,6 +35,7 @@ use alloc::string::String;
 use alloc::vec;
 use alloc::vec::Vec;
 use core::hash::Hasher;
+use core::ops::{Index, IndexMut};
 
 use siphasher::sip::SipHasher13;
 
@@ -115,6 +116,37 @@ impl Slot {
 #[cfg(target_pointer_width = "32")]
 const _: () = assert!(core::mem::size_of::<Slot>() == 48);
 
+/// The slab of slots, indexed by slot number. An index out of range would be
+/// a bug in the table: it traps, as a bounds check does, but through one
+/// shared path (a bounds check links a panic location and a formatted
+/// message per access site: ~1 KiB of the component for this file).
+struct Slots(Vec<Slot>);
+
+impl Index<u32> for Slots {
+    type Output = Slot;
+    fn index(&self, i: u32) -> &Slot {
+        match self.0.get(i as usize) {
+            Some(slot) => slot,
+            None => corrupt(),
+        }
+    }
+}
+
+impl IndexMut<u32> for Slots {
+    fn index_mut(&mut self, i: u32) -> &mut Slot {
+        match self.0.get_mut(i as usize) {
+            Some(slot) => slot,
+            None => corrupt(),
+        }
+    }
+}
+
+#[cold]
+#[inline(never)]
+fn corrupt() -> ! {
+    panic!("state table index out of range")
+}
+
 /// The state table. Not thread-safe; one per engine.
 pub struct StateTable {
     /// First slot of each bucket's chain, stored as `slot + 1` so that an
@@ -122,7 +154,7 @@ pub struct StateTable {
     /// for in fuel). The length is a power of two, or 0 until the first entry
     /// arrives (configuring or replaying a scenario never pays for it).
     buckets: Vec<u32>,
-    slots: Vec<Slot>,
+    slots: Slots,
     free: Vec<u32>,
     len: usize,
     capacity: usize,
@@ -142,7 +174,7 @@ impl StateTable {
         let capacity = capacity.max(1);
         Self {
             buckets: Vec::new(),
-            slots: Vec::new(),
+            slots: Slots(Vec::new()),
             free: Vec::new(),
             len: 0,
             capacity,
@@ -169,10 +201,10 @@ impl StateTable {
         self.buckets = vec![0; count];
         let mut i = self.head;
         while i != NIL {
-            let b = self.bucket_of(self.slots[i as usize].hash);
-            self.slots[i as usize].chain = self.head_of(b);
+            let b = self.bucket_of(self.slots[i].hash);
+            self.slots[i].chain = self.head_of(b);
             self.set_head(b, i);
-            i = self.slots[i as usize].next;
+            i = self.slots[i].next;
         }
     }
 
@@ -207,12 +239,18 @@ impl StateTable {
 
     /// The first slot of bucket `b`'s chain, or `NIL`.
     fn head_of(&self, b: usize) -> u32 {
-        self.buckets[b].wrapping_sub(1)
+        match self.buckets.get(b) {
+            Some(head) => head.wrapping_sub(1),
+            None => corrupt(),
+        }
     }
 
     fn set_head(&mut self, b: usize, slot: u32) {
         // NIL (u32::MAX) wraps to 0, the empty bucket.
-        self.buckets[b] = slot.wrapping_add(1);
+        match self.buckets.get_mut(b) {
+            Some(head) => *head = slot.wrapping_add(1),
+            None => corrupt(),
+        }
     }
 
     fn find(&self, hash: u32, tool: &str, request_id: &str) -> Option<u32> {
@@ -221,7 +259,7 @@ impl StateTable {
         }
         let mut i = self.head_of(self.bucket_of(hash));
         while i != NIL {
-            let slot = &self.slots[i as usize];
+            let slot = &self.slots[i];
             if slot.matches(hash, tool, request_id) {
                 return Some(i);
             }
@@ -233,7 +271,7 @@ impl StateTable {
     /// The live entry for a key, if any (expired entries read as absent).
     pub fn get(&self, tool: &str, request_id: &str, now_ms: u64, ttl_ms: u64) -> Option<Entry> {
         let hash = self.hash(tool, request_id);
-        let entry = self.slots[self.find(hash, tool, request_id)? as usize].entry;
+        let entry = self.slots[self.find(hash, tool, request_id)?].entry;
         (!expired(entry.last_failure_ms, now_ms, ttl_ms)).then_some(entry)
     }
 
@@ -266,7 +304,7 @@ impl StateTable {
         let hash = self.hash(tool, request_id);
         let i = match self.find(hash, tool, request_id) {
             Some(i) => {
-                let slot = &mut self.slots[i as usize];
+                let slot = &mut self.slots[i];
                 slot.entry = if expired(slot.entry.last_failure_ms, now_ms, ttl_ms) {
                     Entry::first(now_ms)
                 } else {
@@ -287,14 +325,14 @@ impl StateTable {
         } else {
             self.release(handle);
         }
-        &mut self.slots[i as usize].entry
+        &mut self.slots[i].entry
     }
 
     /// The key `handle` names, as `(tool, request id)`, if it names a live slot
     /// (an entry past its TTL but not yet swept included, as for a lookup by key).
     pub fn key_of(&self, handle: Handle) -> Option<(&str, &str)> {
         let i = self.handle_slot.get(handle as usize)?.checked_sub(1)?;
-        let slot = &self.slots[i as usize];
+        let slot = &self.slots[i];
         slot.key.split_at_checked(slot.split as usize)
     }
 
@@ -317,7 +355,7 @@ impl StateTable {
         let (i, h) = (i as usize, handle as usize);
         if self.slot_handle.len() <= i {
             self.slot_handle
-                .resize(self.slots.len().max(i + 1), NO_HANDLE);
+                .resize(self.slots.0.len().max(i + 1), NO_HANDLE);
         }
         let old = self.slot_handle[i];
         if old == handle {
@@ -344,7 +382,7 @@ impl StateTable {
         let hash = self.hash(tool, request_id);
         match self.find(hash, tool, request_id) {
             Some(i) => {
-                self.slots[i as usize].entry = entry;
+                self.slots[i].entry = entry;
                 self.unlink(i);
                 self.push_tail(i);
             }
@@ -378,12 +416,12 @@ impl StateTable {
         };
         let i = match self.free.pop() {
             Some(i) => {
-                self.slots[i as usize] = slot;
+                self.slots[i] = slot;
                 i
             }
             None => {
-                self.slots.push(slot);
-                (self.slots.len() - 1) as u32
+                self.slots.0.push(slot);
+                (self.slots.0.len() - 1) as u32
             }
         };
         self.set_head(bucket, i);
@@ -409,11 +447,7 @@ impl StateTable {
         let mut removed = 0;
         while removed < limit
             && self.head != NIL
-            && expired(
-                self.slots[self.head as usize].entry.last_failure_ms,
-                now_ms,
-                ttl_ms,
-            )
+            && expired(self.slots[self.head].entry.last_failure_ms, now_ms, ttl_ms)
         {
             self.remove_index(self.head);
             removed += 1;
@@ -427,8 +461,8 @@ impl StateTable {
         let mut removed = 0;
         let mut i = self.head;
         while i != NIL {
-            let next = self.slots[i as usize].next;
-            if expired(self.slots[i as usize].entry.last_failure_ms, now_ms, ttl_ms) {
+            let next = self.slots[i].next;
+            if expired(self.slots[i].entry.last_failure_ms, now_ms, ttl_ms) {
                 self.remove_index(i);
                 removed += 1;
             }
@@ -444,9 +478,14 @@ impl StateTable {
             if i == NIL {
                 return None;
             }
-            let slot = &self.slots[i as usize];
+            let slot = &self.slots[i];
             i = slot.next;
-            let (tool, request_id) = slot.key.split_at(slot.split as usize);
+            // `split` is a char boundary (the tool's length); the checked
+            // form avoids linking the slicing panic's formatting.
+            let (tool, request_id) = slot
+                .key
+                .split_at_checked(slot.split as usize)
+                .unwrap_or((&slot.key, ""));
             Some((tool, request_id, slot.entry))
         })
     }
@@ -454,23 +493,23 @@ impl StateTable {
     fn remove_index(&mut self, i: u32) {
         // Unchain from the bucket (chains are short: the index is sized for
         // `capacity` and keyed).
-        let bucket = self.bucket_of(self.slots[i as usize].hash);
-        let after = self.slots[i as usize].chain;
+        let bucket = self.bucket_of(self.slots[i].hash);
+        let after = self.slots[i].chain;
         if self.head_of(bucket) == i {
             self.set_head(bucket, after);
         } else {
             let mut j = self.head_of(bucket);
             while j != NIL {
-                let next = self.slots[j as usize].chain;
+                let next = self.slots[j].chain;
                 if next == i {
-                    self.slots[j as usize].chain = after;
+                    self.slots[j].chain = after;
                     break;
                 }
                 j = next;
             }
         }
         self.unlink(i);
-        let slot = &mut self.slots[i as usize];
+        let slot = &mut self.slots[i];
         slot.key = Box::default();
         slot.chain = NIL;
         if let Some(handle) = self.slot_handle.get_mut(i as usize) {
@@ -484,7 +523,7 @@ impl StateTable {
         // Give the slab back once the table has emptied (e.g. after a burst of
         // unique request ids expired), rather than keeping the peak forever.
         if self.len == 0 {
-            self.slots = Vec::new();
+            self.slots = Slots(Vec::new());
             self.free = Vec::new();
             self.handle_slot = Vec::new();
             self.slot_handle = Vec::new();
@@ -493,18 +532,18 @@ impl StateTable {
 
     fn unlink(&mut self, i: u32) {
         let (prev, next) = {
-            let s = &self.slots[i as usize];
+            let s = &self.slots[i];
             (s.prev, s.next)
         };
         match prev {
             NIL => self.head = next,
-            p => self.slots[p as usize].next = next,
+            p => self.slots[p].next = next,
         }
         match next {
             NIL => self.tail = prev,
-            n => self.slots[n as usize].prev = prev,
+            n => self.slots[n].prev = prev,
         }
-        let s = &mut self.slots[i as usize];
+        let s = &mut self.slots[i];
         s.prev = NIL;
         s.next = NIL;
     }
@@ -512,13 +551,13 @@ impl StateTable {
     fn push_tail(&mut self, i: u32) {
         let tail = self.tail;
         {
-            let s = &mut self.slots[i as usize];
+            let s = &mut self.slots[i];
             s.prev = tail;
             s.next = NIL;
         }
         match tail {
             NIL => self.head = i,
-            t => self.slots[t as usize].next = i,
+            t => self.slots[t].next = i,
         }
         self.tail = i;
     }
@@ -626,13 +665,13 @@ mod tests {
                 t.record_failure("t", &i.to_string(), round * 10_000, TTL);
             }
             assert_eq!(t.len(), 100);
-            assert!(t.slots.len() <= 100);
+            assert!(t.slots.0.len() <= 100);
             for i in 0..50u64 {
                 t.remove("t", &i.to_string());
             }
             assert_eq!(t.sweep(round * 10_000 + 2 * TTL, TTL, usize::MAX), 50);
             assert!(t.is_empty());
-            assert_eq!(t.slots.capacity(), 0);
+            assert_eq!(t.slots.0.capacity(), 0);
             assert!(t.buckets.iter().all(|&b| b == 0));
         }
     }

@@ -1,6 +1,5 @@
-//! A small JSON reader, in place of
-//! serde_json: serde_json with its `Value`, float parsing and error
-//! formatting was about a third of the component.
+//! A small JSON reader, in place of serde_json: serde_json with its `Value`,
+//! float parsing and error formatting was about a third of the component.
 //!
 //! The reader is a port of serde_json 1.0's `from_str::<Value>` and accepts
 //! exactly what it accepts, so configs, snapshots and tool-result texts are
@@ -15,7 +14,7 @@
 //!   error ("number out of range"), with serde_json's arithmetic for where
 //!   that happens;
 //! - in an object the last of duplicate keys wins, and [`Map::sorted`]
-//!   iterates in key order, as serde_json's `BTreeMap` did;
+//!   lists the members in key order, as serde_json's `BTreeMap` did;
 //! - errors carry serde_json's message, line and column, byte for byte.
 //!
 //! What it does not keep: the value of a float. Nothing in the engine reads
@@ -114,11 +113,6 @@ impl Map {
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
     }
-
-    /// The members in document order, duplicates included.
-    pub fn members(&self) -> &[(String, Value)] {
-        &self.0
-    }
 }
 
 impl Value {
@@ -170,11 +164,6 @@ impl Value {
 
     pub fn is_null(&self) -> bool {
         matches!(self, Value::Null)
-    }
-
-    /// Whether this is the boolean `b`.
-    pub fn is_bool(&self, b: bool) -> bool {
-        matches!(self, Value::Bool(x) if *x == b)
     }
 }
 

@@ -32,7 +32,7 @@ toolchain: ## Add the wasm32-wasip2 Rust target (rustup).
 wasm: ## Build the release component to target/wasm/retry_engine.wasm (and into the Python package).
 	cargo build -p retry-engine-guest --release --target $(WASM_TARGET)
 	mkdir -p $(dir $(WASM))
-	cp $(WASM_BUILT) $(WASM)
+	$(PYTHON) guest/tools/strip_custom_sections.py $(WASM_BUILT) $(WASM)
 	cp $(WASM) $(PKG_WASM)
 	@echo "built $(WASM): $$(stat -c %s $(WASM)) bytes"
 
@@ -44,7 +44,7 @@ venv: ## Create .venv with the host plugin (editable) and its test/bench depende
 smoke: ## Load the plugin through the real cpex PluginManager and print a few decisions.
 	$(PY) examples/smoke.py
 
-test: test-rust test-wasm test-python test-python-cpex013 soak-smoke cli-test test-dist test-e2e lint ## Run every test and lint.
+test: test-rust test-wasm size test-python test-python-cpex013 soak-smoke cli-test test-dist test-e2e lint ## Run every test and lint.
 
 test-rust: ## Unit tests of the pure policy core (native target).
 	cargo test -p retry-engine-guest
@@ -145,8 +145,10 @@ bench: wasm ## Benchmarks: hook cost vs native, cold start, guest memory, engine
 	$(PY) bench/picture.py
 	$(MAKE) --no-print-directory size
 
-size: wasm ## Print the size of the release .wasm.
-	@echo "retry_engine.wasm: $$(stat -c %s $(WASM)) bytes"
+WASM_SIZE_LIMIT := 65536
+size: wasm ## Print the size of the release .wasm; fail above WASM_SIZE_LIMIT (64 KiB).
+	@size=$$(stat -c %s $(WASM)); echo "retry_engine.wasm: $$size bytes (limit $(WASM_SIZE_LIMIT))"; \
+	test $$size -le $(WASM_SIZE_LIMIT) || { echo "the release component grew past $(WASM_SIZE_LIMIT) bytes" >&2; exit 1; }
 
 ci: install test ## What .ci/run does.
 

@@ -1,16 +1,17 @@
 //! The engine: configuration + retry state + jitter source, and the one
 //! decision function the gateway calls on every tool result.
 
+use alloc::string::String;
 use fastrand::Rng;
 
 use super::backoff;
 use super::budget::Budgets;
 use super::classify::{classify_with, Classification, Hints, Signals};
 use super::config::{Config, Policy};
-use super::state::{Entry, Handle, StateTable, MAX_HANDLE_KEY_BYTES, NO_HANDLE};
+use super::state::{Entry, Handle, StateTable, NO_HANDLE};
 
 /// No texts (a result decided on its signals alone).
-const NO_TEXT: Option<&[&str]> = None;
+const NO_TEXT: Option<&[String]> = None;
 
 /// How many expired entries one decision may sweep. Bounds the latency of a
 /// single call after a burst of entries expires together; the backlog drains
@@ -155,18 +156,14 @@ impl Engine {
         hints: Hints,
         now_ms: u64,
     ) -> Option<Outcome> {
-        // Copied out of the table, which the decision then updates.
-        let mut buf = [0u8; MAX_HANDLE_KEY_BYTES];
+        // Copied out of the table, which the decision then updates (at most
+        // `MAX_HANDLE_KEY_BYTES`: longer keys are never named).
         let (tool, request_id) = self.state.key_of(handle)?;
         let split = tool.len();
-        let len = split + request_id.len();
-        buf[..split].copy_from_slice(tool.as_bytes());
-        buf[split..len].copy_from_slice(request_id.as_bytes());
-        let (tool, request_id) = buf[..len].split_at(split);
-        let (tool, request_id) = (
-            core::str::from_utf8(tool).ok()?,
-            core::str::from_utf8(request_id).ok()?,
-        );
+        let mut key = String::with_capacity(split + request_id.len());
+        key.push_str(tool);
+        key.push_str(request_id);
+        let (tool, request_id) = key.split_at_checked(split)?;
         Some(self.decide_as(tool, request_id, signals, hints, NO_TEXT, now_ms, handle))
     }
 

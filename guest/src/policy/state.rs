@@ -331,7 +331,7 @@ impl StateTable {
     /// The key `handle` names, as `(tool, request id)`, if it names a live slot
     /// (an entry past its TTL but not yet swept included, as for a lookup by key).
     pub fn key_of(&self, handle: Handle) -> Option<(&str, &str)> {
-        let i = self.handle_slot.get(handle as usize)?.checked_sub(1)?;
+        let i = at(&self.handle_slot, handle).checked_sub(1)?;
         let slot = &self.slots[i];
         slot.key.split_at_checked(slot.split as usize)
     }
@@ -339,40 +339,25 @@ impl StateTable {
     /// Let `handle` name nothing (no-op for [`NO_HANDLE`] or a handle that
     /// names nothing).
     pub fn release(&mut self, handle: Handle) {
-        if let Some(named) = self.handle_slot.get_mut(handle as usize) {
-            if let Some(i) = named.checked_sub(1) {
-                *named = 0;
-                self.slot_handle[i as usize] = NO_HANDLE;
-            }
+        if let Some(i) = at(&self.handle_slot, handle).checked_sub(1) {
+            set(&mut self.handle_slot, handle, 0);
+            set(&mut self.slot_handle, i, NO_HANDLE);
         }
     }
 
     /// Let `handle` name slot `i`, and nothing else name either.
     fn name(&mut self, i: u32, handle: Handle) {
-        if handle == NO_HANDLE || handle > MAX_HANDLE {
-            return;
-        }
-        let (i, h) = (i as usize, handle as usize);
-        if self.slot_handle.len() <= i {
-            self.slot_handle
-                .resize(self.slots.0.len().max(i + 1), NO_HANDLE);
-        }
-        let old = self.slot_handle[i];
-        if old == handle {
+        let old = at(&self.slot_handle, i);
+        if handle == NO_HANDLE || handle > MAX_HANDLE || old == handle {
             return;
         }
         if old != NO_HANDLE {
-            self.handle_slot[old as usize] = 0;
-        }
-        if self.handle_slot.len() <= h {
-            self.handle_slot.resize(h + 1, 0);
+            set(&mut self.handle_slot, old, 0);
         }
         // The handle moves here from whatever slot it named before.
-        if let Some(before) = self.handle_slot[h].checked_sub(1) {
-            self.slot_handle[before as usize] = NO_HANDLE;
-        }
-        self.handle_slot[h] = i as u32 + 1;
-        self.slot_handle[i] = handle;
+        self.release(handle);
+        set(&mut self.handle_slot, handle, i + 1);
+        set(&mut self.slot_handle, i, handle);
     }
 
     /// Put `entry` for a key as the newest entry, replacing any entry the key
@@ -512,11 +497,10 @@ impl StateTable {
         let slot = &mut self.slots[i];
         slot.key = Box::default();
         slot.chain = NIL;
-        if let Some(handle) = self.slot_handle.get_mut(i as usize) {
-            if *handle != NO_HANDLE {
-                self.handle_slot[*handle as usize] = 0;
-                *handle = NO_HANDLE;
-            }
+        let handle = at(&self.slot_handle, i);
+        if handle != NO_HANDLE {
+            set(&mut self.handle_slot, handle, 0);
+            set(&mut self.slot_handle, i, NO_HANDLE);
         }
         self.free.push(i);
         self.len -= 1;
@@ -560,6 +544,22 @@ impl StateTable {
             t => self.slots[t].next = i,
         }
         self.tail = i;
+    }
+}
+
+/// `v[i]`, or 0 past its end (the handle maps grow only as handles are used).
+fn at(v: &[u32], i: u32) -> u32 {
+    v.get(i as usize).copied().unwrap_or(0)
+}
+
+/// `v[i] = value`, growing `v` (with zeros) to reach `i`.
+fn set(v: &mut Vec<u32>, i: u32, value: u32) {
+    let i = i as usize;
+    if v.len() <= i {
+        v.resize(i + 1, 0);
+    }
+    if let Some(cell) = v.get_mut(i) {
+        *cell = value;
     }
 }
 

@@ -11,7 +11,9 @@ comparable with each other but not a sum: the hook's own line is the figure that
   result object         ``ToolPostInvokeResult(retry_delay_ms=...)`` (both plugins pay it)
   read_signals          reading the result mapping into the signals word
   engine.decide         the adapter: signals, lock, key, the Wasm call, bookkeeping
-  wasm decide call      the lean call alone (fuel, key, arguments, the component call)
+  wasm calls            the Wasm calls alone (fuel, arguments, the component call): a
+                        round makes one ``decide`` with the key per (tool, request id)
+                        and ``decide-held`` by handle for its later results
   wasm empty call       a component call that takes nothing and does nothing
                         (``state-count`` of an empty engine): the boundary's floor
 
@@ -61,14 +63,23 @@ def main(argv: list[str] | None = None) -> int:
     calls = workload_exhaustion(CALLS, 2)
     plugin = RetryWithBackoffPlugin(plugin_config("cpex_retry_with_backoff_wasm.RetryWithBackoffPlugin", {}))
     engine = plugin.engine
-    keys = [
-        (
-            (payload.name + context.global_context.request_id).encode(),
-            len(payload.name),
-            read_signals(payload.result),
-        )
-        for payload, context in calls
-    ]
+    # The Wasm calls one round of hooks makes (decide with the key, or decide-held), recorded
+    # from a real round so that replaying them leaves the engine as the round does.
+    assert engine._lean is not None
+    decide, decide_held = engine._lean
+    wasm_calls: list[tuple[Callable[..., int], tuple[Any, ...]]] = []
+
+    def recording(call: Callable[..., int]) -> Callable[..., int]:
+        def record(*args: Any) -> int:
+            wasm_calls.append((call, args))
+            return call(*args)
+
+        return record
+
+    engine._lean = (recording(decide), recording(decide_held))
+    for payload, context in calls:
+        drive(plugin.tool_post_invoke(payload, context, None))
+    engine._lean = (decide, decide_held)
     empty = RetryWithBackoffPlugin(plugin_config("cpex_retry_with_backoff_wasm.RetryWithBackoffPlugin", {}))
 
     def hook_of(instance: Any) -> Callable[[], None]:
@@ -100,10 +111,8 @@ def main(argv: list[str] | None = None) -> int:
             decide(payload.name, context.global_context.request_id, payload.result)
 
     def wasm_call() -> None:
-        lean = engine._lean
-        assert lean is not None
-        for key, tool_len, bits in keys:
-            lean(key, tool_len, bits)
+        for call, args in wasm_calls:
+            call(*args)
 
     floor = empty_call(empty)
 
@@ -126,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
         ("result object", result_object),
         ("read_signals", signals),
         ("engine.decide", adapter),
-        ("wasm decide call", wasm_call),
+        ("wasm calls", wasm_call),
         ("wasm empty call", wasm_empty_call),
     ]
     print(f"one failing tool_post_invoke, layer by layer (us per call, best of {args.rounds} x {CALLS})")

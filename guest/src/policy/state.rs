@@ -40,6 +40,8 @@ use core::ops::{Index, IndexMut};
 use siphasher::sip::SipHasher13;
 
 const NIL: u32 = u32::MAX;
+/// Slots an emptied table keeps allocated (3 KiB on wasm32); a larger slab is freed.
+const KEEP_SLOTS: usize = 64;
 
 /// A host-chosen name for a key that holds state: 1..=[`MAX_HANDLE`]; 0 (and
 /// anything above the maximum) names nothing.
@@ -504,9 +506,11 @@ impl StateTable {
         }
         self.free.push(i);
         self.len -= 1;
-        // Give the slab back once the table has emptied (e.g. after a burst of
-        // unique request ids expired), rather than keeping the peak forever.
-        if self.len == 0 {
+        // Give the slab back once the table has emptied after a burst (e.g. of
+        // unique request ids that expired), rather than keeping the peak forever.
+        // A small one stays: a table that keeps emptying (one failing request at a
+        // time) would otherwise allocate and free it around every key.
+        if self.len == 0 && self.slots.0.capacity() > KEEP_SLOTS {
             self.slots = Slots(Vec::new());
             self.free = Vec::new();
             self.handle_slot = Vec::new();
@@ -671,8 +675,14 @@ mod tests {
             }
             assert_eq!(t.sweep(round * 10_000 + 2 * TTL, TTL, usize::MAX), 50);
             assert!(t.is_empty());
-            assert_eq!(t.slots.0.capacity(), 0);
+            assert_eq!(t.slots.0.capacity(), 0, "a slab past KEEP_SLOTS is freed");
             assert!(t.buckets.iter().all(|&b| b == 0));
+        }
+        // A small slab stays allocated while the table keeps emptying.
+        for i in 0..(3 * KEEP_SLOTS as u64) {
+            t.record_failure("t", &i.to_string(), 0, TTL);
+            t.remove("t", &i.to_string());
+            assert_eq!(t.slots.0.len(), 1, "one slot, reused");
         }
     }
 

@@ -158,13 +158,15 @@ impl Engine {
     ) -> Option<Outcome> {
         // Copied out of the table, which the decision then updates (at most
         // `MAX_HANDLE_KEY_BYTES`: longer keys are never named).
-        let (tool, request_id) = self.state.key_of(handle)?;
+        let (hash, tool, request_id) = self.state.key_of(handle)?;
         let split = tool.len();
         let mut key = String::with_capacity(split + request_id.len());
         key.push_str(tool);
         key.push_str(request_id);
         let (tool, request_id) = key.split_at_checked(split)?;
-        Some(self.decide_as(tool, request_id, signals, hints, NO_TEXT, now_ms, handle))
+        Some(self.decide_hashed(
+            hash, tool, request_id, signals, hints, NO_TEXT, now_ms, handle,
+        ))
     }
 
     /// [`Engine::decide_with`], naming the key `handle` when it keeps state;
@@ -173,6 +175,27 @@ impl Engine {
     #[allow(clippy::too_many_arguments)]
     pub fn decide_as<T: AsRef<str>>(
         &mut self,
+        tool: &str,
+        request_id: &str,
+        signals: Signals,
+        hints: Hints,
+        texts: Option<&[T]>,
+        now_ms: u64,
+        handle: Handle,
+    ) -> Outcome {
+        let hash = self.state.key_hash(tool, request_id);
+        self.decide_hashed(
+            hash, tool, request_id, signals, hints, texts, now_ms, handle,
+        )
+    }
+
+    /// [`Engine::decide_as`] for a key of [`StateTable::key_hash`] `hash`: the
+    /// key is hashed once per decision, and not at all when the engine already
+    /// knows its hash (`decide_held`).
+    #[allow(clippy::too_many_arguments)]
+    fn decide_hashed<T: AsRef<str>>(
+        &mut self,
+        hash: u32,
         tool: &str,
         request_id: &str,
         signals: Signals,
@@ -190,7 +213,7 @@ impl Engine {
         self.state.sweep(now_ms, ttl, SWEEP_PER_CALL);
         match class {
             Classification::NotFailure => {
-                self.state.remove(tool, request_id);
+                self.state.remove_hashed(hash, tool, request_id);
                 self.state.release(handle);
                 if let Some(budget) = policy.retry_budget() {
                     self.budgets.deposit(tool, budget, now_ms);
@@ -198,7 +221,7 @@ impl Engine {
                 return Outcome::Decided(Decision::SUCCESS);
             }
             Classification::NonRetryable => {
-                self.state.remove(tool, request_id);
+                self.state.remove_hashed(hash, tool, request_id);
                 self.state.release(handle);
                 return Outcome::Decided(Decision::NON_RETRYABLE);
             }
@@ -219,7 +242,7 @@ impl Engine {
             .map(|ms| u64::from(ms).min(policy.max_retry_after_ms));
         let entry = self
             .state
-            .record_failure_as(tool, request_id, now_ms, ttl, handle);
+            .record_failure_hashed(hash, tool, request_id, now_ms, ttl, handle);
         let failures = entry.failures;
         if failures <= max_retries {
             let delay_ms = match floor {
@@ -235,7 +258,7 @@ impl Engine {
                     let before = u64::from(entry.total_delay_ms);
                     if deadline.is_some_and(|limit| before.saturating_add(floor) > limit) {
                         // The server asks for a wait that ends past the deadline.
-                        self.state.remove(tool, request_id);
+                        self.state.remove_hashed(hash, tool, request_id);
                         return Outcome::Decided(Decision {
                             delay_ms: 0,
                             failures,
@@ -251,7 +274,7 @@ impl Engine {
             if deadline.is_some_and(|limit| total > limit) {
                 // This retry would end past the key's deadline: give up now,
                 // and clear the key as exhaustion does.
-                self.state.remove(tool, request_id);
+                self.state.remove_hashed(hash, tool, request_id);
                 return Outcome::Decided(Decision {
                     delay_ms: 0,
                     failures,
@@ -263,7 +286,7 @@ impl Engine {
             if let Some(budget) = policy.retry_budget() {
                 if !self.budgets.try_withdraw(tool, budget, now_ms) {
                     // The tool's retries are spent: give up, as on exhaustion.
-                    self.state.remove(tool, request_id);
+                    self.state.remove_hashed(hash, tool, request_id);
                     return Outcome::Decided(Decision {
                         delay_ms: 0,
                         failures,
@@ -277,7 +300,7 @@ impl Engine {
                 reason: Reason::Retry,
             })
         } else {
-            self.state.remove(tool, request_id);
+            self.state.remove_hashed(hash, tool, request_id);
             Outcome::Decided(Decision {
                 delay_ms: 0,
                 failures,

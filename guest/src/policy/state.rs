@@ -225,7 +225,9 @@ impl StateTable {
         self.len == 0
     }
 
-    fn hash(&self, tool: &str, request_id: &str) -> u32 {
+    /// The key's hash in this table (keyed SipHash-1-3, truncated): what the
+    /// `*_hashed` methods take, so that one decision hashes its key once.
+    pub fn key_hash(&self, tool: &str, request_id: &str) -> u32 {
         let mut h = SipHasher13::new_with_keys(self.hash_key.0, self.hash_key.1);
         h.write(tool.as_bytes());
         // 0xff never occurs in UTF-8, so ("ab", "c") and ("a", "bc") differ.
@@ -272,7 +274,7 @@ impl StateTable {
 
     /// The live entry for a key, if any (expired entries read as absent).
     pub fn get(&self, tool: &str, request_id: &str, now_ms: u64, ttl_ms: u64) -> Option<Entry> {
-        let hash = self.hash(tool, request_id);
+        let hash = self.key_hash(tool, request_id);
         let entry = self.slots[self.find(hash, tool, request_id)?].entry;
         (!expired(entry.last_failure_ms, now_ms, ttl_ms)).then_some(entry)
     }
@@ -289,21 +291,23 @@ impl StateTable {
         now_ms: u64,
         ttl_ms: u64,
     ) -> &mut Entry {
-        self.record_failure_as(tool, request_id, now_ms, ttl_ms, NO_HANDLE)
+        let hash = self.key_hash(tool, request_id);
+        self.record_failure_hashed(hash, tool, request_id, now_ms, ttl_ms, NO_HANDLE)
     }
 
-    /// [`StateTable::record_failure`], naming the key `handle` from now on
-    /// (see [`Handle`]; a key longer than [`MAX_HANDLE_KEY_BYTES`] gets none,
-    /// and `handle` then names nothing).
-    pub fn record_failure_as(
+    /// [`StateTable::record_failure`] for a key of [`StateTable::key_hash`]
+    /// `hash`, naming the key `handle` from now on (see [`Handle`]; a key
+    /// longer than [`MAX_HANDLE_KEY_BYTES`] gets none, and `handle` then names
+    /// nothing).
+    pub fn record_failure_hashed(
         &mut self,
+        hash: u32,
         tool: &str,
         request_id: &str,
         now_ms: u64,
         ttl_ms: u64,
         handle: Handle,
     ) -> &mut Entry {
-        let hash = self.hash(tool, request_id);
         let i = match self.find(hash, tool, request_id) {
             Some(i) => {
                 let slot = &mut self.slots[i];
@@ -330,12 +334,14 @@ impl StateTable {
         &mut self.slots[i].entry
     }
 
-    /// The key `handle` names, as `(tool, request id)`, if it names a live slot
-    /// (an entry past its TTL but not yet swept included, as for a lookup by key).
-    pub fn key_of(&self, handle: Handle) -> Option<(&str, &str)> {
+    /// The key `handle` names, as `(key hash, tool, request id)`, if it names a
+    /// live slot (an entry past its TTL but not yet swept included, as for a
+    /// lookup by key).
+    pub fn key_of(&self, handle: Handle) -> Option<(u32, &str, &str)> {
         let i = at(&self.handle_slot, handle).checked_sub(1)?;
         let slot = &self.slots[i];
-        slot.key.split_at_checked(slot.split as usize)
+        let (tool, request_id) = slot.key.split_at_checked(slot.split as usize)?;
+        Some((slot.hash, tool, request_id))
     }
 
     /// Let `handle` name nothing (no-op for [`NO_HANDLE`] or a handle that
@@ -366,7 +372,7 @@ impl StateTable {
     /// has (restoring exported state). When the table is full, the oldest
     /// entry goes first.
     pub fn put(&mut self, tool: &str, request_id: &str, entry: Entry) {
-        let hash = self.hash(tool, request_id);
+        let hash = self.key_hash(tool, request_id);
         match self.find(hash, tool, request_id) {
             Some(i) => {
                 self.slots[i].entry = entry;
@@ -419,7 +425,11 @@ impl StateTable {
 
     /// Forget a key. Returns whether it was held.
     pub fn remove(&mut self, tool: &str, request_id: &str) -> bool {
-        let hash = self.hash(tool, request_id);
+        self.remove_hashed(self.key_hash(tool, request_id), tool, request_id)
+    }
+
+    /// [`StateTable::remove`] for a key of [`StateTable::key_hash`] `hash`.
+    pub fn remove_hashed(&mut self, hash: u32, tool: &str, request_id: &str) -> bool {
         match self.find(hash, tool, request_id) {
             Some(i) => {
                 self.remove_index(i);
@@ -686,63 +696,72 @@ mod tests {
         }
     }
 
+    fn named(t: &mut StateTable, tool: &str, rid: &str, now: u64, ttl: u64, handle: Handle) {
+        let hash = t.key_hash(tool, rid);
+        t.record_failure_hashed(hash, tool, rid, now, ttl, handle);
+    }
+
+    fn key_of(t: &StateTable, handle: Handle) -> Option<(&str, &str)> {
+        t.key_of(handle).map(|(_, tool, rid)| (tool, rid))
+    }
+
     #[test]
     fn test_state_handle_names_its_key_until_the_key_goes() {
         let mut t = StateTable::new((1, 2), CAP);
-        assert_eq!(t.key_of(7), None);
-        t.record_failure_as("tool", "r1", 0, TTL, 7);
-        assert_eq!(t.key_of(7), Some(("tool", "r1")));
+        assert_eq!(key_of(&t, 7), None);
+        named(&mut t, "tool", "r1", 0, TTL, 7);
+        assert_eq!(key_of(&t, 7), Some(("tool", "r1")));
         // Another failure of the same key keeps it; no handle leaves it named.
         assert_eq!(t.record_failure("tool", "r1", 1, TTL).failures, 2);
-        assert_eq!(t.key_of(7), Some(("tool", "r1")));
+        assert_eq!(key_of(&t, 7), Some(("tool", "r1")));
         t.remove("tool", "r1");
-        assert_eq!(t.key_of(7), None);
+        assert_eq!(key_of(&t, 7), None);
     }
 
     #[test]
     fn test_state_handle_moves_and_slots_never_share_one() {
         let mut t = StateTable::new((1, 2), CAP);
-        t.record_failure_as("a", "1", 0, TTL, 1);
-        t.record_failure_as("b", "2", 0, TTL, 2);
+        named(&mut t, "a", "1", 0, TTL, 1);
+        named(&mut t, "b", "2", 0, TTL, 2);
         // Handle 1 now names b: a is unnamed, b's old handle 2 names nothing.
-        t.record_failure_as("b", "2", 1, TTL, 1);
-        assert_eq!(t.key_of(1), Some(("b", "2")));
-        assert_eq!(t.key_of(2), None);
+        named(&mut t, "b", "2", 1, TTL, 1);
+        assert_eq!(key_of(&t, 1), Some(("b", "2")));
+        assert_eq!(key_of(&t, 2), None);
         // Removing a (now unnamed) leaves b's handle alone.
         t.remove("a", "1");
-        assert_eq!(t.key_of(1), Some(("b", "2")));
+        assert_eq!(key_of(&t, 1), Some(("b", "2")));
         // A slot reused by another key does not inherit the handle.
         t.remove("b", "2");
         t.record_failure("c", "3", 2, TTL);
-        assert_eq!(t.key_of(1), None);
+        assert_eq!(key_of(&t, 1), None);
     }
 
     #[test]
     fn test_state_handles_drop_with_eviction_expiry_and_out_of_range() {
         let mut t = StateTable::new((1, 2), 2);
-        t.record_failure_as("t", "old", 0, TTL, 3);
-        t.record_failure_as("t", "mid", 1, TTL, 4);
-        t.record_failure_as("t", "new", 2, TTL, 5); // full: "old" goes
-        assert_eq!(t.key_of(3), None);
-        assert_eq!(t.key_of(4), Some(("t", "mid")));
+        named(&mut t, "t", "old", 0, TTL, 3);
+        named(&mut t, "t", "mid", 1, TTL, 4);
+        named(&mut t, "t", "new", 2, TTL, 5); // full: "old" goes
+        assert_eq!(key_of(&t, 3), None);
+        assert_eq!(key_of(&t, 4), Some(("t", "mid")));
         assert_eq!(t.sweep(2 + TTL + 1, TTL, usize::MAX), 2);
-        assert_eq!(t.key_of(4), None);
-        assert_eq!(t.key_of(5), None);
+        assert_eq!(key_of(&t, 4), None);
+        assert_eq!(key_of(&t, 5), None);
         // Out of range, or a key too long to copy: no handle.
-        t.record_failure_as("t", "x", 0, TTL, MAX_HANDLE + 1);
-        assert_eq!(t.key_of(MAX_HANDLE + 1), None);
+        named(&mut t, "t", "x", 0, TTL, MAX_HANDLE + 1);
+        assert_eq!(key_of(&t, MAX_HANDLE + 1), None);
         let long = "r".repeat(MAX_HANDLE_KEY_BYTES);
-        t.record_failure_as("t", "y", 0, TTL, 6);
-        assert_eq!(t.key_of(6), Some(("t", "y")));
-        t.record_failure_as("t", &long, 0, TTL, 6);
+        named(&mut t, "t", "y", 0, TTL, 6);
+        assert_eq!(key_of(&t, 6), Some(("t", "y")));
+        named(&mut t, "t", &long, 0, TTL, 6);
         assert_eq!(
-            t.key_of(6),
+            key_of(&t, 6),
             None,
             "given to a key it cannot name, it names nothing"
         );
-        t.record_failure_as("", &long, 0, TTL, MAX_HANDLE);
-        assert_eq!(t.key_of(MAX_HANDLE), Some(("", long.as_str())));
-        assert_eq!(t.key_of(u32::MAX), None);
+        named(&mut t, "", &long, 0, TTL, MAX_HANDLE);
+        assert_eq!(key_of(&t, MAX_HANDLE), Some(("", long.as_str())));
+        assert_eq!(key_of(&t, u32::MAX), None);
     }
 
     #[test]

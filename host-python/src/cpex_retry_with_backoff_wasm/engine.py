@@ -526,7 +526,7 @@ class WasmRetryEngine:
         return True
 
     # ------------------------------------------------------------------ hot path
-    def decide(self, tool: str, request_id: str, result: Any) -> int:
+    def decide(self, tool: str, request_id: str, result: Any) -> int:  # noqa: PLR0915 - see below
         """One decision for ``result`` of ``tool`` within ``request_id``: the packed u64.
 
         Reads the result (``signals.read_signals``), calls ``decide`` once and, only when the
@@ -549,34 +549,67 @@ class WasmRetryEngine:
             # a success, and for a key that holds no retry state it would change nothing (WIT
             # `text-free` and `idle` bits).  ``_held`` is a superset of the keys with state.
             return 0
-        # Hot path: one lean call (fastcall) under the store's lock: `decide-held` when the
-        # engine knows the key by a handle, else `decide` with the key.
+        # Hot path: one lean call (fastcall) under the store's lock.  Written out in one
+        # function, bookkeeping included: every call and tuple here costs on each tool result.
         with self._lock:
             lean = self._lean
             if lean is not None:
-                old = self._held.get(key)
-                decision: int = UNKNOWN_HANDLE
+                held = self._held
+                old = held.get(key)
                 if old:
+                    # The engine knows the key by its handle: decide-held, no key crosses.
                     try:
-                        decision = lean[1](old, signals)
+                        decision: int = lean[1](old, signals)
                     except Exception as exc:
                         self._idle = False
                         self._fault("decide-held", exc)
                         return 0
                     if not decision & (UNKNOWN_HANDLE | NEED_TEXT):
+                        self._text_free = (decision & TEXT_FREE) != 0
                         if (decision >> REASON_SHIFT) & 0xFF == _REASON_RETRY:
-                            # Still held under the same handle: `_note`'s one change is this.
-                            self._idle = False
-                            self._text_free = (decision & TEXT_FREE) != 0
-                        else:
-                            self._note(key, old, old, decision)
+                            self._idle = False  # still held, under the same handle
+                            return decision
+                        # The decision cleared the key: its handle is free again.
+                        del held[key]
+                        self._free_handles.append(old)
+                        idle = self._idle = (decision & IDLE) != 0
+                        if idle and (held or not self._held_complete):
+                            self._forget_held()  # see `_note`
                         return decision
-                fresh = None
-                if decision & UNKNOWN_HANDLE:
-                    # A key without a handle, or whose state went (TTL, capacity): send the key.
-                    decision, fresh = self._decide_by_key(lean[0], key, old, signals)
+                    if decision & NEED_TEXT:
+                        fresh = None  # decided below with the text, under the key's handle
+                if not old or decision & UNKNOWN_HANDLE:
+                    # No handle, or its key's state went (TTL, capacity): send the key, and
+                    # name it by a handle from now on.
+                    try:
+                        encoded = (tool + request_id).encode()
+                        tool_len = len(tool)
+                    except UnicodeEncodeError:
+                        # Lone surrogates cannot cross as UTF-8: a deterministic stand-in for
+                        # the engine.  The host's own bookkeeping keeps the original key, which
+                        # is what the success shortcut looks up.
+                        safe_tool = _utf8_safe(tool)
+                        tool_len = len(safe_tool)
+                        encoded = (safe_tool + _utf8_safe(request_id)).encode()
+                    handle = old or 0
+                    if not handle and self._held_complete and len(encoded) <= HANDLE_KEY_MAX_BYTES:
+                        free = self._free_handles
+                        if free:
+                            handle = free.pop()
+                        elif self._next_handle <= HANDLE_MAX:
+                            handle = self._next_handle
+                            self._next_handle = handle + 1
+                    try:
+                        decision = lean[0](encoded, tool_len, signals, handle)
+                    except Exception as exc:
+                        self._idle = False
+                        self._fault("decide", exc)
+                        return 0
                     if not decision & NEED_TEXT:
+                        self._note(key, old, handle, decision)
                         return decision
+                    # Nothing changed; a handle taken for this call goes back with the text call.
+                    fresh = (handle, self._handles_epoch) if handle != old else None
         if lean is None:  # no lean path (other wasmtime-py) or the instance needs a rebuild
             decision = self._call_decide(tool, request_id, signals, None)
             fresh = None
@@ -586,46 +619,6 @@ class WasmRetryEngine:
                 signals |= read_hints(result, self._wall_clock)
             decision = self._call_decide(tool, request_id, signals, collect_texts(result), fresh)
         return decision
-
-    def _decide_by_key(
-        self, decide: LeanDecide, key: tuple[str, str], old: int | None, signals: int
-    ) -> tuple[int, tuple[int, int] | None]:
-        """``decide`` with the key, naming it by a handle (lock held).
-
-        Returns the decision and, when it is ``need-text`` and a handle was taken for this
-        call, that handle with the ``_handles_epoch`` it was taken in (see ``_call_decide``).
-        A fault answers 0.
-        """
-        tool, request_id = key
-        try:
-            encoded = (tool + request_id).encode()
-            tool_len = len(tool)
-        except UnicodeEncodeError:
-            # Lone surrogates cannot cross as UTF-8: a deterministic stand-in for the engine.
-            # The host's own bookkeeping (`_note`) keeps the original key, which is what the
-            # success shortcut looks up.
-            safe_tool = _utf8_safe(tool)
-            tool_len = len(safe_tool)
-            encoded = (safe_tool + _utf8_safe(request_id)).encode()
-        handle = old or 0
-        if not handle and self._held_complete and len(encoded) <= HANDLE_KEY_MAX_BYTES:
-            free = self._free_handles
-            if free:
-                handle = free.pop()
-            elif self._next_handle <= HANDLE_MAX:
-                handle = self._next_handle
-                self._next_handle = handle + 1
-        try:
-            decision = decide(encoded, tool_len, signals, handle)
-        except Exception as exc:
-            self._idle = False
-            self._fault("decide", exc)
-            return 0, None
-        if not decision & NEED_TEXT:
-            self._note(key, old, handle, decision)
-            return decision, None
-        # Nothing changed; a handle taken for this call goes back with the text call.
-        return decision, ((handle, self._handles_epoch) if handle != old else None)
 
     def _call_fuel(self, tool: str, request_id: str, texts: list[str] | None) -> int:
         """Fuel for one generic call: the base budget plus a bound on the work its input can

@@ -10,6 +10,11 @@ use super::classify::{classify_with, Classification, Hints, Signals};
 use super::config::{Config, Policy};
 use super::state::{Entry, Handle, StateTable, NO_HANDLE};
 
+/// [`Engine::is_text_free`] under `config`.
+fn text_free(config: &Config) -> bool {
+    !config.any_text_check() && !config.any_budget()
+}
+
 /// No texts (a result decided on its signals alone).
 const NO_TEXT: Option<&[String]> = None;
 
@@ -82,6 +87,9 @@ pub struct Engine {
     state: StateTable,
     budgets: Budgets,
     rng: Rng,
+    /// [`Engine::is_text_free`] of `config`, worked out when it is set: every
+    /// decision reports it, and it looks at every override.
+    text_free: bool,
 }
 
 impl Engine {
@@ -94,6 +102,7 @@ impl Engine {
             budgets: Budgets::default(),
             // Jitter must not be derivable from the hash key: mix the halves.
             rng: Rng::with_seed(seed.0.rotate_left(32) ^ seed.1 ^ 0x9e37_79b9_7f4a_7c15),
+            text_free: text_free(&Config::default()),
         }
     }
 
@@ -101,6 +110,7 @@ impl Engine {
     /// `max_state_entries`, oldest first; re-indexed for a new bound).
     pub fn configure(&mut self, config: Config) {
         self.state.set_capacity(config.max_state_entries() as usize);
+        self.text_free = text_free(&config);
         self.config = config;
     }
 
@@ -322,7 +332,7 @@ impl Engine {
     /// content or keeps a retry budget (which counts successes). The
     /// `text-free` bit of the wire format.
     pub fn is_text_free(&self) -> bool {
-        !self.config.any_text_check() && !self.config.any_budget()
+        self.text_free
     }
 
     /// Entries held (expired ones not yet swept included).

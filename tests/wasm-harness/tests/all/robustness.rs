@@ -636,3 +636,32 @@ fn test_decide_fuel_stays_small() -> Result<()> {
     println!("first failure: {first} fuel; worst decide after it: {worst} fuel");
     Ok(())
 }
+
+#[test]
+fn test_decide_fuel_does_not_grow_with_overrides() -> Result<()> {
+    // Each decision reports `text-free` (no policy checks text or keeps a
+    // budget): worked out per configuration, not per call over every override.
+    fn worst_decide(config: serde_json::Value) -> Result<u64> {
+        let mut h = fueled(u64::MAX / 2)?;
+        h.configure_ok(&config.to_string())?;
+        h.decide("warm-up", "r", Signals::ERROR)?; // allocates the state index
+        let mut worst = 0;
+        for i in 0..300 {
+            let before = h.store.get_fuel()?;
+            h.decide("server-tool", &format!("req-{}", i / 3), Signals::ERROR)?;
+            worst = worst.max(before - h.store.get_fuel()?);
+        }
+        Ok(worst)
+    }
+    let overrides: serde_json::Map<String, serde_json::Value> = (0..2_000)
+        .map(|i| (format!("tool-{i:05}"), json!({"max_retries": 3})))
+        .collect();
+    let plain = worst_decide(json!({"max_retries": 3}))?;
+    let many = worst_decide(json!({"max_retries": 3, "tool_overrides": overrides}))?;
+    // A binary search over 2 000 names: a dozen comparisons.
+    ensure!(
+        many <= plain + 1_500,
+        "with 2 000 overrides a decide burned {many} fuel, {plain} without"
+    );
+    Ok(())
+}

@@ -413,7 +413,15 @@ impl StateTable {
                 i
             }
             None => {
-                self.slots.0.push(slot);
+                let slots = &mut self.slots.0;
+                if slots.len() == slots.capacity() {
+                    // Double, but never past the bound: at 100 000 entries a plain
+                    // doubling would hold 131 072 slots (1.5 MB unused).
+                    let len = slots.len();
+                    let _ = slots
+                        .try_reserve_exact(len.clamp(1, self.capacity.saturating_sub(len).max(1)));
+                }
+                slots.push(slot);
                 (self.slots.0.len() - 1) as u32
             }
         };

@@ -2,7 +2,8 @@
 //! expire, and under 10^6 unique failing request ids with the default bound.
 //!
 //! Keys look like the gateway's: a `<server>-<tool>` name and a 36-character
-//! request id (a UUID). Linear memory never shrinks (wasm has no
+//! request id (a UUID), each named by a handle as the Python host names the
+//! keys it holds (at most 100 000 of them at a time). Linear memory never shrinks (wasm has no
 //! `memory.shrink`), so "after expiry" shows that a second wave of entries
 //! reuses the freed memory instead of growing it.
 //!
@@ -22,7 +23,8 @@ fn fill(h: &mut Harness, wave: u64, count: u64) -> Result<()> {
         let tool = format!("weather-server-get-forecast-{}", i % 20);
         let rid = format!("{:08x}-{:04x}-4000-8000-{:012x}", wave, i % 0xffff, i);
         let (key, tool_len) = harness::key(&tool, &rid);
-        h.decide_raw(&key, tool_len, err)?;
+        let handle = (i % 100_000 + 1) as u32;
+        h.decide_named(&key, tool_len, err, handle)?;
     }
     Ok(())
 }

@@ -137,6 +137,7 @@ mypy:
 
 bench: wasm ## Benchmarks: hook cost vs native, cold start, guest memory, engine throughput, size.
 	$(PY) bench/bench_hook.py
+	$(PY) bench/bench_breakdown.py
 	$(PY) bench/bench_startup.py
 	cargo run -q --profile bench-host -p retry-engine-wasm-harness --example memory
 	cargo run -q --profile bench-host -p retry-engine-wasm-harness --example throughput

@@ -455,3 +455,25 @@ def test_success_shortcut_is_off_after_too_many_held_keys(monkeypatch: pytest.Mo
     calls = clock.calls
     engine.decide("t", "other", {"isError": False})
     assert clock.calls == calls, "the shortcut should be back once the engine reported idle"
+
+
+def test_a_bound_the_memory_cap_cannot_hold_is_refused_naming_both_keys() -> None:
+    with pytest.raises(ConfigurationError) as info:
+        WasmRetryEngine({"max_state_entries": 1_000_000})
+    (error,) = info.value.errors
+    assert error.path == "max_state_entries"
+    assert "wasm_max_memory_bytes" in error.message
+    assert "146 MiB" in error.message
+    WasmRetryEngine({"max_state_entries": 1_000_000, "wasm_max_memory_bytes": 256 * 1024 * 1024})
+
+
+def test_the_largest_bound_accepted_under_the_default_cap_holds_gateway_sized_keys() -> None:
+    """The estimate behind the check above is not optimistic: fill a table to the largest bound
+    the default 64 MiB cap accepts, with keys as long as the gateway's, without a fault."""
+    entries = 420_000
+    engine = WasmRetryEngine({"max_state_entries": entries})
+    fail = {"isError": True}
+    for i in range(entries):
+        engine.decide("weather-server-get-forecast", f"{i:08x}-0000-4000-8000-{i:012x}", fail)
+    assert engine.fault_count == 0
+    assert engine.state_count() == entries

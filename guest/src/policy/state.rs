@@ -40,8 +40,6 @@ use core::ops::{Index, IndexMut};
 use siphasher::sip::SipHasher13;
 
 const NIL: u32 = u32::MAX;
-/// Slots an emptied table keeps allocated (3 KiB on wasm32); a larger slab is freed.
-const KEEP_SLOTS: usize = 64;
 
 /// A host-chosen name for a key that holds state: 1..=[`MAX_HANDLE`]; 0 (and
 /// anything above the maximum) names nothing.
@@ -196,6 +194,13 @@ impl StateTable {
             self.remove_index(self.head);
         }
         self.capacity = capacity;
+        if self.slots.0.capacity() > 0 {
+            // A larger bound: room for it now, in this (cold) call.
+            let _ = self
+                .slots
+                .0
+                .try_reserve_exact(capacity.saturating_sub(self.slots.0.len()));
+        }
         let count = bucket_count(capacity);
         if self.buckets.is_empty() || count == self.buckets.len() {
             return;
@@ -414,12 +419,11 @@ impl StateTable {
             }
             None => {
                 let slots = &mut self.slots.0;
-                if slots.len() == slots.capacity() {
-                    // Double, but never past the bound: at 100 000 entries a plain
-                    // doubling would hold 131 072 slots (1.5 MB unused).
-                    let len = slots.len();
-                    let _ = slots
-                        .try_reserve_exact(len.clamp(1, self.capacity.saturating_sub(len).max(1)));
+                if slots.capacity() == 0 {
+                    // The slab, like the index, is allocated once for `capacity`
+                    // entries: a growing Vec would copy every slot inside one
+                    // fuel-metered call (262 144 of them cost 12.6 M fuel).
+                    let _ = slots.try_reserve_exact(self.capacity);
                 }
                 slots.push(slot);
                 (self.slots.0.len() - 1) as u32
@@ -524,16 +528,6 @@ impl StateTable {
         }
         self.free.push(i);
         self.len -= 1;
-        // Give the slab back once the table has emptied after a burst (e.g. of
-        // unique request ids that expired), rather than keeping the peak forever.
-        // A small one stays: a table that keeps emptying (one failing request at a
-        // time) would otherwise allocate and free it around every key.
-        if self.len == 0 && self.slots.0.capacity() > KEEP_SLOTS {
-            self.slots = Slots(Vec::new());
-            self.free = Vec::new();
-            self.handle_slot = Vec::new();
-            self.slot_handle = Vec::new();
-        }
     }
 
     fn unlink(&mut self, i: u32) {
@@ -680,7 +674,7 @@ mod tests {
     }
 
     #[test]
-    fn test_state_slots_reused_and_released() {
+    fn test_state_slots_reused_and_kept() {
         let mut t = StateTable::new((9, 9), CAP);
         for round in 0..3u64 {
             for i in 0..100u64 {
@@ -693,14 +687,12 @@ mod tests {
             }
             assert_eq!(t.sweep(round * 10_000 + 2 * TTL, TTL, usize::MAX), 50);
             assert!(t.is_empty());
-            assert_eq!(t.slots.0.capacity(), 0, "a slab past KEEP_SLOTS is freed");
+            assert_eq!(
+                t.slots.0.capacity(),
+                CAP,
+                "the slab is allocated once, for the bound"
+            );
             assert!(t.buckets.iter().all(|&b| b == 0));
-        }
-        // A small slab stays allocated while the table keeps emptying.
-        for i in 0..(3 * KEEP_SLOTS as u64) {
-            t.record_failure("t", &i.to_string(), 0, TTL);
-            t.remove("t", &i.to_string());
-            assert_eq!(t.slots.0.len(), 1, "one slot, reused");
         }
     }
 

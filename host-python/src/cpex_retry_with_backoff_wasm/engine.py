@@ -85,6 +85,15 @@ HELD_KEYS_CAP: Final = 100_000
 _REASON_RETRY: Final = 1
 #: Linear-memory cap of the instance.
 DEFAULT_MAX_MEMORY_BYTES: Final = 64 * 1024 * 1024
+#: Guest memory a configuration needs: a fixed part plus, per `max_state_entries`, the slot,
+#: index and handle tables (~70 bytes, allocated for the bound on the first failure) and a
+#: gateway-sized key (tool name + UUID request id).  The memory bench measures ~135 bytes an
+#: entry at 100 000 entries (`cargo run ... --example memory`).
+GUEST_BASE_BYTES: Final = 2 * 1024 * 1024
+GUEST_BYTES_PER_ENTRY: Final = 150
+KEY_MAX_STATE_ENTRIES: Final = "max_state_entries"
+#: The engine's range for `max_state_entries` (it reports values outside it itself).
+MAX_STATE_ENTRIES: Final = 1_000_000
 BUNDLED_WASM: Final = "retry_engine.wasm"
 
 Clock = Callable[[], int]
@@ -102,6 +111,31 @@ def _positive_int(config: Mapping[str, Any], key: str, default: int, errors: lis
         errors.append(ConfigError(key, f"must be a positive integer, got {value!r}"))
         return default
     return value
+
+
+def _host_limits(config: Mapping[str, Any], errors: list[ConfigError]) -> tuple[int, int]:
+    """``wasm_fuel`` and ``wasm_max_memory_bytes``, checked; problems go to ``errors``.
+
+    A ``max_state_entries`` whose tables cannot fit the memory cap is refused now, rather
+    than failing every call once the table has grown.
+    """
+    fuel = _positive_int(config, KEY_FUEL, DEFAULT_FUEL, errors)
+    max_memory = _positive_int(config, KEY_MAX_MEMORY, DEFAULT_MAX_MEMORY_BYTES, errors)
+    entries = config.get(KEY_MAX_STATE_ENTRIES)
+    if type(entries) is not int or not 0 < entries <= MAX_STATE_ENTRIES:
+        return fuel, max_memory  # absent (the default fits), or invalid: the engine says why
+    need = GUEST_BASE_BYTES + entries * GUEST_BYTES_PER_ENTRY
+    if need > max_memory:
+        mib = 1024 * 1024
+        errors.append(
+            ConfigError(
+                KEY_MAX_STATE_ENTRIES,
+                f"{entries} entries need about {-(-need // mib)} MiB of guest memory "
+                f"(~{GUEST_BYTES_PER_ENTRY} bytes each), more than {KEY_MAX_MEMORY} allows "
+                f"({max_memory // mib} MiB): lower {KEY_MAX_STATE_ENTRIES} or raise {KEY_MAX_MEMORY}",
+            )
+        )
+    return fuel, max_memory
 
 
 def _utf8_safe(text: str) -> str:
@@ -182,8 +216,7 @@ class WasmRetryEngine:
         self._wall_clock: Callable[[], float] = wall_clock or time.time
         # Host keys are checked first; their problems are reported together with the engine's.
         self._host_errors: list[ConfigError] = []
-        self._fuel = _positive_int(raw, KEY_FUEL, DEFAULT_FUEL, self._host_errors)
-        self._max_memory = _positive_int(raw, KEY_MAX_MEMORY, DEFAULT_MAX_MEMORY_BYTES, self._host_errors)
+        self._fuel, self._max_memory = _host_limits(raw, self._host_errors)
         wasm_path = raw.get(KEY_WASM_PATH)
         if wasm_path is None:
             path = bundled_wasm_path()

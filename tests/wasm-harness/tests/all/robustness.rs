@@ -665,3 +665,23 @@ fn test_decide_fuel_does_not_grow_with_overrides() -> Result<()> {
     );
     Ok(())
 }
+
+#[test]
+fn test_table_growth_fits_the_per_call_fuel() -> Result<()> {
+    // Every call the host makes carries the same budget (10 M fuel by default),
+    // so no single decision may pay for the table's growth: the slab and index
+    // are allocated once, on the first entry. (A slab that doubled copied every
+    // slot in one call: 12.6 M fuel on reaching 262 144 entries.)
+    const PER_CALL: u64 = 10_000_000;
+    let mut h = fueled(PER_CALL)?;
+    h.configure_ok(&json!({"max_state_entries": 300_000}).to_string())?;
+    let mut worst = 0;
+    for i in 0..270_000u32 {
+        h.store.set_fuel(PER_CALL)?;
+        h.decide("t", &format!("{i:08x}"), Signals::ERROR)?;
+        worst = worst.max(PER_CALL - h.store.get_fuel()?);
+    }
+    ensure!(h.state_count()? == 270_000);
+    println!("worst decide while the table grew to 270 000 entries: {worst} fuel");
+    Ok(())
+}

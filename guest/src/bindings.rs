@@ -90,6 +90,12 @@ impl api::Guest for Component {
     }
 
     fn decide_held(handle: u32, signals: u64) -> u64 {
+        #[cfg(feature = "fault-injection")]
+        with_engine(|e| {
+            if let Some((_, tool, _)) = e.state().key_of(handle) {
+                inject_held_fault(tool);
+            }
+        });
         let hints = wire::unpack_hints(signals);
         let signals = wire::unpack_signals(signals);
         let now = now_ms();
@@ -182,6 +188,17 @@ fn decision_bits(e: &Engine, outcome: Outcome) -> u64 {
             bits
         }
         Outcome::NeedText => wire::NEED_TEXT,
+    }
+}
+
+/// A runaway guest in `decide-held` only: a key of this tool gets its first
+/// failure decided normally, then spins once the host asks by handle.
+#[cfg(feature = "fault-injection")]
+fn inject_held_fault(tool: &str) {
+    if tool == "__fault_spin_held__" {
+        loop {
+            core::hint::black_box(());
+        }
     }
 }
 

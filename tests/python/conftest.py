@@ -158,3 +158,14 @@ async def manager_factory(tmp_path: Path) -> AsyncIterator[Any]:
     for manager in managers:
         await manager.shutdown()
     PluginManager.reset()
+
+
+#: The fault-injection build (``make wasm-faulty``): magic tool names trap, spin or leak.
+FAULTY_WASM = REPO / "target" / "wasm" / "retry_engine_faulty.wasm"
+
+
+@pytest.fixture(scope="session")
+def faulty_wasm() -> Path:
+    if not FAULTY_WASM.is_file():
+        pytest.fail(f"{FAULTY_WASM} is missing: run `make wasm-faulty`", pytrace=False)
+    return FAULTY_WASM

@@ -10,7 +10,7 @@ from wasmtime import WasmtimeError
 
 from cpex_retry_with_backoff_wasm import fastcall
 from cpex_retry_with_backoff_wasm.engine import WasmRetryEngine
-from cpex_retry_with_backoff_wasm.fastcall import lean_decide, lean_decide_held
+from cpex_retry_with_backoff_wasm.fastcall import HeldFuel, lean_decide, lean_decide_held
 from cpex_retry_with_backoff_wasm.signals import UNKNOWN_HANDLE, pack_signals
 
 
@@ -79,8 +79,8 @@ def test_decide_held_of_an_unknown_handle_changes_nothing() -> None:
 def test_lean_call_raises_on_a_trap() -> None:
     engine = WasmRetryEngine({})
     assert engine._store is not None
-    starved = lean_decide(engine._funcs["decide"], engine._store, 1)
-    starved_held = lean_decide_held(engine._funcs["decide-held"], engine._store, 1)
+    starved = lean_decide(engine._funcs["decide"], engine._store, 1, HeldFuel(1))
+    starved_held = lean_decide_held(engine._funcs["decide-held"], engine._store, 1, HeldFuel(1))
     assert starved is not None
     assert starved_held is not None
     with pytest.raises(WasmtimeError):
@@ -93,6 +93,6 @@ def test_lean_build_refuses_another_signature() -> None:
     engine = WasmRetryEngine({})
     assert engine._store is not None
     with pytest.raises(TypeError, match=r"is not \(string, u32, u64, u32\) -> u64"):
-        lean_decide(engine._funcs["state-count"], engine._store, 1000)
+        lean_decide(engine._funcs["state-count"], engine._store, 1000, HeldFuel(1000))
     with pytest.raises(TypeError, match=r"is not \(u32, u64\) -> u64"):
-        lean_decide_held(engine._funcs["decide"], engine._store, 1000)
+        lean_decide_held(engine._funcs["decide"], engine._store, 1000, HeldFuel(1000))

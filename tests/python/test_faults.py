@@ -31,9 +31,8 @@ from cpex.framework import GlobalContext, ToolPostInvokePayload
 from cpex_retry_with_backoff_wasm import RetryEngineLoadError, WasmRetryEngine
 from cpex_retry_with_backoff_wasm.loader import EXPORTED_FUNCS
 
-from .conftest import PLUGIN_NAME, REPO, err, ok
+from .conftest import PLUGIN_NAME, err, ok
 
-FAULTY_WASM = REPO / "target" / "wasm" / "retry_engine_faulty.wasm"
 ENGINE_LOGGER = "cpex_retry_with_backoff_wasm.engine"
 NO_JITTER: dict[str, Any] = {"jitter": False}
 
@@ -43,13 +42,6 @@ FAULTS = {
     "__fault_spin__": "all fuel consumed by WebAssembly",
     "__fault_oom__": "wasm `unreachable` instruction executed",  # failed allocation aborts
 }
-
-
-@pytest.fixture(scope="session")
-def faulty_wasm() -> Path:
-    if not FAULTY_WASM.is_file():
-        pytest.fail(f"{FAULTY_WASM} is missing: run `make wasm-faulty`", pytrace=False)
-    return FAULTY_WASM
 
 
 async def post(manager: Any, tool: str, rid: str, result: Any) -> Any:

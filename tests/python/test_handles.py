@@ -4,9 +4,15 @@ wrong key, and must not grow without bound."""
 
 from __future__ import annotations
 
+import itertools
+import logging
+from pathlib import Path
 from typing import Any
 
+import pytest
+
 from cpex_retry_with_backoff_wasm import WasmRetryEngine
+from cpex_retry_with_backoff_wasm.fastcall import HELD_CALL_FUEL_BOUND
 from cpex_retry_with_backoff_wasm.signals import DELAY_MASK
 
 from .conftest import VirtualClock, err, ok
@@ -112,3 +118,40 @@ def test_text_checks_with_a_held_key() -> None:
     assert delays(engine, "t", "r", [err(), text_error, text_error]) == [200, 400, 0]
     assert delays(engine, "t", "r", [text_error, ok(), err()]) == [200, 0, 200]
     assert_handles_accounted(engine)
+
+
+def test_decide_held_refuels_every_few_calls_and_after_any_other_call() -> None:
+    """Each decide-held starts with at least HELD_CALL_FUEL_BOUND and at most the per-call
+    budget: the store's fuel falls call by call, and is topped up every `refills + 1` calls
+    and after any call that set its own fuel."""
+    engine = WasmRetryEngine({**NO_JITTER, "max_retries": 10})
+    store = engine._live_store()
+    budget = engine.fuel_per_call
+    assert engine._held_fuel.refills == budget // HELD_CALL_FUEL_BOUND - 1 > 0
+    engine.decide("t", "r", err())  # by key: sets its own fuel
+    remaining = []
+    for _ in range(engine._held_fuel.refills + 2):
+        engine.decide("t", "r", err())  # by handle
+        remaining.append(store.get_fuel())
+    assert all(budget - HELD_CALL_FUEL_BOUND < left < budget for left in remaining)
+    # Falling while the pool lasts, topped up on the call after it ran out.
+    falls = [a > b for a, b in itertools.pairwise(remaining)]
+    assert falls == [True] * engine._held_fuel.refills + [False]
+    # Another call into the store (a cold one, with its own fuel) makes the next refuel.
+    engine.state_count()
+    engine.decide("t", "r", err())
+    assert store.get_fuel() > remaining[-1]
+
+
+def test_a_runaway_decide_held_is_stopped_answered_and_rebuilt(
+    faulty_wasm: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    engine = WasmRetryEngine({**NO_JITTER, "wasm_path": str(faulty_wasm)})
+    assert delays(engine, "__fault_spin_held__", "r", [err()]) == [200]
+    with caplog.at_level(logging.ERROR, logger="cpex_retry_with_backoff_wasm.engine"):
+        assert delays(engine, "__fault_spin_held__", "r", [err()]) == [0]
+    (record,) = [r.getMessage() for r in caplog.records if "failed" in r.getMessage()]
+    assert "decide-held failed" in record
+    assert "all fuel consumed" in record
+    assert engine.fault_count == 1
+    assert delays(engine, "t", "r", [err(), err()]) == [200, 400]

@@ -370,6 +370,10 @@ impl StateTable {
         // The handle moves here from whatever slot it named before.
         self.release(handle);
         set(&mut self.handle_slot, handle, i + 1);
+        if self.slot_handle.is_empty() {
+            // The first handle: the map covers the slab from now on (see insert_new).
+            self.slot_handle.resize(self.slots.0.len(), NO_HANDLE);
+        }
         set(&mut self.slot_handle, i, handle);
     }
 
@@ -426,6 +430,11 @@ impl StateTable {
                     let _ = slots.try_reserve_exact(self.capacity);
                 }
                 slots.push(slot);
+                if !self.slot_handle.is_empty() {
+                    // In step with the slab once handles are in use, so that naming a
+                    // new slot never has to fill a gap (a decide-held stays O(1)).
+                    self.slot_handle.push(NO_HANDLE);
+                }
                 (self.slots.0.len() - 1) as u32
             }
         };

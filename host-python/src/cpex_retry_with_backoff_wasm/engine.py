@@ -28,7 +28,14 @@ from wasmtime.component import Func, Linker
 
 from . import ceiling as _ceiling
 from . import fastcall
-from .fastcall import KEY_FUEL_PER_BYTE, LeanDecide, LeanDecideHeld, lean_decide, lean_decide_held
+from .fastcall import (
+    KEY_FUEL_PER_BYTE,
+    HeldFuel,
+    LeanDecide,
+    LeanDecideHeld,
+    lean_decide,
+    lean_decide_held,
+)
 from .loader import (
     CLOCK_INTERFACE_PREFIX,
     SEED_INTERFACE_PREFIX,
@@ -202,6 +209,8 @@ class WasmRetryEngine:
     # Set by `_forget_held`: whether `_held` lists every key with state, and the next handle.
     _held_complete: bool
     _next_handle: int
+    # Set with the lean callers (`_lean_callers`): when `decide-held` refuels.
+    _held_fuel: HeldFuel
 
     def __init__(
         self,
@@ -352,7 +361,15 @@ class WasmRetryEngine:
         loaded = load_component(path, pin)
         linker = self._make_linker(loaded)
         with self._lock:
-            previous = (self._path, self._loaded, self._linker, self._store, self._funcs, self._lean)
+            previous = (
+                self._path,
+                self._loaded,
+                self._linker,
+                self._store,
+                self._funcs,
+                self._lean,
+                self._held_fuel,
+            )
             was_broken = self._broken
             state = ""
             if not was_broken and self._store is not None:
@@ -374,7 +391,15 @@ class WasmRetryEngine:
                     moved = imported
                 global_policy = self._global_policy_locked()
             except Exception as exc:
-                self._path, self._loaded, self._linker, self._store, self._funcs, self._lean = previous
+                (
+                    self._path,
+                    self._loaded,
+                    self._linker,
+                    self._store,
+                    self._funcs,
+                    self._lean,
+                    self._held_fuel,
+                ) = previous
                 self._broken = was_broken
                 self._idle = False
                 self._text_free = False
@@ -486,19 +511,27 @@ class WasmRetryEngine:
         self._text_free = False
         self._broken = False
 
-    @staticmethod
     def _lean_callers(
-        funcs: dict[str, Func], store: Store, fuel: int
+        self, funcs: dict[str, Func], store: Store, fuel: int
     ) -> tuple[LeanDecide, LeanDecideHeld] | None:
-        decide = lean_decide(funcs["decide"], store, fuel)
-        held = lean_decide_held(funcs["decide-held"], store, fuel)
+        self._held_fuel = held_fuel = HeldFuel(fuel)
+        decide = lean_decide(funcs["decide"], store, fuel, held_fuel)
+        held = lean_decide_held(funcs["decide-held"], store, fuel, held_fuel)
         return None if decide is None or held is None else (decide, held)
+
+    def _set_fuel(self, store: Store, fuel: int) -> None:
+        """Set the fuel of the next call into ``store`` (lock held); every call other than a
+        lean one sets it through here, so that ``decide-held`` refuels after it."""
+        store.set_fuel(fuel)
+        self._held_fuel.invalidate()
 
     def _configure_locked(self, config_json: str) -> tuple[ConfigError, ...]:
         self._idle = False
         self._text_free = False
         store = self._live_store()
-        store.set_fuel(self._fuel + CONFIGURE_FUEL_PER_BYTE * len(config_json.encode("utf-8", "replace")))
+        self._set_fuel(
+            store, self._fuel + CONFIGURE_FUEL_PER_BYTE * len(config_json.encode("utf-8", "replace"))
+        )
         errors = self._funcs["configure"](store, config_json)
         if errors is None:
             return ()
@@ -519,7 +552,7 @@ class WasmRetryEngine:
         return store
 
     def _store_fuel(self) -> None:
-        self._live_store().set_fuel(self._fuel * COLD_FUEL_FACTOR)
+        self._set_fuel(self._live_store(), self._fuel * COLD_FUEL_FACTOR)
 
     # ------------------------------------------------------------------ faults
     def _fault(self, what: str, exc: BaseException) -> None:
@@ -686,7 +719,7 @@ class WasmRetryEngine:
             handle = old or 0
             store = self._store
             assert store is not None
-            store.set_fuel(self._call_fuel(tool, request_id, texts))
+            self._set_fuel(store, self._call_fuel(tool, request_id, texts))
             try:
                 try:
                     if texts is None:
@@ -702,7 +735,7 @@ class WasmRetryEngine:
                     # guest runs).  The key parts get a deterministic stand-in; texts that
                     # cannot be encoded are skipped, as the native plugin skips them.
                     safe_tool, safe_request_id = _utf8_safe(tool), _utf8_safe(request_id)
-                    store.set_fuel(self._call_fuel(safe_tool, safe_request_id, texts))
+                    self._set_fuel(store, self._call_fuel(safe_tool, safe_request_id, texts))
                     if texts is None:
                         decision = self._funcs["decide"](
                             store, safe_tool + safe_request_id, len(safe_tool), signals, handle

@@ -135,7 +135,34 @@ def _raise_call_error(err: Any) -> None:
     raise error
 
 
-def lean_decide(func: Func, store: Store, fuel: int) -> LeanDecide | None:
+#: A bound on the fuel one ``decide-held`` can take (~20x the worst a harness test measures,
+#: ``robustness::test_decide_held_fuel_is_bounded``): its key is at most 256 bytes and already
+#: in the state tables, which are allocated once, so nothing in it grows with the table.
+HELD_CALL_FUEL_BOUND = 1_000_000
+
+
+class HeldFuel:
+    """When the ``decide-held`` caller refuels.
+
+    Setting fuel is a C call of its own (~0.16 µs, a tenth of a decision), so ``decide-held``
+    refuels to the full per-call budget only every ``refills + 1`` calls: each call still
+    starts with at least ``HELD_CALL_FUEL_BOUND`` (no legitimate call can run out) and never
+    with more than the per-call budget (a runaway guest is stopped as soon as before).  Any
+    other call into the store sets its own fuel and leaves an unknown remainder, so whoever
+    makes one calls ``invalidate`` and the next ``decide-held`` refuels.
+    """
+
+    __slots__ = ("left", "refills")
+
+    def __init__(self, fuel: int) -> None:
+        self.refills = max(0, fuel // HELD_CALL_FUEL_BOUND - 1)
+        self.left = 0
+
+    def invalidate(self) -> None:
+        self.left = 0
+
+
+def lean_decide(func: Func, store: Store, fuel: int, held_fuel: HeldFuel) -> LeanDecide | None:
     """A lean caller of ``func`` (``decide``) in ``store``, refuelled before every call.
 
     The caller takes the UTF-8 key, the tool name's length, the signals and the handle, and
@@ -159,6 +186,7 @@ def lean_decide(func: Func, store: Store, fuel: int) -> LeanDecide | None:
         # The budget grows with the key (hashing and copying it), so a long key is bounded
         # by its size instead of failing at a fixed budget.
         err = set_fuel(c_ctx, fuel + KEY_FUEL_PER_BYTE * size)
+        held_fuel.left = 0
         if err:
             raise _error(err)
         # `pinned` keeps the key's bytes where they are until the call returns.
@@ -178,11 +206,10 @@ def lean_decide(func: Func, store: Store, fuel: int) -> LeanDecide | None:
     return call
 
 
-def lean_decide_held(func: Func, store: Store, fuel: int) -> LeanDecideHeld | None:
-    """A lean caller of ``func`` (``decide-held``) in ``store``, refuelled to ``fuel`` before
-    every call (the key it decides on is at most 256 bytes, within any budget that fits
-    ``decide``).  None when the lean path is unavailable here; ``TypeError`` when ``func`` is
-    not ``(u32, u64) -> u64``.
+def lean_decide_held(func: Func, store: Store, fuel: int, held_fuel: HeldFuel) -> LeanDecideHeld | None:
+    """A lean caller of ``func`` (``decide-held``) in ``store``, refuelled to ``fuel`` as
+    ``held_fuel`` says.  None when the lean path is unavailable here; ``TypeError`` when
+    ``func`` is not ``(u32, u64) -> u64``.
     """
     if UNAVAILABLE is not None:
         return None
@@ -193,9 +220,13 @@ def lean_decide_held(func: Func, store: Store, fuel: int) -> LeanDecideHeld | No
     set_fuel, func_call = _set_fuel, _func_call
 
     def call(handle: int, signals: int) -> int:
-        err = set_fuel(c_ctx, fuel)
-        if err:
-            raise _error(err)
+        if held_fuel.left:
+            held_fuel.left -= 1
+        else:
+            err = set_fuel(c_ctx, fuel)
+            if err:
+                raise _error(err)
+            held_fuel.left = held_fuel.refills
         handle_arg.u32 = handle
         signals_arg.u64 = signals
         err = func_call(c_func, c_ctx, params, 2, out, 1)
@@ -209,8 +240,10 @@ def lean_decide_held(func: Func, store: Store, fuel: int) -> LeanDecideHeld | No
 
 
 __all__ = [
+    "HELD_CALL_FUEL_BOUND",
     "KEY_FUEL_PER_BYTE",
     "UNAVAILABLE",
+    "HeldFuel",
     "LeanDecide",
     "LeanDecideHeld",
     "lean_decide",

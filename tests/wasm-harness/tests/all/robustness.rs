@@ -685,3 +685,49 @@ fn test_table_growth_fits_the_per_call_fuel() -> Result<()> {
     println!("worst decide while the table grew to 270 000 entries: {worst} fuel");
     Ok(())
 }
+
+#[test]
+fn test_decide_held_fuel_is_bounded() -> Result<()> {
+    // The host refuels `decide-held` only every few calls, each starting with
+    // at least `HELD_CALL_FUEL_BOUND` (1 000 000, host-python/.../fastcall.py).
+    // This walk makes held decisions as dear as it can: 256-byte keys, 500
+    // overrides with long names to search, entries expiring (swept, then the
+    // key inserted again) and the entry cap evicting, and stays 20x under it.
+    const HELD_CALL_FUEL_BOUND: u64 = 1_000_000;
+    let mut h = fueled(u64::MAX / 2)?;
+    let overrides: serde_json::Map<String, serde_json::Value> = (0..500)
+        .map(|i| {
+            (
+                format!("{}{i:04}", "o".repeat(200)),
+                json!({"max_retries": 9}),
+            )
+        })
+        .collect();
+    h.configure_ok(
+        &json!({"max_retries": 9, "state_ttl_ms": 50, "max_state_entries": 64,
+                "tool_overrides": overrides})
+        .to_string(),
+    )?;
+    let tool = "t".repeat(128);
+    let mut rng = fastrand::Rng::with_seed(7);
+    let mut worst = 0;
+    for i in 0..4_000u32 {
+        let k = rng.u32(..100);
+        let rid = format!("{k:0>128}");
+        let (key, tool_len) = harness::key(&tool, &rid);
+        h.decide_named(&key, tool_len, Signals::ERROR.pack(), k + 1)?;
+        if i % 7 == 0 {
+            h.clock.advance_ms(rng.u64(..60));
+        }
+        let before = h.store.get_fuel()?;
+        h.decide_held_raw(k + 1, Signals::ERROR.pack())?;
+        worst = worst.max(before - h.store.get_fuel()?);
+    }
+    ensure!(
+        worst * 20 <= HELD_CALL_FUEL_BOUND,
+        "a decide-held burned {worst} fuel: the host's bound assumes at most {}",
+        HELD_CALL_FUEL_BOUND / 20
+    );
+    println!("worst decide-held: {worst} fuel");
+    Ok(())
+}

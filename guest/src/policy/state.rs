@@ -200,6 +200,11 @@ impl StateTable {
                 .slots
                 .0
                 .try_reserve_exact(capacity.saturating_sub(self.slots.0.len()));
+            if !self.slot_handle.is_empty() {
+                let _ = self
+                    .slot_handle
+                    .try_reserve_exact(capacity.saturating_sub(self.slot_handle.len()));
+            }
         }
         let count = bucket_count(capacity);
         if self.buckets.is_empty() || count == self.buckets.len() {
@@ -371,8 +376,12 @@ impl StateTable {
         self.release(handle);
         set(&mut self.handle_slot, handle, i + 1);
         if self.slot_handle.is_empty() {
-            // The first handle: the map covers the slab from now on (see insert_new).
+            // The first handle: the map covers the slab from now on (see insert_new),
+            // with room for the bound, so that no later call reallocates it.
             self.slot_handle.resize(self.slots.0.len(), NO_HANDLE);
+            let _ = self
+                .slot_handle
+                .try_reserve_exact(self.capacity.saturating_sub(self.slots.0.len()));
         }
         set(&mut self.slot_handle, i, handle);
     }

@@ -361,15 +361,7 @@ class WasmRetryEngine:
         loaded = load_component(path, pin)
         linker = self._make_linker(loaded)
         with self._lock:
-            previous = (
-                self._path,
-                self._loaded,
-                self._linker,
-                self._store,
-                self._funcs,
-                self._lean,
-                self._held_fuel,
-            )
+            previous = self._instance_parts()
             was_broken = self._broken
             state = ""
             if not was_broken and self._store is not None:
@@ -391,15 +383,7 @@ class WasmRetryEngine:
                     moved = imported
                 global_policy = self._global_policy_locked()
             except Exception as exc:
-                (
-                    self._path,
-                    self._loaded,
-                    self._linker,
-                    self._store,
-                    self._funcs,
-                    self._lean,
-                    self._held_fuel,
-                ) = previous
+                self._restore_instance_parts(previous)
                 self._broken = was_broken
                 self._idle = False
                 self._text_free = False
@@ -510,6 +494,29 @@ class WasmRetryEngine:
         self._idle = False
         self._text_free = False
         self._broken = False
+
+    def _instance_parts(self) -> tuple[Any, ...]:
+        """What a reload replaces, to be put back if the new instance is refused."""
+        return (
+            self._path,
+            self._loaded,
+            self._linker,
+            self._store,
+            self._funcs,
+            self._lean,
+            self._held_fuel,
+        )
+
+    def _restore_instance_parts(self, parts: tuple[Any, ...]) -> None:
+        (
+            self._path,
+            self._loaded,
+            self._linker,
+            self._store,
+            self._funcs,
+            self._lean,
+            self._held_fuel,
+        ) = parts
 
     def _lean_callers(
         self, funcs: dict[str, Func], store: Store, fuel: int

@@ -46,10 +46,12 @@ const NIL: u32 = u32::MAX;
 pub type Handle = u32;
 /// No handle.
 pub const NO_HANDLE: Handle = 0;
-/// The largest handle a table accepts (bounds the handle map at 4 MiB).
-pub const MAX_HANDLE: Handle = 1 << 20;
+/// The largest handle a table accepts. It bounds the handle map at 512 KiB and
+/// the one call that first reaches it within any sensible fuel budget (filling
+/// the map up to it: ~1.8 M fuel); the Python host names at most 100 001 keys.
+pub const MAX_HANDLE: Handle = 1 << 17;
 /// Keys longer than this (tool name and request id, in bytes) are never given
-/// a handle: `decide-held` copies the key onto the stack.
+/// a handle: `decide-held` copies its key out of the table, so this bounds it.
 pub const MAX_HANDLE_KEY_BYTES: usize = 256;
 
 /// One live entry, as seen from outside.

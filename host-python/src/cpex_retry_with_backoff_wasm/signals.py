@@ -57,7 +57,7 @@ REASON_SHIFT: Final = 48
 UNKNOWN_HANDLE: Final = 1 << 60
 #: Handles (WIT ``decide``'s ``handle``) run 1..HANDLE_MAX and name keys of at most
 #: HANDLE_KEY_MAX_BYTES bytes of UTF-8.
-HANDLE_MAX: Final = 1 << 20
+HANDLE_MAX: Final = 1 << 17
 HANDLE_KEY_MAX_BYTES: Final = 256
 #: bit 61: no policy checks text content: a result whose signals are 0 is a success for every
 #: tool, and changes nothing for a key that holds no retry state.

@@ -22,7 +22,7 @@ fn fail_named(h: &mut Harness, tool: &str, rid: &str, handle: u32) -> Result<Dec
 #[test]
 fn test_unknown_handle_is_bit_60_alone_and_changes_nothing() -> Result<()> {
     let mut h = no_jitter(json!({}))?;
-    for handle in [0, 1, 7, 1 << 20, (1 << 20) + 1, u32::MAX] {
+    for handle in [0, 1, 7, 1 << 17, (1 << 17) + 1, u32::MAX] {
         ensure!(h.decide_held_raw(handle, FAIL.pack())? == UNKNOWN_HANDLE);
     }
     ensure!(h.state_count()? == 0);
@@ -148,5 +148,29 @@ fn test_deciding_by_handle_equals_deciding_by_key() -> Result<()> {
         by_handle_calls > 2_000,
         "only {by_handle_calls} calls went by handle"
     );
+    Ok(())
+}
+
+#[test]
+fn test_the_largest_handle_fits_a_calls_fuel_even_first() -> Result<()> {
+    // Naming a key with the largest valid handle fills the handle map up to it:
+    // the dearest naming there is, and it fits the host's default 10 M budget.
+    let mut config = wasmtime::Config::new();
+    config.consume_fuel(true);
+    let (engine, component) = harness::compile(&config)?;
+    let mut h = Harness::instantiate(&engine, &component, harness::DEFAULT_SEED, |store| {
+        store.set_fuel(u64::MAX / 2)?;
+        Ok(())
+    })?;
+    fail_named(&mut h, "t", "first", 0)?; // allocates the state tables
+    let before = h.store.get_fuel()?;
+    fail_named(&mut h, "t", "named", 1 << 17)?;
+    let used = before - h.store.get_fuel()?;
+    ensure!(
+        used < 10_000_000,
+        "naming with handle 2^17 took {used} fuel"
+    );
+    ensure!(h.decide_held_raw(1 << 17, FAIL.pack())? != UNKNOWN_HANDLE);
+    ensure!(h.decide_held_raw((1 << 17) + 1, FAIL.pack())? == UNKNOWN_HANDLE);
     Ok(())
 }

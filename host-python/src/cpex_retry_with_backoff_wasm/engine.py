@@ -495,28 +495,15 @@ class WasmRetryEngine:
         self._text_free = False
         self._broken = False
 
+    #: What a reload replaces, to be put back if the new instance is refused.
+    _INSTANCE_PARTS: Final = ("_path", "_loaded", "_linker", "_store", "_funcs", "_lean", "_held_fuel")
+
     def _instance_parts(self) -> tuple[Any, ...]:
-        """What a reload replaces, to be put back if the new instance is refused."""
-        return (
-            self._path,
-            self._loaded,
-            self._linker,
-            self._store,
-            self._funcs,
-            self._lean,
-            self._held_fuel,
-        )
+        return tuple(getattr(self, name) for name in self._INSTANCE_PARTS)
 
     def _restore_instance_parts(self, parts: tuple[Any, ...]) -> None:
-        (
-            self._path,
-            self._loaded,
-            self._linker,
-            self._store,
-            self._funcs,
-            self._lean,
-            self._held_fuel,
-        ) = parts
+        for name, value in zip(self._INSTANCE_PARTS, parts, strict=True):
+            setattr(self, name, value)
 
     def _lean_callers(
         self, funcs: dict[str, Func], store: Store, fuel: int

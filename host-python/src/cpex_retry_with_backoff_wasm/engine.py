@@ -187,8 +187,9 @@ class WasmRetryEngine:
 
     Args:
         config: the plugin's ``config:`` mapping.  Host-only keys: ``wasm_path`` (component
-            to load instead of the bundled one), ``wasm_fuel`` (fuel per call, default
-            10 000 000; ``configure`` gets 1 000 more per byte of config),
+            to load instead of the bundled one), ``wasm_fuel`` (the most fuel one call
+            may burn, default 10 000 000; ``configure`` gets 1 000 more per byte of config;
+            ``fastcall.HeldFuel`` says how ``decide-held`` calls share refills),
             ``wasm_max_memory_bytes`` (linear-memory cap, default 64 MiB).
             Everything is passed to the engine's ``configure`` as JSON.
         max_retries_ceiling: the gateway's retry ceiling; budgets above it are clamped.

@@ -72,8 +72,8 @@ KEY_WASM_PATH: Final = "wasm_path"
 KEY_WASM_SHA256: Final = "wasm_sha256"
 KEY_FUEL: Final = "wasm_fuel"
 KEY_MAX_MEMORY: Final = "wasm_max_memory_bytes"
-#: Fuel granted to every call into the instance (one unit ~ one Wasm instruction).  A decision
-#: takes a few thousand; the budget only stops a runaway guest.
+#: The most fuel one call into the instance may burn (one unit ~ one Wasm instruction).  A
+#: decision takes a few thousand; the budget only stops a runaway guest.
 DEFAULT_FUEL: Final = 10_000_000
 #: ``configure`` parses and validates the whole config: it gets this much more fuel per byte
 #: of config JSON on top of the per-call budget (measured: ~230 per byte on large configs).
@@ -835,7 +835,7 @@ class WasmRetryEngine:
 
     @property
     def fuel_per_call(self) -> int:
-        """Fuel granted to each call into the instance."""
+        """The most fuel one call into the instance may burn (``wasm_fuel``)."""
         return self._fuel
 
     @fuel_per_call.setter

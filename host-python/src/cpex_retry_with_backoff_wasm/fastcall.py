@@ -21,7 +21,7 @@ Why each choice (each measured on this project's machines, per call):
   call reaches them as locals rather than attributes.
 * cffi releases the GIL around each C call, so other Python threads run while the guest
   decides; the Store itself is behind the adapter's lock.  A runaway guest is bounded by
-  the per-call fuel, set before every call.
+  fuel: ``decide`` refuels before every call, ``decide-held`` as ``HeldFuel`` says.
 
 The struct layout is declared here and checked against wasmtime-py's own ctypes declaration
 of ``wasmtime_component_val_t`` when this module is imported; ``lean_decide`` returns

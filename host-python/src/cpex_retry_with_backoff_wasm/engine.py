@@ -599,17 +599,22 @@ class WasmRetryEngine:
         if type(request_id) is not str:
             request_id = _require_str(request_id, "global_context.request_id")
         signals = read_signals(result)
-        key = (tool, request_id)
+        # A result with no failure signal, and the engine said no policy checks text, is a
+        # success; for a key that holds no retry state it would change nothing (WIT `idle` and
+        # `text-free` bits), so it is answered here.  ``_held`` is a superset of the keys with
+        # state.  The idle test comes first: it needs no key.
         if signals:
             if self._read_hints:
                 # Facts for safe classification and delay hints; only a result with a failure
                 # signal can need them.
                 signals |= read_hints(result, self._wall_clock)
-        elif self._idle or (self._text_free and self._held_complete and key not in self._held):
-            # A result with no failure signal, and the engine said no policy checks text: it is
-            # a success, and for a key that holds no retry state it would change nothing (WIT
-            # `text-free` and `idle` bits).  ``_held`` is a superset of the keys with state.
+            key = (tool, request_id)
+        elif self._idle:
             return 0
+        else:
+            key = (tool, request_id)
+            if self._text_free and self._held_complete and key not in self._held:
+                return 0
         # Hot path: one lean call (fastcall) under the store's lock.  Written out in one
         # function, bookkeeping included: every call and tuple here costs on each tool result.
         with self._lock:

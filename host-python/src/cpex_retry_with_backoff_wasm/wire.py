@@ -1,0 +1,65 @@
+"""The wire protocol of ``retry-engine``: the packed ``signals`` and ``decision`` u64s, the flags
+and the bounds, under the names the guest's ``guest/src/wire.rs`` uses.
+
+The layout is described once, in ``wit/retry-engine.wit`` (``decide``); ``wit/wire.json`` lists
+every value here, and a test on each side (``tests/python/test_wire.py`` and the guest's
+``wire`` tests) fails when its language disagrees with that file.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+# --- signals (host -> engine) -------------------------------------------------------------
+#: bit 0: ``result["isError"]`` is the bool True.
+SIG_IS_ERROR: Final = 1 << 0
+#: bit 1: ``result["structuredContent"]`` exists and is not None.
+SIG_STRUCTURED: Final = 1 << 1
+#: bit 2: ``structuredContent["isError"]`` is the bool True.
+SIG_STRUCTURED_IS_ERROR: Final = 1 << 2
+#: bit 3: ``structuredContent["status_code"]`` is an int that fits an s32 (bits 32..63).
+SIG_STATUS: Final = 1 << 3
+#: bit 4: an MCP input-validation error (``safe_classification``).
+SIG_VALIDATION_ERROR: Final = 1 << 4
+#: bit 5: ``result["resultType"] == "input_required"``.
+SIG_INPUT_REQUIRED: Final = 1 << 5
+#: bit 6: an explicit ``retryable: False``.
+SIG_NOT_RETRYABLE: Final = 1 << 6
+#: bit 7: a server delay hint (``honor_retry_after``) is in bits 8..31, in ms from now.
+SIG_RETRY_AFTER: Final = 1 << 7
+RETRY_AFTER_SHIFT: Final = 8
+#: The largest hint the wire carries (24 bits of ms); larger ones saturate.
+RETRY_AFTER_MAX_MS: Final = (1 << 24) - 1
+STATUS_SHIFT: Final = 32
+
+# --- decision (engine -> host) -----------------------------------------------------------
+DELAY_MASK: Final = (1 << 40) - 1
+RETRY_COUNT_SHIFT: Final = 40
+REASON_SHIFT: Final = 48
+#: bit 60, alone: ``decide-held`` got a handle that names no key (any more): call ``decide``.
+UNKNOWN_HANDLE: Final = 1 << 60
+#: bit 61: a result whose signals are 0 is a success for every tool, and changes nothing for a
+#: key that holds no retry state.
+TEXT_FREE: Final = 1 << 61
+#: bit 62: the engine is idle: until the next call into it, a result whose signals are 0 is a
+#: success that changes nothing.
+IDLE: Final = 1 << 62
+#: bit 63: the decision needs the result's text items (``decide-text``); nothing was changed.
+NEED_TEXT: Final = 1 << 63
+#: ``decision-reason`` names by ordinal, in WIT declaration order (new reasons are only appended).
+REASONS: Final = ("success", "retry", "exhausted", "non-retryable", "budget", "deadline", "retry-after")
+
+# --- handles and bounds -------------------------------------------------------------------
+#: Handles run 1..HANDLE_MAX and name keys of at most HANDLE_KEY_MAX_BYTES bytes of UTF-8.
+HANDLE_MAX: Final = 1 << 17
+HANDLE_KEY_MAX_BYTES: Final = 256
+#: ``decide-text`` reads at most this many text items ...
+TEXT_MAX_ITEMS: Final = 1024
+#: ... and at most this many characters (code points) of them in all; the item that reaches the
+#: bound is cut there and judged on the members complete before the cut.
+TEXT_MAX_CHARS: Final = 1 << 18
+
+
+def as_dict() -> dict[str, object]:
+    """Every wire value by name, as ``wit/wire.json`` lists them."""
+    return {name: value for name, value in globals().items() if name.isupper()}

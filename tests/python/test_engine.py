@@ -12,11 +12,11 @@ from cpex_retry_with_backoff_wasm import ConfigurationError, Policy, RetryEngine
 from cpex_retry_with_backoff_wasm.ceiling import Ceiling
 from cpex_retry_with_backoff_wasm.engine import DEFAULT_FUEL, DEFAULT_MAX_MEMORY_BYTES, describe_fault
 from cpex_retry_with_backoff_wasm.signals import (
-    DELAY_MASK,
     decision_delay_ms,
     decision_reason,
     decision_retry_count,
 )
+from cpex_retry_with_backoff_wasm.wire import DELAY_MASK
 
 from .conftest import VirtualClock, err, ok
 

@@ -11,7 +11,8 @@ from wasmtime import WasmtimeError
 from cpex_retry_with_backoff_wasm import fastcall
 from cpex_retry_with_backoff_wasm.engine import WasmRetryEngine
 from cpex_retry_with_backoff_wasm.fastcall import HeldFuel, lean_decide, lean_decide_held
-from cpex_retry_with_backoff_wasm.signals import UNKNOWN_HANDLE, pack_signals
+from cpex_retry_with_backoff_wasm.signals import pack_signals
+from cpex_retry_with_backoff_wasm.wire import UNKNOWN_HANDLE
 
 
 def test_lean_path_is_active_on_the_tested_wasmtime() -> None:

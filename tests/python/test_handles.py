@@ -13,7 +13,7 @@ import pytest
 
 from cpex_retry_with_backoff_wasm import WasmRetryEngine
 from cpex_retry_with_backoff_wasm.fastcall import HELD_CALL_FUEL_BOUND
-from cpex_retry_with_backoff_wasm.signals import DELAY_MASK
+from cpex_retry_with_backoff_wasm.wire import DELAY_MASK
 
 from .conftest import VirtualClock, err, ok
 

@@ -18,7 +18,7 @@ import pytest
 from cpex.framework import PluginConfig
 
 from cpex_retry_with_backoff_wasm import RetryEngineLoadError, RetryWithBackoffPlugin, WasmRetryEngine
-from cpex_retry_with_backoff_wasm.signals import DELAY_MASK
+from cpex_retry_with_backoff_wasm.wire import DELAY_MASK
 
 from .conftest import VirtualClock, err, ok
 

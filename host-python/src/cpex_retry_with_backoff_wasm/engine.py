@@ -52,18 +52,8 @@ from .model import (
     Policy,
     RetryEngineLoadError,
 )
-from .signals import (
-    HANDLE_KEY_MAX_BYTES,
-    HANDLE_MAX,
-    IDLE,
-    NEED_TEXT,
-    REASON_SHIFT,
-    TEXT_FREE,
-    UNKNOWN_HANDLE,
-    collect_texts,
-    read_hints,
-    read_signals,
-)
+from .signals import REASON_RETRY, collect_texts, read_hints, read_signals
+from .wire import HANDLE_KEY_MAX_BYTES, HANDLE_MAX, IDLE, NEED_TEXT, REASON_SHIFT, TEXT_FREE, UNKNOWN_HANDLE
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +79,6 @@ COLD_FUEL_FACTOR: Final = 100
 #: Keys the host remembers as holding retry state (see ``WasmRetryEngine.decide``); beyond
 #: this the success shortcut is off until the engine reports itself idle.
 HELD_KEYS_CAP: Final = 100_000
-_REASON_RETRY: Final = 1
 #: Linear-memory cap of the instance.
 DEFAULT_MAX_MEMORY_BYTES: Final = 64 * 1024 * 1024
 #: Guest memory a configuration needs: a fixed part plus, per `max_state_entries`, the slot,
@@ -632,7 +621,7 @@ class WasmRetryEngine:
                         return 0
                     if not decision & (UNKNOWN_HANDLE | NEED_TEXT):
                         self._text_free = (decision & TEXT_FREE) != 0
-                        if (decision >> REASON_SHIFT) & 0xFF == _REASON_RETRY:
+                        if (decision >> REASON_SHIFT) & 0xFF == REASON_RETRY:
                             self._idle = False  # still held, under the same handle
                             return decision
                         # The decision cleared the key: its handle is free again.
@@ -762,7 +751,7 @@ class WasmRetryEngine:
         self._idle = idle
         self._text_free = (decision & TEXT_FREE) != 0
         held = self._held
-        if (decision >> REASON_SHIFT) & 0xFF == _REASON_RETRY:
+        if (decision >> REASON_SHIFT) & 0xFF == REASON_RETRY:
             if old is None:
                 if not self._held_complete:
                     return

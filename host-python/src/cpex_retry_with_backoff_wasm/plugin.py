@@ -24,7 +24,8 @@ from cpex.framework import (  # type: ignore[import-untyped, unused-ignore]
 from .ceiling import read_ceiling
 from .engine import Clock, Seed, WasmRetryEngine
 from .results import delay_result_builder, result_builder
-from .signals import COUNT_SHIFT, DELAY_MASK, REASON_EXHAUSTED, REASON_SHIFT, REASONS
+from .signals import REASON_EXHAUSTED
+from .wire import DELAY_MASK, REASON_SHIFT, REASONS, RETRY_COUNT_SHIFT
 
 log = logging.getLogger(__name__)
 
@@ -148,14 +149,14 @@ class RetryWithBackoffPlugin(Plugin):  # type: ignore[misc, unused-ignore]  # cp
                 "tool_post_invoke: tool=%s request_id=%s exhausted after %d failure(s)",
                 payload.name,
                 global_context.request_id,
-                (decision >> COUNT_SHIFT) & 0xFF,
+                (decision >> RETRY_COUNT_SHIFT) & 0xFF,
             )
         trace_id = None if extensions is None else read_trace_id(extensions)
         if trace_id is None:
             return self._delay_result(delay)
         reason = (decision >> REASON_SHIFT) & 0xFF
         metrics: dict[str, Any] = {
-            "retry_count": (decision >> COUNT_SHIFT) & 0xFF,
+            "retry_count": (decision >> RETRY_COUNT_SHIFT) & 0xFF,
             "retry_delay_ms": delay,
         }
         if self._metrics_reason:

@@ -2,7 +2,7 @@
 
 Switching from the native plugin changes only the ``kind:`` line of the gateway's stanza to
 ``cpex_retry_with_backoff_wasm.RetryWithBackoffPlugin``: same hooks, config keys and results.
-The class stays thin; every decision is made by the Wasm engine behind ``WasmRetryEngine``.
+The class stays thin; every decision is made by the component behind ``RetryEngine``.
 """
 
 from __future__ import annotations
@@ -22,8 +22,9 @@ from cpex.framework import (  # type: ignore[import-untyped, unused-ignore]
 )
 
 from .ceiling import read_ceiling
-from .engine import Clock, Seed, WasmRetryEngine
 from .results import delay_result_builder, result_builder
+from .retry_engine import RetryEngine
+from .sandbox import Clock, Seed
 from .signals import REASON_EXHAUSTED
 from .wire import DELAY_MASK, REASON_SHIFT, REASONS, RETRY_COUNT_SHIFT
 
@@ -93,7 +94,7 @@ class RetryWithBackoffPlugin(Plugin):  # type: ignore[misc, unused-ignore]  # cp
         wall_clock: Callable[[], float] | None = None,
     ) -> None:
         super().__init__(config)
-        self._engine = WasmRetryEngine(
+        self._engine = RetryEngine(
             dict(config.config or {}),
             max_retries_ceiling=read_ceiling(),
             clock=clock,
@@ -115,8 +116,8 @@ class RetryWithBackoffPlugin(Plugin):  # type: ignore[misc, unused-ignore]  # cp
         )
 
     @property
-    def engine(self) -> WasmRetryEngine:
-        """The Wasm adapter (state inspection, policies)."""
+    def engine(self) -> RetryEngine:
+        """The adapter to the component (state inspection, policies)."""
         return self._engine
 
     def reload(self, wasm_path: str | None = None, wasm_sha256: str | None = None) -> int:

@@ -159,12 +159,14 @@ class HeldKeys:
             oldest = next(iter(entries))
             if entries[oldest].at_ns >= cutoff:
                 break
-            self._drop(oldest)
+            self.drop(oldest)
         while len(entries) >= self.max_entries:
-            self._drop(next(iter(entries)))
+            self.drop(next(iter(entries)))
         entries[key] = entry
 
-    def _drop(self, key: Key) -> None:
+    def drop(self, key: Key) -> None:
+        """Unlist ``key`` (the component dropped it too) and free its handle: one change the
+        shortcut's reader sees whole."""
         self.give_back(self.entries.pop(key).handle)
 
     def forget(self) -> None:

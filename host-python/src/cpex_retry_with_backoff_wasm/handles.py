@@ -28,11 +28,20 @@ a reader may still be looking at.  Everything else here runs under the adapter's
 from __future__ import annotations
 
 import json
+from collections import OrderedDict
 from collections.abc import Callable
 from typing import Final
 
 from .signals import REASON_RETRY
-from .wire import DELAY_MASK, HANDLE_KEY_MAX_BYTES, HANDLE_MAX, IDLE, REASON_SHIFT, RETRY_COUNT_SHIFT
+from .wire import (
+    DELAY_MASK,
+    HANDLE_KEY_MAX_BYTES,
+    HANDLE_MAX,
+    IDLE,
+    REASON_SHIFT,
+    RETRY_COUNT_SHIFT,
+    TEXT_FREE,
+)
 
 #: A key as the adapter names it: (tool name, request part of the key).
 Key = tuple[str, str]
@@ -46,26 +55,15 @@ _NS_PER_MS: Final = 1_000_000
 STATE_FORMAT: Final = 2
 
 
-class Held:
-    """One key's entry: its handle (0: none) and its mirrored retry state."""
-
-    __slots__ = ("at_ns", "decision", "handle", "total_ms")
-
-    def __init__(self, handle: int, decision: int, at_ns: int) -> None:
-        self.handle = handle
-        #: The key's last decision, a retry: it carries the failure count and the delay.
-        self.decision = decision
-        self.total_ms = decision & DELAY_MASK
-        #: Monotonic nanoseconds of the last failure.
-        self.at_ns = at_ns
-
-    @property
-    def failures(self) -> int:
-        return (self.decision >> RETRY_COUNT_SHIFT) & 0xFF
-
-    @property
-    def last_delay_ms(self) -> int:
-        return self.decision & DELAY_MASK
+#: An entry is a list (cheaper to make than an object, as one is made per first failure):
+#: ``[handle, decision, total_ms, at_ns]``.  ``handle``: the key's handle (0: none);
+#: ``decision``: its last decision, a retry (it carries the failure count and the delay);
+#: ``total_ms``: its summed delays; ``at_ns``: monotonic nanoseconds of its last failure.
+Held = list[int]
+HANDLE: Final = 0
+DECISION: Final = 1
+TOTAL_MS: Final = 2
+AT_NS: Final = 3
 
 
 class HeldKeys:
@@ -81,10 +79,12 @@ class HeldKeys:
         self.max_entries = max_entries
         self.ttl_ns = ttl_ms * _NS_PER_MS
         self.now_ns = now_ns
-        #: Every key that may hold state, oldest last failure first.
-        self.entries: dict[Key, Held] = {}
+        #: Every key that may hold state, oldest last failure first (an OrderedDict: finding
+        #: and dropping the oldest is O(1), where a dict's first item is found by skipping
+        #: every slot deleted before it).
+        self.entries: OrderedDict[Key, Held] = OrderedDict()
         #: What the lock-free success shortcut reads: ``entries``, or None (shortcut off).
-        self.shortcut: dict[Key, Held] | None = None
+        self.shortcut: OrderedDict[Key, Held] | None = None
         #: Handles free for reuse; ``next_handle`` is the next never used.
         self.free: list[int] = []
         self.next_handle = 1
@@ -109,70 +109,72 @@ class HeldKeys:
 
     def owned_handles(self) -> list[int]:
         """Handles bound to a key (for checks: with ``free`` they are 1..next_handle-1)."""
-        return [entry.handle for entry in self.entries.values() if entry.handle]
+        return [entry[HANDLE] for entry in self.entries.values() if entry[HANDLE]]
 
     # ------------------------------------------------------------------ decisions
     def note(self, key: Key, entry: Held | None, handle: int, decision: int) -> None:
         """Record the component's decision for ``key`` (named by ``handle`` in the call;
         ``entry``: the key's entry before it): a retry keeps state for the key, any other
-        reason cleared it."""
+        reason cleared it.  Its ``text-free`` bit turns the shortcut on or off."""
+        entries = self.entries
+        self.shortcut = entries if decision & TEXT_FREE else None
         if (decision >> REASON_SHIFT) & 0xFF == REASON_RETRY:
             if entry is None:
-                self._add(key, Held(handle, decision, self.now_ns()))
+                at_ns = self.now_ns()
+                if entries:
+                    self._make_room(at_ns)
+                entries[key] = [handle, decision, decision & DELAY_MASK, at_ns]
                 return
-            if entry.handle != handle:
-                self.give_back(entry.handle)
-                entry.handle = handle
+            if entry[HANDLE] != handle:
+                self.give_back(entry[HANDLE])
+                entry[HANDLE] = handle
             self.retried(key, entry, decision)
             return
         # The decision cleared the key: its handle, and one taken for this call, are free.
         if entry is not None:
-            del self.entries[key]
-            self.give_back(entry.handle)
-            if handle != entry.handle:
+            del entries[key]
+            self.give_back(entry[HANDLE])
+            if handle != entry[HANDLE]:
                 self.give_back(handle)
         else:
             self.give_back(handle)
-        if decision & IDLE and self.entries:
+        if decision & IDLE and entries:
             # The component holds nothing, yet keys are listed (it dropped them on its own).
             self.forget()
 
     def retried(self, key: Key, entry: Held, decision: int) -> None:
         """Another retry for a listed key: its state moves on and it becomes the newest."""
-        entry.decision = decision
-        entry.total_ms += decision & DELAY_MASK
-        entry.at_ns = self.now_ns()
-        entries = self.entries
-        del entries[key]
-        entries[key] = entry
+        entry[DECISION] = decision
+        entry[TOTAL_MS] += decision & DELAY_MASK
+        entry[AT_NS] = self.now_ns()
+        self.entries.move_to_end(key)
 
-    def _add(self, key: Key, entry: Held) -> None:
-        """A new key, after dropping what the component drops when it records one: entries
-        older than the TTL, then the oldest when full."""
+    def _make_room(self, now_ns: int) -> None:
+        """Before a new key, drop what the component drops when it records one: entries older
+        than the TTL, then the oldest when full."""
         entries = self.entries
         # Conservative by a millisecond: the component compares whole milliseconds.
-        cutoff = entry.at_ns - self.ttl_ns - _NS_PER_MS
+        cutoff = now_ns - self.ttl_ns - _NS_PER_MS
         # Amortized: each entry is added once, so two drops per addition keep up.
         for _ in range(2):
             if not entries:
                 break
             oldest = next(iter(entries))
-            if entries[oldest].at_ns >= cutoff:
+            if entries[oldest][AT_NS] >= cutoff:
                 break
             self.drop(oldest)
         while len(entries) >= self.max_entries:
             self.drop(next(iter(entries)))
-        entries[key] = entry
 
     def drop(self, key: Key) -> None:
         """Unlist ``key`` (the component dropped it too) and free its handle: one change the
         shortcut's reader sees whole."""
-        self.give_back(self.entries.pop(key).handle)
+        self.give_back(self.entries.pop(key)[HANDLE])
 
     def forget(self) -> None:
         """No key holds state: every handle is free.  The shortcut's dict is replaced, not
         cleared, so a reader never sees an emptied dict it took before this call."""
-        entries: dict[Key, Held] = {}
+        entries: OrderedDict[Key, Held] = OrderedDict()
         self.entries = entries
         if self.shortcut is not None:
             self.shortcut = entries
@@ -190,7 +192,7 @@ class HeldKeys:
         if key is not None and key in self.entries:
             del self.entries[key]
         for entry in self.entries.values():
-            entry.handle = 0
+            entry[HANDLE] = 0
         self.free = []
         self.next_handle = 1
 
@@ -200,7 +202,7 @@ class HeldKeys:
         now = self.now_ns()
         rows: list[list[object]] = []
         for (tool, request_id), entry in self.entries.items():
-            age_ns = now - entry.at_ns
+            age_ns = now - entry[AT_NS]
             if age_ns > self.ttl_ns + _NS_PER_MS:
                 continue  # gone in the component too (which also skips what it finds expired)
             encoded, tool_len = wire_key(tool, request_id)
@@ -209,10 +211,10 @@ class HeldKeys:
                 [
                     text[:tool_len],
                     text[tool_len:],
-                    entry.failures,
+                    (entry[DECISION] >> RETRY_COUNT_SHIFT) & 0xFF,
                     max(0, age_ns) // _NS_PER_MS,
-                    min(entry.last_delay_ms, _U32_MAX),
-                    min(entry.total_ms, _U32_MAX),
+                    min(entry[DECISION] & DELAY_MASK, _U32_MAX),
+                    min(entry[TOTAL_MS], _U32_MAX),
                 ]
             )
         if not rows:
@@ -220,4 +222,4 @@ class HeldKeys:
         return json.dumps({"format": STATE_FORMAT, "entries": rows}, ensure_ascii=False)
 
 
-__all__ = ["STATE_FORMAT", "Held", "HeldKeys", "Key"]
+__all__ = ["HANDLE", "STATE_FORMAT", "Held", "HeldKeys", "Key"]

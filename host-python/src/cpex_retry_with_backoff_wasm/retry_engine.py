@@ -27,12 +27,12 @@ from pathlib import Path
 from typing import Any
 
 from . import ceiling as _ceiling
-from .handles import Held, HeldKeys, Key
+from .handles import HANDLE, Held, HeldKeys, Key
 from .model import MESSAGE_PREFIX, ConfigError, ConfigurationError, Policy, RetryEngineLoadError
 from .sandbox import Clock, Sandbox, Seed, describe_fault
 from .settings import HostSettings, check_sha256
 from .signals import REASON_RETRY, collect_texts, read_hints, read_signals
-from .wire import IDLE, NEED_TEXT, REASON_SHIFT, TEXT_FREE, UNKNOWN_HANDLE
+from .wire import IDLE, NEED_TEXT, REASON_SHIFT, UNKNOWN_HANDLE
 
 log = logging.getLogger(__name__)
 
@@ -234,10 +234,10 @@ class RetryEngine:
             if lean is not None:
                 held = self._held
                 entry = held.entries.get(key)
-                if entry is None or not entry.handle:
+                if entry is None or not entry[HANDLE]:
                     decision = self._decide_by_key(lean[0], key, entry, signals)
                 else:
-                    handle = entry.handle
+                    handle = entry[HANDLE]
                     try:
                         decision = lean[1](handle, signals)
                     except Exception as exc:
@@ -273,8 +273,8 @@ class RetryEngine:
     ) -> int:
         """``decide`` with the key's bytes, naming it by a handle from now on (lock held)."""
         held = self._held
-        encoded, tool_len = wire_key(*key)
-        handle = entry.handle if entry is not None and entry.handle else held.take_handle(len(encoded))
+        encoded, tool_len = wire_key(key[0], key[1])
+        handle = entry[HANDLE] if entry is not None and entry[HANDLE] else held.take_handle(len(encoded))
         try:
             decision = decide(encoded, tool_len, signals, handle)
         except Exception as exc:
@@ -282,18 +282,12 @@ class RetryEngine:
         if decision & NEED_TEXT:
             # Nothing changed: a handle taken for this call goes back (the text call names the
             # key by the handle it already has, if any).
-            if entry is None or handle != entry.handle:
+            if entry is None or handle != entry[HANDLE]:
                 held.give_back(handle)
             return decision
-        self._note(key, entry, handle, decision)
-        return decision
-
-    def _note(self, key: Key, entry: Held | None, handle: int, decision: int) -> None:
-        """Remember what a decision for ``key`` says about the component's state (lock held)."""
         self._idle = (decision & IDLE) != 0
-        held = self._held
-        held.enable_shortcut((decision & TEXT_FREE) != 0)
         held.note(key, entry, handle, decision)
+        return decision
 
     def _decide_generic(self, key: Key, signals: int, texts: list[str] | None) -> int:
         """The generic call path: ``decide-text``, and ``decide`` without a lean caller."""
@@ -302,7 +296,7 @@ class RetryEngine:
             if sandbox.broken and not self._rebuild():
                 return 0
             entry = self._held.entries.get(key)
-            handle = entry.handle if entry is not None else 0
+            handle = entry[HANDLE] if entry is not None else 0
             encoded, tool_len = wire_key(*key)
             wire = encoded.decode()
             try:
@@ -316,7 +310,8 @@ class RetryEngine:
                     decision = sandbox.decide(wire, tool_len, signals, handle, texts)
             except Exception as exc:
                 return self._fault("decide" if texts is None else "decide-text", exc, key)
-            self._note(key, entry, handle, decision)
+            self._idle = (decision & IDLE) != 0
+            self._held.note(key, entry, handle, decision)
             return decision
 
     # ------------------------------------------------------------------ faults

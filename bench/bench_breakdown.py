@@ -65,8 +65,8 @@ def main(argv: list[str] | None = None) -> int:
     engine = plugin.engine
     # The Wasm calls one round of hooks makes (decide with the key, or decide-held), recorded
     # from a real round so that replaying them leaves the engine as the round does.
-    assert engine._lean is not None
-    decide, decide_held = engine._lean
+    assert engine.sandbox.lean is not None
+    decide, decide_held = engine.sandbox.lean
     wasm_calls: list[tuple[Callable[..., int], tuple[Any, ...]]] = []
 
     def recording(call: Callable[..., int]) -> Callable[..., int]:
@@ -76,10 +76,10 @@ def main(argv: list[str] | None = None) -> int:
 
         return record
 
-    engine._lean = (recording(decide), recording(decide_held))
+    engine.sandbox.lean = (recording(decide), recording(decide_held))
     for payload, context in calls:
         drive(plugin.tool_post_invoke(payload, context, None))
-    engine._lean = (decide, decide_held)
+    engine.sandbox.lean = (decide, decide_held)
     empty = RetryWithBackoffPlugin(plugin_config("cpex_retry_with_backoff_wasm.RetryWithBackoffPlugin", {}))
 
     def hook_of(instance: Any) -> Callable[[], None]:
@@ -152,11 +152,11 @@ def empty_call(plugin: RetryWithBackoffPlugin) -> Callable[[], None]:
     from cpex_retry_with_backoff_wasm import fastcall
 
     engine = plugin.engine
-    store = engine._store
+    store = engine.sandbox.store
     assert store is not None
     ffi = fastcall._ffi_cffi
     out = ffi.new(fastcall._RESULT_TYPE)
-    func_raw = engine._funcs["state-count"]._func
+    func_raw = engine.sandbox.funcs["state-count"]._func
     c_func = ffi.cast(fastcall._VOID_PTR, ctypes.addressof(func_raw))
     c_ctx = ffi.cast(fastcall._VOID_PTR, ctypes.cast(store._context(), ctypes.c_void_p).value)
     set_fuel, func_call, fuel = fastcall._set_fuel, fastcall._func_call, engine.fuel_per_call

@@ -29,7 +29,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
-from cpex_retry_with_backoff_wasm.engine import WasmRetryEngine
+from cpex_retry_with_backoff_wasm import WasmRetryEngine
 
 CLIENTS = 100
 SLOT_MS = 10

@@ -27,7 +27,7 @@ PLUGIN_NAME = "RetryWithBackoffPlugin"
 
 
 def _bundled() -> Path:
-    from cpex_retry_with_backoff_wasm.engine import bundled_wasm_path
+    from cpex_retry_with_backoff_wasm.settings import bundled_wasm_path
 
     return bundled_wasm_path()
 
@@ -85,6 +85,26 @@ class VirtualClock:
 
     def advance_ms(self, ms: int) -> None:
         self.ns += ms * 1_000_000
+
+
+class EngineCalls:
+    """Counts the calls into an adapter's component on the hot path (its lean callers)."""
+
+    def __init__(self, engine: Any) -> None:
+        lean = engine.sandbox.lean
+        assert lean is not None
+        decide, decide_held = lean
+        self.count = 0
+
+        def by_key(*args: Any) -> int:
+            self.count += 1
+            return int(decide(*args))
+
+        def by_handle(*args: Any) -> int:
+            self.count += 1
+            return int(decide_held(*args))
+
+        engine.sandbox.lean = (by_key, by_handle)
 
 
 @pytest.fixture

@@ -10,15 +10,16 @@ import pytest
 
 from cpex_retry_with_backoff_wasm import ConfigurationError, Policy, RetryEngineLoadError, WasmRetryEngine
 from cpex_retry_with_backoff_wasm.ceiling import Ceiling
-from cpex_retry_with_backoff_wasm.engine import DEFAULT_FUEL, DEFAULT_MAX_MEMORY_BYTES, describe_fault
+from cpex_retry_with_backoff_wasm.sandbox import describe_fault
+from cpex_retry_with_backoff_wasm.settings import DEFAULT_FUEL, DEFAULT_MAX_MEMORY_BYTES
 from cpex_retry_with_backoff_wasm.signals import (
-    DELAY_MASK,
     decision_delay_ms,
     decision_reason,
     decision_retry_count,
 )
+from cpex_retry_with_backoff_wasm.wire import DELAY_MASK
 
-from .conftest import VirtualClock, err, ok
+from .conftest import EngineCalls, VirtualClock, err, ok
 
 NO_JITTER = {"jitter": False}
 
@@ -309,7 +310,7 @@ def test_fuel_exhaustion_answers_no_retry_logs_and_recovers(caplog: pytest.LogCa
     engine = WasmRetryEngine(NO_JITTER)
     assert step(engine, "t", "r", err()) == (200, 1, "retry")
     engine.fuel_per_call = 50  # far below one decision
-    with caplog.at_level(logging.ERROR, logger="cpex_retry_with_backoff_wasm.engine"):
+    with caplog.at_level(logging.ERROR, logger="cpex_retry_with_backoff_wasm.sandbox"):
         assert engine.decide("t", "r", err()) == 0
     assert engine.fault_count >= 1
     # The key holds state, so the engine is asked by its handle (decide-held).
@@ -359,7 +360,7 @@ def test_trap_in_host_clock_is_recovered() -> None:
 
 def test_cold_call_fault_raises_and_recovers(monkeypatch: pytest.MonkeyPatch) -> None:
     engine = WasmRetryEngine(NO_JITTER)
-    monkeypatch.setattr("cpex_retry_with_backoff_wasm.engine.COLD_FUEL_FACTOR", 1)
+    monkeypatch.setattr("cpex_retry_with_backoff_wasm.sandbox.COLD_FUEL_FACTOR", 1)
     engine.fuel_per_call = 1
     with pytest.raises(RetryEngineLoadError):
         engine.state_count()
@@ -386,19 +387,19 @@ def test_memory_cap_trap_is_recovered() -> None:
 
 def test_idle_engine_answers_plain_successes_without_calling_in() -> None:
     """WIT `idle` bit: no state and no text checks -> a result with no failure signal is a
-    success the host may answer itself.  The virtual clock counts calls into the engine."""
-    clock = VirtualClock()
-    engine = WasmRetryEngine({"jitter": False}, clock=clock, seed=(1, 2))
+    success the host may answer itself."""
+    engine = WasmRetryEngine({"jitter": False}, clock=VirtualClock(), seed=(1, 2))
+    calls = EngineCalls(engine)
     ok_result = {"isError": False, "content": []}
     engine.decide("t", "r", ok_result)  # first call: the host does not know yet
-    calls = clock.calls
+    assert calls.count == 1
     assert engine.decide("t", "other", ok_result) == 0
-    assert clock.calls == calls, "an idle engine was called for a plain success"
+    assert calls.count == 1, "an idle engine was called for a plain success"
     assert engine.decide("t", "r", {"isError": True}) & DELAY_MASK == 200
-    assert clock.calls == calls + 1
+    assert calls.count == 2
     # Not idle while state is held: the success must reach the engine to clear the key.
     engine.decide("t", "r", ok_result)
-    assert clock.calls == calls + 2
+    assert calls.count == 3
     assert engine.state_count() == 0
     assert engine.decide("t", "r", {"isError": True}) & DELAY_MASK == 200, "budget not cleared"
 
@@ -408,9 +409,10 @@ def test_text_checking_config_is_never_idle() -> None:
     engine = WasmRetryEngine(
         {"tool_overrides": {"t": {"check_text_content": True}}}, clock=clock, seed=(1, 2)
     )
+    calls = EngineCalls(engine)
     for _ in range(3):
         engine.decide("u", "r", {"isError": False})
-    assert clock.calls == 3
+    assert calls.count == 3
 
 
 def test_state_growth_never_exhausts_the_call_fuel() -> None:
@@ -422,39 +424,44 @@ def test_state_growth_never_exhausts_the_call_fuel() -> None:
         engine.decide("tool", f"req-{i}", {"isError": True})
     assert engine.fault_count == 0
     assert engine.state_count() == 120_000
+    assert len(engine.held.entries) == 120_000, "the mirror is bounded as the table is"
 
 
 def test_success_shortcut_skips_only_keys_without_state() -> None:
     """WIT `text-free` bit: the host answers a plain success itself for keys it never saw
     retried, and always calls in for a key that may hold state (so the state is cleared)."""
-    clock = VirtualClock()
-    engine = WasmRetryEngine({"jitter": False}, clock=clock, seed=(1, 2))
+    engine = WasmRetryEngine({"jitter": False}, clock=VirtualClock(), seed=(1, 2))
     ok_result = {"isError": False}
     assert engine.decide("t", "a", {"isError": True}) & DELAY_MASK == 200
-    calls = clock.calls
+    calls = EngineCalls(engine)
     assert engine.decide("t", "b", ok_result) == 0
     assert engine.decide("u", "a", ok_result) == 0  # same request id, other tool: other key
-    assert clock.calls == calls, "a success for a key without state reached the engine"
+    assert calls.count == 0, "a success for a key without state reached the engine"
     engine.decide("t", "a", ok_result)
-    assert clock.calls == calls + 1, "a success for a key with state must reach the engine"
+    assert calls.count == 1, "a success for a key with state must reach the engine"
     assert engine.state_count() == 0
     assert engine.decide("t", "a", {"isError": True}) & DELAY_MASK == 200, "state was not cleared"
 
 
-def test_success_shortcut_is_off_after_too_many_held_keys(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("cpex_retry_with_backoff_wasm.engine.HELD_KEYS_CAP", 2)
-    clock = VirtualClock()
-    engine = WasmRetryEngine({"jitter": False}, clock=clock, seed=(1, 2))
+def test_the_listed_keys_are_bounded_like_the_state_table() -> None:
+    """The host lists at most `max_state_entries` keys, dropping the oldest as the component
+    does: a success for a dropped key is answered without calling in (the component dropped
+    it too), one for a listed key still reaches the component."""
+    engine = WasmRetryEngine({"jitter": False, "max_state_entries": 2}, clock=VirtualClock(), seed=(1, 2))
     for rid in ("a", "b", "c"):
-        engine.decide("t", rid, {"isError": True})
-    calls = clock.calls
+        assert engine.decide("t", rid, {"isError": True}) & DELAY_MASK == 200
+    assert list(engine.held.entries) == [("t", "b"), ("t", "c")]
+    assert engine.state_count() == 2
+    calls = EngineCalls(engine)
+    engine.decide("t", "a", {"isError": False})
     engine.decide("t", "other", {"isError": False})
-    assert clock.calls == calls + 1, "an untracked key must reach the engine once tracking overflowed"
-    for rid in ("a", "b", "c"):  # clears every key: the engine is idle again
-        engine.decide("t", rid, {"isError": False})
-    calls = clock.calls
-    engine.decide("t", "other", {"isError": False})
-    assert clock.calls == calls, "the shortcut should be back once the engine reported idle"
+    assert calls.count == 0, "a key without state reached the engine"
+    engine.decide("t", "b", {"isError": False})
+    assert calls.count == 1, "a listed key's success must reach the engine"
+    assert engine.state_count() == 1
+    # The component's own count agrees: a's state went, c's is kept.
+    assert engine.decide("t", "a", {"isError": True}) & DELAY_MASK == 200
+    assert engine.decide("t", "c", {"isError": True}) & DELAY_MASK == 400
 
 
 def test_a_bound_the_memory_cap_cannot_hold_is_refused_naming_both_keys() -> None:

@@ -8,18 +8,18 @@ import random
 import pytest
 from wasmtime import WasmtimeError
 
-from cpex_retry_with_backoff_wasm import fastcall
-from cpex_retry_with_backoff_wasm.engine import WasmRetryEngine
+from cpex_retry_with_backoff_wasm import WasmRetryEngine, fastcall
 from cpex_retry_with_backoff_wasm.fastcall import HeldFuel, lean_decide, lean_decide_held
-from cpex_retry_with_backoff_wasm.signals import UNKNOWN_HANDLE, pack_signals
+from cpex_retry_with_backoff_wasm.signals import pack_signals
+from cpex_retry_with_backoff_wasm.wire import UNKNOWN_HANDLE
 
 
 def test_lean_path_is_active_on_the_tested_wasmtime() -> None:
     """A silent fallback to the generic path would cost ~4x per call: fail loudly instead."""
     assert fastcall.UNAVAILABLE is None
     engine = WasmRetryEngine({})
-    assert engine._lean is not None
-    assert all(callable(call) for call in engine._lean)
+    assert engine.sandbox.lean is not None
+    assert all(callable(call) for call in engine.sandbox.lean)
 
 
 def test_lean_and_generic_calls_agree_step_by_step() -> None:
@@ -28,8 +28,8 @@ def test_lean_and_generic_calls_agree_step_by_step() -> None:
     config = {"max_retries": 4, "backoff_base_ms": 7, "max_backoff_ms": 90, "retry_on_status": [500, 503]}
     lean = WasmRetryEngine(config, seed=(3, 4), clock=lambda: 0)
     generic = WasmRetryEngine(config, seed=(3, 4), clock=lambda: 0)
-    assert lean._lean is not None
-    decide, decide_held = lean._lean
+    assert lean.sandbox.lean is not None
+    decide, decide_held = lean.sandbox.lean
     rng = random.Random(20261128)
     statuses = [None, 200, 404, 500, 503, -1, 2**31 - 1]
     handles: dict[tuple[str, str], int] = {}
@@ -43,9 +43,9 @@ def test_lean_and_generic_calls_agree_step_by_step() -> None:
             structured_is_error=rng.random() < 0.2,
             status_code=rng.choice(statuses),
         )
-        store = generic._live_store()
+        store = generic.sandbox.live_store()
         store.set_fuel(generic.fuel_per_call)
-        want = generic._funcs["decide"](store, tool + rid, len(tool), signals, 0)
+        want = generic.sandbox.funcs["decide"](store, tool + rid, len(tool), signals, 0)
         handle = handles.get((tool, rid), 0)
         got = decide_held(handle, signals) if handle else UNKNOWN_HANDLE
         if got == UNKNOWN_HANDLE:
@@ -62,8 +62,8 @@ def test_lean_and_generic_calls_agree_step_by_step() -> None:
 
 def test_decide_held_of_an_unknown_handle_changes_nothing() -> None:
     engine = WasmRetryEngine({"jitter": False})
-    assert engine._lean is not None
-    decide, decide_held = engine._lean
+    assert engine.sandbox.lean is not None
+    decide, decide_held = engine.sandbox.lean
     fail = pack_signals(is_error=True)
     assert decide_held(1, fail) == UNKNOWN_HANDLE
     assert decide_held(0, fail) == UNKNOWN_HANDLE
@@ -78,9 +78,9 @@ def test_decide_held_of_an_unknown_handle_changes_nothing() -> None:
 
 def test_lean_call_raises_on_a_trap() -> None:
     engine = WasmRetryEngine({})
-    assert engine._store is not None
-    starved = lean_decide(engine._funcs["decide"], engine._store, 1, HeldFuel(1))
-    starved_held = lean_decide_held(engine._funcs["decide-held"], engine._store, 1, HeldFuel(1))
+    assert engine.sandbox.store is not None
+    starved = lean_decide(engine.sandbox.funcs["decide"], engine.sandbox.store, 1, HeldFuel(1))
+    starved_held = lean_decide_held(engine.sandbox.funcs["decide-held"], engine.sandbox.store, 1, HeldFuel(1))
     assert starved is not None
     assert starved_held is not None
     with pytest.raises(WasmtimeError):
@@ -91,8 +91,8 @@ def test_lean_call_raises_on_a_trap() -> None:
 
 def test_lean_build_refuses_another_signature() -> None:
     engine = WasmRetryEngine({})
-    assert engine._store is not None
+    assert engine.sandbox.store is not None
     with pytest.raises(TypeError, match=r"is not \(string, u32, u64, u32\) -> u64"):
-        lean_decide(engine._funcs["state-count"], engine._store, 1000, HeldFuel(1000))
+        lean_decide(engine.sandbox.funcs["state-count"], engine.sandbox.store, 1000, HeldFuel(1000))
     with pytest.raises(TypeError, match=r"is not \(u32, u64\) -> u64"):
-        lean_decide_held(engine._funcs["decide"], engine._store, 1000, HeldFuel(1000))
+        lean_decide_held(engine.sandbox.funcs["decide"], engine.sandbox.store, 1000, HeldFuel(1000))

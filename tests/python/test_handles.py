@@ -13,7 +13,7 @@ import pytest
 
 from cpex_retry_with_backoff_wasm import WasmRetryEngine
 from cpex_retry_with_backoff_wasm.fastcall import HELD_CALL_FUEL_BOUND
-from cpex_retry_with_backoff_wasm.signals import DELAY_MASK
+from cpex_retry_with_backoff_wasm.wire import DELAY_MASK
 
 from .conftest import VirtualClock, err, ok
 
@@ -24,9 +24,9 @@ class CallLog:
     """Wraps the engine's lean callers, counting calls by key and by handle."""
 
     def __init__(self, engine: WasmRetryEngine) -> None:
-        assert engine._lean is not None
+        assert engine.sandbox.lean is not None
         self.by_key = self.by_handle = 0
-        decide, decide_held = engine._lean
+        decide, decide_held = engine.sandbox.lean
 
         def by_key(*args: Any) -> int:
             self.by_key += 1
@@ -36,17 +36,17 @@ class CallLog:
             self.by_handle += 1
             return decide_held(*args)
 
-        engine._lean = (by_key, by_handle)
+        engine.sandbox.lean = (by_key, by_handle)
 
 
 def assert_handles_accounted(engine: WasmRetryEngine) -> None:
     """Every handle ever given out is either one held key's or free, never both or twice."""
-    owned = [h for h in engine._held.values() if h]
-    free = engine._free_handles
+    owned = engine.held.owned_handles()
+    free = engine.held.free
     assert len(set(owned)) == len(owned), "two keys share a handle"
     assert len(set(free)) == len(free), "a handle is free twice"
     assert not set(owned) & set(free), "a held key's handle is free"
-    assert set(owned) | set(free) == set(range(1, engine._next_handle))
+    assert set(owned) | set(free) == set(range(1, engine.held.next_handle))
 
 
 def delays(engine: WasmRetryEngine, tool: str, rid: str, results: list[dict[str, Any]]) -> list[int]:
@@ -67,15 +67,15 @@ def test_handles_are_reused_not_grown() -> None:
     engine = WasmRetryEngine({**NO_JITTER, "max_retries": 1})
     for i in range(5_000):
         assert delays(engine, "t", f"r{i}", [err(), err()]) == [200, 0]
-    assert engine._next_handle <= 2, "one key at a time holds state: one handle serves them all"
+    assert engine.held.next_handle <= 2, "one key at a time holds state: one handle serves them all"
     for i in range(100):
         engine.decide("t", f"k{i}", err())
-    assert sorted(engine._held.values()) == list(range(1, 101))
+    assert sorted(engine.held.owned_handles()) == list(range(1, 101))
     for i in range(0, 100, 2):
         engine.decide("t", f"k{i}", ok())
     for i in range(100, 150):
         engine.decide("t", f"k{i}", err())
-    assert engine._next_handle == 101, "freed handles are taken before new ones"
+    assert engine.held.next_handle == 101, "freed handles are taken before new ones"
     assert_handles_accounted(engine)
 
 
@@ -99,7 +99,7 @@ def test_keys_sharing_a_freed_handle_never_see_each_others_state() -> None:
     assert delays(engine, "t", "a", [err()]) == [200]  # a starts over, under another
     assert delays(engine, "t", "b", [err(), err()]) == [400, 800]
     assert delays(engine, "t", "a", [err()]) == [400]
-    assert len(set(engine._held.values())) == 2
+    assert len(set(engine.held.owned_handles())) == 2
     assert_handles_accounted(engine)
 
 
@@ -125,18 +125,18 @@ def test_decide_held_refuels_every_few_calls_and_after_any_other_call() -> None:
     budget: the store's fuel falls call by call, and is topped up every `refills + 1` calls
     and after any call that set its own fuel."""
     engine = WasmRetryEngine({**NO_JITTER, "max_retries": 10})
-    store = engine._live_store()
+    store = engine.sandbox.live_store()
     budget = engine.fuel_per_call
-    assert engine._held_fuel.refills == budget // HELD_CALL_FUEL_BOUND - 1 > 0
+    assert engine.sandbox.held_fuel.refills == budget // HELD_CALL_FUEL_BOUND - 1 > 0
     engine.decide("t", "r", err())  # by key: sets its own fuel
     remaining = []
-    for _ in range(engine._held_fuel.refills + 2):
+    for _ in range(engine.sandbox.held_fuel.refills + 2):
         engine.decide("t", "r", err())  # by handle
         remaining.append(store.get_fuel())
     assert all(budget - HELD_CALL_FUEL_BOUND < left < budget for left in remaining)
     # Falling while the pool lasts, topped up on the call after it ran out.
     falls = [a > b for a, b in itertools.pairwise(remaining)]
-    assert falls == [True] * engine._held_fuel.refills + [False]
+    assert falls == [True] * engine.sandbox.held_fuel.refills + [False]
     # Another call into the store (a cold one, with its own fuel) makes the next refuel.
     engine.state_count()
     engine.decide("t", "r", err())
@@ -148,7 +148,7 @@ def test_a_runaway_decide_held_is_stopped_answered_and_rebuilt(
 ) -> None:
     engine = WasmRetryEngine({**NO_JITTER, "wasm_path": str(faulty_wasm)})
     assert delays(engine, "__fault_spin_held__", "r", [err()]) == [200]
-    with caplog.at_level(logging.ERROR, logger="cpex_retry_with_backoff_wasm.engine"):
+    with caplog.at_level(logging.ERROR, logger="cpex_retry_with_backoff_wasm.sandbox"):
         assert delays(engine, "__fault_spin_held__", "r", [err()]) == [0]
     (record,) = [r.getMessage() for r in caplog.records if "failed" in r.getMessage()]
     assert "decide-held failed" in record

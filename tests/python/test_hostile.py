@@ -23,7 +23,7 @@ import pytest
 from cpex.framework import GlobalContext, PluginConfig, PluginContext, ToolPostInvokePayload
 
 from cpex_retry_with_backoff_wasm import RetryWithBackoffPlugin
-from cpex_retry_with_backoff_wasm.engine import DEFAULT_FUEL
+from cpex_retry_with_backoff_wasm.settings import DEFAULT_FUEL
 
 from .conftest import PLUGIN_KIND, PLUGIN_NAME, err, ok
 

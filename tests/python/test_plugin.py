@@ -24,8 +24,8 @@ from cpex.framework.extensions.request import RequestExtension
 from cpex.framework.memory import CopyOnWriteDict
 
 from cpex_retry_with_backoff_wasm import RetryWithBackoffPlugin
-from cpex_retry_with_backoff_wasm.engine import DEFAULT_FUEL
 from cpex_retry_with_backoff_wasm.plugin import read_trace_id
+from cpex_retry_with_backoff_wasm.settings import DEFAULT_FUEL
 
 from .conftest import PLUGIN_KIND, PLUGIN_NAME, VirtualClock, err, ok
 
@@ -398,7 +398,7 @@ async def test_trap_mid_sequence_answers_no_retry_and_recovers(
     plugin = manager.get_plugin(PLUGIN_NAME)
     assert await delays(manager, "t", "r", [err()]) == [200]
     plugin.engine.fuel_per_call = 50
-    with caplog.at_level(logging.ERROR, logger="cpex_retry_with_backoff_wasm.engine"):
+    with caplog.at_level(logging.ERROR, logger="cpex_retry_with_backoff_wasm.sandbox"):
         res = await post(manager, "t", "r", err())
     assert res.retry_delay_ms == 0
     assert res.continue_processing

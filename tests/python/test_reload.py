@@ -18,7 +18,7 @@ import pytest
 from cpex.framework import PluginConfig
 
 from cpex_retry_with_backoff_wasm import RetryEngineLoadError, RetryWithBackoffPlugin, WasmRetryEngine
-from cpex_retry_with_backoff_wasm.signals import DELAY_MASK
+from cpex_retry_with_backoff_wasm.wire import DELAY_MASK
 
 from .conftest import VirtualClock, err, ok
 
@@ -123,7 +123,7 @@ def test_reload_refused_when_new_build_rejects_the_state(
 ) -> None:
     engine = WasmRetryEngine(NO_JITTER, seed=(1, 2))
     delays(engine, "t", "r", [err()])
-    old_funcs = engine._funcs
+    old_funcs = engine.sandbox.funcs
     real = old_funcs["export-state"]
     # The old instance hands over a document the new one cannot read (a future format).
     monkeypatch.setitem(old_funcs, "export-state", lambda store: '{"format": 9, "entries": []}')

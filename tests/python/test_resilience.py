@@ -14,20 +14,17 @@ from cpex.framework import GlobalContext, PluginConfig, PluginContext, ToolPostI
 from cpex.framework.extensions.extensions import Extensions
 from cpex.framework.extensions.request import RequestExtension
 
-from cpex_retry_with_backoff_wasm import RetryWithBackoffPlugin
-from cpex_retry_with_backoff_wasm.engine import WasmRetryEngine
+from cpex_retry_with_backoff_wasm import RetryWithBackoffPlugin, WasmRetryEngine
 from cpex_retry_with_backoff_wasm.model import ConfigurationError, Policy
 from cpex_retry_with_backoff_wasm.plugin import state_request_id
-from cpex_retry_with_backoff_wasm.signals import (
+from cpex_retry_with_backoff_wasm.signals import decision_reason, read_hints, read_retry_after_ms
+from cpex_retry_with_backoff_wasm.wire import (
     REASONS,
     RETRY_AFTER_SHIFT,
     SIG_INPUT_REQUIRED,
     SIG_NOT_RETRYABLE,
     SIG_RETRY_AFTER,
     SIG_VALIDATION_ERROR,
-    decision_reason,
-    read_hints,
-    read_retry_after_ms,
 )
 
 from .conftest import err, ok

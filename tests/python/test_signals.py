@@ -9,11 +9,6 @@ import pytest
 from cpex.framework.memory import CopyOnWriteDict, CopyOnWriteList
 
 from cpex_retry_with_backoff_wasm.signals import (
-    NEED_TEXT,
-    SIG_HAS_STATUS,
-    SIG_HAS_STRUCTURED,
-    SIG_IS_ERROR,
-    SIG_STRUCTURED_IS_ERROR,
     collect_texts,
     decision_delay_ms,
     decision_needs_text,
@@ -23,6 +18,13 @@ from cpex_retry_with_backoff_wasm.signals import (
     extract_s32,
     pack_signals,
     read_signals,
+)
+from cpex_retry_with_backoff_wasm.wire import (
+    NEED_TEXT,
+    SIG_IS_ERROR,
+    SIG_STATUS,
+    SIG_STRUCTURED,
+    SIG_STRUCTURED_IS_ERROR,
 )
 
 
@@ -44,10 +46,10 @@ class Exploding(dict[str, Any]):
 
 
 def st(code: int) -> int:
-    return SIG_HAS_STATUS | ((code & 0xFFFFFFFF) << 32)
+    return SIG_STATUS | ((code & 0xFFFFFFFF) << 32)
 
 
-S = SIG_HAS_STRUCTURED
+S = SIG_STRUCTURED
 
 READ_CASES: list[tuple[str, Any, int]] = [
     # --- not a mapping: never a failure

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-from .engine import WasmRetryEngine
 from .model import ConfigError, ConfigurationError, Policy, RetryEngineLoadError
 from .plugin import RetryWithBackoffPlugin
+from .retry_engine import RetryEngine, WasmRetryEngine
 
 __all__ = [
     "ConfigError",
     "ConfigurationError",
     "Policy",
+    "RetryEngine",
     "RetryEngineLoadError",
     "RetryWithBackoffPlugin",
     "WasmRetryEngine",

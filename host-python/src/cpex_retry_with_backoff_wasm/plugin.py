@@ -2,7 +2,7 @@
 
 Switching from the native plugin changes only the ``kind:`` line of the gateway's stanza to
 ``cpex_retry_with_backoff_wasm.RetryWithBackoffPlugin``: same hooks, config keys and results.
-The class stays thin; every decision is made by the Wasm engine behind ``WasmRetryEngine``.
+The class stays thin; every decision is made by the component behind ``RetryEngine``.
 """
 
 from __future__ import annotations
@@ -22,9 +22,11 @@ from cpex.framework import (  # type: ignore[import-untyped, unused-ignore]
 )
 
 from .ceiling import read_ceiling
-from .engine import Clock, Seed, WasmRetryEngine
 from .results import delay_result_builder, result_builder
-from .signals import COUNT_SHIFT, DELAY_MASK, REASON_EXHAUSTED, REASON_SHIFT, REASONS
+from .retry_engine import RetryEngine
+from .sandbox import Clock, Seed
+from .signals import REASON_EXHAUSTED
+from .wire import DELAY_MASK, REASON_SHIFT, REASONS, RETRY_COUNT_SHIFT
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +94,7 @@ class RetryWithBackoffPlugin(Plugin):  # type: ignore[misc, unused-ignore]  # cp
         wall_clock: Callable[[], float] | None = None,
     ) -> None:
         super().__init__(config)
-        self._engine = WasmRetryEngine(
+        self._engine = RetryEngine(
             dict(config.config or {}),
             max_retries_ceiling=read_ceiling(),
             clock=clock,
@@ -114,8 +116,8 @@ class RetryWithBackoffPlugin(Plugin):  # type: ignore[misc, unused-ignore]  # cp
         )
 
     @property
-    def engine(self) -> WasmRetryEngine:
-        """The Wasm adapter (state inspection, policies)."""
+    def engine(self) -> RetryEngine:
+        """The adapter to the component (state inspection, policies)."""
         return self._engine
 
     def reload(self, wasm_path: str | None = None, wasm_sha256: str | None = None) -> int:
@@ -148,14 +150,14 @@ class RetryWithBackoffPlugin(Plugin):  # type: ignore[misc, unused-ignore]  # cp
                 "tool_post_invoke: tool=%s request_id=%s exhausted after %d failure(s)",
                 payload.name,
                 global_context.request_id,
-                (decision >> COUNT_SHIFT) & 0xFF,
+                (decision >> RETRY_COUNT_SHIFT) & 0xFF,
             )
         trace_id = None if extensions is None else read_trace_id(extensions)
         if trace_id is None:
             return self._delay_result(delay)
         reason = (decision >> REASON_SHIFT) & 0xFF
         metrics: dict[str, Any] = {
-            "retry_count": (decision >> COUNT_SHIFT) & 0xFF,
+            "retry_count": (decision >> RETRY_COUNT_SHIFT) & 0xFF,
             "retry_delay_ms": delay,
         }
         if self._metrics_reason:

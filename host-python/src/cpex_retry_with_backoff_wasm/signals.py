@@ -1,8 +1,9 @@
-"""Reading a tool result the way the native plugin reads it, and the ``decide`` bit layouts.
+"""Reading a tool result the way the native plugin reads it, and unpacking a decision.
 
 Pure functions, no Wasm: ``read_signals`` packs the few facts the engine needs into the
-``signals`` u64 of ``retry-engine.decide`` (see ``wit/retry-engine.wit``), ``collect_texts``
-gathers text items for ``decide-text``, and the ``decision_*`` helpers unpack the u64 result.
+``signals`` u64 of ``retry-engine.decide`` (the layout and its names are in ``wire``),
+``collect_texts`` gathers text items for ``decide-text``, and the ``decision_*`` helpers unpack
+the u64 result.
 No policy is decided here: which status codes count, budgets and delays live in the engine.
 
 Every read goes through the mapping protocol (``obj[key]``), as the native plugin's
@@ -21,54 +22,32 @@ from datetime import UTC
 from email.utils import parsedate_to_datetime
 from typing import Any, Final
 
-# --- signals (host -> engine) -------------------------------------------------------------
-#: bit 0: ``result["isError"]`` is the bool True.
-SIG_IS_ERROR: Final = 1 << 0
-#: bit 1: ``result["structuredContent"]`` exists and is not None.
-SIG_HAS_STRUCTURED: Final = 1 << 1
-#: bit 2: ``structuredContent["isError"]`` is the bool True.
-SIG_STRUCTURED_IS_ERROR: Final = 1 << 2
-#: bit 3: ``structuredContent["status_code"]`` is an int that fits an s32 (bits 32..63).
-SIG_HAS_STATUS: Final = 1 << 3
-#: bits 4..6: facts for ``safe_classification`` (``read_hints``); the engine ignores them unless
-#: the tool's policy opts in.
-#: bit 4: an MCP input-validation error (JSON-RPC -32602 or an explicit marker).
-SIG_VALIDATION_ERROR: Final = 1 << 4
-#: bit 5: ``result["resultType"] == "input_required"``.
-SIG_INPUT_REQUIRED: Final = 1 << 5
-#: bit 6: an explicit ``retryable: False``.
-SIG_NOT_RETRYABLE: Final = 1 << 6
-#: bit 7: a server delay hint (``honor_retry_after``) is in bits 8..31, in ms from now.
-SIG_RETRY_AFTER: Final = 1 << 7
-RETRY_AFTER_SHIFT: Final = 8
-#: The largest hint the wire carries (24 bits of ms, ~4.66 h); larger ones saturate.
-RETRY_AFTER_MS_MAX: Final = (1 << 24) - 1
+from .wire import (
+    DELAY_MASK,
+    NEED_TEXT,
+    REASON_SHIFT,
+    REASONS,
+    RETRY_AFTER_MAX_MS,
+    RETRY_AFTER_SHIFT,
+    RETRY_COUNT_SHIFT,
+    SIG_INPUT_REQUIRED,
+    SIG_IS_ERROR,
+    SIG_NOT_RETRYABLE,
+    SIG_RETRY_AFTER,
+    SIG_STATUS,
+    SIG_STRUCTURED,
+    SIG_STRUCTURED_IS_ERROR,
+    SIG_VALIDATION_ERROR,
+    STATUS_SHIFT,
+)
+
 #: ``X-RateLimit-Reset`` values from here on are epoch seconds, not a delta (September 2001).
 EPOCH_SECONDS_FROM: Final = 1_000_000_000
-STATUS_SHIFT: Final = 32
 #: JSON-RPC "Invalid params": MCP's code for tool input-validation errors.
 JSONRPC_INVALID_PARAMS: Final = -32602
-
-# --- decision (engine -> host) -----------------------------------------------------------
-DELAY_MASK: Final = (1 << 40) - 1
-COUNT_SHIFT: Final = 40
-REASON_SHIFT: Final = 48
-#: bit 60, alone: ``decide-held`` got a handle that names no key (any more): call ``decide``.
-UNKNOWN_HANDLE: Final = 1 << 60
-#: Handles (WIT ``decide``'s ``handle``) run 1..HANDLE_MAX and name keys of at most
-#: HANDLE_KEY_MAX_BYTES bytes of UTF-8.
-HANDLE_MAX: Final = 1 << 17
-HANDLE_KEY_MAX_BYTES: Final = 256
-#: bit 61: no policy checks text content: a result whose signals are 0 is a success for every
-#: tool, and changes nothing for a key that holds no retry state.
-TEXT_FREE: Final = 1 << 61
-#: bit 62: the engine is idle (no retry state, no text checks): until the next call into it,
-#: a result whose signals are 0 is a success that changes nothing.
-IDLE: Final = 1 << 62
-NEED_TEXT: Final = 1 << 63
-#: ``decision-reason`` ordinals, in WIT declaration order (new reasons are only appended).
-REASONS: Final = ("success", "retry", "exhausted", "non-retryable", "budget", "deadline", "retry-after")
-REASON_EXHAUSTED: Final = 2
+#: ``decision-reason`` ordinals the host acts on.
+REASON_RETRY: Final = REASONS.index("retry")
+REASON_EXHAUSTED: Final = REASONS.index("exhausted")
 
 _S32_MIN: Final = -(1 << 31)
 _S32_MAX: Final = (1 << 31) - 1
@@ -133,13 +112,13 @@ def pack_signals(
     if is_error:
         bits |= SIG_IS_ERROR
     if has_structured:
-        bits |= SIG_HAS_STRUCTURED
+        bits |= SIG_STRUCTURED
     if structured_is_error:
         bits |= SIG_STRUCTURED_IS_ERROR
     if status_code is not None:
         if not _S32_MIN <= status_code <= _S32_MAX:
             raise ValueError(f"status_code {status_code} does not fit an s32")
-        bits |= SIG_HAS_STATUS | ((status_code & _U32_MASK) << STATUS_SHIFT)
+        bits |= SIG_STATUS | ((status_code & _U32_MASK) << STATUS_SHIFT)
     return bits
 
 
@@ -163,7 +142,7 @@ def read_signals(result: Any) -> int:
         return bits
     if structured is None:
         return bits
-    bits |= SIG_HAS_STRUCTURED
+    bits |= SIG_STRUCTURED
     if not bits & SIG_IS_ERROR:
         try:
             structured_is_error = structured["isError"]
@@ -184,7 +163,7 @@ def read_signals(result: Any) -> int:
             return bits
     elif not _S32_MIN <= status <= _S32_MAX:
         return bits
-    return bits | SIG_HAS_STATUS | ((status & _U32_MASK) << STATUS_SHIFT)
+    return bits | SIG_STATUS | ((status & _U32_MASK) << STATUS_SHIFT)
 
 
 def _is_invalid_params(value: Any) -> bool:
@@ -303,7 +282,7 @@ def read_hints(result: Any, wall_clock: WallClock = time.time) -> int:
             bits |= SIG_VALIDATION_ERROR
         hint = read_retry_after_ms(structured, wall_clock)
         if hint is not None:
-            ms = min(math.ceil(hint), RETRY_AFTER_MS_MAX)
+            ms = min(math.ceil(hint), RETRY_AFTER_MAX_MS)
             bits |= SIG_RETRY_AFTER | (ms << RETRY_AFTER_SHIFT)
         return bits
     except Exception:
@@ -337,7 +316,7 @@ def decision_delay_ms(decision: int) -> int:
 
 def decision_retry_count(decision: int) -> int:
     """Consecutive failures of the key after this result (0 on success)."""
-    return (decision >> COUNT_SHIFT) & 0xFF
+    return (decision >> RETRY_COUNT_SHIFT) & 0xFF
 
 
 def decision_reason(decision: int) -> str:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import stat
 import tempfile
 import threading
 from dataclasses import dataclass, field
@@ -51,6 +52,11 @@ EXPORTED_FUNCS = (
     "import-state",
     "contract-version",
 )
+
+#: The largest ``.wasm`` the loader reads (the release is well under a hundredth of it): a
+#: bound so that a mistaken ``wasm_path`` (a device, a huge file) fails at once rather than
+#: reading without end.
+MAX_WASM_BYTES = 16 * 1024 * 1024
 
 CACHE_DIR_NAME = "cpex-retry-with-backoff-wasm"
 _CACHE_MAGIC = b"CPEXRWBW1\n"
@@ -218,18 +224,71 @@ def _describe(path: Path, engine: Engine, component: Component, sha256: str) -> 
     return LoadedComponent(path, sha256, component, interface, indices, imports)
 
 
+def _file_kind(mode: int) -> str:
+    """What a non-regular file is, for an error message."""
+    kinds = (
+        (stat.S_ISDIR, "a directory"),
+        (stat.S_ISFIFO, "a FIFO (named pipe)"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+        (stat.S_ISSOCK, "a socket"),
+    )
+    return next((what for test, what in kinds if test(mode)), "not a regular file")
+
+
+def read_wasm_file(path: Path) -> bytes:
+    """The bytes of the regular file ``path`` (symlinks followed), at most ``MAX_WASM_BYTES``.
+
+    Opened non-blocking, so that a FIFO without a writer is refused at once instead of
+    blocking the caller (plugin construction, ``reload``); then the opened descriptor is
+    checked, so what is read is what was checked.  Anything but a regular file, or a file
+    over the bound, raises ``RetryEngineLoadError`` naming the path and the reason.
+    """
+    flags = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
+    try:
+        fd = os.open(path, flags)
+    except OSError as exc:
+        raise RetryEngineLoadError(f"{MESSAGE_PREFIX}: cannot read component {path}: {exc}") from exc
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise RetryEngineLoadError(
+                f"{MESSAGE_PREFIX}: cannot read component {path}: it is {_file_kind(info.st_mode)}, "
+                "not a regular file"
+            )
+        too_big = RetryEngineLoadError(
+            f"{MESSAGE_PREFIX}: cannot read component {path}: it is larger than {MAX_WASM_BYTES} bytes, "
+            "the most a retry-engine component may be"
+        )
+        if info.st_size > MAX_WASM_BYTES:
+            raise too_big
+        chunks: list[bytes] = []
+        left = MAX_WASM_BYTES + 1  # one byte more tells a file that grew past the bound
+        while left > 0:
+            chunk = os.read(fd, min(left, 1024 * 1024))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            left -= len(chunk)
+        if left <= 0:
+            raise too_big
+        return b"".join(chunks)
+    except OSError as exc:
+        raise RetryEngineLoadError(f"{MESSAGE_PREFIX}: cannot read component {path}: {exc}") from exc
+    finally:
+        os.close(fd)
+
+
 def load_component(path: str | os.PathLike[str], expected_sha256: str | None = None) -> LoadedComponent:
     """Compile (or fetch from the caches) the component at ``path``.
 
     Raises ``RetryEngineLoadError`` naming the path when the file is missing, unreadable,
+    not a regular file (``read_wasm_file``), larger than ``MAX_WASM_BYTES``,
     not a component, not a retry-engine component, or (with ``expected_sha256``) not the
     pinned artifact — checked before anything is compiled or loaded.
     """
     wasm_path = Path(path)
-    try:
-        data = wasm_path.read_bytes()
-    except OSError as exc:
-        raise RetryEngineLoadError(f"{MESSAGE_PREFIX}: cannot read component {wasm_path}: {exc}") from exc
+    data = read_wasm_file(wasm_path)
     sha256 = hashlib.sha256(data).hexdigest()
     if expected_sha256 is not None and sha256 != expected_sha256.lower():
         raise RetryEngineLoadError(

@@ -40,6 +40,7 @@ from .loader import (
     CLOCK_INTERFACE_PREFIX,
     SEED_INTERFACE_PREFIX,
     LoadedComponent,
+    compile_cache_setting,
     get_engine,
     load_component,
     production_linker,
@@ -190,7 +191,8 @@ class WasmRetryEngine:
             to load instead of the bundled one), ``wasm_fuel`` (the most fuel one call
             may burn, default 10 000 000; ``configure`` gets 1 000 more per byte of config;
             ``fastcall.HeldFuel`` says how ``decide-held`` calls share refills),
-            ``wasm_max_memory_bytes`` (linear-memory cap, default 64 MiB).
+            ``wasm_max_memory_bytes`` (linear-memory cap, default 64 MiB),
+            ``wasm_compile_cache`` (false: never use the on-disk compile cache; ``loader``).
             Everything is passed to the engine's ``configure`` as JSON.
         max_retries_ceiling: the gateway's retry ceiling; budgets above it are clamped.
         clock: monotonic nanoseconds; replaces ``wasi:clocks/monotonic-clock`` (tests).
@@ -227,6 +229,7 @@ class WasmRetryEngine:
         # Host keys are checked first; their problems are reported together with the engine's.
         self._host_errors: list[ConfigError] = []
         self._fuel, self._max_memory = _host_limits(raw, self._host_errors)
+        self._compile_cache = compile_cache_setting(raw, self._host_errors)
         wasm_path = raw.get(KEY_WASM_PATH)
         if wasm_path is None:
             path = bundled_wasm_path()
@@ -254,7 +257,9 @@ class WasmRetryEngine:
         self._clock = clock
         self._seed = seed
         self._path = path
-        self._loaded: LoadedComponent = load_component(path, self.pinned_sha256)
+        self._loaded: LoadedComponent = load_component(
+            path, self.pinned_sha256, compile_cache=self._compile_cache
+        )
         self._linker = self._make_linker(self._loaded)
         self._store: Store | None = None
         self._funcs: dict[str, Func] = {}
@@ -359,7 +364,7 @@ class WasmRetryEngine:
                 (ConfigError(KEY_WASM_SHA256, f"must be 64 hexadecimal digits, got {wasm_sha256!r}"),)
             )
         pin = wasm_sha256.lower() if wasm_sha256 is not None else self.pinned_sha256
-        loaded = load_component(path, pin)
+        loaded = load_component(path, pin, compile_cache=self._compile_cache)
         linker = self._make_linker(loaded)
         with self._lock:
             previous = self._instance_parts()

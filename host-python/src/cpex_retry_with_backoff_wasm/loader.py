@@ -413,6 +413,23 @@ def read_wasm_file(path: Path) -> bytes:
         os.close(fd)
 
 
+def _wasmtime_py() -> str:
+    """The installed wasmtime-py and the range this package declares, for an error message
+    (read only then: scanning the installed distributions is slow)."""
+    from importlib import metadata  # noqa: PLC0415 - only on this error path, not at every start
+
+    try:
+        version = metadata.version("wasmtime")
+    except metadata.PackageNotFoundError:  # pragma: no cover - wasmtime imported from elsewhere
+        version = "(version unknown)"
+    try:
+        requires = metadata.requires("cpex-retry-with-backoff-wasm") or []
+    except metadata.PackageNotFoundError:  # pragma: no cover - run from a source tree
+        requires = []
+    declared = next((req for req in requires if req.startswith("wasmtime")), None)
+    return f"wasmtime-py {version}" + (f" (this plugin needs {declared})" if declared else "")
+
+
 def load_component(
     path: str | os.PathLike[str], expected_sha256: str | None = None, *, compile_cache: bool = True
 ) -> LoadedComponent:
@@ -425,7 +442,8 @@ def load_component(
     Raises ``RetryEngineLoadError`` naming the path when the file is missing, unreadable,
     not a regular file (``read_wasm_file``), larger than ``MAX_WASM_BYTES``,
     not a component, not a retry-engine component, or (with ``expected_sha256``) not the
-    pinned artifact — checked before anything is compiled or loaded.
+    pinned artifact — checked before anything is compiled or loaded — and naming the cause
+    when this wasmtime-py cannot load it.
     """
     wasm_path = Path(path)
     data = read_wasm_file(wasm_path)
@@ -439,19 +457,26 @@ def load_component(
         cached = _components.get(sha256)
     if cached is not None and (compile_cache or not cached.from_disk_cache):
         return cached
-    engine = get_engine()
-    component = _read_cached(engine, sha256) if compile_cache else None
-    from_disk = component is not None
-    if component is None:
-        try:
-            component = Component(engine, data)
-        except WasmtimeError as exc:
-            raise RetryEngineLoadError(
-                f"{MESSAGE_PREFIX}: {wasm_path} is not a valid WebAssembly component: {exc}"
-            ) from exc
-        if compile_cache:
-            _write_cached(component, sha256)
-    loaded = _describe(wasm_path, engine, component, sha256)
+    try:
+        engine = get_engine()
+        component = _read_cached(engine, sha256) if compile_cache else None
+        from_disk = component is not None
+        if component is None:
+            try:
+                component = Component(engine, data)
+            except WasmtimeError as exc:
+                raise RetryEngineLoadError(
+                    f"{MESSAGE_PREFIX}: {wasm_path} is not a valid WebAssembly component: {exc}"
+                ) from exc
+            if compile_cache:
+                _write_cached(component, sha256)
+        loaded = _describe(wasm_path, engine, component, sha256)
+    except RetryEngineLoadError:
+        raise
+    except Exception as exc:  # another wasmtime-py whose API differs: say which, and why
+        raise RetryEngineLoadError(
+            f"{MESSAGE_PREFIX}: cannot load {wasm_path} with {_wasmtime_py()}: {type(exc).__name__}: {exc}"
+        ) from exc
     loaded.from_disk_cache = from_disk
     with _lock:
         known = _components.get(sha256)

@@ -34,6 +34,8 @@ from .test_reload import contract_variant, sha256_of
 
 #: A uid that is not the test's (the tests run as root, so chown to it works).
 OTHER_UID = 4242
+#: Giving a file to another user needs root.
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="chown to another uid needs root")
 
 
 @pytest.fixture
@@ -121,6 +123,7 @@ def test_directory_writable_by_others_is_refused_and_left_alone(
     assert entry.stat().st_mtime_ns == before, "nothing is written into a refused directory"
 
 
+@needs_root
 def test_directory_owned_by_another_user_is_refused(
     wasm_path: Path, cache: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -131,7 +134,9 @@ def test_directory_owned_by_another_user_is_refused(
     assert f"owned by uid {OTHER_UID}, not by this process's uid {os.geteuid()}" in warning
 
 
-@pytest.mark.parametrize("change", ["other-owner", "group-writable", "world-writable"])
+@pytest.mark.parametrize(
+    "change", [pytest.param("other-owner", marks=needs_root), "group-writable", "world-writable"]
+)
 def test_entry_another_user_could_have_written_is_refused_and_replaced(
     wasm_path: Path,
     cache: Path,

@@ -19,6 +19,7 @@ WASMTIME_CLI_VERSION := 48.0.8
 CARGO_BIN   := $(or $(CARGO_HOME),$(HOME)/.cargo)/bin
 
 .PHONY: help install toolchain wasm venv smoke test test-rust test-wasm test-python test-python-cpex013 \
+        test-python-wasmtime-min \
         lint fmt-check clippy ruff mypy bench size ci clean dist test-dist cli-test wasmtime-cli
 
 help: ## Show this help.
@@ -36,15 +37,21 @@ wasm: ## Build the release component to target/wasm/retry_engine.wasm (and into 
 	cp $(WASM) $(PKG_WASM)
 	@echo "built $(WASM): $$(stat -c %s $(WASM)) bytes"
 
-venv: ## Create .venv with the host plugin (editable) and its test/bench dependencies.
+# The wasmtime-py requirement host-python/pyproject.toml declares, and its lower bound.
+WASMTIME_REQ = $(shell $(PYTHON) -c 'import tomllib; deps = tomllib.load(open("host-python/pyproject.toml", "rb"))["project"]["dependencies"]; print(next(d for d in deps if d.startswith("wasmtime")))')
+WASMTIME_MIN = $(shell $(PYTHON) -c 'import re, sys; print(re.search(r">=\s*([0-9][0-9.]*)", sys.argv[1]).group(1))' '$(WASMTIME_REQ)')
+VENV_WASMTIME_MIN := .venv-wasmtime-min
+
+venv: ## Create .venv with the host plugin (editable), its test/bench dependencies and the newest wasmtime-py allowed.
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e 'host-python[test]'
+	$(PY) -m pip install --quiet --upgrade '$(WASMTIME_REQ)'
 
 smoke: ## Load the plugin through the real cpex PluginManager and print a few decisions.
 	$(PY) examples/smoke.py
 
-test: test-rust test-wasm size test-python test-python-cpex013 soak-smoke cli-test test-dist test-e2e lint ## Run every test and lint.
+test: test-rust test-wasm size test-python test-python-cpex013 test-python-wasmtime-min soak-smoke cli-test test-dist test-e2e lint ## Run every test and lint.
 
 test-rust: ## Unit tests of the pure policy core (native target).
 	cargo test -p retry-engine-guest
@@ -59,6 +66,12 @@ test-python-cpex013: wasm wasm-faulty ## pytest again under cpex 0.1.3 (the nati
 	test -x $(VENV013)/bin/python || $(PYTHON) -m venv $(VENV013)
 	$(VENV013)/bin/python -m pip install --quiet 'cpex==0.1.3' pytest pytest-asyncio pyyaml -e host-python
 	$(VENV013)/bin/python -m pytest tests/python -q -p no:cacheprovider
+
+test-python-wasmtime-min: wasm wasm-faulty ## pytest again on the oldest wasmtime-py the package declares (own venv).
+	test -x $(VENV_WASMTIME_MIN)/bin/python || $(PYTHON) -m venv $(VENV_WASMTIME_MIN)
+	$(VENV_WASMTIME_MIN)/bin/python -m pip install --quiet 'wasmtime==$(WASMTIME_MIN)' -e 'host-python[test]'
+	$(VENV_WASMTIME_MIN)/bin/python -c 'from importlib.metadata import version; print("wasmtime-py", version("wasmtime"))'
+	$(VENV_WASMTIME_MIN)/bin/python -m pytest tests/python -q -p no:cacheprovider
 
 dist: wasm ## Wheel of host-python (bundling the .wasm) plus the standalone .wasm and its sha256, in dist/.
 	rm -rf $(DIST) host-python/build
@@ -155,4 +168,4 @@ ci: install test ## What .ci/run does.
 
 clean:
 	cargo clean
-	rm -rf $(VENV) $(VENV013) $(PKG_WASM) dist
+	rm -rf $(VENV) $(VENV013) $(VENV_WASMTIME_MIN) $(PKG_WASM) dist

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -9,6 +10,7 @@ import pytest
 import wasmtime
 
 from cpex_retry_with_backoff_wasm import loader
+from cpex_retry_with_backoff_wasm import WasmRetryEngine
 from cpex_retry_with_backoff_wasm.loader import (
     CACHE_DIR_NAME,
     cache_dir,
@@ -189,3 +191,24 @@ def test_component_with_foreign_imports_is_rejected(tmp_path: Path) -> None:
     path.write_bytes(bytes(wasmtime.wat2wasm(wat)))
     with pytest.raises(RetryEngineLoadError, match=r"foreign\.wasm imports wasi:cli/environment@0\.2\.0"):
         load_component(path)
+
+
+def test_wasmtime_py_api_mismatch_is_a_load_error_naming_version_and_cause(
+    wasm_path: Path, fresh_cache: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What wasmtime-py 39-48 do to the loader (their ``imports()`` items have no ``.ty``),
+    simulated: the plugin's construction fails with a load error naming the wasmtime-py in
+    use and the cause, not with a bare ``AttributeError``."""
+    from importlib.metadata import version
+
+    def old_api(engine: Any, item: object) -> frozenset[str]:
+        raise AttributeError("'ComponentInstanceType' object has no attribute 'ty'")
+
+    monkeypatch.setattr(loader, "_imported_funcs", old_api)
+    expected = (
+        rf"cannot load .*retry_engine\.wasm with wasmtime-py {re.escape(version('wasmtime'))} "
+        r"\(this plugin needs wasmtime.*\): "
+        r"AttributeError: 'ComponentInstanceType' object has no attribute 'ty'"
+    )
+    with pytest.raises(RetryEngineLoadError, match=expected):
+        WasmRetryEngine({})

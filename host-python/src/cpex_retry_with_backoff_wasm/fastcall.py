@@ -23,11 +23,14 @@ Why each choice (each measured on this project's machines, per call):
   decides; the Store itself is behind the adapter's lock.  A runaway guest is bounded by
   fuel: ``decide`` refuels before every call, ``decide-held`` as ``HeldFuel`` says.
 
-The struct layout is declared here and checked against wasmtime-py's own ctypes declaration
-of ``wasmtime_component_val_t`` when this module is imported; ``lean_decide`` returns
-``None`` (the adapter then uses the generic path and logs why) when cffi is missing or the
-layout differs.  The caller holds the store's lock: nothing here is thread-safe, as a Store
-is not.
+The struct layout and the C functions' signatures are declared here (``_CDEF``) and checked
+against wasmtime-py's own ctypes declarations (``wasmtime_component_val_t``, and the
+``argtypes``/``restype`` of each function called) when this module is imported.  The lean
+path relies on wasmtime-py internals (``Func._func``, ``Store._context``, ``_bindings``), so
+any failure in that check or while preparing a caller makes it unavailable: ``lean_decide``
+returns ``None``, ``UNAVAILABLE`` says why, and the adapter uses wasmtime-py's public call
+and logs that once.  Only a component whose function has another signature is an error.
+The caller holds the store's lock: nothing here is thread-safe, as a Store is not.
 """
 
 from __future__ import annotations
@@ -57,6 +60,60 @@ void *wasmtime_component_func_call(const void *func, void *context, const lean_v
 void *wasmtime_context_set_fuel(void *context, uint64_t fuel);
 """
 
+#: The C functions the lean callers call (declared in ``_CDEF``).
+C_FUNCTIONS = ("wasmtime_component_func_call", "wasmtime_context_set_fuel")
+#: ctypes codes of the integer types, signed ones in lower case.
+_CTYPES_INTS = "bhilqBHILQ"
+
+
+class SurfaceMismatch(ImportError):
+    """wasmtime-py's C declarations differ from what this module was written against."""
+
+
+def _same_c_type(ffi: Any, ours: Any, theirs: Any, val: type) -> bool:
+    """Whether the cffi type ``ours`` (from ``_CDEF``) passes like the ctypes type ``theirs``
+    (from wasmtime-py's ``_bindings``): a pointer to our value struct only as a pointer to
+    wasmtime-py's ``val``, another pointer as any pointer, an integer as an integer of the
+    same size and signedness."""
+    if ours.kind == "pointer":
+        if ours.item.kind == "struct":
+            return getattr(theirs, "_type_", None) is val and issubclass(theirs, ctypes._Pointer)
+        return isinstance(theirs, type) and issubclass(theirs, ctypes._Pointer | c_void_p)
+    if ours.kind == "primitive":
+        code = getattr(theirs, "_type_", None)
+        if not (isinstance(code, str) and len(code) == 1 and code in _CTYPES_INTS):
+            return False
+        signed = int(ffi.cast(ours, -1)) < 0
+        return bool(ctypes.sizeof(theirs) == ffi.sizeof(ours) and code.islower() == signed)
+    return False
+
+
+def _name(ty: Any) -> str:
+    return str(getattr(ty, "__name__", ty))
+
+
+def check_c_signatures(ffi: Any, lib: Any, capi: Any, val: type) -> None:
+    """Raise ``SurfaceMismatch`` unless each of ``C_FUNCTIONS`` has, in wasmtime-py's ctypes
+    declaration, the parameters and result ``_CDEF`` gives it."""
+    for name in C_FUNCTIONS:
+        ours = ffi.typeof(getattr(lib, name))
+        declared = getattr(capi, f"_{name}")
+        theirs = list(declared.argtypes or ())
+        if len(theirs) != len(ours.args):
+            raise SurfaceMismatch(
+                f"{name} takes {len(theirs)} arguments in this wasmtime-py, not {len(ours.args)}"
+            )
+        for i, (mine, other) in enumerate(zip(ours.args, theirs, strict=True)):
+            if not _same_c_type(ffi, mine, other, val):
+                raise SurfaceMismatch(
+                    f"{name} argument {i} is {_name(other)} in this wasmtime-py, not {mine.cname}"
+                )
+        if not _same_c_type(ffi, ours.result, declared.restype, val):
+            raise SurfaceMismatch(
+                f"{name} returns {_name(declared.restype)} in this wasmtime-py, not {ours.result.cname}"
+            )
+
+
 #: Why the lean path is unavailable, or None when it is available.
 UNAVAILABLE: str | None = None
 try:  # pragma: no cover - exercised by whichever wasmtime-py / cffi is installed
@@ -72,9 +129,10 @@ try:  # pragma: no cover - exercised by whichever wasmtime-py / cffi is installe
         ctypes.sizeof(_VAL),
         _VAL.of.offset,
     ):
-        raise ImportError("wasmtime_component_val_t has another layout in this wasmtime-py")
+        raise SurfaceMismatch("wasmtime_component_val_t has another layout in this wasmtime-py")
     # The functions are declared by the cdef above, which the type checker cannot see.
     _lib: Any = _ffi_cffi.dlopen(_ffi.dll._name)
+    check_c_signatures(_ffi_cffi, _lib, _capi, _VAL)
     _func_call = _lib.wasmtime_component_func_call
     _set_fuel = _lib.wasmtime_context_set_fuel
     _from_buffer = _ffi_cffi.from_buffer
@@ -91,7 +149,7 @@ try:  # pragma: no cover - exercised by whichever wasmtime-py / cffi is installe
         U64: _ffi.WASMTIME_COMPONENT_U64.value,
     }
     _maybe_raise_last_exn = _enter.maybe_raise_last_exn
-except (ImportError, AttributeError, OSError) as exc:  # pragma: no cover - other layouts
+except Exception as exc:  # pragma: no cover - another wasmtime-py: whatever broke, fall back
     UNAVAILABLE = f"{type(exc).__name__}: {exc}"
 
 #: Fuel per byte of key on top of the base budget: hashing and copying a key costs ~16.
@@ -113,10 +171,7 @@ LeanDecideHeld = Callable[[int, int], int]
 class _Prepared:
     """What a lean caller needs of one exported function: its C handles and argument slots."""
 
-    def __init__(self, func: Func, store: Store, kinds: tuple[type, ...], signature: str) -> None:
-        ftype = func.type(store)
-        if tuple(type(ty) for _name, ty in ftype.params) != kinds or type(ftype.result) is not U64:
-            raise TypeError(f"{ftype.params} -> {ftype.result} is not {signature}")
+    def __init__(self, func: Func, store: Store, kinds: tuple[type, ...]) -> None:
         self.params: Any = _ffi_cffi.new(_ARGS_TYPE)
         for i, kind in enumerate(kinds):
             self.params[i].kind = _KINDS[kind]
@@ -127,6 +182,24 @@ class _Prepared:
         self.ctx = _ffi_cffi.cast(_VOID_PTR, context or 0)
         # The raw addresses above point into these: they live as long as the caller does.
         self.keepalive = (func_raw, store)
+
+
+def _prepare(func: Func, store: Store, kinds: tuple[type, ...], signature: str) -> _Prepared | None:
+    """The lean caller's parts for ``func``, or None (and ``UNAVAILABLE`` set, so the lean
+    path stays off in this process) when wasmtime-py's internals do not let them be built.
+
+    Raises ``TypeError`` when ``func`` does not have ``signature``: the component's fault,
+    which the public call path would meet too.
+    """
+    global UNAVAILABLE  # noqa: PLW0603 - the lean path is off for the whole process from now
+    ftype = func.type(store)
+    if tuple(type(ty) for _name, ty in ftype.params) != kinds or type(ftype.result) is not U64:
+        raise TypeError(f"{ftype.params} -> {ftype.result} is not {signature}")
+    try:
+        return _Prepared(func, store, kinds)
+    except Exception as exc:
+        UNAVAILABLE = f"preparing the lean call failed: {type(exc).__name__}: {exc}"
+        return None
 
 
 def _raise_call_error(err: Any) -> None:
@@ -173,7 +246,9 @@ def lean_decide(func: Func, store: Store, fuel: int, held_fuel: HeldFuel) -> Lea
     """
     if UNAVAILABLE is not None:
         return None
-    prepared = _Prepared(func, store, (String, U32, U64, U32), "(string, u32, u64, u32) -> u64")
+    prepared = _prepare(func, store, (String, U32, U64, U32), "(string, u32, u64, u32) -> u64")
+    if prepared is None:
+        return None
     # Everything the call needs is a local of this closure (cheaper to reach than attributes).
     params, out, c_func, c_ctx = prepared.params, prepared.out, prepared.func, prepared.ctx
     key_arg, tool_len_arg, signals_arg, handle_arg = (params[i].of for i in range(4))
@@ -213,7 +288,9 @@ def lean_decide_held(func: Func, store: Store, fuel: int, held_fuel: HeldFuel) -
     """
     if UNAVAILABLE is not None:
         return None
-    prepared = _Prepared(func, store, (U32, U64), "(u32, u64) -> u64")
+    prepared = _prepare(func, store, (U32, U64), "(u32, u64) -> u64")
+    if prepared is None:
+        return None
     params, out, c_func, c_ctx = prepared.params, prepared.out, prepared.func, prepared.ctx
     handle_arg, signals_arg = params[0].of, params[1].of
     result = out.of
@@ -240,12 +317,15 @@ def lean_decide_held(func: Func, store: Store, fuel: int, held_fuel: HeldFuel) -
 
 
 __all__ = [
+    "C_FUNCTIONS",
     "HELD_CALL_FUEL_BOUND",
     "KEY_FUEL_PER_BYTE",
     "UNAVAILABLE",
     "HeldFuel",
     "LeanDecide",
     "LeanDecideHeld",
+    "SurfaceMismatch",
+    "check_c_signatures",
     "lean_decide",
     "lean_decide_held",
 ]

@@ -8,26 +8,39 @@
   (tens of milliseconds).
   The cache lives in ``$XDG_CACHE_HOME/cpex-retry-with-backoff-wasm`` (else
   ``~/.cache/cpex-retry-with-backoff-wasm``), is written atomically (temp file +
-  ``os.replace``) and carries a sha256 of its own payload, so a torn or tampered file is
-  ignored and recompiled rather than handed to ``Component.deserialize``.
+  ``os.replace``) and carries a sha256 of its own payload, so a torn file is ignored and
+  recompiled rather than handed to ``Component.deserialize``.
+* The cache is part of the trust boundary: deserializing an entry runs its native code, past
+  ``wasm_sha256`` and the sandbox.  An entry is used only if nobody but the effective user
+  can have written it (the directory, created 0700, and the entry, written 0600, both owned
+  by the effective uid and not group- or world-writable, checked on the opened descriptors;
+  an entry that is a symlink is refused) and its header names the sha256 of the very
+  ``.wasm`` bytes being loaded, so a pinned plugin only runs code compiled from the pinned
+  bytes.  A refused directory or entry is logged once and the component compiled from the
+  bytes; a refused directory is not written to.  ``wasm_compile_cache: false`` turns the
+  cache off.  The effective user is trusted: it can replace the package itself.
 * The production Linker links wasmtime's native WASI (``add_wasip2``); stores get an empty
   ``WasiConfig`` so no args, env, stdio, files or sockets are reachable.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
+import stat
 import tempfile
 import threading
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from wasmtime import Config, Engine, WasmtimeError, _bindings, _ffi
 from wasmtime.component import Component, ComponentInstanceType, ExportIndex, FuncType, Linker
 
-from .model import MESSAGE_PREFIX, RetryEngineLoadError
+from .model import MESSAGE_PREFIX, ConfigError, RetryEngineLoadError
 
 log = logging.getLogger(__name__)
 
@@ -52,15 +65,28 @@ EXPORTED_FUNCS = (
     "contract-version",
 )
 
+#: The largest ``.wasm`` the loader reads (the release is well under a hundredth of it): a
+#: bound so that a mistaken ``wasm_path`` (a device, a huge file) fails at once rather than
+#: reading without end.
+MAX_WASM_BYTES = 16 * 1024 * 1024
+
 CACHE_DIR_NAME = "cpex-retry-with-backoff-wasm"
-_CACHE_MAGIC = b"CPEXRWBW1\n"
+#: Host setting: ``false`` turns the on-disk compile cache off (no entry read or written).
+KEY_COMPILE_CACHE = "wasm_compile_cache"
+#: An entry is this magic, the sha256 of the ``.wasm`` it was compiled from, the sha256 of
+#: the payload, then the payload (``Component.serialize``).
+_CACHE_MAGIC = b"CPEXRWBW2\n"
 _DIGEST_LEN = 32
+#: The largest cache entry read: compiled code is several times larger than its ``.wasm``.
+MAX_CACHE_ENTRY_BYTES = 16 * MAX_WASM_BYTES
 
 _lock = threading.Lock()
 _engine: Engine | None = None
 _engine_tag = "fuel"
 _production_linker: Linker | None = None
 _components: dict[str, LoadedComponent] = {}
+#: Cache refusals already logged.
+_warned: set[str] = set()
 
 
 def wasmtime_build_id() -> str:
@@ -130,42 +156,146 @@ class LoadedComponent:
     func_indices: dict[str, ExportIndex]
     #: import name -> names of the functions imported from it
     imports: dict[str, frozenset[str]] = field(default_factory=dict)
+    #: Whether it was deserialized from the disk cache rather than compiled in this process.
+    from_disk_cache: bool = False
+
+
+def _cache_name(sha256: str) -> str:
+    return f"{sha256}-wasmtime-{wasmtime_build_id()}-{_engine_tag}.cwasm"
 
 
 def _cache_file(sha256: str) -> Path:
-    return cache_dir() / f"{sha256}-wasmtime-{wasmtime_build_id()}-{_engine_tag}.cwasm"
+    return cache_dir() / _cache_name(sha256)
+
+
+def _warn_once(message: str) -> None:
+    """Log a refused cache directory or entry once per process (it is refused on every load)."""
+    with _lock:
+        if message in _warned:
+            return
+        _warned.add(message)
+    log.warning("%s: %s; compiling from the .wasm instead", MESSAGE_PREFIX, message)
+
+
+def _untrusted(info: os.stat_result) -> str | None:
+    """Why a file or directory with ``info`` may have been written by someone other than the
+    effective user (who, as the owner of the process, is trusted anyway), or None."""
+    euid = os.geteuid()
+    if info.st_uid != euid:
+        return f"owned by uid {info.st_uid}, not by this process's uid {euid}"
+    writers = [
+        who for bit, who in ((stat.S_IWGRP, "its group"), (stat.S_IWOTH, "everyone")) if info.st_mode & bit
+    ]
+    if writers:
+        return f"writable by {' and '.join(writers)} (mode {stat.S_IMODE(info.st_mode):o})"
+    return None
+
+
+def _open_cache_dir(*, create: bool) -> int | None:
+    """A descriptor of the cache directory if only this user can have written into it, else
+    None (a refused directory is logged once).  ``create`` makes it, private, if missing."""
+    directory = cache_dir()
+    try:
+        if create:
+            directory.parent.mkdir(parents=True, exist_ok=True)
+            with contextlib.suppress(FileExistsError):
+                os.mkdir(directory, 0o700)
+        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError as exc:  # missing (nothing cached yet), or not usable as a directory
+        log.debug("%s: no compile cache in %s: %s", MESSAGE_PREFIX, directory, exc)
+        return None
+    # Checked on the opened descriptor: what is checked is what entries are opened in.
+    problem = _untrusted(os.fstat(fd))
+    if problem is not None:
+        os.close(fd)
+        _warn_once(f"not using the compile cache {directory}: it is {problem}")
+        return None
+    return fd
+
+
+def _read_entry(directory: int, name: str, path: Path) -> bytes | None:
+    """The bytes of the cache entry ``name`` if it is a regular file only this user can have
+    written, of bounded size; None if it is missing or refused (logged once)."""
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+    try:
+        fd = os.open(name, flags, dir_fd=directory)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:  # a symlink (ELOOP), unreadable, ...
+        _warn_once(f"not using the cache entry {path}: {exc.strerror or exc}")
+        return None
+    with os.fdopen(fd, "rb") as entry:
+        info = os.fstat(fd)
+        problem = _untrusted(info)
+        if not stat.S_ISREG(info.st_mode):
+            problem = "not a regular file"
+        elif info.st_size > MAX_CACHE_ENTRY_BYTES:
+            problem = f"larger than {MAX_CACHE_ENTRY_BYTES} bytes"
+        if problem is not None:
+            _warn_once(f"not using the cache entry {path}: it is {problem}")
+            return None
+        return entry.read(MAX_CACHE_ENTRY_BYTES + 1)
 
 
 def _read_cached(engine: Engine, sha256: str) -> Component | None:
-    path = _cache_file(sha256)
+    """The component cached for the ``.wasm`` whose sha256 is ``sha256``, or None.
+
+    An entry is deserialized (which runs its native code) only when the directory and the
+    entry can only have been written by this user, and its header says it was compiled from
+    exactly these ``.wasm`` bytes.
+    """
+    directory = _open_cache_dir(create=False)
+    if directory is None:
+        return None
+    name = _cache_name(sha256)
+    path = cache_dir() / name
     try:
-        blob = path.read_bytes()
-    except OSError:
+        blob = _read_entry(directory, name, path)
+    except OSError as exc:
+        log.debug("%s: cannot read cache entry %s: %s", MESSAGE_PREFIX, path, exc)
         return None
-    header = len(_CACHE_MAGIC) + _DIGEST_LEN
+    finally:
+        os.close(directory)
+    if blob is None:
+        return None
+    header = len(_CACHE_MAGIC) + 2 * _DIGEST_LEN
     if len(blob) <= header or not blob.startswith(_CACHE_MAGIC):
-        log.debug("retry_with_backoff_wasm: ignoring malformed cache file %s", path)
+        log.debug("%s: ignoring malformed cache file %s", MESSAGE_PREFIX, path)
         return None
+    source = blob[len(_CACHE_MAGIC) : len(_CACHE_MAGIC) + _DIGEST_LEN]
+    digest = blob[len(_CACHE_MAGIC) + _DIGEST_LEN : header]
     payload = blob[header:]
-    if hashlib.sha256(payload).digest() != blob[len(_CACHE_MAGIC) : header]:
-        log.debug("retry_with_backoff_wasm: ignoring corrupt cache file %s", path)
+    if source != bytes.fromhex(sha256):
+        _warn_once(
+            f"not using the cache entry {path}: it was compiled from a .wasm with sha256 {source.hex()}"
+        )
+        return None
+    if hashlib.sha256(payload).digest() != digest:
+        log.debug("%s: ignoring corrupt cache file %s", MESSAGE_PREFIX, path)
         return None
     try:
         return Component.deserialize(engine, payload)
     except WasmtimeError as exc:  # other engine config, other wasmtime build
-        log.debug("retry_with_backoff_wasm: cache file %s unusable: %s", path, exc)
+        log.debug("%s: cache file %s unusable: %s", MESSAGE_PREFIX, path, exc)
         return None
 
 
 def _write_cached(component: Component, sha256: str) -> None:
+    """Cache ``component`` (compiled from the ``.wasm`` whose sha256 is ``sha256``): written
+    to a private temp file (mode 0600) and renamed into place, in a directory that is
+    created private (0700) and used only if nobody else can write into it."""
+    directory = _open_cache_dir(create=True)
+    if directory is None:
+        return
+    os.close(directory)
     path = _cache_file(sha256)
     try:
         payload = bytes(component.serialize())
-        path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".cwasm", dir=path.parent)
         try:
             with os.fdopen(fd, "wb") as out:
                 out.write(_CACHE_MAGIC)
+                out.write(bytes.fromhex(sha256))
                 out.write(hashlib.sha256(payload).digest())
                 out.write(payload)
                 out.flush()
@@ -175,7 +305,17 @@ def _write_cached(component: Component, sha256: str) -> None:
             Path(tmp).unlink(missing_ok=True)
             raise
     except (OSError, WasmtimeError) as exc:
-        log.debug("retry_with_backoff_wasm: not caching the compiled component: %s", exc)
+        log.debug("%s: not caching the compiled component: %s", MESSAGE_PREFIX, exc)
+
+
+def compile_cache_setting(config: Mapping[str, Any], errors: list[ConfigError]) -> bool:
+    """``wasm_compile_cache`` (default true), checked; a problem goes to ``errors`` and turns
+    the cache off for this load."""
+    value = config.get(KEY_COMPILE_CACHE, True)
+    if type(value) is not bool:
+        errors.append(ConfigError(KEY_COMPILE_CACHE, f"must be true or false, got {value!r}"))
+        return False
+    return value
 
 
 def _imported_funcs(engine: Engine, item: object) -> frozenset[str]:
@@ -218,18 +358,95 @@ def _describe(path: Path, engine: Engine, component: Component, sha256: str) -> 
     return LoadedComponent(path, sha256, component, interface, indices, imports)
 
 
-def load_component(path: str | os.PathLike[str], expected_sha256: str | None = None) -> LoadedComponent:
+def _file_kind(mode: int) -> str:
+    """What a non-regular file is, for an error message."""
+    kinds = (
+        (stat.S_ISDIR, "a directory"),
+        (stat.S_ISFIFO, "a FIFO (named pipe)"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+        (stat.S_ISSOCK, "a socket"),
+    )
+    return next((what for test, what in kinds if test(mode)), "not a regular file")
+
+
+def read_wasm_file(path: Path) -> bytes:
+    """The bytes of the regular file ``path`` (symlinks followed), at most ``MAX_WASM_BYTES``.
+
+    Opened non-blocking, so that a FIFO without a writer is refused at once instead of
+    blocking the caller (plugin construction, ``reload``); then the opened descriptor is
+    checked, so what is read is what was checked.  Anything but a regular file, or a file
+    over the bound, raises ``RetryEngineLoadError`` naming the path and the reason.
+    """
+    flags = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
+    try:
+        fd = os.open(path, flags)
+    except OSError as exc:
+        raise RetryEngineLoadError(f"{MESSAGE_PREFIX}: cannot read component {path}: {exc}") from exc
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise RetryEngineLoadError(
+                f"{MESSAGE_PREFIX}: cannot read component {path}: it is {_file_kind(info.st_mode)}, "
+                "not a regular file"
+            )
+        too_big = RetryEngineLoadError(
+            f"{MESSAGE_PREFIX}: cannot read component {path}: it is larger than {MAX_WASM_BYTES} bytes, "
+            "the most a retry-engine component may be"
+        )
+        if info.st_size > MAX_WASM_BYTES:
+            raise too_big
+        chunks: list[bytes] = []
+        left = MAX_WASM_BYTES + 1  # one byte more tells a file that grew past the bound
+        while left > 0:
+            chunk = os.read(fd, min(left, 1024 * 1024))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            left -= len(chunk)
+        if left <= 0:
+            raise too_big
+        return b"".join(chunks)
+    except OSError as exc:
+        raise RetryEngineLoadError(f"{MESSAGE_PREFIX}: cannot read component {path}: {exc}") from exc
+    finally:
+        os.close(fd)
+
+
+def _wasmtime_py() -> str:
+    """The installed wasmtime-py and the range this package declares, for an error message
+    (read only then: scanning the installed distributions is slow)."""
+    from importlib import metadata  # noqa: PLC0415 - only on this error path, not at every start
+
+    try:
+        version = metadata.version("wasmtime")
+    except metadata.PackageNotFoundError:  # pragma: no cover - wasmtime imported from elsewhere
+        version = "(version unknown)"
+    try:
+        requires = metadata.requires("cpex-retry-with-backoff-wasm") or []
+    except metadata.PackageNotFoundError:  # pragma: no cover - run from a source tree
+        requires = []
+    declared = next((req for req in requires if req.startswith("wasmtime")), None)
+    return f"wasmtime-py {version}" + (f" (this plugin needs {declared})" if declared else "")
+
+
+def load_component(
+    path: str | os.PathLike[str], expected_sha256: str | None = None, *, compile_cache: bool = True
+) -> LoadedComponent:
     """Compile (or fetch from the caches) the component at ``path``.
 
+    With ``compile_cache`` false the on-disk cache is neither read nor written, and a
+    component this process deserialized from it is not reused either: the code run is
+    compiled here from the bytes read.
+
     Raises ``RetryEngineLoadError`` naming the path when the file is missing, unreadable,
+    not a regular file (``read_wasm_file``), larger than ``MAX_WASM_BYTES``,
     not a component, not a retry-engine component, or (with ``expected_sha256``) not the
-    pinned artifact — checked before anything is compiled or loaded.
+    pinned artifact — checked before anything is compiled or loaded — and naming the cause
+    when this wasmtime-py cannot load it.
     """
     wasm_path = Path(path)
-    try:
-        data = wasm_path.read_bytes()
-    except OSError as exc:
-        raise RetryEngineLoadError(f"{MESSAGE_PREFIX}: cannot read component {wasm_path}: {exc}") from exc
+    data = read_wasm_file(wasm_path)
     sha256 = hashlib.sha256(data).hexdigest()
     if expected_sha256 is not None and sha256 != expected_sha256.lower():
         raise RetryEngineLoadError(
@@ -238,21 +455,34 @@ def load_component(path: str | os.PathLike[str], expected_sha256: str | None = N
         )
     with _lock:
         cached = _components.get(sha256)
-    if cached is not None:
+    if cached is not None and (compile_cache or not cached.from_disk_cache):
         return cached
-    engine = get_engine()
-    component = _read_cached(engine, sha256)
-    if component is None:
-        try:
-            component = Component(engine, data)
-        except WasmtimeError as exc:
-            raise RetryEngineLoadError(
-                f"{MESSAGE_PREFIX}: {wasm_path} is not a valid WebAssembly component: {exc}"
-            ) from exc
-        _write_cached(component, sha256)
-    loaded = _describe(wasm_path, engine, component, sha256)
+    try:
+        engine = get_engine()
+        component = _read_cached(engine, sha256) if compile_cache else None
+        from_disk = component is not None
+        if component is None:
+            try:
+                component = Component(engine, data)
+            except WasmtimeError as exc:
+                raise RetryEngineLoadError(
+                    f"{MESSAGE_PREFIX}: {wasm_path} is not a valid WebAssembly component: {exc}"
+                ) from exc
+            if compile_cache:
+                _write_cached(component, sha256)
+        loaded = _describe(wasm_path, engine, component, sha256)
+    except RetryEngineLoadError:
+        raise
+    except Exception as exc:  # another wasmtime-py whose API differs: say which, and why
+        raise RetryEngineLoadError(
+            f"{MESSAGE_PREFIX}: cannot load {wasm_path} with {_wasmtime_py()}: {type(exc).__name__}: {exc}"
+        ) from exc
+    loaded.from_disk_cache = from_disk
     with _lock:
-        return _components.setdefault(sha256, loaded)
+        known = _components.get(sha256)
+        if known is None or (known.from_disk_cache and not from_disk):
+            _components[sha256] = known = loaded
+        return known
 
 
 def clear_memory_cache() -> None:

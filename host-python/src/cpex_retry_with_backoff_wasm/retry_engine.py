@@ -143,6 +143,7 @@ class RetryEngine:
             settings.wasm_sha256,
             fuel=settings.fuel,
             max_memory=settings.max_memory_bytes,
+            compile_cache=settings.compile_cache,
             clock=clock,
             seed=seed,
         )

@@ -104,6 +104,7 @@ class Sandbox:
         *,
         fuel: int,
         max_memory: int,
+        compile_cache: bool = True,
         clock: Clock | None = None,
         seed: Seed | None = None,
     ) -> None:
@@ -111,6 +112,8 @@ class Sandbox:
         self._seed = seed
         self.fuel = fuel
         self.max_memory = max_memory
+        #: ``wasm_compile_cache``: whether loads may use the on-disk compile cache.
+        self.compile_cache = compile_cache
         #: The pinned sha256 of the component (``wasm_sha256``), or None.
         self.pinned_sha256 = pin
         self.build = self.load(path, pin)
@@ -134,7 +137,7 @@ class Sandbox:
     # ------------------------------------------------------------------ building
     def load(self, path: Path, pin: str | None) -> Build:
         """Compile (or fetch from the caches) ``path`` and link it; no lock needed."""
-        loaded = load_component(path, pin)
+        loaded = load_component(path, pin, compile_cache=self.compile_cache)
         return Build(path, loaded, self._make_linker(loaded))
 
     @property

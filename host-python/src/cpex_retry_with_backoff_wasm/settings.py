@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from .model import MESSAGE_PREFIX, ConfigError, ConfigurationError, RetryEngineLoadError
+from .loader import compile_cache_setting
 
 #: Host-only config keys (the component ignores keys it does not know).
 KEY_WASM_PATH: Final = "wasm_path"
@@ -87,6 +88,8 @@ class HostSettings:
     fuel: int
     #: ``wasm_max_memory_bytes``: the instance's linear-memory cap.
     max_memory_bytes: int
+    #: ``wasm_compile_cache``: false never reads or writes the on-disk compile cache.
+    compile_cache: bool
     #: ``max_state_entries`` and ``state_ttl_ms`` as the component applies them.
     max_state_entries: int
     state_ttl_ms: int
@@ -106,6 +109,7 @@ class HostSettings:
         fuel = _positive_int(config, KEY_FUEL, DEFAULT_FUEL, errors)
         max_memory = _positive_int(config, KEY_MAX_MEMORY, DEFAULT_MAX_MEMORY_BYTES, errors)
         _check_memory(config, max_memory, errors)
+        compile_cache = compile_cache_setting(config, errors)
         wasm_path = config.get(KEY_WASM_PATH)
         if wasm_path is None:
             path = bundled_wasm_path()
@@ -130,6 +134,7 @@ class HostSettings:
             wasm_sha256=pin,
             fuel=fuel,
             max_memory_bytes=max_memory,
+            compile_cache=compile_cache,
             max_state_entries=_component_int(
                 config, KEY_MAX_STATE_ENTRIES, DEFAULT_MAX_STATE_ENTRIES, MAX_STATE_ENTRIES
             ),

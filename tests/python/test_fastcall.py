@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 from wasmtime import WasmtimeError
 
+from cpex_retry_with_backoff_wasm.sandbox import Sandbox
 from cpex_retry_with_backoff_wasm import WasmRetryEngine, fastcall
 from cpex_retry_with_backoff_wasm.fastcall import HeldFuel, lean_decide, lean_decide_held
 from cpex_retry_with_backoff_wasm.signals import pack_signals
@@ -293,7 +294,7 @@ async def test_renamed_private_attribute_falls_back_with_one_warning(
     monkeypatch.setattr(Instance, "get_func", get_func)
     # Whatever this test does to the process-wide switches is undone afterwards.
     monkeypatch.setattr(fastcall, "UNAVAILABLE", None)
-    monkeypatch.setattr(WasmRetryEngine, "_warned_slow_path", False)
+    monkeypatch.setattr(Sandbox, "_warned_slow_path", False)
     with caplog.at_level(logging.WARNING):
         # One manager at a time: cpex's PluginManager state is shared.
         first = await manager_factory({"jitter": False})

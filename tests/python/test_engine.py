@@ -158,7 +158,7 @@ def test_non_str_key_parts_raise(tool: Any, rid: Any) -> None:
     ],
 )
 def test_config_errors_name_every_key_path(config: dict[str, Any], messages: list[str]) -> None:
-    with pytest.raises(ValueError, match=r"^retry-engine@0\.2\.0: invalid configuration: ") as info:
+    with pytest.raises(ValueError, match=r"^retry-engine@0\.2\.1: invalid configuration: ") as info:
         WasmRetryEngine(config)
     assert isinstance(info.value, ConfigurationError)
     text = str(info.value)

@@ -24,6 +24,7 @@ import pytest
 from cpex.framework import GlobalContext, PluginContext, ToolPostInvokePayload
 
 from cpex_retry_with_backoff_wasm import RetryWithBackoffPlugin
+from cpex_retry_with_backoff_wasm.keys import KEY_PART_MAX_CHARS, engine_key
 from cpex_retry_with_backoff_wasm.signals import collect_texts
 from cpex_retry_with_backoff_wasm.wire import TEXT_MAX_CHARS, TEXT_MAX_ITEMS
 
@@ -111,6 +112,18 @@ def test_a_huge_str_subclass_is_cut_without_its_overrides() -> None:
     assert type(texts[0]) is str
 
 
+# --------------------------------------------------------------------------- key parts
+@pytest.mark.parametrize(
+    ("tool", "rid"),
+    [("t" * 16 * MIB, "r"), ("t", "r" * 16 * MIB), ("é" * MIB, "\ud800" * MIB)],
+    ids=["16MiB-tool", "16MiB-rid", "1M-chars-each"],
+)
+def test_a_key_crosses_in_bounded_size(tool: str, rid: str) -> None:
+    key, tool_len = engine_key(tool, rid)
+    assert tool_len <= KEY_PART_MAX_CHARS
+    assert len(key) <= 2 * 4 * KEY_PART_MAX_CHARS
+
+
 # --------------------------------------------------------------------------- a victim's state
 #: One hostile input: the calls it makes, each as (tool, request id, result, its decision).
 Steps = Callable[[], Iterator[tuple[str, str, Any, int]]]
@@ -124,9 +137,15 @@ def hostile() -> dict[str, Steps]:
     small = json.dumps({"ok": True, "pad": "p" * 80})  # ~100 B, no failure marker
     assert 90 <= len(small) <= 110
     many = [item(small)] * 10**6
+    big = "k" * (16 * MIB)
 
     def once(tool: str, rid: str, res: Any, decision: int) -> Steps:
         return lambda: iter([(tool, rid, res, decision)])
+
+    def keys(make: Callable[[int], tuple[str, str]]) -> Steps:
+        # Four distinct 16 MiB keys, each failing once (on 17a8224 the guest kept each key in
+        # full and ran out of memory at the third).
+        return lambda: ((*make(i), err(), 200) for i in range(4))
 
     return {
         # The native plugin retries these: the marker is complete before the cut.
@@ -136,6 +155,8 @@ def hostile() -> dict[str, Steps]:
         "1e6-text-items-marker-first": once(
             "t", "hostile", {"content": [item('{"isError": true}'), *many], "isError": False}, 200
         ),
+        "16MiB-request-ids": keys(lambda i: ("t", f"{i}:{big}")),
+        "16MiB-tool-names": keys(lambda i: (f"{i}:{big}", "hostile")),
     }
 
 
@@ -144,6 +165,8 @@ HOSTILE = [
     "900kB-isError-text",
     "1e6-text-items",
     "1e6-text-items-marker-first",
+    "16MiB-request-ids",
+    "16MiB-tool-names",
 ]
 #: Results cpex's manager would refuse (over its 1 MB limit): given to the plugin's hook.
 PAST_THE_MANAGER = {"32MiB-isError-text", "1e6-text-items", "1e6-text-items-marker-first"}
@@ -177,4 +200,13 @@ async def test_a_hostile_input_gets_its_answer_and_the_victim_keeps_its_count(
     for tool, rid, res, decision in hostile[name]():
         assert await post(manager, tool, rid, res, direct=name in PAST_THE_MANAGER) == decision
     assert await post(manager, "t", "victim", err()) == 800, "the victim's retry state was lost"
+    assert engine_of(manager).fault_count == 0
+
+
+async def test_a_huge_key_keeps_its_own_budget(manager_factory: Any) -> None:
+    manager = await manager_factory(CONFIG)
+    big = "k" * (16 * MIB)
+    for tool, rid in ((big, "r"), ("t", big)):
+        assert [await post(manager, tool, rid, err()) for _ in range(3)] == [200, 400, 800]
+        assert await post(manager, tool, rid + "x", err()) == 200, "a longer request id is another key"
     assert engine_of(manager).fault_count == 0

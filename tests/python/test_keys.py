@@ -240,6 +240,49 @@ async def post(manager: Any, tool: str, rid: str, result: Any, **context: Any) -
 
 
 @pytest.mark.parametrize(
+    ("scope", "first", "second"),
+    [
+        # 17a8224: both crossed as "...\\ud800r" and shared one budget (issue 12 §4).
+        ("request", ("t", "\ud800", {}), ("t", "\\ud800", {})),
+        ("request", ("\ud800", "r", {}), ("\\ud800", "r", {})),
+        ("request", ("t\ud800", "r", {}), ("t", "\ud800r", {})),
+        ("user", ("t", "r", {"user": "\ud800"}), ("t", "ud800r", {"user": "\\"})),
+        ("user", ("t", "r", {"user": {"email": "\ud800"}}), ("t", "ud800r", {"user": {"email": "\\"}})),
+        ("tenant", ("t", "r", {"tenant_id": "\ud800"}), ("t", "ud800r", {"tenant_id": "\\"})),
+        # A request id that spells another's digest.
+        ("request", ("t", "r" * 300, {}), ("t", digest("r" * 300), {})),
+        ("request", ("t" * 300, "r", {}), (digest("t" * 300), "r", {})),
+    ],
+    ids=[
+        "rid-surrogate",
+        "tool-surrogate",
+        "surrogate-across-the-split",
+        "user-surrogate",
+        "user-email-surrogate",
+        "tenant-surrogate",
+        "rid-spelling-a-digest",
+        "tool-spelling-a-digest",
+    ],
+)
+async def test_keys_that_collided_get_separate_budgets(
+    manager_factory: Any,
+    scope: str,
+    first: tuple[str, str, dict[str, Any]],
+    second: tuple[str, str, dict[str, Any]],
+) -> None:
+    manager = await manager_factory({**NO_JITTER, "key_scope": scope, "max_retries": 5})
+    tool, rid, context = first
+    assert [await post(manager, tool, rid, err(), **context) for _ in range(2)] == [200, 400]
+    tool, rid, context = second
+    assert await post(manager, tool, rid, err(), **context) == 200, "a different key shared the budget"
+    tool, rid, context = first
+    assert await post(manager, tool, rid, err(), **context) == 800
+    assert await post(manager, tool, rid, ok(), **context) == 0
+    tool, rid, context = second
+    assert await post(manager, tool, rid, err(), **context) == 400, "a success cleared another key"
+
+
+@pytest.mark.parametrize(
     ("first", "second"),
     [
         ({"id": 10**5000}, {"id": 10**5000 + 1}),

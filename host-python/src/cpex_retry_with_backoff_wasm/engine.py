@@ -36,6 +36,7 @@ from .fastcall import (
     lean_decide,
     lean_decide_held,
 )
+from .keys import KEY_PART_MAX_CHARS, engine_key, engine_key_parts, key_part
 from .loader import (
     CLOCK_INTERFACE_PREFIX,
     SEED_INTERFACE_PREFIX,
@@ -143,23 +144,6 @@ def _host_limits(config: Mapping[str, Any], errors: list[ConfigError]) -> tuple[
             )
         )
     return fuel, max_memory
-
-
-def _utf8_safe(text: str) -> str:
-    """A deterministic stand-in for a str that cannot be encoded as UTF-8 (lone surrogates)."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return text.encode("utf-8", "backslashreplace").decode("utf-8")
-    return text
-
-
-def _utf8_encodable(text: str) -> bool:
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
 
 
 def _is_sha256_hex(text: str) -> bool:
@@ -538,7 +522,7 @@ class WasmRetryEngine:
 
     def _tool_policy_locked(self, tool: str) -> Policy:
         self._store_fuel()
-        return Policy.from_record(self._funcs["tool-policy"](self._live_store(), _utf8_safe(tool)))
+        return Policy.from_record(self._funcs["tool-policy"](self._live_store(), key_part(tool)))
 
     def _live_store(self) -> Store:
         store = self._store
@@ -647,16 +631,14 @@ class WasmRetryEngine:
                 if not old or decision & UNKNOWN_HANDLE:
                     # No handle, or its key's state went (TTL, capacity): send the key, and
                     # name it by a handle from now on.
-                    try:
-                        encoded = (tool + request_id).encode()
-                        tool_len = len(tool)
-                    except UnicodeEncodeError:
-                        # Lone surrogates cannot cross as UTF-8: a deterministic stand-in for
-                        # the engine.  The host's own bookkeeping keeps the original key, which
-                        # is what the success shortcut looks up.
-                        safe_tool = _utf8_safe(tool)
-                        tool_len = len(safe_tool)
-                        encoded = (safe_tool + _utf8_safe(request_id)).encode()
+                    # Each part crosses as itself or as its digest (`keys`); the host's own
+                    # bookkeeping keeps the original key, which the success shortcut looks up.
+                    # Inline, the common case: short, ASCII, no "#": both parts as themselves.
+                    joined = tool + request_id
+                    if len(joined) <= KEY_PART_MAX_CHARS and joined.isascii() and "#" not in joined:
+                        encoded, tool_len = joined.encode(), len(tool)
+                    else:
+                        encoded, tool_len = engine_key(tool, request_id)
                     handle = old or 0
                     if not handle and self._held_complete and len(encoded) <= HANDLE_KEY_MAX_BYTES:
                         free = self._free_handles
@@ -710,6 +692,7 @@ class WasmRetryEngine:
         was freed since.  The call names the key by the handle it already has, if any.
         """
         key = (tool, request_id)
+        tool_part, request_part = engine_key_parts(tool, request_id)
         with self._lock:
             if fresh is not None and fresh[1] == self._handles_epoch:
                 self._free_handles.append(fresh[0])
@@ -719,32 +702,17 @@ class WasmRetryEngine:
             handle = old or 0
             store = self._store
             assert store is not None
-            self._set_fuel(store, self._call_fuel(tool, request_id, texts))
+            self._set_fuel(store, self._call_fuel(tool_part, request_part, texts))
+            # Every key part and text is valid Unicode (`keys`, `collect_texts`): all cross.
             try:
-                try:
-                    if texts is None:
-                        decision: int = self._funcs["decide"](
-                            store, tool + request_id, len(tool), signals, handle
-                        )
-                    else:
-                        decision = self._funcs["decide-text"](
-                            store, tool + request_id, len(tool), signals, texts, handle
-                        )
-                except UnicodeEncodeError:
-                    # Lone surrogates cannot cross as UTF-8 (raised while lowering, before the
-                    # guest runs).  The key parts get a deterministic stand-in; texts that
-                    # cannot be encoded are skipped, as the native plugin skips them.
-                    safe_tool, safe_request_id = _utf8_safe(tool), _utf8_safe(request_id)
-                    self._set_fuel(store, self._call_fuel(safe_tool, safe_request_id, texts))
-                    if texts is None:
-                        decision = self._funcs["decide"](
-                            store, safe_tool + safe_request_id, len(safe_tool), signals, handle
-                        )
-                    else:
-                        texts = [t for t in texts if _utf8_encodable(t)]
-                        decision = self._funcs["decide-text"](
-                            store, safe_tool + safe_request_id, len(safe_tool), signals, texts, handle
-                        )
+                if texts is None:
+                    decision: int = self._funcs["decide"](
+                        store, tool_part + request_part, len(tool_part), signals, handle
+                    )
+                else:
+                    decision = self._funcs["decide-text"](
+                        store, tool_part + request_part, len(tool_part), signals, texts, handle
+                    )
             except Exception as exc:
                 self._idle = False
                 self._fault("decide" if texts is None else "decide-text", exc)

@@ -13,8 +13,10 @@ however long the tool name or request id the gateway passes.
 
 Under ``key_scope: tenant`` / ``user`` the request part is ``f"{n}:{identity}{request_id}"``
 with both parts encoded as above and ``n`` the encoded identity's length, so the identity
-ends where ``n`` says and no two (identity, request id) pairs give the same string.  What
-each context value maps to is ``identity_part``'s table; reading one never raises.
+ends where ``n`` says and no two (identity, request id) pairs give the same string; that
+request part is then a key part like any other (past ``KEY_PART_MAX_CHARS`` it crosses as its
+digest).  What each context value maps to is ``user_identity_part``'s table; reading one
+never raises.
 
 The prefix is a host-only concept: the engine only sees strings (and refuses ``tool_overrides``
 names that could never match a tool name as it crosses).

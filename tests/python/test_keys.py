@@ -25,7 +25,7 @@ from cpex_retry_with_backoff_wasm.keys import (
     user_identity_part,
 )
 
-from .conftest import err, ok
+from .conftest import PLUGIN_NAME, err, ok
 
 NO_JITTER = {"jitter": False}
 
@@ -314,3 +314,13 @@ async def test_a_str_subclass_is_the_user_its_text_names(manager_factory: Any) -
     manager = await manager_factory({**NO_JITTER, "key_scope": "user"})
     assert await post(manager, "t", "r", err(), user={"email": RaisingStr("bob")}) == 200
     assert await post(manager, "t", "r", err(), user="bob") == 400
+
+
+async def test_an_override_applies_only_to_the_tool_it_names(manager_factory: Any) -> None:
+    # 17a8224 sent the tool "\ud800" as "\\ud800", so it got that tool's override.
+    manager = await manager_factory({**NO_JITTER, "tool_overrides": {"\\ud800": {"backoff_base_ms": 1000}}})
+    assert await post(manager, "\\ud800", "r", err()) == 1000
+    assert await post(manager, "\ud800", "r", err()) == 200
+    plugin = manager.get_plugin(PLUGIN_NAME)
+    assert plugin.engine.tool_policy("\ud800").backoff_base_ms == 200
+    assert plugin.engine.tool_policy("\\ud800").backoff_base_ms == 1000

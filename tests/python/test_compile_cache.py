@@ -19,8 +19,7 @@ from typing import Any
 
 import pytest
 
-from cpex_retry_with_backoff_wasm import loader
-from cpex_retry_with_backoff_wasm import WasmRetryEngine
+from cpex_retry_with_backoff_wasm import WasmRetryEngine, loader
 from cpex_retry_with_backoff_wasm.loader import (
     CACHE_DIR_NAME,
     KEY_COMPILE_CACHE,

@@ -10,6 +10,7 @@ import pytest
 
 from cpex_retry_with_backoff_wasm import ConfigurationError, Policy, RetryEngineLoadError, WasmRetryEngine
 from cpex_retry_with_backoff_wasm.ceiling import Ceiling
+from cpex_retry_with_backoff_wasm.keys import KEY_PART_MAX_CHARS
 from cpex_retry_with_backoff_wasm.sandbox import describe_fault
 from cpex_retry_with_backoff_wasm.settings import DEFAULT_FUEL, DEFAULT_MAX_MEMORY_BYTES
 from cpex_retry_with_backoff_wasm.signals import (
@@ -159,7 +160,7 @@ def test_non_str_key_parts_raise(tool: Any, rid: Any) -> None:
     ],
 )
 def test_config_errors_name_every_key_path(config: dict[str, Any], messages: list[str]) -> None:
-    with pytest.raises(ValueError, match=r"^retry-engine@0\.2\.0: invalid configuration: ") as info:
+    with pytest.raises(ValueError, match=r"^retry-engine@0\.2\.1: invalid configuration: ") as info:
         WasmRetryEngine(config)
     assert isinstance(info.value, ConfigurationError)
     text = str(info.value)
@@ -376,10 +377,11 @@ def test_fuel_setter_rejects_misuse(fuel: Any) -> None:
 
 
 def test_memory_cap_trap_is_recovered() -> None:
-    """Unique request ids until the capped memory runs out: calls keep answering."""
+    """Unique request ids until the capped memory runs out: calls keep answering.  (The ids are
+    as long as a key part crosses as itself: a longer one crosses as a fixed-size digest.)"""
     engine = WasmRetryEngine({"jitter": False, "wasm_max_memory_bytes": 2 * 1024 * 1024})
-    long_rid = "x" * 4096
-    delays = [decision_delay_ms(engine.decide("t", f"{long_rid}{i}", err())) for i in range(2000)]
+    long_rid = "x" * (KEY_PART_MAX_CHARS - 8)
+    delays = [decision_delay_ms(engine.decide("t", f"{i:08d}{long_rid}", err())) for i in range(2000)]
     assert engine.fault_count >= 1
     assert set(delays) <= {0, 200}
     assert step(engine, "t", "fresh", err()) == (200, 1, "retry")

@@ -18,9 +18,9 @@ from typing import Any
 import pytest
 from wasmtime import WasmtimeError
 
-from cpex_retry_with_backoff_wasm.sandbox import Sandbox
 from cpex_retry_with_backoff_wasm import WasmRetryEngine, fastcall
 from cpex_retry_with_backoff_wasm.fastcall import HeldFuel, lean_decide, lean_decide_held
+from cpex_retry_with_backoff_wasm.sandbox import Sandbox
 from cpex_retry_with_backoff_wasm.signals import pack_signals
 from cpex_retry_with_backoff_wasm.wire import UNKNOWN_HANDLE
 

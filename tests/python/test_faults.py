@@ -29,6 +29,7 @@ import wasmtime
 from cpex.framework import GlobalContext, ToolPostInvokePayload
 
 from cpex_retry_with_backoff_wasm import RetryEngineLoadError, WasmRetryEngine
+from cpex_retry_with_backoff_wasm.keys import KEY_PART_MAX_CHARS
 from cpex_retry_with_backoff_wasm.loader import EXPORTED_FUNCS
 
 from .conftest import PLUGIN_NAME, err, ok
@@ -128,12 +129,13 @@ async def test_faulty_build_text_path_and_other_tools_behave_normally(
 async def test_memory_limit_hit_mid_sequence_through_the_hook(
     manager_factory: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """Unique 4 KiB request ids under a 2 MiB cap: state grows until the cap refuses memory."""
+    """Unique request ids as long as a key part crosses as itself (a longer one crosses as a
+    fixed-size digest), under a 2 MiB cap: state grows until the cap refuses memory."""
     manager = await manager_factory({**NO_JITTER, "wasm_max_memory_bytes": 2 * 1024 * 1024})
     engine = manager.get_plugin(PLUGIN_NAME).engine
-    long_rid = "x" * 4096
+    long_rid = "x" * (KEY_PART_MAX_CHARS - 8)
     with caplog.at_level(logging.ERROR, logger=ENGINE_LOGGER):
-        answers = [await delay(manager, "t", f"{long_rid}{i}", err()) for i in range(1_000)]
+        answers = [await delay(manager, "t", f"{i:08d}{long_rid}", err()) for i in range(2_000)]
     assert engine.fault_count >= 1
     assert set(answers) == {0, 200}
     assert answers.count(0) == engine.fault_count, "a call answered no-retry without a fault"

@@ -94,7 +94,7 @@ def test_reload_to_incompatible_build_is_refused_and_old_instance_serves(
     engine = WasmRetryEngine(NO_JITTER, seed=(1, 2))
     assert delays(engine, "t", "r", [err()]) == [200]
     other = contract_variant(wasm_path, tmp_path, "0.3.0")
-    with pytest.raises(RetryEngineLoadError, match=r"retry-engine@0\.2\.0"):
+    with pytest.raises(RetryEngineLoadError, match=r"retry-engine@0\.2\.1"):
         engine.reload(other)
     assert engine.wasm_path == wasm_path
     assert engine.contract_version == "0.2.0"

@@ -22,6 +22,7 @@ from cpex.framework import (  # type: ignore[import-untyped, unused-ignore]
 )
 
 from .ceiling import read_ceiling
+from .keys import state_request_id
 from .results import delay_result_builder, result_builder
 from .retry_engine import RetryEngine
 from .sandbox import Clock, Seed
@@ -29,36 +30,6 @@ from .signals import REASON_EXHAUSTED
 from .wire import DELAY_MASK, REASON_SHIFT, REASONS, RETRY_COUNT_SHIFT
 
 log = logging.getLogger(__name__)
-
-
-def _user_identity(user: Any) -> str:
-    """``global_context.user`` as a str: a str as is, a mapping's ``email`` or ``id``, else ""."""
-    if isinstance(user, str):
-        return user
-    if isinstance(user, dict):
-        for field in ("email", "id", "sub"):
-            value = user.get(field)
-            if isinstance(value, str | int) and not isinstance(value, bool):
-                return str(value)
-    return ""
-
-
-def state_request_id(scope: str, global_context: Any) -> str:
-    """The request part of the engine's state key under ``key_scope``.
-
-    ``request``: the request id (the native key).  ``tenant``/``user``: that identity,
-    length-prefixed so no two (identity, request id) pairs give the same string, then the
-    request id: ``f"{len(identity)}:{identity}{request_id}"``.
-    """
-    request_id: str = global_context.request_id
-    if scope == "request":
-        return request_id
-    if scope == "tenant":
-        tenant = getattr(global_context, "tenant_id", None)
-        identity = tenant if isinstance(tenant, str) else ""
-    else:
-        identity = _user_identity(getattr(global_context, "user", None))
-    return f"{len(identity)}:{identity}{request_id}"
 
 
 def read_trace_id(extensions: Any) -> str | None:

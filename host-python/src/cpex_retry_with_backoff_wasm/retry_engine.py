@@ -28,6 +28,7 @@ from typing import Any
 
 from . import ceiling as _ceiling
 from .handles import HANDLE, Held, HeldKeys, Key
+from .keys import KEY_PART_MAX_CHARS, engine_key, key_part
 from .model import MESSAGE_PREFIX, ConfigError, ConfigurationError, Policy, RetryEngineLoadError
 from .sandbox import Clock, Sandbox, Seed, describe_fault
 from .settings import HostSettings, check_sha256
@@ -37,35 +38,17 @@ from .wire import IDLE, NEED_TEXT, REASON_SHIFT, UNKNOWN_HANDLE
 log = logging.getLogger(__name__)
 
 
-def _utf8_safe(text: str) -> str:
-    """A deterministic stand-in for a str that cannot be encoded as UTF-8 (lone surrogates)."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return text.encode("utf-8", "backslashreplace").decode("utf-8")
-    return text
-
-
-def _utf8_encodable(text: str) -> bool:
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
-
-
 def wire_key(tool: str, request_id: str) -> tuple[bytes, int]:
-    """The key as it crosses into the component: the UTF-8 bytes of tool name + request id,
-    and the tool name's length in characters (WIT ``decide``'s ``key`` and ``tool-len``).
-
-    Lone surrogates cannot cross as UTF-8: they get a deterministic stand-in.  The host's own
+    """The key as it crosses into the component: the UTF-8 bytes of the tool part + the
+    request part, and the tool part's length in characters (WIT ``decide``'s ``key`` and
+    ``tool-len``).  Each part crosses as itself or as its digest (``keys``); the host's own
     bookkeeping keeps the original key, which is what the success shortcut looks up.
     """
-    try:
-        return (tool + request_id).encode(), len(tool)
-    except UnicodeEncodeError:
-        safe_tool = _utf8_safe(tool)
-        return (safe_tool + _utf8_safe(request_id)).encode(), len(safe_tool)
+    joined = tool + request_id
+    # Inline, the common case: short, ASCII, no "#": both parts cross as themselves.
+    if len(joined) <= KEY_PART_MAX_CHARS and joined.isascii() and "#" not in joined:
+        return joined.encode(), len(tool)
+    return engine_key(tool, request_id)
 
 
 def _never_raising(clock: Clock) -> Clock:
@@ -180,7 +163,7 @@ class RetryEngine:
         overrides = raw.get("tool_overrides")
         tools = [t for t in overrides if isinstance(t, str)] if isinstance(overrides, dict) else []
         if max_retries_ceiling is not None:
-            effective = {tool: sandbox.tool_policy(_utf8_safe(tool)).max_retries for tool in tools}
+            effective = {tool: sandbox.tool_policy(key_part(tool)).max_retries for tool in tools}
             global_max = sandbox.global_policy().max_retries
             if _ceiling.clamp_effective(raw, max_retries_ceiling, global_max, effective):
                 errors = sandbox.configure(_to_json(raw))
@@ -189,7 +172,7 @@ class RetryEngine:
         self._global_policy = sandbox.global_policy()
         # Reading the safe-classification and delay-hint facts costs on every failure: only
         # when some effective policy (the component's word) reads them.
-        policies = [self._global_policy, *(sandbox.tool_policy(_utf8_safe(t)) for t in tools)]
+        policies = [self._global_policy, *(sandbox.tool_policy(key_part(t)) for t in tools)]
         self._read_hints = any(p.safe_classification or p.honor_retry_after for p in policies)
         # The component validated it as a boolean (global key); the host only presents it.
         self._metrics_reason = raw.get("metrics_reason") is True
@@ -300,15 +283,9 @@ class RetryEngine:
             handle = entry[HANDLE] if entry is not None else 0
             encoded, tool_len = wire_key(*key)
             wire = encoded.decode()
+            # Every key part and text is valid Unicode (``keys``, ``collect_texts``): all cross.
             try:
-                try:
-                    decision = sandbox.decide(wire, tool_len, signals, handle, texts)
-                except UnicodeEncodeError:
-                    # A text that cannot cross as UTF-8 (lone surrogates; raised while lowering,
-                    # before the guest runs) is skipped, as the native plugin skips it.
-                    assert texts is not None
-                    texts = [t for t in texts if _utf8_encodable(t)]
-                    decision = sandbox.decide(wire, tool_len, signals, handle, texts)
+                decision = sandbox.decide(wire, tool_len, signals, handle, texts)
             except Exception as exc:
                 return self._fault("decide" if texts is None else "decide-text", exc, key)
             self._idle = (decision & IDLE) != 0
@@ -376,7 +353,7 @@ class RetryEngine:
 
     def tool_policy(self, tool: str) -> Policy:
         """The effective policy of ``tool`` (its override merged over the global config)."""
-        policy: Policy = self._cold_call("tool-policy", lambda s: s.tool_policy(_utf8_safe(tool)))
+        policy: Policy = self._cold_call("tool-policy", lambda s: s.tool_policy(key_part(tool)))
         return policy
 
     def state_count(self) -> int:

@@ -13,8 +13,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Final
 
-from .model import MESSAGE_PREFIX, ConfigError, ConfigurationError, RetryEngineLoadError
 from .loader import compile_cache_setting
+from .model import MESSAGE_PREFIX, ConfigError, ConfigurationError, RetryEngineLoadError
 
 #: Host-only config keys (the component ignores keys it does not know).
 KEY_WASM_PATH: Final = "wasm_path"

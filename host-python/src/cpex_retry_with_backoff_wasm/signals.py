@@ -22,6 +22,8 @@ from datetime import UTC
 from email.utils import parsedate_to_datetime
 from typing import Any, Final
 
+from . import wire
+from .keys import is_unicode
 from .wire import (
     DELAY_MASK,
     NEED_TEXT,
@@ -290,22 +292,42 @@ def read_hints(result: Any, wall_clock: WallClock = time.time) -> int:
 
 
 def collect_texts(result: Any) -> list[str]:
-    """The ``text`` of every ``content`` item whose ``type`` is the str ``"text"``, in order.
+    """The text items ``decide-text`` reads: the ``text`` of ``content`` items whose ``type`` is
+    the str ``"text"``, in order, within the wire's bounds.
 
     ``content`` must be a list (or list subclass, iterated at the C level as PyO3 does);
-    items whose ``text`` is not a str are skipped.  Str subclasses are copied to plain str.
+    items whose ``text`` is not a str are skipped, and so are texts that are not valid Unicode
+    (lone surrogates), as the native plugin cannot read them either.  Str subclasses are
+    copied to plain str.  Of the remaining items, at most ``wire.TEXT_MAX_ITEMS`` are read and
+    at most ``wire.TEXT_MAX_CHARS`` characters of them in all: the item that reaches the
+    character bound is cut there (the engine judges it on what is complete before the cut,
+    reading the same bounds), and nothing after the bound is read.
     """
     content = _get(result, "content")
     if not isinstance(content, list):
         return []
     texts: list[str] = []
+    left = wire.TEXT_MAX_CHARS
     for item in list.__iter__(content):
         kind = _get(item, "type")
         if not isinstance(kind, str) or not str.__eq__(kind, "text"):
             continue
         text = _get(item, "text")
-        if isinstance(text, str):
-            texts.append(text if type(text) is str else str.__str__(text))
+        if not isinstance(text, str):
+            continue
+        # Cut before copying or checking: only what crosses is ever read in full.
+        if str.__len__(text) >= left:
+            text = str.__getitem__(text, slice(0, left))
+        elif type(text) is not str:
+            text = str.__str__(text)
+        # A text the engine cannot be sent takes nothing of the bounds, so the engine, which
+        # counts what it receives, cuts exactly where this does.
+        if not is_unicode(text):
+            continue
+        texts.append(text)
+        left -= len(text)
+        if not left or len(texts) == wire.TEXT_MAX_ITEMS:
+            break
     return texts
 
 

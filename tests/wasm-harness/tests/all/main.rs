@@ -15,6 +15,7 @@ mod classify;
 mod config;
 mod deadline;
 mod decide;
+mod golden;
 mod handles;
 mod imports;
 mod jitter;

@@ -44,6 +44,7 @@ from .loader import (
     load_component,
     production_linker,
 )
+from .metrics import read_setting as read_metrics_setting
 from .model import (
     CONTRACT_VERSION,
     MESSAGE_PREFIX,
@@ -205,6 +206,8 @@ class WasmRetryEngine:
         RetryEngineLoadError: the component is missing, corrupt or not a retry engine.
     """
 
+    #: Number of instances rebuilt after a fault since construction.
+    rebuild_count: int = 0
     #: Whether the missing lean call path was logged (once per process).
     _warned_slow_path: bool = False
     # Set by `_forget_held`: whether `_held` lists every key with state, and the next handle.
@@ -297,6 +300,8 @@ class WasmRetryEngine:
     def _configure_initial(self, raw: dict[str, Any], max_retries_ceiling: _ceiling.Ceiling | None) -> None:
         """Check the contract, configure, clamp to the ceiling, cache the global policy (lock held)."""
         self.contract_version: str = self._check_contract()
+        #: ``prometheus_metrics``: the plugin exports its metrics (``metrics.py``).
+        self.prometheus_metrics = read_metrics_setting(raw, self._host_errors)
         errors = self._configure_locked(self._config_json)
         if errors or self._host_errors:
             raise ConfigurationError((*self._host_errors, *errors))
@@ -584,6 +589,7 @@ class WasmRetryEngine:
             self._broken = True
             log.error("%s: rebuilding the instance failed (%s)", MESSAGE_PREFIX, describe_fault(exc))
             return False
+        self.rebuild_count += 1
         return True
 
     # ------------------------------------------------------------------ hot path

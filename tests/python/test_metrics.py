@@ -355,3 +355,45 @@ def test_multiprocess_mode_sums_the_workers(tmp_path: Path) -> None:
     assert value(samples, "decisions_total", plugin=name, tool="search", reason="retry") == 7
     assert value(samples, "retry_delay_seconds_count", plugin=name) == 7
     assert value(samples, "retry_delay_seconds_sum", plugin=name) == pytest.approx(1.4)
+
+
+FORK = textwrap.dedent(
+    """
+    import asyncio, os, sys
+    from cpex.framework import GlobalContext, PluginConfig, PluginContext, ToolPostInvokePayload
+    from prometheus_client import REGISTRY
+    from cpex_retry_with_backoff_wasm import RetryWithBackoffPlugin
+
+    def retries():
+        return REGISTRY.get_sample_value(
+            "cpex_retry_wasm_decisions_total", {"plugin": "Forked", "tool": "search", "reason": "retry"}
+        ) or 0
+
+    plugin = RetryWithBackoffPlugin(PluginConfig(name="Forked", kind="x", hooks=["tool_post_invoke"]))
+
+    def fail(rid):
+        payload = ToolPostInvokePayload(name="search", result={"isError": True})
+        context = PluginContext(global_context=GlobalContext(request_id=rid))
+        return asyncio.run(plugin.tool_post_invoke(payload, context)).retry_delay_ms
+
+    assert all(fail(f"parent-{i}") > 0 for i in range(3))  # queued, not yet exported
+    pid = os.fork()
+    if pid == 0:
+        before = retries()  # the parent's queue is the parent's to export
+        fail("child")
+        print("child", before, retries(), flush=True)
+        os._exit(0)
+    os.waitpid(pid, 0)
+    print("parent", retries(), flush=True)
+    """
+)
+
+
+def test_a_forked_worker_exports_only_its_own_decisions(tmp_path: Path) -> None:
+    env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache")}
+    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    out = subprocess.run(
+        [sys.executable, "-c", FORK], env=env, capture_output=True, text=True, timeout=120, check=False
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["child", "0", "1.0", "parent", "3.0"]

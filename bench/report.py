@@ -8,8 +8,9 @@ is never edited by hand: change a benchmark or its description here, then run ``
 A benchmark that fails is reported in the document with its exit status and error output, the
 others still run, and this script exits non-zero.
 
-Usage: python bench/report.py [--out docs/performance.md] [--quick]
+Usage: python bench/report.py [--out docs/performance.md] [--quick] [--without-rust]
   --quick: fewer rounds and runs (checks the pipeline; the figures are not comparable)
+  --without-rust: leave out the benchmarks run through cargo (the document says so)
 """
 
 from __future__ import annotations
@@ -213,6 +214,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--out", type=Path, default=REPO / "docs" / "performance.md")
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--without-rust", action="store_true")
     args = parser.parse_args(argv)
     started = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M")
     load_before = _load()
@@ -225,6 +227,10 @@ def main(argv: list[str] | None = None) -> int:
             shown = shlex.join(str(a) if a != PY else "python" for a in bench.argv)
             shown = shown.replace(str(hook_json), "hook.json")
             print(f"== {bench.title}: {shown}", flush=True)
+            if args.without_rust and bench.argv[0] == "cargo":
+                skipped = f"Not run (`--without-rust`): `{shown}`"
+                sections += [f"### {bench.title}", "", bench.measures, "", skipped, ""]
+                continue
             t0 = time.monotonic()
             proc = subprocess.run(argv_run, cwd=REPO, capture_output=True, text=True, check=False)
             seconds = time.monotonic() - t0

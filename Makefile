@@ -148,16 +148,9 @@ ruff:
 mypy:
 	$(VENV)/bin/mypy --strict host-python/src/cpex_retry_with_backoff_wasm
 
-bench: wasm ## Benchmarks: hook cost vs native, cold start, guest memory, engine throughput, size.
-	$(PY) bench/bench_hook.py
-	$(PY) bench/bench_breakdown.py
-	$(PY) bench/bench_startup.py
-	cargo run -q --profile bench-host -p retry-engine-wasm-harness --example memory
-	cargo run -q --profile bench-host -p retry-engine-wasm-harness --example throughput
-	cargo run -q --profile bench-host -p retry-engine-wasm-harness --example budget
+bench: wasm ## Benchmarks (hook vs native, metrics cost, cold start, memory, throughput, size): writes docs/performance.md.
 	$(PY) -m pip install --quiet 'matplotlib>=3.8'  # bench only (host-python[bench])
-	$(PY) bench/picture.py
-	$(MAKE) --no-print-directory size
+	$(PY) bench/report.py --out docs/performance.md
 
 WASM_SIZE_LIMIT := 65536
 size: wasm ## Print the size of the release .wasm; fail above WASM_SIZE_LIMIT (64 KiB).

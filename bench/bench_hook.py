@@ -6,12 +6,19 @@ and their ratio.  The hook coroutine is driven directly (``coro.send(None)``) so
 the hook's own cost, not the event loop's.  Results are ``CopyOnWriteDict``s, as the gateway
 passes them when ``tool_post_invoke`` may write ``result``.
 
+Metrics: ``wasm`` is this plugin as configured (its Prometheus metrics on, the default),
+``wasm-off`` the same with ``prometheus_metrics: false``, timed in the same interleaved rounds;
+``metrics`` is their difference.  Then the metrics' own work is timed on its own: the hook's
+``record`` call, and the flush that later exports each recorded decision (the daemon thread's
+or a scrape's share per call).
+
 Workloads:
   success      every call succeeds (1000 request ids, one tool)
   mixed-10pct  10% failures (HTTP 503) over 1000 request ids x 20 tools
   exhaustion   every call fails: each (tool, request id) runs its budget out and starts over
 
 Usage: python bench/bench_hook.py [--rounds 15] [--calls 4000] [--config '{"jitter": false}']
+                                  [--json results.json]
 The native plugin (cpex-retry-with-backoff==0.3.11) is optional; without it only this
 plugin's figures are printed.
 """
@@ -32,6 +39,7 @@ from cpex.framework import GlobalContext, PluginConfig, PluginContext, ToolPostI
 from cpex.framework.memory import CopyOnWriteDict
 
 from cpex_retry_with_backoff_wasm import RetryWithBackoffPlugin
+from cpex_retry_with_backoff_wasm import metrics as retry_metrics
 
 Call = tuple[Any, Any]  # (payload, context)
 
@@ -107,14 +115,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--calls", type=int, default=4000)
     parser.add_argument("--config", default="{}", help="plugin config as JSON (default: the defaults)")
+    parser.add_argument("--json", help="also write the figures to this file")
     args = parser.parse_args(argv)
     config = json.loads(args.config)
     # The native plugin logs a warning on every exhausted budget; keep I/O out of the timings.
     logging.disable(logging.CRITICAL)
 
+    wasm_kind = "cpex_retry_with_backoff_wasm.RetryWithBackoffPlugin"
     plugins: dict[str, Callable[[], Any]] = {
-        "wasm": lambda: RetryWithBackoffPlugin(
-            plugin_config("cpex_retry_with_backoff_wasm.RetryWithBackoffPlugin", config)
+        "wasm": lambda: RetryWithBackoffPlugin(plugin_config(wasm_kind, config)),
+        "wasm-off": lambda: RetryWithBackoffPlugin(
+            plugin_config(wasm_kind, {**config, retry_metrics.KEY_PROMETHEUS_METRICS: False})
         ),
     }
     try:
@@ -136,10 +147,11 @@ def main(argv: list[str] | None = None) -> int:
     names = sorted(plugins)
     rounds = f"median of {args.rounds} interleaved rounds x {args.calls} calls"
     print(f"tool_post_invoke per-call cost, {rounds} (us)")
-    header = f"{'workload':<14}" + "".join(f"{n:>10}" for n in names)
+    header = f"{'workload':<14}" + "".join(f"{n:>10}" for n in names) + f"{'metrics':>10}"
     if "native" in plugins:
         header += f"{'wasm/native':>13}"
     print(header)
+    results: dict[str, Any] = {"rounds": args.rounds, "calls": args.calls, "config": config, "workloads": {}}
     for label, calls in workloads.items():
         instances = {name: make() for name, make in plugins.items()}
         for instance in instances.values():  # warm-up
@@ -151,10 +163,68 @@ def main(argv: list[str] | None = None) -> int:
                 samples[name].append(time_per_call(instances[name], calls))
         medians = {name: statistics.median(values) for name, values in samples.items()}
         row = f"{label:<14}" + "".join(f"{medians[n]:>10.2f}" for n in names)
+        row += f"{medians['wasm'] - medians['wasm-off']:>+10.2f}"
         if "native" in medians:
             row += f"{medians['wasm'] / medians['native']:>12.2f}x"
         print(row)
+        results["workloads"][label] = medians
+    results["metrics_alone"] = metrics_alone(workloads, args.rounds)
+    alone = results["metrics_alone"]
+    print(f"metrics alone, median of {args.rounds} rounds (us of CPU time per call)")
+    for label, figures in alone.items():
+        print(
+            f"  {label:<12} record {figures['record']:5.3f}  flush {figures['flush']:5.3f}"
+            f"  total {figures['record'] + figures['flush']:5.3f}"
+        )
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as out:
+            json.dump(results, out, indent=2)
     return 0
+
+
+class _HookLines:
+    """The metrics' lines of ``tool_post_invoke``, as written there, over recorded decisions."""
+
+    def __init__(self, recorder: retry_metrics.PluginMetrics | None) -> None:
+        self._metrics = recorder
+
+    def run(self, decisions: list[tuple[str, int]]) -> None:
+        for tool, decision in decisions:
+            if self._metrics is not None:
+                (self._metrics.queues.get(tool) or self._metrics.queue(tool))(decision)
+
+
+def metrics_alone(workloads: dict[str, list[Call]], rounds: int) -> dict[str, dict[str, float]]:
+    """The metrics' own per-call cost on each workload's decisions, apart from the hook.
+
+    ``record``: the hook's lines (a None test, the tool's queue, ``append``), less the same
+    loop with metrics off (the None test alone).  ``flush``: exporting the recorded decisions
+    into the ``prometheus_client`` objects, per decision.  Timed in this thread's CPU time:
+    on a shared machine, wall time would add whatever else ran meanwhile.
+    """
+    kind = "cpex_retry_with_backoff_wasm.RetryWithBackoffPlugin"
+    owner = RetryWithBackoffPlugin(plugin_config(kind, {}))
+    out: dict[str, dict[str, float]] = {}
+    for label, calls in workloads.items():
+        # The decisions the hook makes on this workload, from a fresh plugin.
+        engine = RetryWithBackoffPlugin(plugin_config(kind, {"prometheus_metrics": False})).engine
+        decisions = [(p.name, engine.decide(p.name, c.global_context.request_id, p.result)) for p, c in calls]
+        on = _HookLines(retry_metrics.attach(owner, f"bench-{label}", owner.engine))
+        off = _HookLines(None)
+        record_us, flush_us = [], []
+        for _ in range(rounds):
+            retry_metrics.flush(sample_state=False)
+            start = time.thread_time()
+            off.run(decisions)
+            middle = time.thread_time()
+            on.run(decisions)
+            end = time.thread_time()
+            retry_metrics.flush(sample_state=False)
+            flushed = time.thread_time()
+            record_us.append(((end - middle) - (middle - start)) / len(decisions) * 1e6)
+            flush_us.append((flushed - end) / len(decisions) * 1e6)
+        out[label] = {"record": statistics.median(record_us), "flush": statistics.median(flush_us)}
+    return out
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ from cpex.framework import (  # type: ignore[import-untyped, unused-ignore]
     ToolPostInvokeResult,
 )
 
+from . import metrics
 from .ceiling import read_ceiling
 from .keys import state_request_id
 from .results import delay_result_builder, result_builder
@@ -80,6 +81,7 @@ class RetryWithBackoffPlugin(Plugin):  # type: ignore[misc, unused-ignore]  # cp
         self._decide = self._engine.decide
         self._result = result_builder()
         self._delay_result = delay_result_builder()
+        self._metrics = metrics.attach(self, config.name, self._engine)
         log.info(
             "retry_with_backoff_wasm: loaded %s (contract %s)",
             self._engine.wasm_path,
@@ -113,7 +115,10 @@ class RetryWithBackoffPlugin(Plugin):  # type: ignore[misc, unused-ignore]  # cp
             if self._request_scoped
             else state_request_id(self._key_scope, global_context)
         )
-        decision = self._decide(payload.name, request_id, payload.result)
+        tool = payload.name
+        decision = self._decide(tool, request_id, payload.result)
+        if self._metrics is not None:
+            (self._metrics.queues.get(tool) or self._metrics.queue(tool))(decision)
         delay = decision & DELAY_MASK
         if (decision >> REASON_SHIFT) & 0xFF == REASON_EXHAUSTED:
             # The native plugin's warning, word for word.

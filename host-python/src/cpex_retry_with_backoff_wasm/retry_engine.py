@@ -120,6 +120,7 @@ class RetryEngine:
         raw: dict[str, Any] = dict(config or {})
         self._wall_clock: Callable[[], float] = wall_clock or time.time
         settings = HostSettings.read(raw)
+        self._settings = settings
         self._lock = threading.Lock()
         self._sandbox = Sandbox(
             settings.wasm_path,
@@ -395,6 +396,16 @@ class RetryEngine:
             raise ValueError(f"fuel must be a positive integer, got {fuel!r}")
         with self._lock:
             self._sandbox.set_call_fuel(fuel)
+
+    @property
+    def rebuild_count(self) -> int:
+        """Number of instances rebuilt after a fault since construction."""
+        return self._sandbox.rebuild_count
+
+    @property
+    def prometheus_metrics(self) -> bool:
+        """``prometheus_metrics``: whether the plugin exports its metrics (``metrics``)."""
+        return self._settings.prometheus_metrics
 
     @property
     def fault_count(self) -> int:

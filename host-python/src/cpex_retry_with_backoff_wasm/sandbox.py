@@ -131,6 +131,8 @@ class Sandbox:
         self.fault_count = 0
         #: Number of successful reloads since construction.
         self.reload_count = 0
+        #: Number of instances rebuilt after a fault since construction.
+        self.rebuild_count = 0
         self.contract_version = ""
         self._instantiate()
 
@@ -326,6 +328,7 @@ class Sandbox:
             self._drop_instance()
             log.error("%s: rebuilding the instance failed (%s)", MESSAGE_PREFIX, describe_fault(exc))
             return False
+        self.rebuild_count += 1
         if state_json is None:
             return True
         try:

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from .loader import compile_cache_setting
+from .metrics import read_setting as read_metrics_setting
 from .model import MESSAGE_PREFIX, ConfigError, ConfigurationError, RetryEngineLoadError
 
 #: Host-only config keys (the component ignores keys it does not know).
@@ -90,6 +91,8 @@ class HostSettings:
     max_memory_bytes: int
     #: ``wasm_compile_cache``: false never reads or writes the on-disk compile cache.
     compile_cache: bool
+    #: ``prometheus_metrics``: the plugin exports its metrics (``metrics``).
+    prometheus_metrics: bool
     #: ``max_state_entries`` and ``state_ttl_ms`` as the component applies them.
     max_state_entries: int
     state_ttl_ms: int
@@ -110,6 +113,7 @@ class HostSettings:
         max_memory = _positive_int(config, KEY_MAX_MEMORY, DEFAULT_MAX_MEMORY_BYTES, errors)
         _check_memory(config, max_memory, errors)
         compile_cache = compile_cache_setting(config, errors)
+        prometheus_metrics = read_metrics_setting(config, errors)
         wasm_path = config.get(KEY_WASM_PATH)
         if wasm_path is None:
             path = bundled_wasm_path()
@@ -135,6 +139,7 @@ class HostSettings:
             fuel=fuel,
             max_memory_bytes=max_memory,
             compile_cache=compile_cache,
+            prometheus_metrics=prometheus_metrics,
             max_state_entries=_component_int(
                 config, KEY_MAX_STATE_ENTRIES, DEFAULT_MAX_STATE_ENTRIES, MAX_STATE_ENTRIES
             ),

@@ -1,0 +1,388 @@
+"""Retry metrics on the gateway's Prometheus endpoint (``prometheus_client``'s default registry).
+
+The gateway serves ``/metrics/prometheus`` from ``prometheus_client.REGISTRY``, or, when
+``PROMETHEUS_MULTIPROC_DIR`` is set (several workers, as under gunicorn), from a
+``MultiProcessCollector`` over the files every worker's metric objects write.  This module
+exports, under the prefix ``cpex_retry_wasm_``:
+
+==========================================================  =======================================
+``cpex_retry_wasm_decisions_total{plugin,tool,reason}``     every ``tool_post_invoke`` decision
+``cpex_retry_wasm_retry_delay_seconds{plugin}``             histogram of the retry delays asked for
+``cpex_retry_wasm_budget_refusals_total{plugin,tool}``      retries refused by ``retry_budget_percent``
+``cpex_retry_wasm_retry_state_entries{plugin}``             live retry-state entries (gauge)
+``cpex_retry_wasm_sandbox_faults_total{plugin}``            traps, exhausted fuel or memory, failed
+                                                            rebuilds
+``cpex_retry_wasm_rebuilds_total{plugin}``                  fresh instances after a fault
+``cpex_retry_wasm_reloads_total{plugin}``                   hot reloads that succeeded
+==========================================================  =======================================
+
+``plugin`` is the plugin's name in the gateway's YAML; ``reason`` a ``wire.REASONS`` name (a
+decision answered "no retry" because the sandbox faulted counts as ``success``; the fault is in
+``sandbox_faults``).  ``tool`` is bounded: per plugin name the first ``MAX_TOOL_LABELS`` distinct
+tool names get their own label value and every later one is ``other``, so tool names (chosen by
+whoever registers servers) cannot grow the series without bound.
+
+The hook only appends the decision to its plugin object's queue for the tool's label value,
+found by one dict lookup by tool name (``deque.append`` is atomic, so no lock is taken on the
+hot path, and the host's lock-free success shortcut is counted the same way).  The queues are
+flushed into the real metric objects, which are process-wide (one registration per name; every
+plugin object of the process shares them):
+
+- at scrape, by a collector registered in ``REGISTRY`` ahead of the metric objects, so a
+  single-process scrape is exact; it also samples the retry-state gauge then;
+- every ``FLUSH_INTERVAL_S`` by a daemon thread (per process; restarted after a fork), which
+  bounds the queues and, in multiprocess mode, is what writes each worker's files (it samples
+  the gauge there too, as ``livesum``);
+- at interpreter exit.
+
+Fault, rebuild and reload counts are read from the engine's public counters at each flush.
+The ``prometheus_metrics`` setting (default true) turns all of it off for a plugin.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import threading
+import time
+import weakref
+from collections import Counter, deque
+from collections.abc import Callable, Iterable, Mapping
+from itertools import islice
+from typing import Any, Final, Protocol
+
+from prometheus_client import REGISTRY
+from prometheus_client import Counter as PromCounter
+from prometheus_client import Gauge as PromGauge
+from prometheus_client import Histogram as PromHistogram
+from prometheus_client.registry import Collector
+
+from .model import ConfigError
+from .wire import DELAY_MASK, REASON_SHIFT, REASONS
+
+log = logging.getLogger(__name__)
+
+#: Host-only config key: ``true`` (default) exports the metrics, ``false`` turns them off.
+KEY_PROMETHEUS_METRICS: Final = "prometheus_metrics"
+#: The one prefix of every metric name.
+PREFIX: Final = "cpex_retry_wasm_"
+#: Distinct tool label values per plugin name; later tools share ``OTHER_TOOL``.
+MAX_TOOL_LABELS: Final = 50
+OTHER_TOOL: Final = "other"
+#: Tool names a plugin object remembers the queue of (those beyond it find the ``other`` queue
+#: again on every call): bounds its memory whatever names arrive.
+MAX_TOOL_NAMES: Final = 10_000
+#: How often the daemon thread flushes the queues (seconds).
+FLUSH_INTERVAL_S: Final = 1.0
+#: Upper bounds of the retry-delay histogram (seconds): the default backoff range, then the
+#: long delays a server's ``Retry-After`` hint can ask for.
+DELAY_BUCKETS_S: Final = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
+
+_RETRY: Final = REASONS.index("retry")
+_BUDGET: Final = REASONS.index("budget")
+
+#: A queue's ``append``: what the hot path calls with the decision.
+Append = Callable[[int], None]
+
+
+class EngineCounters(Protocol):
+    """What the metrics read from a ``RetryEngine``."""
+
+    @property
+    def prometheus_metrics(self) -> bool: ...
+    @property
+    def fault_count(self) -> int: ...
+    @property
+    def rebuild_count(self) -> int: ...
+    @property
+    def reload_count(self) -> int: ...
+
+    def state_count(self) -> int: ...
+
+
+def read_setting(config: Mapping[str, Any], errors: list[ConfigError]) -> bool:
+    """``prometheus_metrics`` (default true); a value that is not a bool goes to ``errors``."""
+    value = config.get(KEY_PROMETHEUS_METRICS, True)
+    if type(value) is not bool:
+        errors.append(ConfigError(KEY_PROMETHEUS_METRICS, f"must be true or false, got {value!r}"))
+        return True
+    return value
+
+
+def multiprocess_mode() -> bool:
+    """Whether ``prometheus_client`` writes per-process files (the gateway's own test)."""
+    return "PROMETHEUS_MULTIPROC_DIR" in os.environ
+
+
+class _ToolLabels:
+    """Per plugin name: tool name -> label value, the first ``MAX_TOOL_LABELS`` tools first."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._labels: dict[str, str] = {}
+
+    def after_fork(self) -> None:
+        self._lock = threading.Lock()
+
+    def label(self, tool: str) -> str:
+        with self._lock:
+            label = self._labels.get(tool)
+            if label is None:
+                if len(self._labels) >= MAX_TOOL_LABELS:
+                    return OTHER_TOOL
+                label = self._labels[tool] = _label_value(tool)
+            return label
+
+
+class PluginMetrics:
+    """One plugin object's share of the metrics: its decision queues and engine counters.
+
+    The hook calls ``(queues.get(tool) or queue(tool))(decision)``.
+    """
+
+    def __init__(self, plugin: str, engine: EngineCounters, labels: _ToolLabels) -> None:
+        self.plugin = plugin
+        self.engine = engine
+        self._labels = labels
+        #: Tool name -> its label's queue ``append`` (the hot path's lookup).
+        self.queues: dict[str, Append] = {}
+        #: Label value -> queue of decisions not yet exported.
+        self.pending: dict[str, deque[int]] = {}
+        #: Engine counters already exported: faults, rebuilds, reloads.
+        self.exported = (engine.fault_count, engine.rebuild_count, engine.reload_count)
+        #: Set once the plugin object is gone; the next flush exports the rest and drops this.
+        self.retired = False
+
+    def queue(self, tool: str) -> Append:
+        """The queue ``append`` of a tool not in ``queues`` yet (first sight of the tool)."""
+        label = self._labels.label(tool)
+        pending = self.pending.get(label)
+        if pending is None:
+            pending = self.pending.setdefault(label, deque())
+        if len(self.queues) < MAX_TOOL_NAMES:
+            self.queues[tool] = pending.append
+        return pending.append
+
+    def retire(self) -> None:
+        # Runs from a finalizer (any thread, at any point): only a flag, no lock.
+        self.retired = True
+
+    def discard_pending(self) -> None:
+        """Forget queued decisions and count the engine's events from now (after a fork)."""
+        for pending in list(self.pending.values()):
+            pending.clear()
+        engine = self.engine
+        self.exported = (engine.fault_count, engine.rebuild_count, engine.reload_count)
+
+
+class _Metrics:
+    """The process-wide metric objects, registered once in the default registry."""
+
+    def __init__(self) -> None:
+        # Registered before the metric objects: a scrape flushes first, then collects them.
+        REGISTRY.register(_FlushOnScrape())
+        self.decisions = PromCounter(
+            PREFIX + "decisions",
+            "Retry decisions of tool_post_invoke, by plugin, tool (bounded) and reason",
+            ("plugin", "tool", "reason"),
+        )
+        self.delays = PromHistogram(
+            PREFIX + "retry_delay_seconds",
+            "Delays of the retries asked for",
+            ("plugin",),
+            buckets=DELAY_BUCKETS_S,
+        )
+        self.budget_refusals = PromCounter(
+            PREFIX + "budget_refusals",
+            "Retries refused because the tool's retry budget was empty",
+            ("plugin", "tool"),
+        )
+        self.state_entries = PromGauge(
+            PREFIX + "retry_state_entries",
+            "Live retry-state entries in the plugin's engines",
+            ("plugin",),
+            multiprocess_mode="livesum",
+        )
+        self.faults = PromCounter(
+            PREFIX + "sandbox_faults",
+            "Faults of the Wasm sandbox (trap, fuel or memory exhausted, failed rebuild)",
+            ("plugin",),
+        )
+        self.rebuilds = PromCounter(
+            PREFIX + "rebuilds", "Instances rebuilt after a sandbox fault", ("plugin",)
+        )
+        self.reloads = PromCounter(PREFIX + "reloads", "Hot reloads of the component", ("plugin",))
+
+
+class _FlushOnScrape(Collector):
+    """Flushes every queue when the default registry is collected; exports nothing itself."""
+
+    def describe(self) -> Iterable[Any]:
+        return ()
+
+    def collect(self) -> Iterable[Any]:
+        _EXPORTER.flush(sample_state=True)
+        return ()
+
+
+class _Exporter:
+    """The queues of this process and the thread that flushes them."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._metrics: _Metrics | None = None
+        self._recorders: set[PluginMetrics] = set()
+        self._tool_labels: dict[str, _ToolLabels] = {}
+        #: Plugin names whose gauge was set (set to 0 when their last engine goes).
+        self._gauged: set[str] = set()
+        self._thread_pid: int | None = None
+
+    def attach(self, owner: object, plugin: str, engine: EngineCounters) -> PluginMetrics | None:
+        if not engine.prometheus_metrics:
+            return None
+        with self._lock:
+            if self._metrics is None:
+                self._metrics = _Metrics()
+                atexit.register(self.flush, sample_state=multiprocess_mode())
+            labels = self._tool_labels.setdefault(plugin, _ToolLabels())
+            recorder = PluginMetrics(plugin, engine, labels)
+            self._recorders.add(recorder)
+        weakref.finalize(owner, recorder.retire)
+        self._ensure_thread()
+        return recorder
+
+    def _ensure_thread(self) -> None:
+        pid = os.getpid()
+        if self._thread_pid == pid:
+            return
+        self._thread_pid = pid
+        threading.Thread(target=self._run, name="cpex-retry-wasm-metrics", daemon=True).start()
+
+    def _run(self) -> None:
+        while True:
+            time.sleep(FLUSH_INTERVAL_S)
+            try:
+                self.flush(sample_state=multiprocess_mode())
+            except Exception:  # pragma: no cover - never let a metrics bug end the thread
+                log.exception("retry metrics: flushing failed")
+
+    def after_fork(self) -> None:
+        """In a forked child: the parent's queued decisions are the parent's to export."""
+        # A lock held by another thread at the fork stays held in the child: new ones.
+        self._lock = threading.Lock()
+        for labels in self._tool_labels.values():
+            labels.after_fork()
+        for recorder in self._recorders:
+            recorder.discard_pending()
+        self._thread_pid = None
+        if self._recorders:
+            self._ensure_thread()
+
+    def flush(self, *, sample_state: bool = False) -> None:
+        """Export every queued decision and engine event; with ``sample_state``, set the gauge."""
+        metrics = self._metrics
+        if metrics is None:
+            return
+        with self._lock:
+            live: dict[str, int] = {}
+            for recorder in list(self._recorders):
+                self._flush_one(metrics, recorder)
+                if recorder.retired:
+                    self._recorders.discard(recorder)
+                elif sample_state:
+                    live[recorder.plugin] = live.get(recorder.plugin, 0) + _state_count(recorder.engine)
+            if sample_state:
+                for plugin in self._gauged - live.keys():
+                    metrics.state_entries.labels(plugin).set(0)
+                for plugin, entries in live.items():
+                    metrics.state_entries.labels(plugin).set(entries)
+                self._gauged |= live.keys()
+
+    def _flush_one(self, metrics: _Metrics, recorder: PluginMetrics) -> None:
+        plugin = recorder.plugin
+        delays: list[float] = []
+        # A copy: the hot path may add a label's queue meanwhile.
+        for label, pending in list(recorder.pending.items()):
+            # Exactly the decisions queued so far; later appends wait for the next flush.
+            batch = Counter(islice(iter(pending.popleft, None), len(pending)))
+            if not batch:
+                continue
+            reasons: Counter[int] = Counter()
+            for decision, count in batch.items():
+                reason = (decision >> REASON_SHIFT) & 0xFF
+                reasons[reason] += count
+                if reason == _RETRY:
+                    delays += [(decision & DELAY_MASK) / 1000] * count
+            for reason, count in reasons.items():
+                name = REASONS[reason] if reason < len(REASONS) else str(reason)
+                metrics.decisions.labels(plugin, label, name).inc(count)
+                if reason == _BUDGET:
+                    metrics.budget_refusals.labels(plugin, label).inc(count)
+        if delays:
+            observe = metrics.delays.labels(plugin).observe
+            for seconds in delays:
+                observe(seconds)
+        engine = recorder.engine
+        now = (engine.fault_count, engine.rebuild_count, engine.reload_count)
+        if now != recorder.exported:
+            faults, rebuilds, reloads = (a - b for a, b in zip(now, recorder.exported, strict=True))
+            recorder.exported = now
+            for counter, delta in (
+                (metrics.faults, faults),
+                (metrics.rebuilds, rebuilds),
+                (metrics.reloads, reloads),
+            ):
+                if delta > 0:
+                    counter.labels(plugin).inc(delta)
+
+
+def _label_value(text: str) -> str:
+    """``text``, with what UTF-8 cannot encode (lone surrogates) escaped: one such tool name
+    must not make the whole exposition fail."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text
+
+
+def _state_count(engine: EngineCounters) -> int:
+    try:
+        return engine.state_count()
+    except Exception:  # an unavailable instance holds no state
+        return 0
+
+
+_EXPORTER: Final = _Exporter()
+os.register_at_fork(after_in_child=_EXPORTER.after_fork)
+
+
+def attach(owner: object, plugin: str, engine: EngineCounters) -> PluginMetrics | None:
+    """Count ``owner``'s decisions under ``plugin`` (None when ``engine.prometheus_metrics``
+    is off): the hook calls ``(m.queues.get(tool) or m.queue(tool))(decision)``.
+
+    ``owner`` (the plugin object) is only watched: once it is garbage, the next flush exports
+    what is left of its counts and lets ``engine`` go.
+    """
+    return _EXPORTER.attach(owner, plugin, engine)
+
+
+def flush(*, sample_state: bool = True) -> None:
+    """Export every queued decision now and, with ``sample_state``, sample the retry-state gauge."""
+    _EXPORTER.flush(sample_state=sample_state)
+
+
+__all__ = [
+    "DELAY_BUCKETS_S",
+    "KEY_PROMETHEUS_METRICS",
+    "MAX_TOOL_LABELS",
+    "OTHER_TOOL",
+    "PREFIX",
+    "EngineCounters",
+    "PluginMetrics",
+    "attach",
+    "flush",
+    "multiprocess_mode",
+    "read_setting",
+]

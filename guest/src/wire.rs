@@ -42,6 +42,12 @@ pub const IDLE: u64 = 1 << 62;
 /// Decision bit 63: the host must call `decide-text`; nothing changed.
 pub const NEED_TEXT: u64 = 1 << 63;
 
+/// `decide-text` reads at most this many text items (the rest are ignored).
+pub const TEXT_MAX_ITEMS: usize = 1024;
+/// ... and at most this many characters (Unicode scalar values) of them in
+/// all; the item that reaches the bound is read as cut there.
+pub const TEXT_MAX_CHARS: usize = 262_144;
+
 /// Unpack `signals`. Reserved bits are ignored.
 pub fn unpack_signals(bits: u64) -> Signals {
     Signals {

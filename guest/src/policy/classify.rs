@@ -8,7 +8,8 @@
 //!    is `True`, or its `status_code` is in `retry_on_status`.
 //! 3. Otherwise, only if the policy checks text content and there is no
 //!    structured content: any text item whose text is a JSON object with
-//!    `"isError": true` or an integer `status_code` in `retry_on_status`.
+//!    `"isError": true` or an integer `status_code` in `retry_on_status`
+//!    (read within bounds: see [`super::text_markers`]).
 //!
 //! With `safe_classification` on (opt-in; issue 6 §5), three hints the host
 //! reads ([`Hints`]) refine that, before anything else: a result whose
@@ -22,9 +23,10 @@
 
 use alloc::vec::Vec;
 
-use super::json::{self, Map, Value};
+use super::json::{Map, Value};
 
 use super::config::Policy;
+use super::text_markers::texts_mark_failure;
 
 /// What the host read from one tool result.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -132,42 +134,13 @@ pub fn classify<T: AsRef<str>>(
     match texts {
         None => NeedText,
         Some(texts) => {
-            if texts
-                .iter()
-                .any(|t| text_marks_failure(t.as_ref(), &policy.retry_on_status))
-            {
+            if texts_mark_failure(texts, &policy.retry_on_status) {
                 Failure
             } else {
                 NotFailure
             }
         }
     }
-}
-
-/// Rule 3 for one text item.
-pub fn text_marks_failure(text: &str, retry_on_status: &[i32]) -> bool {
-    // Only a JSON object can match; skip the parser (and its allocations) for
-    // the common case of prose. JSON allows exactly these four whitespace bytes.
-    let starts_object = text
-        .bytes()
-        .find(|b| !matches!(b, b' ' | b'\t' | b'\n' | b'\r'))
-        == Some(b'{');
-    if !starts_object {
-        return false;
-    }
-    // The parser bounds nesting (127 levels), so hostile text cannot exhaust
-    // the stack; a parse error simply means "not a marker".
-    let Ok(Value::Object(obj)) = json::parse(text) else {
-        return false;
-    };
-    if obj.get("isError").and_then(Value::as_bool) == Some(true) {
-        return true;
-    }
-    // `as i32` truncates on purpose: the native plugin compares
-    // `status as i32`, so 2^32 + 503 matches 503 there too.
-    obj.get("status_code")
-        .and_then(Value::as_i64)
-        .is_some_and(|s| retry_on_status.contains(&(s as i32)))
 }
 
 /// Read [`Signals`] and the text items from a result given as JSON, with the
@@ -458,22 +431,8 @@ mod tests {
     }
 
     #[test]
-    fn test_classify_text_markers() {
-        let codes = [503];
-        assert!(text_marks_failure(r#"{"isError": true}"#, &codes));
-        assert!(text_marks_failure("\n{\"status_code\": 503}", &codes));
-        assert!(text_marks_failure(r#"{"status_code": 4294967799}"#, &codes));
-        assert!(!text_marks_failure(r#"{"status_code": 503.0}"#, &codes));
-        assert!(!text_marks_failure(r#"{"status_code": "503"}"#, &codes));
-        assert!(!text_marks_failure(r#"{"isError": "true"}"#, &codes));
-        assert!(!text_marks_failure(r#"{"isError": true} trailing"#, &codes));
-        let deep = "{\"a\":".repeat(10_000) + "1" + &"}".repeat(10_000);
-        assert!(!text_marks_failure(&deep, &codes));
-    }
-
-    #[test]
     fn test_classify_signals_from_json() {
-        let v = json::parse(
+        let v = crate::policy::json::parse(
             r#"{"isError": true, "structuredContent": {"status_code": 503, "isError": 1},
                 "content": [{"type": "text", "text": "a"}, {"type": "image", "text": "b"},
                             {"type": "text", "text": 5}]}"#,

@@ -8,6 +8,7 @@
 //! only fails on the first call for that tool); and all problems are reported
 //! together instead of the first one.
 
+use alloc::format;
 use alloc::string::{String, ToString};
 use alloc::vec;
 use alloc::vec::Vec;
@@ -34,6 +35,15 @@ pub const DEFAULT_RETRY_BUDGET_MIN_PER_SEC: u32 = 1;
 pub const DEFAULT_MAX_RETRY_AFTER_MS: u64 = 60_000;
 /// Largest `max_retry_after_ms`: the wire carries hints in 24 bits of ms.
 pub const MAX_RETRY_AFTER_LIMIT: u64 = (1 << 24) - 1;
+/// Tool names longer than this (in characters) reach the engine as a digest
+/// (`#sha256:` and 64 hex digits): the host bounds what crosses into the
+/// guest, and keeps keys distinct. An override for such a name could never
+/// match, so it is a config error.
+pub const TOOL_NAME_MAX_CHARS: usize = 256;
+/// The prefix of a digested tool name (see [`TOOL_NAME_MAX_CHARS`]). The
+/// host digests names that start with it too, so that a name and a digest
+/// never collide.
+pub const DIGEST_PREFIX: &str = "#sha256:";
 /// Largest `max_state_entries` accepted. The state index is allocated for the
 /// bound up front (4 bytes per entry, rounded up to a power of two), and each
 /// live entry takes ~100 bytes plus its key, so a million entries already needs
@@ -265,6 +275,10 @@ impl Config {
                 // order of the errors).
                 for (tool, entry) in tools.sorted() {
                     let prefix = override_path(tool);
+                    if let Some(why) = unmatchable_tool_name(tool) {
+                        errors.push(&prefix, why);
+                        continue;
+                    }
                     let Value::Object(fields) = entry else {
                         errors.push(&prefix, must_be("a mapping", entry));
                         continue;
@@ -634,6 +648,24 @@ fn parse_status_list(v: &Value, path: &str, errors: &mut Errors) -> Option<Vec<i
         }
     }
     ok.then_some(codes)
+}
+
+/// Why an override for `tool` could never match, if it could not: the host
+/// sends such tool names as a digest.
+fn unmatchable_tool_name(tool: &str) -> Option<String> {
+    if tool.chars().count() > TOOL_NAME_MAX_CHARS {
+        Some(format!(
+            "tool name is longer than {TOOL_NAME_MAX_CHARS} characters: the host sends such \
+             names as a digest, so this override could never match"
+        ))
+    } else if tool.starts_with(DIGEST_PREFIX) {
+        Some(format!(
+            "tool name starts with \"{DIGEST_PREFIX}\": the host sends such names as a \
+             digest, so this override could never match"
+        ))
+    } else {
+        None
+    }
 }
 
 /// `tool_overrides.<tool>`, quoting tool names that would make the path
@@ -1018,6 +1050,28 @@ mod tests {
                 assert_eq!(got, oracle(&mixed), "{unit} x {n} mixed");
             }
         }
+    }
+
+    #[test]
+    fn test_config_override_names_the_host_digests_are_refused() {
+        let long = "é".repeat(TOOL_NAME_MAX_CHARS + 1);
+        let edge = "é".repeat(TOOL_NAME_MAX_CHARS);
+        let errs = errors(&format!(
+            r##"{{"tool_overrides": {{"{long}": {{"max_retries": 99}}, "{edge}": {{"max_retries": 1}},
+                "#sha256:ab": {{}}, "x#sha256:": {{}}}}}}"##
+        ));
+        assert_eq!(
+            errs,
+            vec![
+                "tool_overrides.#sha256:ab: tool name starts with \"#sha256:\": the host sends \
+                 such names as a digest, so this override could never match"
+                    .to_string(),
+                format!(
+                    "tool_overrides.{long}: tool name is longer than 256 characters: the host \
+                     sends such names as a digest, so this override could never match"
+                ),
+            ]
+        );
     }
 
     #[test]

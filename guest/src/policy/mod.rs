@@ -16,6 +16,7 @@ pub mod state;
 #[cfg(test)]
 mod test_support;
 pub mod text;
+pub mod text_markers;
 
 pub use classify::{Hints, Signals};
 pub use config::{Config, ConfigError, Policy};

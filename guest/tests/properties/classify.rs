@@ -7,9 +7,8 @@
 //! are a retriable status.
 
 use proptest::prelude::*;
-use retry_engine::policy::classify::{
-    classify, signals_from_json, text_marks_failure, Classification,
-};
+use retry_engine::policy::classify::{classify, signals_from_json, Classification};
+use retry_engine::policy::text_markers::{text_marks_failure, texts_mark_failure};
 use retry_engine::policy::{Policy, Signals};
 use serde_json::{Map, Value};
 
@@ -58,6 +57,68 @@ fn marker_object() -> impl Strategy<Value = Map<String, Value>> {
                 m.insert("status_code".into(), v);
             }
             m
+        })
+}
+
+/// Rule 3 as it was stated before the bounded reader: parse the whole text
+/// into a serde_json `Value`; a marker only if that is an object that marks.
+fn value_oracle(text: &str, codes: &[i32]) -> bool {
+    matches!(serde_json::from_str::<Value>(text), Ok(Value::Object(o)) if marks_failure_oracle(&o, codes))
+}
+
+/// Object text with members written out one by one (so names repeat), then
+/// perhaps damaged: cut short, a character put in, or something appended.
+fn member_text() -> impl Strategy<Value = String> {
+    let member = (
+        prop_oneof![
+            2 => Just("isError".to_string()),
+            2 => Just("status_code".to_string()),
+            1 => Just("is\\u0045rror".to_string()),
+            2 => "[a-z_]{1,8}",
+        ],
+        prop_oneof![
+            any::<bool>()
+                .prop_map(Value::Bool)
+                .prop_map(|v| v.to_string()),
+            status_value().prop_map(|v| v.to_string()),
+            Just("1e400".to_string()),
+            Just("\"\\ud800\"".to_string()),
+            Just("-0".to_string()),
+            (0usize..140).prop_map(|d| "[".repeat(d) + &"]".repeat(d)),
+        ],
+    );
+    (
+        prop::collection::vec(member, 0..6),
+        "[ \t\n\r]{0,2}",
+        any::<bool>(),
+        any::<bool>(),
+        prop::option::of((
+            any::<prop::sample::Index>(),
+            0u8..3,
+            "[\\[\\]{}\":,0-9a-z. ]",
+        )),
+    )
+        .prop_map(|(members, ws, pretty, marked, damage)| {
+            let sep = if pretty { ",\n  " } else { "," };
+            // Often a marker first, so that what follows decides.
+            let lead = marked.then(|| String::from("\"isError\": true"));
+            let body: Vec<String> = lead
+                .into_iter()
+                .chain(members.iter().map(|(k, v)| format!("\"{k}\":{ws}{v}")))
+                .collect();
+            let mut text = format!("{ws}{{{}}}{ws}", body.join(sep));
+            if let Some((at, how, c)) = damage {
+                let mut at = at.index(text.len() + 1);
+                while !text.is_char_boundary(at) {
+                    at -= 1;
+                }
+                match how {
+                    0 => text.truncate(at),
+                    1 => text.insert_str(at, &c),
+                    _ => text.push_str(&c),
+                }
+            }
+            text
         })
 }
 
@@ -123,6 +184,19 @@ proptest! {
         // Trailing garbage makes it not JSON, so never a marker.
         let garbage = format!("{text} x");
         prop_assert!(!text_marks_failure(&garbage, &RETRY_ON));
+    }
+
+    #[test]
+    fn test_text_markers_under_the_bounds_agree_with_parsing_a_value(
+        text in prop_oneof![
+            3 => member_text(),
+            1 => "[ \t\n\r]{0,2}\\{[\\[\\]{}\":,0-9a-zE.+\\- \\\\]{0,80}",
+        ],
+        codes in prop_oneof![Just(RETRY_ON.to_vec()), prop::collection::vec(any::<i32>(), 0..3)],
+    ) {
+        let want = value_oracle(&text, &codes);
+        prop_assert_eq!(text_marks_failure(&text, &codes), want, "{}", text);
+        prop_assert_eq!(texts_mark_failure(&["plain", text.as_str()], &codes), want, "{}", text);
     }
 
     #[test]

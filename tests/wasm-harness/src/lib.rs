@@ -37,7 +37,7 @@ pub use exports::contextforge::retry::retry_engine::{
 };
 
 /// The contract version the harness is written against.
-pub const CONTRACT_VERSION: &str = "0.2.0";
+pub const CONTRACT_VERSION: &str = "0.2.1";
 /// The seed every harness instance gets unless a test asks for another.
 pub const DEFAULT_SEED: u128 = 0x5eed_0000_0000_0000_0000_0000_0000_0001;
 /// The environment variable that overrides where the component is read from.

@@ -25,4 +25,5 @@ mod robustness;
 mod safe;
 mod simulate;
 mod snapshot;
+mod text_bounds;
 mod ttl;

@@ -27,12 +27,12 @@ from pathlib import Path
 from typing import Any
 
 from . import ceiling as _ceiling
-from .handles import HANDLE, Held, HeldKeys, Key
+from .handles import AT_NS, DECISION, HANDLE, TOTAL_MS, Held, HeldKeys, Key
 from .model import MESSAGE_PREFIX, ConfigError, ConfigurationError, Policy, RetryEngineLoadError
 from .sandbox import Clock, Sandbox, Seed, describe_fault
 from .settings import HostSettings, check_sha256
 from .signals import REASON_RETRY, collect_texts, read_hints, read_signals
-from .wire import IDLE, NEED_TEXT, REASON_SHIFT, UNKNOWN_HANDLE
+from .wire import DELAY_MASK, IDLE, NEED_TEXT, REASON_SHIFT, UNKNOWN_HANDLE
 
 log = logging.getLogger(__name__)
 
@@ -245,7 +245,11 @@ class RetryEngine:
                     if not decision & (UNKNOWN_HANDLE | NEED_TEXT):
                         if (decision >> REASON_SHIFT) & 0xFF == REASON_RETRY:
                             self._idle = False  # still held, under the same handle
-                            held.retried(key, entry, decision)
+                            # `HeldKeys.retried`, written out (the most frequent update).
+                            entry[DECISION] = decision
+                            entry[TOTAL_MS] += decision & DELAY_MASK
+                            entry[AT_NS] = held.now_ns()
+                            held.entries.move_to_end(key)
                             return decision
                         # The decision cleared the key: its handle is free again.
                         del held.entries[key]

@@ -119,7 +119,8 @@ class HeldKeys:
     def note(self, key: Key, entry: Held | None, handle: int, decision: int) -> None:
         """Record the component's decision for ``key`` (named by ``handle`` in the call;
         ``entry``: the key's entry before it): a retry keeps state for the key, any other
-        reason cleared it.  Its ``text-free`` bit turns the shortcut on or off."""
+        reason cleared it.  Its ``text-free`` bit turns the shortcut on or off.
+        (``RetryEngine`` writes out the first retry of an unlisted key decided by its bytes.)"""
         entries = self.entries
         self.shortcut = entries if decision & TEXT_FREE else None
         if (decision >> REASON_SHIFT) & 0xFF == REASON_RETRY:

@@ -32,7 +32,7 @@ from .model import MESSAGE_PREFIX, ConfigError, ConfigurationError, Policy, Retr
 from .sandbox import Clock, Sandbox, Seed, describe_fault
 from .settings import HostSettings, check_sha256
 from .signals import REASON_RETRY, collect_texts, read_hints, read_signals
-from .wire import DELAY_MASK, IDLE, NEED_TEXT, REASON_SHIFT, UNKNOWN_HANDLE
+from .wire import DELAY_MASK, IDLE, NEED_TEXT, REASON_SHIFT, TEXT_FREE, UNKNOWN_HANDLE
 
 log = logging.getLogger(__name__)
 
@@ -290,6 +290,16 @@ class RetryEngine:
                 held.give_back(handle)
             return decision
         self._idle = (decision & IDLE) != 0
+        if entry is None and (decision >> REASON_SHIFT) & 0xFF == REASON_RETRY:
+            # A key's first failure (the most frequent decision here): `HeldKeys.note`,
+            # written out.
+            entries = held.entries
+            held.shortcut = entries if decision & TEXT_FREE else None
+            at_ns = held.now_ns()
+            if at_ns > held.sweep_ns or len(entries) >= held.max_entries:
+                held.make_room(at_ns)
+            entries[key] = [handle, decision, decision & DELAY_MASK, at_ns]
+            return decision
         held.note(key, entry, handle, decision)
         return decision
 

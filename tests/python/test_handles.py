@@ -91,6 +91,35 @@ def test_a_key_whose_state_expired_is_told_again_by_key() -> None:
     assert (calls.by_key, calls.by_handle) == (2, 2)
 
 
+def test_the_held_keys_drop_a_key_past_the_ttl_at_the_next_new_key_never_a_live_one() -> None:
+    """The mirror is bounded by the TTL as the component's table is: the key whose last
+    failure is oldest goes once it outlived the TTL (a retry makes a key young again), and a
+    key still live in the component stays listed (the success shortcut relies on that)."""
+    clock = VirtualClock()
+    engine = WasmRetryEngine({**NO_JITTER, "max_retries": 5, "state_ttl_ms": 1_000}, clock=clock)
+
+    def listed() -> set[str]:
+        return {request_id for _, request_id in engine.held.entries}
+
+    assert delays(engine, "t", "a", [err()]) == [200]
+    clock.advance_ms(500)
+    assert delays(engine, "t", "b", [err()]) == [200]
+    clock.advance_ms(400)
+    assert delays(engine, "t", "a", [err()]) == [400]  # a is the newest now
+    clock.advance_ms(102)  # a's first failure is past the TTL, its last is not
+    assert delays(engine, "t", "c", [err()]) == [200]
+    assert listed() == {"a", "b", "c"}
+    clock.advance_ms(500)  # b's last failure is past the TTL (by more than a millisecond)
+    assert delays(engine, "t", "d", [err()]) == [200]
+    assert listed() == {"a", "c", "d"}
+    assert delays(engine, "t", "a", [err()]) == [800], "a kept its state"
+    clock.advance_ms(2_000)  # everything expired: swept two per new key
+    assert delays(engine, "t", "e", [err()]) == [200]
+    assert delays(engine, "t", "f", [err()]) == [200]
+    assert listed() == {"e", "f"}
+    assert_handles_accounted(engine)
+
+
 def test_keys_sharing_a_freed_handle_never_see_each_others_state() -> None:
     engine = WasmRetryEngine({**NO_JITTER, "max_retries": 5})
     assert delays(engine, "t", "a", [err(), err()]) == [200, 400]

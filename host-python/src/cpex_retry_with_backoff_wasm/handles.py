@@ -15,8 +15,9 @@ One ordered dict, ``entries``, serves three purposes:
 
 Entries are ordered by last failure, oldest first, and bounded as the component's table is:
 beyond ``max_state_entries`` the oldest goes, and an entry older than ``state_ttl_ms`` goes at
-the next new key.  Both sides see the same decisions in the same order, so whatever the
-component drops is the oldest here too, and the mirror stays a superset.
+a new key (at most two a time; not looked for until the oldest can have expired).  Both sides
+see the same decisions in the same order, so whatever the component drops is the oldest here
+too, and the mirror stays a superset (an expired key listed a while longer is harmless).
 
 The shortcut reads ONE attribute, ``shortcut`` (the live ``entries`` dict, or None when the
 shortcut is off), without the adapter's lock.  Writers hold the lock and change the set of
@@ -88,6 +89,9 @@ class HeldKeys:
         #: Handles free for reuse; ``next_handle`` is the next never used.
         self.free: list[int] = []
         self.next_handle = 1
+        #: No entry has outlived the TTL before this time (``make_room`` need not look until
+        #: then): the oldest entry's expiry when last computed; entries only get newer since.
+        self.sweep_ns = 0
 
     # ------------------------------------------------------------------ handles
     def take_handle(self, key_bytes: int) -> int:
@@ -115,14 +119,15 @@ class HeldKeys:
     def note(self, key: Key, entry: Held | None, handle: int, decision: int) -> None:
         """Record the component's decision for ``key`` (named by ``handle`` in the call;
         ``entry``: the key's entry before it): a retry keeps state for the key, any other
-        reason cleared it.  Its ``text-free`` bit turns the shortcut on or off."""
+        reason cleared it.  Its ``text-free`` bit turns the shortcut on or off.
+        (``RetryEngine`` writes out the first retry of an unlisted key decided by its bytes.)"""
         entries = self.entries
         self.shortcut = entries if decision & TEXT_FREE else None
         if (decision >> REASON_SHIFT) & 0xFF == REASON_RETRY:
             if entry is None:
                 at_ns = self.now_ns()
-                if entries:
-                    self._make_room(at_ns)
+                if at_ns > self.sweep_ns or len(entries) >= self.max_entries:
+                    self.make_room(at_ns)
                 entries[key] = [handle, decision, decision & DELAY_MASK, at_ns]
                 return
             if entry[HANDLE] != handle:
@@ -143,28 +148,33 @@ class HeldKeys:
             self.forget()
 
     def retried(self, key: Key, entry: Held, decision: int) -> None:
-        """Another retry for a listed key: its state moves on and it becomes the newest."""
+        """Another retry for a listed key: its state moves on and it becomes the newest.
+        (``RetryEngine.decide`` writes this out for a key decided by its handle.)"""
         entry[DECISION] = decision
         entry[TOTAL_MS] += decision & DELAY_MASK
         entry[AT_NS] = self.now_ns()
         self.entries.move_to_end(key)
 
-    def _make_room(self, now_ns: int) -> None:
+    def make_room(self, now_ns: int) -> None:
         """Before a new key, drop what the component drops when it records one: entries older
-        than the TTL, then the oldest when full."""
+        than the TTL, then the oldest when full.  Needed only once ``now_ns`` passes
+        ``sweep_ns`` or the entries are full (the caller tests that, a call saved per key)."""
         entries = self.entries
         # Conservative by a millisecond: the component compares whole milliseconds.
-        cutoff = now_ns - self.ttl_ns - _NS_PER_MS
+        ttl_ns = self.ttl_ns + _NS_PER_MS
         # Amortized: each entry is added once, so two drops per addition keep up.
         for _ in range(2):
             if not entries:
                 break
             oldest = next(iter(entries))
-            if entries[oldest][AT_NS] >= cutoff:
+            if entries[oldest][AT_NS] + ttl_ns >= now_ns:
                 break
             self.drop(oldest)
         while len(entries) >= self.max_entries:
             self.drop(next(iter(entries)))
+        # The entry about to be added is at ``now_ns``, every later one newer: a late sweep
+        # only keeps an expired key listed a while longer, which the shortcut allows.
+        self.sweep_ns = (entries[next(iter(entries))][AT_NS] if entries else now_ns) + ttl_ns
 
     def drop(self, key: Key) -> None:
         """Unlist ``key`` (the component dropped it too) and free its handle: one change the

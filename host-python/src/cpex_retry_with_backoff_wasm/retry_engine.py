@@ -27,13 +27,13 @@ from pathlib import Path
 from typing import Any
 
 from . import ceiling as _ceiling
-from .handles import HANDLE, Held, HeldKeys, Key
+from .handles import AT_NS, DECISION, HANDLE, TOTAL_MS, Held, HeldKeys, Key
 from .keys import KEY_PART_MAX_CHARS, engine_key, key_part
 from .model import MESSAGE_PREFIX, ConfigError, ConfigurationError, Policy, RetryEngineLoadError
 from .sandbox import Clock, Sandbox, Seed, describe_fault
 from .settings import HostSettings, check_sha256
 from .signals import REASON_RETRY, collect_texts, read_hints, read_signals
-from .wire import IDLE, NEED_TEXT, REASON_SHIFT, UNKNOWN_HANDLE
+from .wire import DELAY_MASK, IDLE, NEED_TEXT, REASON_SHIFT, TEXT_FREE, UNKNOWN_HANDLE
 
 log = logging.getLogger(__name__)
 
@@ -230,7 +230,11 @@ class RetryEngine:
                     if not decision & (UNKNOWN_HANDLE | NEED_TEXT):
                         if (decision >> REASON_SHIFT) & 0xFF == REASON_RETRY:
                             self._idle = False  # still held, under the same handle
-                            held.retried(key, entry, decision)
+                            # `HeldKeys.retried`, written out (the most frequent update).
+                            entry[DECISION] = decision
+                            entry[TOTAL_MS] += decision & DELAY_MASK
+                            entry[AT_NS] = held.now_ns()
+                            held.entries.move_to_end(key)
                             return decision
                         # The decision cleared the key: its handle is free again.
                         del held.entries[key]
@@ -271,6 +275,16 @@ class RetryEngine:
                 held.give_back(handle)
             return decision
         self._idle = (decision & IDLE) != 0
+        if entry is None and (decision >> REASON_SHIFT) & 0xFF == REASON_RETRY:
+            # A key's first failure (the most frequent decision here): `HeldKeys.note`,
+            # written out.
+            entries = held.entries
+            held.shortcut = entries if decision & TEXT_FREE else None
+            at_ns = held.now_ns()
+            if at_ns > held.sweep_ns or len(entries) >= held.max_entries:
+                held.make_room(at_ns)
+            entries[key] = [handle, decision, decision & DELAY_MASK, at_ns]
+            return decision
         held.note(key, entry, handle, decision)
         return decision
 

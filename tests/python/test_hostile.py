@@ -72,7 +72,8 @@ def nested(depth: int, inner: str = "1") -> str:
         (padded({"status_code": 404}, MIB), 0),
         ("x" * MIB, 0),
         pytest.param("{" + " " * MIB, 0),  # starts like an object, never ends
-        pytest.param(" " * MIB + '{"isError": true}', 200),
+        # Contract 0.2.1: the engine reads TEXT_MAX_CHARS characters; the marker is past them.
+        pytest.param(" " * MIB + '{"isError": true}', 0),
         pytest.param('{"isError": true, "s": "' + "\\u00e9" * (MIB // 6) + '"}', 200),
         ("é✓😀" * (MIB // 9), 0),
         ("{" + " " * 64 * 1024, 0),
@@ -99,9 +100,11 @@ async def test_megabyte_text_items(text: str, expected: int) -> None:
 
 async def test_many_megabyte_text_items_in_one_result() -> None:
     p = plugin(CHECK_TEXT)
-    items = ["y" * MIB] * 7 + [padded({"isError": True}, MIB)]
+    items = [padded({"isError": True}, MIB)] + ["y" * MIB] * 7
     assert await delay(p, "t", "r", texts(*items)) == 200
     assert await delay(p, "t", "r", texts(*items)) == 400
+    # Contract 0.2.1: a marker past the first TEXT_MAX_CHARS characters is not read.
+    assert await delay(p, "t", "r", texts(*reversed(items))) == 0
     assert p.engine.fault_count == 0
 
 
@@ -149,9 +152,10 @@ async def test_deeply_nested_structured_content_is_never_walked(depth: int) -> N
 @pytest.mark.parametrize(
     ("count", "json_items", "last", "expected"),
     [
-        pytest.param(10_000, True, '{"status_code": 502}', 200),
+        # Contract 0.2.1: the engine reads the first TEXT_MAX_ITEMS items; item 10 000 is past them.
+        pytest.param(10_000, True, '{"status_code": 502}', 0),
         pytest.param(10_000, True, "plain", 0),
-        (10_000, False, '{"status_code": 502}', 200),
+        (10_000, False, '{"status_code": 502}', 0),
         (10_000, False, "plain", 0),
         (1_000, True, '{"status_code": 502}', 200),
     ],

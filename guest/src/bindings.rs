@@ -181,9 +181,9 @@ fn decision_bits(e: &Engine, outcome: Outcome) -> u64 {
             let mut bits = wire::pack_decision(&d);
             if e.is_text_free() {
                 bits |= wire::TEXT_FREE;
-                if e.state_count() == 0 {
-                    bits |= wire::IDLE;
-                }
+            }
+            if e.is_idle() {
+                bits |= wire::IDLE;
             }
             bits
         }

@@ -32,7 +32,7 @@ def step(engine: WasmRetryEngine, tool: str, rid: str, result: Any) -> tuple[int
 
 def test_defaults_and_contract(wasm_path: Path) -> None:
     engine = WasmRetryEngine({})
-    assert engine.contract_version == "0.2.0"
+    assert engine.contract_version == "0.2.1"
     assert engine.wasm_path == wasm_path
     assert engine.fuel_per_call == DEFAULT_FUEL
     assert engine.global_policy == Policy(

@@ -1,7 +1,7 @@
 """Contract-version checks at load, and hot reload with live retry state carried across.
 
 Builds for another contract version are made from the real component by a same-length
-rename of its contract version (``retry-engine@0.2.0`` -> ``@0.2.7`` or ``@0.3.0``, and the
+rename of its contract version (``retry-engine@0.2.x`` -> ``@0.2.7`` or ``@0.3.0``, and the
 ``contract-version`` literal): the binary stays valid because no length changes, and the
 fixture behaves exactly like the real engine except for the version it declares.
 """
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import re
 import threading
 from pathlib import Path
 from typing import Any
@@ -26,15 +27,17 @@ NO_JITTER = {"jitter": False, "max_retries": 5}
 
 
 def contract_variant(wasm_path: Path, tmp_path: Path, version: str) -> Path:
-    """The real component declaring contract ``version`` instead of 0.2.0."""
-    assert len(version) == len("0.2.0")
+    """The real component declaring contract ``version`` instead of its own 0.2.x."""
     data = wasm_path.read_bytes()
-    names = data.count(b"retry-engine@0.2.0")
-    assert names > 0
-    data = data.replace(b"retry-engine@0.2.0", b"retry-engine@" + version.encode())
-    # What is left is the `contract-version` literal, exactly once.
-    assert data.count(b"0.2.0") == 1, "the fixture rename no longer finds the version literal"
-    data = data.replace(b"0.2.0", version.encode())
+    found = re.search(rb"retry-engine@(0\.2\.\d)", data)
+    assert found, "the fixture rename no longer finds the export name"
+    current = found.group(1)
+    assert len(version) == len(current)
+    data = data.replace(b"retry-engine@" + current, b"retry-engine@" + version.encode())
+    # What is left is the `contract-version` literal, exactly once (not inside `@0.2.12`).
+    literal = re.compile(rb"(?<![\d.])" + re.escape(current) + rb"(?!\d)")
+    assert len(literal.findall(data)) == 1, "the fixture rename no longer finds the version literal"
+    data = literal.sub(version.encode(), data)
     out = tmp_path / f"retry_engine-{version}.wasm"
     out.write_bytes(data)
     return out
@@ -97,7 +100,7 @@ def test_reload_to_incompatible_build_is_refused_and_old_instance_serves(
     with pytest.raises(RetryEngineLoadError, match=r"retry-engine@0\.2\.1"):
         engine.reload(other)
     assert engine.wasm_path == wasm_path
-    assert engine.contract_version == "0.2.0"
+    assert engine.contract_version == "0.2.1"
     assert delays(engine, "t", "r", [err(), ok()]) == [400, 0]
 
 

@@ -27,6 +27,7 @@ use super::json::{Map, Value};
 
 use super::config::Policy;
 use super::text_markers::texts_mark_failure;
+use crate::wire::RETRY_AFTER_MAX_MS;
 
 /// What the host read from one tool result.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -243,7 +244,7 @@ fn retry_after_from_json(sc: &Map) -> Option<u32> {
         .map(|ms| {
             u32::try_from(ms)
                 .unwrap_or(u32::MAX)
-                .min(RETRY_AFTER_MS_MAX)
+                .min(RETRY_AFTER_MAX_MS)
         })
 }
 
@@ -260,8 +261,6 @@ fn is_false(v: Option<&Value>) -> bool {
 /// `X-RateLimit-Reset` values from this many ms on are epoch seconds, not a
 /// delta (10^9 s is September 2001).
 const EPOCH_MS_FROM: u64 = 1_000_000_000_000;
-/// The largest hint the wire carries (24 bits of ms, ~4.66 h).
-pub const RETRY_AFTER_MS_MAX: u32 = (1 << 24) - 1;
 
 #[cfg(test)]
 mod tests {
@@ -426,7 +425,7 @@ mod tests {
         );
         assert_eq!(
             h(serde_json::json!({"retry_after": 1_000_000})),
-            Some(RETRY_AFTER_MS_MAX)
+            Some(RETRY_AFTER_MAX_MS)
         );
     }
 

@@ -33,8 +33,8 @@ pub const MAX_TOTAL_DELAY_LIMIT: u64 = u32::MAX as u64;
 pub const DEFAULT_RETRY_BUDGET_MIN_PER_SEC: u32 = 1;
 /// Default clamp of a server delay hint (ms).
 pub const DEFAULT_MAX_RETRY_AFTER_MS: u64 = 60_000;
-/// Largest `max_retry_after_ms`: the wire carries hints in 24 bits of ms.
-pub const MAX_RETRY_AFTER_LIMIT: u64 = (1 << 24) - 1;
+/// Largest `max_retry_after_ms`: the largest hint the wire carries.
+pub const MAX_RETRY_AFTER_LIMIT: u64 = crate::wire::RETRY_AFTER_MAX_MS as u64;
 /// Tool names longer than this (in characters) reach the engine as a digest
 /// (`#sha256:` and 64 hex digits): the host bounds what crosses into the
 /// guest, and keeps keys distinct. An override for such a name could never
@@ -371,18 +371,6 @@ impl Config {
     /// Whether the host should add the decision reason to trace metrics.
     pub fn metrics_reason(&self) -> bool {
         self.metrics_reason
-    }
-
-    /// Builder-style setter for the state TTL (tests, simulations).
-    pub fn with_state_ttl_ms(mut self, ms: u64) -> Self {
-        self.state_ttl_ms = ms.max(1);
-        self
-    }
-
-    /// Builder-style setter for the entry bound (tests, simulations).
-    pub fn with_max_state_entries(mut self, n: u32) -> Self {
-        self.max_state_entries = n.max(1);
-        self
     }
 }
 

@@ -167,7 +167,7 @@ impl Engine {
         now_ms: u64,
     ) -> Option<Outcome> {
         // Copied out of the table, which the decision then updates (at most
-        // `MAX_HANDLE_KEY_BYTES`: longer keys are never named).
+        // `HANDLE_KEY_MAX_BYTES`: longer keys are never named).
         let (hash, tool, request_id) = self.state.key_of(handle)?;
         let split = tool.len();
         let mut key = String::with_capacity(split + request_id.len());

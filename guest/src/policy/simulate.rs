@@ -10,7 +10,6 @@ use super::classify::{hints_from_json, signals_from_json};
 use super::config::{Config, ConfigError};
 use super::engine::{Decision, Engine, Outcome};
 use super::json;
-use super::text::push_u64;
 
 /// One step: a tool result for `(tool, request_id)`, `advance_ms` after the
 /// previous step.
@@ -38,14 +37,10 @@ pub fn simulate(
     for (i, step) in steps.iter().enumerate() {
         match json::parse(step.result_json) {
             Ok(v) => results.push(v),
-            Err(e) => {
-                let mut path = String::from("steps[");
-                push_u64(&mut path, i as u64);
-                path.push_str("].result-json");
-                let mut message = String::from("is not valid JSON: ");
-                e.push_to(&mut message);
-                errors.push(ConfigError { path, message });
-            }
+            Err(e) => errors.push(ConfigError {
+                path: format!("steps[{i}].result-json"),
+                message: format!("is not valid JSON: {}", e.to_message()),
+            }),
         }
     }
     if !errors.is_empty() {
@@ -86,26 +81,22 @@ fn unreachable_need_text() -> ! {
     unreachable!("classify asked for texts that were supplied")
 }
 
-/// Convenience for tests: a JSON config that must be valid.
-pub fn config(json: &str) -> Result<Config, Vec<ConfigError>> {
-    Config::from_json(json)
-}
-
-/// Render decisions compactly (`delay/failures/reason` per step), for goldens.
-pub fn render(decisions: &[Decision]) -> String {
-    let mut s = String::new();
-    for (i, d) in decisions.iter().enumerate() {
-        if i > 0 {
-            s.push(' ');
-        }
-        s.push_str(&format!("{}/{}/{:?}", d.delay_ms, d.failures, d.reason));
-    }
-    s
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn config(json: &str) -> Result<Config, Vec<ConfigError>> {
+        Config::from_json(json)
+    }
+
+    /// Decisions compactly: `delay/failures/reason` per step.
+    fn render(decisions: &[Decision]) -> String {
+        let steps: Vec<String> = decisions
+            .iter()
+            .map(|d| format!("{}/{}/{:?}", d.delay_ms, d.failures, d.reason))
+            .collect();
+        steps.join(" ")
+    }
 
     fn step<'a>(rid: &'a str, result_json: &'a str, advance_ms: u64) -> Step<'a> {
         Step {

@@ -39,21 +39,15 @@ use core::ops::{Index, IndexMut};
 
 use siphasher::sip::SipHasher13;
 
+use crate::wire::{HANDLE_KEY_MAX_BYTES, HANDLE_MAX};
+
 const NIL: u32 = u32::MAX;
 
-/// A host-chosen name for a key that holds state: 1..=[`MAX_HANDLE`]; 0 (and
+/// A host-chosen name for a key that holds state: 1..=[`HANDLE_MAX`]; 0 (and
 /// anything above the maximum) names nothing.
 pub type Handle = u32;
 /// No handle.
 pub const NO_HANDLE: Handle = 0;
-/// The largest handle a table accepts. It bounds the handle map at 512 KiB and
-/// the one call that first reaches it within any sensible fuel budget (filling
-/// the map up to it: ~1.8 M fuel); the Python host names at most 100 001 keys.
-pub const MAX_HANDLE: Handle = 1 << 17;
-/// Keys longer than this (tool name and request id, in bytes) are never given
-/// a handle: `decide-held` copies its key out of the table, so this bounds it.
-pub const MAX_HANDLE_KEY_BYTES: usize = 256;
-
 /// One live entry, as seen from outside.
 ///
 /// Packed to 4-byte alignment: 20 bytes instead of 24, which keeps a slot at
@@ -222,11 +216,6 @@ impl StateTable {
         }
     }
 
-    /// The bound on entries.
-    pub fn capacity(&self) -> usize {
-        self.capacity
-    }
-
     /// Number of entries held (expired ones not yet swept included).
     pub fn len(&self) -> usize {
         self.len
@@ -285,6 +274,7 @@ impl StateTable {
     }
 
     /// The live entry for a key, if any (expired entries read as absent).
+    #[cfg(test)]
     pub fn get(&self, tool: &str, request_id: &str, now_ms: u64, ttl_ms: u64) -> Option<Entry> {
         let hash = self.key_hash(tool, request_id);
         let entry = self.slots[self.find(hash, tool, request_id)?].entry;
@@ -296,6 +286,7 @@ impl StateTable {
     /// still the previous retry's (the caller sets the new one). An expired
     /// entry starts over at 1. When the table is full, the oldest entry goes
     /// first.
+    #[cfg(test)]
     pub fn record_failure(
         &mut self,
         tool: &str,
@@ -309,7 +300,7 @@ impl StateTable {
 
     /// [`StateTable::record_failure`] for a key of [`StateTable::key_hash`]
     /// `hash`, naming the key `handle` from now on (see [`Handle`]; a key
-    /// longer than [`MAX_HANDLE_KEY_BYTES`] gets none, and `handle` then names
+    /// longer than [`HANDLE_KEY_MAX_BYTES`] gets none, and `handle` then names
     /// nothing).
     pub fn record_failure_hashed(
         &mut self,
@@ -338,7 +329,7 @@ impl StateTable {
             }
             None => self.insert_new(hash, tool, request_id, Entry::first(now_ms)),
         };
-        if tool.len() + request_id.len() <= MAX_HANDLE_KEY_BYTES {
+        if tool.len() + request_id.len() <= HANDLE_KEY_MAX_BYTES {
             self.name(i, handle);
         } else {
             self.release(handle);
@@ -368,7 +359,7 @@ impl StateTable {
     /// Let `handle` name slot `i`, and nothing else name either.
     fn name(&mut self, i: u32, handle: Handle) {
         let old = at(&self.slot_handle, i);
-        if handle == NO_HANDLE || handle > MAX_HANDLE || old == handle {
+        if handle == NO_HANDLE || handle > HANDLE_MAX || old == handle {
             return;
         }
         if old != NO_HANDLE {
@@ -768,9 +759,9 @@ mod tests {
         assert_eq!(key_of(&t, 4), None);
         assert_eq!(key_of(&t, 5), None);
         // Out of range, or a key too long to copy: no handle.
-        named(&mut t, "t", "x", 0, TTL, MAX_HANDLE + 1);
-        assert_eq!(key_of(&t, MAX_HANDLE + 1), None);
-        let long = "r".repeat(MAX_HANDLE_KEY_BYTES);
+        named(&mut t, "t", "x", 0, TTL, HANDLE_MAX + 1);
+        assert_eq!(key_of(&t, HANDLE_MAX + 1), None);
+        let long = "r".repeat(HANDLE_KEY_MAX_BYTES);
         named(&mut t, "t", "y", 0, TTL, 6);
         assert_eq!(key_of(&t, 6), Some(("t", "y")));
         named(&mut t, "t", &long, 0, TTL, 6);
@@ -779,8 +770,8 @@ mod tests {
             None,
             "given to a key it cannot name, it names nothing"
         );
-        named(&mut t, "", &long, 0, TTL, MAX_HANDLE);
-        assert_eq!(key_of(&t, MAX_HANDLE), Some(("", long.as_str())));
+        named(&mut t, "", &long, 0, TTL, HANDLE_MAX);
+        assert_eq!(key_of(&t, HANDLE_MAX), Some(("", long.as_str())));
         assert_eq!(key_of(&t, u32::MAX), None);
     }
 

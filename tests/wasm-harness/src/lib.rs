@@ -14,6 +14,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use anyhow::{bail, Context as _, Result};
+/// The wire names and values, declared once for Rust (the guest's).
+pub use retry_engine::wire;
 use wasmtime::component::{Component, Linker, ResourceTable};
 use wasmtime::{Config, Engine, Store};
 use wasmtime_wasi::{HostMonotonicClock, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
@@ -36,8 +38,8 @@ pub use exports::contextforge::retry::retry_engine::{
     ConfigError, DecisionReason, JitterMode, Policy, SimDecision, SimStep,
 };
 
-/// The contract version the harness is written against.
-pub const CONTRACT_VERSION: &str = "0.2.1";
+/// The contract version the harness is written against (the guest's).
+pub const CONTRACT_VERSION: &str = retry_engine::CONTRACT_VERSION;
 /// The seed every harness instance gets unless a test asks for another.
 pub const DEFAULT_SEED: u128 = 0x5eed_0000_0000_0000_0000_0000_0000_0001;
 /// The environment variable that overrides where the component is read from.
@@ -228,19 +230,19 @@ pub mod reason {
 }
 
 impl Decision {
-    pub const DELAY_MASK: u64 = (1 << 40) - 1;
-    pub const TEXT_FREE: u64 = 1 << 61;
-    pub const IDLE: u64 = 1 << 62;
-    pub const NEED_TEXT: u64 = 1 << 63;
+    pub const DELAY_MASK: u64 = wire::DELAY_MASK;
+    pub const TEXT_FREE: u64 = wire::TEXT_FREE;
+    pub const IDLE: u64 = wire::IDLE;
+    pub const NEED_TEXT: u64 = wire::NEED_TEXT;
 
     pub fn unpack(raw: u64) -> Self {
         Decision {
             delay_ms: raw & Self::DELAY_MASK,
-            retry_count: (raw >> 40) as u8,
-            reason: (raw >> 48) as u8,
-            text_free: (raw >> 61) & 1 == 1,
-            idle: (raw >> 62) & 1 == 1,
-            need_text: raw >> 63 == 1,
+            retry_count: (raw >> wire::RETRY_COUNT_SHIFT) as u8,
+            reason: (raw >> wire::REASON_SHIFT) as u8,
+            text_free: raw & wire::TEXT_FREE != 0,
+            idle: raw & wire::IDLE != 0,
+            need_text: raw & wire::NEED_TEXT != 0,
             reserved: ((raw >> 56) & 0x1f) as u8,
             raw,
         }
@@ -271,15 +273,16 @@ pub struct Signals {
 
 /// `signals` bits 4..6: the safe-classification hints.
 pub mod hint {
+    use super::wire;
     /// bit 4: an MCP input-validation error.
-    pub const VALIDATION_ERROR: u64 = 1 << 4;
+    pub const VALIDATION_ERROR: u64 = wire::SIG_VALIDATION_ERROR;
     /// bit 5: `resultType` is `"input_required"`.
-    pub const INPUT_REQUIRED: u64 = 1 << 5;
+    pub const INPUT_REQUIRED: u64 = wire::SIG_INPUT_REQUIRED;
     /// bit 6: `retryable: false`.
-    pub const NOT_RETRYABLE: u64 = 1 << 6;
+    pub const NOT_RETRYABLE: u64 = wire::SIG_NOT_RETRYABLE;
     /// bit 7 + bits 8..31: a server delay hint of `ms` milliseconds.
     pub const fn retry_after(ms: u32) -> u64 {
-        1 << 7 | (ms as u64 & 0xff_ffff) << 8
+        wire::SIG_RETRY_AFTER | ((ms & wire::RETRY_AFTER_MAX_MS) as u64) << wire::RETRY_AFTER_SHIFT
     }
 }
 
@@ -310,11 +313,18 @@ impl Signals {
     }
 
     pub fn pack(self) -> u64 {
-        let mut bits = self.is_error as u64
-            | (self.structured as u64) << 1
-            | (self.structured_is_error as u64) << 2;
+        let mut bits = 0;
+        for (on, bit) in [
+            (self.is_error, wire::SIG_IS_ERROR),
+            (self.structured, wire::SIG_STRUCTURED),
+            (self.structured_is_error, wire::SIG_STRUCTURED_IS_ERROR),
+        ] {
+            if on {
+                bits |= bit;
+            }
+        }
         if let Some(code) = self.status {
-            bits |= 1 << 3 | u64::from(code as u32) << 32;
+            bits |= wire::SIG_STATUS | u64::from(code as u32) << wire::STATUS_SHIFT;
         }
         bits
     }

@@ -6,7 +6,7 @@ use crate::support::*;
 use harness::key;
 
 /// Decision bit 60, alone: `decide-held` was given a handle that names nothing.
-const UNKNOWN_HANDLE: u64 = 1 << 60;
+use harness::wire::{HANDLE_MAX, UNKNOWN_HANDLE};
 const FAIL: Signals = Signals::ERROR;
 
 fn fail_named(h: &mut Harness, tool: &str, rid: &str, handle: u32) -> Result<Decision> {
@@ -22,7 +22,7 @@ fn fail_named(h: &mut Harness, tool: &str, rid: &str, handle: u32) -> Result<Dec
 #[test]
 fn test_unknown_handle_is_bit_60_alone_and_changes_nothing() -> Result<()> {
     let mut h = no_jitter(json!({}))?;
-    for handle in [0, 1, 7, 1 << 17, (1 << 17) + 1, u32::MAX] {
+    for handle in [0, 1, 7, HANDLE_MAX, HANDLE_MAX + 1, u32::MAX] {
         ensure!(h.decide_held_raw(handle, FAIL.pack())? == UNKNOWN_HANDLE);
     }
     ensure!(h.state_count()? == 0);
@@ -164,13 +164,13 @@ fn test_the_largest_handle_fits_a_calls_fuel_even_first() -> Result<()> {
     })?;
     fail_named(&mut h, "t", "first", 0)?; // allocates the state tables
     let before = h.store.get_fuel()?;
-    fail_named(&mut h, "t", "named", 1 << 17)?;
+    fail_named(&mut h, "t", "named", HANDLE_MAX)?;
     let used = before - h.store.get_fuel()?;
     ensure!(
         used < 10_000_000,
         "naming with handle 2^17 took {used} fuel"
     );
-    ensure!(h.decide_held_raw(1 << 17, FAIL.pack())? != UNKNOWN_HANDLE);
-    ensure!(h.decide_held_raw((1 << 17) + 1, FAIL.pack())? == UNKNOWN_HANDLE);
+    ensure!(h.decide_held_raw(HANDLE_MAX, FAIL.pack())? != UNKNOWN_HANDLE);
+    ensure!(h.decide_held_raw(HANDLE_MAX + 1, FAIL.pack())? == UNKNOWN_HANDLE);
     Ok(())
 }

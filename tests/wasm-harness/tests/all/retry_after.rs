@@ -35,7 +35,9 @@ fn test_retry_after_clamp_floor_and_never_zero() -> Result<()> {
     ensure!(failure_with_hint(&mut h, "t", "a", 60_000)?.delay_ms == 10_000);
     ensure!(failure_with_hint(&mut h, "t", "b", 0)?.delay_ms == 1);
     // The wire's largest hint, clamped like any other.
-    ensure!(failure_with_hint(&mut h, "t", "c", (1 << 24) - 1)?.delay_ms == 10_000);
+    ensure!(
+        failure_with_hint(&mut h, "t", "c", harness::wire::RETRY_AFTER_MAX_MS)?.delay_ms == 10_000
+    );
     // Jitter goes above the floor: [floor, floor + ceiling].
     let mut j = configured(json!({"honor_retry_after": true, "max_retries": 1}))?;
     let mut seen = Vec::new();

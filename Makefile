@@ -74,18 +74,27 @@ test-dist: dist ## Install the wheel into a fresh venv (no Rust) and load it thr
 	    'pytest>=8' 'pytest-asyncio>=0.23' 'pyyaml>=6'; \
 	cd "$$tmp" && DIST_DIR='$(CURDIR)/$(DIST)' "$$tmp/venv/bin/python" -m pytest '$(CURDIR)/tests/dist' -q -p no:cacheprovider
 
-# End to end: the real gateway (mcp-contextforge-gateway 1.0.7, its own venv in target/) with the
-# wheel from dist/ and the native plugin, against a flaky MCP server; everything on 127.0.0.1.
-E2E_VENV := target/e2e-venv
+# End to end: the real gateway with the wheel from dist/ and the native plugin of the same
+# environment, against a flaky MCP server; everything on 127.0.0.1. One venv per gateway release in
+# target/ (tests/e2e/setup-venv.sh names each release's gateway, native plugin and Python):
+# 1.1 = 1.1.0 on Python 3.12, 1.0 = 1.0.7 on Python 3.11. `make test-e2e E2E_GATEWAYS=1.0` runs one.
+E2E_GATEWAYS ?= 1.1 1.0
+E2E_GATEWAY  ?= $(firstword $(E2E_GATEWAYS))
+e2e_venv = target/e2e-venv-$(1)
 .PHONY: demo test-e2e
 
-test-e2e: dist ## The real gateway retrying a flaky MCP server through this plugin and the native one.
-	tests/e2e/setup-venv.sh $(E2E_VENV) $(PYTHON) $(DIST)
-	$(E2E_VENV)/bin/python -m pytest tests/e2e -q -p no:cacheprovider
+test-e2e: dist ## The real gateways (1.1.0 and 1.0.7) retrying a flaky MCP server through this plugin and the native one.
+	@failed=; for gw in $(E2E_GATEWAYS); do \
+	    echo "== gateway $$gw"; \
+	    tests/e2e/setup-venv.sh $$gw $(call e2e_venv,$$gw) $(DIST) \
+	    && $(call e2e_venv,$$gw)/bin/python -m pytest tests/e2e -q -p no:cacheprovider \
+	    || failed="$$failed $$gw"; \
+	done; \
+	if [ -n "$$failed" ]; then echo "test-e2e failed on gateway(s):$$failed" >&2; exit 1; fi
 
-demo: toolchain venv dist ## Start a flaky MCP server and the real gateway with this plugin; trace a few calls.
-	tests/e2e/setup-venv.sh $(E2E_VENV) $(PYTHON) $(DIST)
-	$(E2E_VENV)/bin/python tests/e2e/demo.py
+demo: toolchain venv dist ## Start a flaky MCP server and the real gateway (E2E_GATEWAY, newest) with this plugin; trace a few calls.
+	tests/e2e/setup-venv.sh $(E2E_GATEWAY) $(call e2e_venv,$(E2E_GATEWAY)) $(DIST)
+	$(call e2e_venv,$(E2E_GATEWAY))/bin/python tests/e2e/demo.py
 
 # Reliability (issue 7): the long property run of the pure core (proptest on the stable
 # toolchain: cargo-fuzz needs nightly), the deliberately faulting build, and the soak.

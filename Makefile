@@ -18,7 +18,7 @@ DIST        := dist
 WASMTIME_CLI_VERSION := 48.0.8
 CARGO_BIN   := $(or $(CARGO_HOME),$(HOME)/.cargo)/bin
 
-.PHONY: help install toolchain wasm venv smoke test test-rust test-wasm test-python test-python-cpex013 \
+.PHONY: help install toolchain wasm venv smoke test test-rust test-wasm test-python test-python-cpex013 test-python-versions \
         lint fmt-check clippy ruff mypy bench size ci clean dist test-dist cli-test wasmtime-cli
 
 help: ## Show this help.
@@ -44,7 +44,7 @@ venv: ## Create .venv with the host plugin (editable) and its test/bench depende
 smoke: ## Load the plugin through the real cpex PluginManager and print a few decisions.
 	$(PY) examples/smoke.py
 
-test: test-rust test-wasm size test-python test-python-cpex013 soak-smoke cli-test test-dist test-e2e lint ## Run every test and lint.
+test: test-rust test-wasm size test-python test-python-cpex013 test-python-versions soak-smoke cli-test test-dist test-e2e lint ## Run every test and lint.
 
 test-rust: ## Unit tests of the pure policy core (native target).
 	cargo test -p retry-engine-guest
@@ -59,6 +59,21 @@ test-python-cpex013: wasm wasm-faulty ## pytest again under cpex 0.1.3 (the nati
 	test -x $(VENV013)/bin/python || $(PYTHON) -m venv $(VENV013)
 	$(VENV013)/bin/python -m pip install --quiet 'cpex==0.1.3' pytest pytest-asyncio pyyaml -e host-python
 	$(VENV013)/bin/python -m pytest tests/python -q -p no:cacheprovider
+
+# The newer Pythons the package supports (3.11 is .venv's): each gets its own venv in target/ with
+# the package and its test dependencies (the native plugin too), the interpreter found by
+# .ci/find-python (PATH, then pyenv). `make test-python-versions PYTHON_VERSIONS=3.13` runs one.
+PYTHON_VERSIONS ?= 3.12 3.13
+py_venv = target/venv-py$(1)
+test-python-versions: wasm wasm-faulty ## pytest through cpex on Python 3.12 and 3.13 (PYTHON_VERSIONS).
+	@failed=; for v in $(PYTHON_VERSIONS); do \
+	    echo "== Python $$v"; venv=$(call py_venv,$$v); \
+	    { test -x $$venv/bin/python || { py=$$(.ci/find-python $$v) && $$py -m venv $$venv; }; } \
+	    && $$venv/bin/python -m pip install --quiet -e 'host-python[test]' \
+	    && $$venv/bin/python -m pytest tests/python -q -p no:cacheprovider \
+	    || failed="$$failed $$v"; \
+	done; \
+	if [ -n "$$failed" ]; then echo "test-python-versions failed on Python$$failed" >&2; exit 1; fi
 
 dist: wasm ## Wheel of host-python (bundling the .wasm) plus the standalone .wasm and its sha256, in dist/.
 	rm -rf $(DIST) host-python/build

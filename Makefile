@@ -152,9 +152,11 @@ clippy:
 	cargo clippy --workspace --all-targets -- -D warnings
 	cargo clippy -p retry-engine-guest --target $(WASM_TARGET) -- -D warnings
 
+# Every Python folder; one configuration for all of them (ruff.toml).
+PY_SOURCES := host-python tests/python bench examples tests/dist tests/cli tests/e2e
 ruff:
-	$(VENV)/bin/ruff check host-python tests/python bench examples tests/dist tests/cli tests/e2e
-	$(VENV)/bin/ruff format --check host-python tests/python bench examples tests/dist tests/cli tests/e2e
+	$(VENV)/bin/ruff check $(PY_SOURCES)
+	$(VENV)/bin/ruff format --check $(PY_SOURCES)
 
 mypy:
 	$(VENV)/bin/mypy --strict host-python/src/cpex_retry_with_backoff_wasm

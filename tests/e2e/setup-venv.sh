@@ -29,6 +29,8 @@ if ! [ -x "$venv/bin/python" ]; then
     python=$("$here/../../.ci/find-python" "$python_version")
     "$python" -m venv "$venv"
 fi
-"$venv/bin/python" -m pip install --quiet --disable-pip-version-check "$gateway" "$native" 'pytest>=8' "${wheels[0]}"
+# pytest-asyncio although tests/e2e has no async test: the repository's one pytest.ini sets its options.
+"$venv/bin/python" -m pip install --quiet --disable-pip-version-check "$gateway" "$native" \
+    'pytest>=8' 'pytest-asyncio>=0.23' "${wheels[0]}"
 # Same version number, new build: replace the installed copy with this wheel.
 "$venv/bin/python" -m pip install --quiet --disable-pip-version-check --no-deps --force-reinstall "${wheels[0]}"

@@ -18,8 +18,7 @@ DIST        := dist
 WASMTIME_CLI_VERSION := 48.0.8
 CARGO_BIN   := $(or $(CARGO_HOME),$(HOME)/.cargo)/bin
 
-.PHONY: help install toolchain wasm venv smoke test test-rust test-wasm test-python test-python-cpex013 \
-        test-python-wasmtime-min \
+.PHONY: help install toolchain wasm venv smoke test test-rust test-wasm test-python test-python-cpex013 test-python-versions \
         lint fmt-check clippy ruff mypy bench size ci clean dist test-dist cli-test wasmtime-cli
 
 help: ## Show this help.
@@ -40,7 +39,6 @@ wasm: ## Build the release component to target/wasm/retry_engine.wasm (and into 
 # The wasmtime-py requirement host-python/pyproject.toml declares, and its lower bound.
 WASMTIME_REQ = $(shell $(PYTHON) -c 'import tomllib; deps = tomllib.load(open("host-python/pyproject.toml", "rb"))["project"]["dependencies"]; print(next(d for d in deps if d.startswith("wasmtime")))')
 WASMTIME_MIN = $(shell $(PYTHON) -c 'import re, sys; print(re.search(r">=\s*([0-9][0-9.]*)", sys.argv[1]).group(1))' '$(WASMTIME_REQ)')
-VENV_WASMTIME_MIN := .venv-wasmtime-min
 
 venv: ## Create .venv with the host plugin (editable), its test/bench dependencies and the newest wasmtime-py allowed.
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -51,7 +49,7 @@ venv: ## Create .venv with the host plugin (editable), its test/bench dependenci
 smoke: ## Load the plugin through the real cpex PluginManager and print a few decisions.
 	$(PY) examples/smoke.py
 
-test: test-rust test-wasm size test-python test-python-cpex013 test-python-wasmtime-min soak-smoke cli-test test-dist test-e2e lint ## Run every test and lint.
+test: test-rust test-wasm size test-python test-python-cpex013 test-python-versions soak-smoke cli-test test-dist test-e2e lint ## Run every test and lint.
 
 test-rust: ## Unit tests of the pure policy core (native target).
 	cargo test -p retry-engine-guest
@@ -62,16 +60,29 @@ test-wasm: wasm ## The wasmtime harness against the built .wasm.
 test-python: wasm wasm-faulty ## pytest through the real cpex PluginManager and the built .wasm.
 	$(PY) -m pytest tests/python -q
 
-test-python-cpex013: wasm wasm-faulty ## pytest again under cpex 0.1.3 (the native differential is skipped there).
+# The oldest dependencies the package declares, in one run: cpex 0.1.3 (what gateway 1.0.7 pins;
+# the native plugin does not install beside it, so the differential is skipped) and the lower
+# bound of the wasmtime-py range in host-python/pyproject.toml.
+test-python-cpex013: wasm wasm-faulty ## pytest again under cpex 0.1.3 and the oldest wasmtime-py declared.
 	test -x $(VENV013)/bin/python || $(PYTHON) -m venv $(VENV013)
-	$(VENV013)/bin/python -m pip install --quiet 'cpex==0.1.3' pytest pytest-asyncio pyyaml -e host-python
+	$(VENV013)/bin/python -m pip install --quiet 'cpex==0.1.3' 'wasmtime==$(WASMTIME_MIN)' pytest pytest-asyncio pyyaml -e host-python
+	$(VENV013)/bin/python -c 'from importlib.metadata import version; print("cpex", version("cpex"), "wasmtime-py", version("wasmtime"))'
 	$(VENV013)/bin/python -m pytest tests/python -q -p no:cacheprovider
 
-test-python-wasmtime-min: wasm wasm-faulty ## pytest again on the oldest wasmtime-py the package declares (own venv).
-	test -x $(VENV_WASMTIME_MIN)/bin/python || $(PYTHON) -m venv $(VENV_WASMTIME_MIN)
-	$(VENV_WASMTIME_MIN)/bin/python -m pip install --quiet 'wasmtime==$(WASMTIME_MIN)' -e 'host-python[test]'
-	$(VENV_WASMTIME_MIN)/bin/python -c 'from importlib.metadata import version; print("wasmtime-py", version("wasmtime"))'
-	$(VENV_WASMTIME_MIN)/bin/python -m pytest tests/python -q -p no:cacheprovider
+# The newer Pythons the package supports (3.11 is .venv's): each gets its own venv in target/ with
+# the package and its test dependencies (the native plugin too), the interpreter found by
+# .ci/find-python (PATH, then pyenv). `make test-python-versions PYTHON_VERSIONS=3.13` runs one.
+PYTHON_VERSIONS ?= 3.12 3.13
+py_venv = target/venv-py$(1)
+test-python-versions: wasm wasm-faulty ## pytest through cpex on Python 3.12 and 3.13 (PYTHON_VERSIONS).
+	@failed=; for v in $(PYTHON_VERSIONS); do \
+	    echo "== Python $$v"; venv=$(call py_venv,$$v); \
+	    { test -x $$venv/bin/python || { py=$$(.ci/find-python $$v) && $$py -m venv $$venv; }; } \
+	    && $$venv/bin/python -m pip install --quiet -e 'host-python[test]' \
+	    && $$venv/bin/python -m pytest tests/python -q -p no:cacheprovider \
+	    || failed="$$failed $$v"; \
+	done; \
+	if [ -n "$$failed" ]; then echo "test-python-versions failed on Python$$failed" >&2; exit 1; fi
 
 dist: wasm ## Wheel of host-python (bundling the .wasm) plus the standalone .wasm and its sha256, in dist/.
 	rm -rf $(DIST) host-python/build
@@ -87,18 +98,27 @@ test-dist: dist ## Install the wheel into a fresh venv (no Rust) and load it thr
 	    'pytest>=8' 'pytest-asyncio>=0.23' 'pyyaml>=6'; \
 	cd "$$tmp" && DIST_DIR='$(CURDIR)/$(DIST)' "$$tmp/venv/bin/python" -m pytest '$(CURDIR)/tests/dist' -q -p no:cacheprovider
 
-# End to end: the real gateway (mcp-contextforge-gateway 1.0.7, its own venv in target/) with the
-# wheel from dist/ and the native plugin, against a flaky MCP server; everything on 127.0.0.1.
-E2E_VENV := target/e2e-venv
+# End to end: the real gateway with the wheel from dist/ and the native plugin of the same
+# environment, against a flaky MCP server; everything on 127.0.0.1. One venv per gateway release in
+# target/ (tests/e2e/setup-venv.sh names each release's gateway, native plugin and Python):
+# 1.1 = 1.1.0 on Python 3.12, 1.0 = 1.0.7 on Python 3.11. `make test-e2e E2E_GATEWAYS=1.0` runs one.
+E2E_GATEWAYS ?= 1.1 1.0
+E2E_GATEWAY  ?= $(firstword $(E2E_GATEWAYS))
+e2e_venv = target/e2e-venv-$(1)
 .PHONY: demo test-e2e
 
-test-e2e: dist ## The real gateway retrying a flaky MCP server through this plugin and the native one.
-	tests/e2e/setup-venv.sh $(E2E_VENV) $(PYTHON) $(DIST)
-	$(E2E_VENV)/bin/python -m pytest tests/e2e -q -p no:cacheprovider
+test-e2e: dist ## The real gateways (1.1.0 and 1.0.7) retrying a flaky MCP server through this plugin and the native one.
+	@failed=; for gw in $(E2E_GATEWAYS); do \
+	    echo "== gateway $$gw"; \
+	    tests/e2e/setup-venv.sh $$gw $(call e2e_venv,$$gw) $(DIST) \
+	    && $(call e2e_venv,$$gw)/bin/python -m pytest tests/e2e -q -p no:cacheprovider \
+	    || failed="$$failed $$gw"; \
+	done; \
+	if [ -n "$$failed" ]; then echo "test-e2e failed on gateway(s):$$failed" >&2; exit 1; fi
 
-demo: toolchain venv dist ## Start a flaky MCP server and the real gateway with this plugin; trace a few calls.
-	tests/e2e/setup-venv.sh $(E2E_VENV) $(PYTHON) $(DIST)
-	$(E2E_VENV)/bin/python tests/e2e/demo.py
+demo: toolchain venv dist ## Start a flaky MCP server and the real gateway (E2E_GATEWAY, newest) with this plugin; trace a few calls.
+	tests/e2e/setup-venv.sh $(E2E_GATEWAY) $(call e2e_venv,$(E2E_GATEWAY)) $(DIST)
+	$(call e2e_venv,$(E2E_GATEWAY))/bin/python tests/e2e/demo.py
 
 # Reliability (issue 7): the long property run of the pure core (proptest on the stable
 # toolchain: cargo-fuzz needs nightly), the deliberately faulting build, and the soak.
@@ -141,9 +161,11 @@ clippy:
 	cargo clippy --workspace --all-targets -- -D warnings
 	cargo clippy -p retry-engine-guest --target $(WASM_TARGET) -- -D warnings
 
+# Every Python folder; one configuration for all of them (ruff.toml).
+PY_SOURCES := host-python tests/python bench examples tests/dist tests/cli tests/e2e
 ruff:
-	$(VENV)/bin/ruff check host-python tests/python bench examples tests/dist tests/cli tests/e2e
-	$(VENV)/bin/ruff format --check host-python tests/python bench examples tests/dist tests/cli tests/e2e
+	$(VENV)/bin/ruff check $(PY_SOURCES)
+	$(VENV)/bin/ruff format --check $(PY_SOURCES)
 
 mypy:
 	$(VENV)/bin/mypy --strict host-python/src/cpex_retry_with_backoff_wasm
@@ -162,4 +184,4 @@ ci: install test ## What .ci/run does.
 
 clean:
 	cargo clean
-	rm -rf $(VENV) $(VENV013) $(VENV_WASMTIME_MIN) $(PKG_WASM) dist
+	rm -rf $(VENV) $(VENV013) $(PKG_WASM) dist

@@ -22,6 +22,10 @@ def pytest_configure(config: pytest.Config) -> None:
     h.stop_on_sigterm()
 
 
+def pytest_report_header(config: pytest.Config) -> str:
+    return f"e2e: {h.describe(h.versions())}"
+
+
 @pytest.fixture(scope="session")
 def workdir() -> Iterator[Path]:
     d = Path(tempfile.mkdtemp(prefix="retry-e2e-"))
@@ -54,9 +58,11 @@ GATEWAYS = {
 
 @pytest.fixture(scope="session")
 def gateways(workdir: Path, flaky_server: h.FlakyServer) -> Iterator[dict[str, h.Gateway]]:
-    """All four gateways, launched at once (start-up dominates the run time), then registered.
+    """All four gateways, launched at once (start-up dominates the run time) on copies of one
+    migrated database, then registered.
 
     TOOL_TIMEOUT=1 (seconds) so that the timeout path is tested quickly."""
+    database = h.prepare_database(workdir / "database")
     started: dict[str, h.Gateway] = {}
     try:
         for name, (variant, max_retries, ceiling) in GATEWAYS.items():
@@ -64,7 +70,11 @@ def gateways(workdir: Path, flaky_server: h.FlakyServer) -> Iterator[dict[str, h
                 variant=variant, max_retries=max_retries, backoff_base_ms=100, jitter=False
             )
             started[name] = h.launch_gateway(
-                workdir / f"gw-{name}", plugin, max_tool_retries=ceiling, extra_env={"TOOL_TIMEOUT": "1"}
+                workdir / f"gw-{name}",
+                plugin,
+                max_tool_retries=ceiling,
+                extra_env={"TOOL_TIMEOUT": "1"},
+                database=database,
             )
         h.mint_token()  # while they start
         for gw in started.values():
@@ -95,10 +105,12 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
     if not h.RESULTS:
         return
     out = os.environ.get("E2E_RESULTS")
+    versions = h.versions()
     if out:
-        Path(out).write_text(json.dumps(h.RESULTS, indent=2) + "\n")
+        Path(out).write_text(json.dumps({"versions": versions, "results": h.RESULTS}, indent=2) + "\n")
     tr = terminalreporter
     tr.section("upstream attempts through the real gateway")
+    tr.write_line(h.describe(versions))
     width = max(len(r["scenario"]) for r in h.RESULTS)
     tr.write_line(
         f"{'variant':7}  {'scenario':{width}}  attempts  {'delays asked (ms)':17}  "

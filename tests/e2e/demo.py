@@ -15,7 +15,6 @@ import shutil
 import sys
 import tempfile
 import time
-from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
@@ -38,11 +37,13 @@ def main() -> int:
     root = Path(tempfile.mkdtemp(prefix="retry-demo-"))
     server = gateway = None
     try:
-        gw_version = f"mcp-contextforge-gateway {version('mcp-contextforge-gateway')}"
-        print(f"gateway  {gw_version} (cpex {version('cpex')}), MAX_TOOL_RETRIES={CEILING}")
+        v = h.versions()
         print(
-            f"plugin   {h.PLUGINS['wasm'][1]} {version('cpex-retry-with-backoff-wasm')} as"
-            f" {h.PLUGINS['wasm'][0]}, hooks [tool_post_invoke]"
+            f"gateway  mcp-contextforge-gateway {v['gateway']} on Python {v['python']}"
+            f" (cpex {v['cpex']}, mcp {v['mcp']}), MAX_TOOL_RETRIES={CEILING}"
+        )
+        print(
+            f"plugin   {h.PLUGINS['wasm'][1]} {v['wasm']} as {h.PLUGINS['wasm'][0]}, hooks [tool_post_invoke]"
         )
         print(
             f"config   max_retries={PLUGIN.max_retries} backoff_base_ms={PLUGIN.backoff_base_ms}"

@@ -1,4 +1,4 @@
-"""A deliberately flaky MCP server (streamable HTTP, mcp SDK) for the end-to-end tests.
+"""A deliberately flaky MCP server (streamable HTTP, mcp SDK 1.x or 2.x) for the end-to-end tests.
 
 Usage: python flaky_server.py PORT ATTEMPT_LOG
 
@@ -30,13 +30,31 @@ from collections.abc import Callable
 from typing import Any
 
 import uvicorn
-from mcp.server.fastmcp import FastMCP
 from mcp.types import CallToolResult, TextContent
+
+try:  # mcp 2.x (gateway 1.1): FastMCP is renamed MCPServer, the HTTP options move to the app.
+    from mcp.server.mcpserver import MCPServer
+except ImportError:  # mcp 1.x (gateway 1.0.7)
+    MCPServer = None
 
 PORT = int(sys.argv[1])
 LOG_PATH = sys.argv[2]
 
-mcp = FastMCP("flaky", host="127.0.0.1", port=PORT, stateless_http=True, log_level="WARNING")
+if MCPServer is not None:
+    mcp = MCPServer("flaky", log_level="WARNING")
+
+    def _http_app() -> Any:
+        return mcp.streamable_http_app(stateless_http=True, host="127.0.0.1")
+
+else:
+    from mcp.server.fastmcp import FastMCP
+
+    mcp = FastMCP("flaky", host="127.0.0.1", port=PORT, stateless_http=True, log_level="WARNING")
+
+    def _http_app() -> Any:
+        return mcp.streamable_http_app()
+
+
 _lock = threading.Lock()
 _counts: Counter[str] = Counter()
 
@@ -177,4 +195,4 @@ def attempts(key: str) -> int:
 
 
 if __name__ == "__main__":
-    uvicorn.run(Http503(mcp.streamable_http_app()), host="127.0.0.1", port=PORT, log_level="warning")
+    uvicorn.run(Http503(_http_app()), host="127.0.0.1", port=PORT, log_level="warning")

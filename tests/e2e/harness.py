@@ -11,9 +11,12 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import functools
+import importlib.metadata
 import json
 import os
+import platform
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -31,6 +34,14 @@ PY = sys.executable
 JWT_SECRET = "e2e-jwt-secret-0123456789abcdef0123456789abcdef"
 ENC_SECRET = "e2e-auth-encryption-secret-0123456789abcdef"
 ADMIN = "admin@example.com"
+# The gateway's secrets, for the server and for its token tool. Gateway 1.1 refuses to start when a
+# password is shorter than 12 characters or a known default ("changeme"); 1.0.7 accepts these too.
+SECRETS = {
+    "JWT_SECRET_KEY": JWT_SECRET,
+    "AUTH_ENCRYPTION_SECRET": ENC_SECRET,
+    "PLATFORM_ADMIN_PASSWORD": "e2e-admin-password-7f3a91",
+    "DEFAULT_USER_PASSWORD": "e2e-user-password-c28e54",
+}
 # Per-call observations the tests collect; conftest prints them as a table at the end.
 RESULTS: list[dict[str, Any]] = []
 
@@ -44,6 +55,37 @@ PLUGINS = {
     "wasm": ("RetryWithBackoffWasmPlugin", "cpex_retry_with_backoff_wasm.RetryWithBackoffPlugin"),
     "native": ("RetryWithBackoffNativePlugin", "cpex_retry_with_backoff.RetryWithBackoffPlugin"),
 }
+
+
+def versions() -> dict[str, str]:
+    """What this environment runs: Python, the gateway, cpex, the mcp SDK and both plugins."""
+    dists = {
+        "gateway": "mcp-contextforge-gateway",
+        "cpex": "cpex",
+        "mcp": "mcp",
+        "native": "cpex-retry-with-backoff",
+        "wasm": "cpex-retry-with-backoff-wasm",
+    }
+    out = {"python": platform.python_version()}
+    for key, dist in dists.items():
+        try:
+            out[key] = importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            out[key] = "not installed"
+    return out
+
+
+def gateway_release() -> tuple[int, int]:
+    """(major, minor) of the installed gateway, for the few answers that differ between releases."""
+    major, minor = importlib.metadata.version("mcp-contextforge-gateway").split(".")[:2]
+    return int(major), int(minor)
+
+
+def describe(v: dict[str, str]) -> str:
+    return (
+        f"mcp-contextforge-gateway {v['gateway']} on Python {v['python']} (cpex {v['cpex']}, mcp {v['mcp']});"
+        f" native cpex-retry-with-backoff {v['native']}, cpex-retry-with-backoff-wasm {v['wasm']}"
+    )
 
 
 def free_port() -> int:
@@ -258,7 +300,7 @@ class Gateway:
     def base(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def wait_ready(self, timeout: float = 120) -> None:
+    def wait_ready(self, timeout: float = 300) -> None:
         """Healthy, this variant's plugin registered by cpex, and an admin token in the client."""
         deadline = time.monotonic() + timeout
         wait_until(
@@ -331,36 +373,71 @@ class Gateway:
         return delays
 
 
-def gateway_env(
-    workdir: Path, port: int, plugins_yaml: Path, max_tool_retries: int, log_level: str
-) -> dict[str, str]:
+def _settings_env(workdir: Path) -> dict[str, str]:
+    """What the gateway and its migration runner share: the database, secrets and admin account.
+
+    TMPDIR is the working directory because the migration lock file lives there: gateways of other
+    runs on this machine must not wait for it."""
     return {
         **_base_env(),
         "PYTHONUNBUFFERED": "1",
-        "HOST": "127.0.0.1",
-        "PORT": str(port),
+        "TMPDIR": str(workdir),
         "DATABASE_URL": f"sqlite:///{workdir / 'mcp.db'}",
         "CACHE_TYPE": "memory",
-        "PLUGINS_ENABLED": "true",
-        "PLUGINS_CONFIG_FILE": str(plugins_yaml),
-        "SSRF_ALLOW_LOCALHOST": "true",
-        "JWT_SECRET_KEY": JWT_SECRET,
-        "AUTH_ENCRYPTION_SECRET": ENC_SECRET,
+        **SECRETS,
         "PLATFORM_ADMIN_EMAIL": ADMIN,
-        "HEALTH_CHECK_INTERVAL": "3600",
-        "MAX_TOOL_RETRIES": str(max_tool_retries),
-        "LOG_LEVEL": log_level,
         "MCPGATEWAY_UI_ENABLED": "false",
         "MCPGATEWAY_ADMIN_API_ENABLED": "false",
         "OBSERVABILITY_ENABLED": "false",
     }
 
 
+def gateway_env(
+    workdir: Path, port: int, plugins_yaml: Path, max_tool_retries: int, log_level: str
+) -> dict[str, str]:
+    return {
+        **_settings_env(workdir),
+        "HOST": "127.0.0.1",
+        "PORT": str(port),
+        "PLUGINS_ENABLED": "true",
+        "PLUGINS_CONFIG_FILE": str(plugins_yaml),
+        "SSRF_ALLOW_LOCALHOST": "true",
+        "HEALTH_CHECK_INTERVAL": "3600",
+        "MAX_TOOL_RETRIES": str(max_tool_retries),
+        "LOG_LEVEL": log_level,
+    }
+
+
+def prepare_database(workdir: Path, timeout: float = 600) -> Path:
+    """A sqlite database migrated by the gateway's own runner (`python -m mcpgateway.bootstrap_db`,
+    what a deployment's migration job runs), for launch_gateway to start each gateway on a copy.
+
+    Migrating a fresh database is most of a gateway's start-up, and the migrations of gateways
+    started together serialize on one lock file; on a migrated copy each takes the restart path."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    proc = start(
+        "gateway migrations",
+        [PY, "-m", "mcpgateway.bootstrap_db"],
+        cwd=workdir,
+        env={**_settings_env(workdir), "LOG_LEVEL": "INFO"},
+        log_path=workdir / "bootstrap_db.log",
+    )
+    try:
+        code = proc.popen.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise TimeoutError(f"mcpgateway.bootstrap_db took over {timeout}s:\n{proc.log_tail()}") from None
+    finally:
+        proc.stop()
+    if code != 0:
+        raise RuntimeError(f"mcpgateway.bootstrap_db exited {code}:\n{proc.log_tail()}")
+    return workdir / "mcp.db"
+
+
 @functools.cache
 def mint_token() -> str:
     """An admin JWT from the gateway's own tool, signed with the secret every gateway here uses."""
     with tempfile.TemporaryDirectory(prefix="retry-e2e-token-") as cwd:
-        env = {**_base_env(), "JWT_SECRET_KEY": JWT_SECRET, "AUTH_ENCRYPTION_SECRET": ENC_SECRET}
+        env = {**_base_env(), **SECRETS}
         out = subprocess.run(
             [PY, "-m", "mcpgateway.utils.create_jwt_token", "-u", ADMIN, "--admin", "--secret", JWT_SECRET],
             cwd=cwd,
@@ -379,9 +456,15 @@ def launch_gateway(
     max_tool_retries: int = 3,
     log_level: str = "DEBUG",
     extra_env: dict[str, str] | None = None,
+    *,
+    database: Path | None = None,
 ) -> Gateway:
-    """Start the gateway in a clean working directory (it reads a .env from there); no wait."""
+    """Start the gateway in a clean working directory (it reads a .env from there); no wait.
+
+    database: a copy of it (see prepare_database) is the gateway's; else it migrates a fresh one."""
     workdir.mkdir(parents=True, exist_ok=True)
+    if database is not None:
+        shutil.copyfile(database, workdir / "mcp.db")
     port = free_port()
     plugins_yaml = workdir / "plugins.yaml"
     plugins_yaml.write_text(plugin.yaml())

@@ -114,12 +114,20 @@ def test_http_503_is_retried(gateway: h.Gateway, flaky_server: h.FlakyServer) ->
     assert _result(out).get("isError") is False
 
 
-def test_http_503_exhausted_is_a_jsonrpc_error(gateway: h.Gateway, flaky_server: h.FlakyServer) -> None:
-    """Retries of an HTTP-level failure run out: the client gets JSON-RPC error -32603."""
+def test_http_503_exhausted_is_an_error_to_the_client(
+    gateway: h.Gateway, flaky_server: h.FlakyServer
+) -> None:
+    """Retries of an HTTP-level failure run out: gateway 1.0 answers JSON-RPC error -32603; 1.1
+    answers an MCP error result that names the upstream's 503."""
     out = _call(gateway, flaky_server, "http_503(5): HTTP-level 503 always", "http_503", fail_times=5)
     assert out["answers"] == ["http 503"] * 3, out
     _assert_backoff(out, [BASE_MS, 2 * BASE_MS])
-    assert out["resp"].get("error", {}).get("code") == -32603, out["resp"]
+    if h.gateway_release() < (1, 1):
+        assert out["resp"].get("error", {}).get("code") == -32603, out["resp"]
+    else:
+        res = _result(out)
+        assert res["isError"] is True, res
+        assert "503 Service Unavailable" in res["content"][0]["text"], res
 
 
 @pytest.mark.parametrize(

@@ -26,7 +26,7 @@ from cpex_retry_with_backoff_wasm.loader import (
     clear_memory_cache,
     load_component,
 )
-from cpex_retry_with_backoff_wasm.model import ConfigurationError
+from cpex_retry_with_backoff_wasm.model import CONTRACT_VERSION, ConfigurationError
 
 from .test_loader import CompileSpy
 from .test_reload import contract_variant, sha256_of
@@ -92,12 +92,12 @@ def test_swapped_entry_under_the_release_name_is_not_run(
 
     spy = CompileSpy(monkeypatch)
     engine = WasmRetryEngine({"wasm_sha256": sha256_of(wasm_path)})
-    assert engine.contract_version == "0.2.0"
+    assert engine.contract_version == CONTRACT_VERSION
     assert spy.compiles == 1
     assert warnings_about(caplog, f"compiled from a .wasm with sha256 {sha256_of(other)}")
     # The swapped entry was replaced by the release's own compilation.
     assert reload_counts(wasm_path, monkeypatch) == 0
-    assert load_component(wasm_path).interface.endswith("@0.2.0")
+    assert load_component(wasm_path).interface.endswith(f"@{CONTRACT_VERSION}")
 
 
 @pytest.mark.parametrize(

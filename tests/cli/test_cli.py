@@ -533,13 +533,12 @@ def test_memory_limit_below_the_initial_stack_fails_at_instantiation() -> None:
     assert "exceeds memory limits" in run.stderr
 
 
-# --- the README's CLI section ------------------------------------------------------------------
+# --- the examples in docs/cli.md ----------------------------------------------------------------
 
 
 def readme_examples() -> list[tuple[str, list[str]]]:
-    """``(command, output lines)`` of every ``$ wasmtime ...`` in the README's CLI section."""
-    readme = (REPO / "README.md").read_text()
-    section = readme.split("## Try it with the wasmtime CLI", 1)[1].split("\n## ", 1)[0]
+    """``(command, output lines)`` of every ``$ wasmtime ...`` in ``docs/cli.md``."""
+    section = (REPO / "docs" / "cli.md").read_text()
     examples: list[tuple[str, list[str]]] = []
     for block in re.findall(r"```console\n(.*?)```", section, re.DOTALL):
         lines = block.splitlines()
@@ -565,7 +564,7 @@ README_EXAMPLES = readme_examples()
 @pytest.mark.parametrize(
     ("command", "output"), README_EXAMPLES, ids=[str(i) for i in range(len(README_EXAMPLES))]
 )
-def test_readme_example_output_is_real(command: str, output: list[str]) -> None:
+def test_cli_doc_example_output_is_real(command: str, output: list[str]) -> None:
     argv = shlex.split(command)
     assert argv[:2] == ["wasmtime", "run"]
     env = {**os.environ, "RUST_BACKTRACE": "0"}
@@ -587,5 +586,5 @@ def test_readme_example_output_is_real(command: str, output: list[str]) -> None:
         assert proc.stdout.splitlines() == output
 
 
-def test_readme_has_cli_examples() -> None:
+def test_cli_doc_has_examples() -> None:
     assert len(README_EXAMPLES) >= 7

@@ -70,6 +70,15 @@ def benches(hook_json: Path) -> list[Bench]:
             ["--rounds", "3"],
         ),
         Bench(
+            "One hostile result",
+            "Time to decide one hostile result (a 32 MiB `isError` text, 10⁶ text items, a 16 MiB "
+            "request id, a 16 MiB tool name) next to the native plugin, best and worst of the "
+            "rounds, and a victim key's failure count after it (it must go on from 2 to 3). "
+            "Target: any single result decided in ≤ 50 ms, text scanning no dearer than native.",
+            [PY, "bench/bench_hostile.py"],
+            ["--rounds", "1"],
+        ),
+        Bench(
             "Cold start",
             "Constructing the plugin in a fresh process, with an empty compiled-component cache "
             "(compiling the component) and with the cache (loading it); median of fresh processes "

@@ -169,7 +169,7 @@ fn decide(key: &str, tool_len: u32, signals: u64, texts: Option<&[String]>, hand
     let signals = wire::unpack_signals(signals);
     let now = now_ms();
     with_engine(|e| {
-        let outcome = e.decide_as(tool, request_id, signals, hints, texts, now, handle);
+        let outcome = e.decide_naming(tool, request_id, signals, hints, texts, now, handle);
         decision_bits(e, outcome)
     })
 }

@@ -139,11 +139,11 @@ impl Engine {
         texts: Option<&[T]>,
         now_ms: u64,
     ) -> Outcome {
-        self.decide_with(tool, request_id, signals, Hints::NONE, texts, now_ms)
+        self.decide_with_hints(tool, request_id, signals, Hints::NONE, texts, now_ms)
     }
 
     /// [`Engine::decide`] with the host's [`Hints`] (safe classification).
-    pub fn decide_with<T: AsRef<str>>(
+    pub fn decide_with_hints<T: AsRef<str>>(
         &mut self,
         tool: &str,
         request_id: &str,
@@ -152,11 +152,11 @@ impl Engine {
         texts: Option<&[T]>,
         now_ms: u64,
     ) -> Outcome {
-        self.decide_as(tool, request_id, signals, hints, texts, now_ms, NO_HANDLE)
+        self.decide_naming(tool, request_id, signals, hints, texts, now_ms, NO_HANDLE)
     }
 
     /// Decide on a result of the key `handle` names (see
-    /// [`super::state::Handle`]), exactly as [`Engine::decide_with`] would with
+    /// [`super::state::Handle`]), exactly as [`Engine::decide_with_hints`] would with
     /// that key; `None` when the handle names no key (never given, or the key's
     /// state has gone since: TTL, capacity, a decision that cleared it).
     pub fn decide_held(
@@ -174,16 +174,16 @@ impl Engine {
         key.push_str(tool);
         key.push_str(request_id);
         let (tool, request_id) = key.split_at_checked(split)?;
-        Some(self.decide_hashed(
+        Some(self.decide_by_hash(
             hash, tool, request_id, signals, hints, NO_TEXT, now_ms, handle,
         ))
     }
 
-    /// [`Engine::decide_with`], naming the key `handle` when it keeps state;
+    /// [`Engine::decide_with_hints`], naming the key `handle` when it keeps state;
     /// otherwise (and for a key too long to name) `handle` names nothing
     /// afterwards. [`Outcome::NeedText`] changes nothing, handles included.
     #[allow(clippy::too_many_arguments)]
-    pub fn decide_as<T: AsRef<str>>(
+    pub fn decide_naming<T: AsRef<str>>(
         &mut self,
         tool: &str,
         request_id: &str,
@@ -194,16 +194,16 @@ impl Engine {
         handle: Handle,
     ) -> Outcome {
         let hash = self.state.key_hash(tool, request_id);
-        self.decide_hashed(
+        self.decide_by_hash(
             hash, tool, request_id, signals, hints, texts, now_ms, handle,
         )
     }
 
-    /// [`Engine::decide_as`] for a key of [`StateTable::key_hash`] `hash`: the
+    /// [`Engine::decide_naming`] for a key of [`StateTable::key_hash`] `hash`: the
     /// key is hashed once per decision, and not at all when the engine already
     /// knows its hash (`decide_held`).
     #[allow(clippy::too_many_arguments)]
-    fn decide_hashed<T: AsRef<str>>(
+    fn decide_by_hash<T: AsRef<str>>(
         &mut self,
         hash: u32,
         tool: &str,
@@ -511,7 +511,7 @@ mod tests {
             ..Hints::NONE
         };
         let decide = |e: &mut Engine, rid: &str, h: Hints| match e
-            .decide_with("t", rid, FAIL, h, NO_TEXT, 0)
+            .decide_with_hints("t", rid, FAIL, h, NO_TEXT, 0)
         {
             Outcome::Decided(d) => (d.delay_ms, d.failures, d.reason),
             Outcome::NeedText => panic!("need text"),
@@ -596,12 +596,14 @@ mod tests {
             let (tool, rid) = keys[k];
             let signals = if step % 7 == 6 { OK } else { FAIL };
             let now = step * 10;
-            let want = by_key.decide_with(tool, rid, signals, Hints::NONE, NO_TEXT, now);
+            let want = by_key.decide_with_hints(tool, rid, signals, Hints::NONE, NO_TEXT, now);
             let handle = k as u32 + 1;
             let got = match by_handle.decide_held(handle, signals, Hints::NONE, now) {
                 Some(outcome) => outcome,
                 // Unknown (first failure, or the key's state was cleared): by key.
-                None => by_handle.decide_as(tool, rid, signals, Hints::NONE, NO_TEXT, now, handle),
+                None => {
+                    by_handle.decide_naming(tool, rid, signals, Hints::NONE, NO_TEXT, now, handle)
+                }
             };
             assert_eq!(got, want, "step {step}");
             assert_eq!(by_handle.state_count(), by_key.state_count());
@@ -612,7 +614,7 @@ mod tests {
     fn test_engine_decide_held_is_none_once_the_key_is_cleared() {
         let mut e = engine(r#"{"max_retries": 1}"#);
         assert_eq!(e.decide_held(1, FAIL, Hints::NONE, 0), None);
-        e.decide_as("t", "r", FAIL, Hints::NONE, NO_TEXT, 0, 1);
+        e.decide_naming("t", "r", FAIL, Hints::NONE, NO_TEXT, 0, 1);
         let exhausted = e.decide_held(1, FAIL, Hints::NONE, 0);
         assert!(matches!(
             exhausted,
@@ -623,7 +625,7 @@ mod tests {
         ));
         assert_eq!(e.decide_held(1, FAIL, Hints::NONE, 0), None);
         // A success clears the key too.
-        e.decide_as("t", "r", FAIL, Hints::NONE, NO_TEXT, 0, 1);
+        e.decide_naming("t", "r", FAIL, Hints::NONE, NO_TEXT, 0, 1);
         assert_eq!(
             e.decide_held(1, OK, Hints::NONE, 0),
             Some(Outcome::Decided(Decision::SUCCESS))

@@ -60,7 +60,7 @@ pub fn simulate(
         for text in texts {
             owned.push(String::from(text));
         }
-        match engine.decide_with(
+        match engine.decide_with_hints(
             step.tool,
             step.request_id,
             signals,

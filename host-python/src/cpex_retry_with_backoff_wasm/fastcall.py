@@ -2,8 +2,8 @@
 ``decide-held(handle, signals) -> u64``.
 
 wasmtime-py's generic ``Func.__call__`` reflects over the function's type on every call (a
-C call for the type, Python objects for each parameter type, per-value conversion): ~20 µs of
-the ~22 µs a decision cost.  The signatures never change, so this module prebuilds the
+C call for the type, Python objects for each parameter type, per-value conversion): nearly all
+of what a decision cost.  The signatures never change, so this module prebuilds the
 argument values and the result slot once, as the C API's own ``wasmtime_component_val_t``
 structs, and each call only points the string at the key's bytes, writes the scalars and
 calls ``wasmtime_component_func_call`` (the C function ``Func.__call__`` ends in).
@@ -11,8 +11,8 @@ calls ``wasmtime_component_func_call`` (the C function ``Func.__call__`` ends in
 
 Why each choice (each measured on this project's machines, per call):
 * The C functions are called through cffi (ABI mode, the same shared library wasmtime-py
-  loaded) rather than ctypes: ctypes builds a converter object per argument and took
-  ~0.5 µs more per ``decide``.  cffi is already in every gateway install (``cryptography``
+  loaded) rather than ctypes: ctypes builds a converter object per argument, which showed in
+  every ``decide``.  cffi is already in every gateway install (``cryptography``
   needs it).
 * The key's bytes are not copied: the string value points into the ``bytes`` object for the
   duration of the call (``ffi.from_buffer``).  ``func_call`` only reads its arguments (the
@@ -217,7 +217,7 @@ HELD_CALL_FUEL_BOUND = 1_000_000
 class HeldFuel:
     """When the ``decide-held`` caller refuels.
 
-    Setting fuel is a C call of its own (~0.16 µs, a tenth of a decision), so ``decide-held``
+    Setting fuel is a C call of its own (a sizeable fraction of a decision), so ``decide-held``
     refuels to the full per-call budget only every ``refills + 1`` calls: each call still
     starts with at least ``HELD_CALL_FUEL_BOUND`` (no legitimate call can run out) and never
     with more than the per-call budget (a runaway guest is stopped as soon as before).  Any

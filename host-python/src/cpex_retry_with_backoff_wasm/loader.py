@@ -108,8 +108,8 @@ def _engine_config() -> tuple[Config, str]:
     config = Config()
     config.consume_fuel = True
     # The component model's async support (tasks, threads, waitables) is not used by a
-    # retry engine, but with it on wasmtime books a task on every call: ~0.25 µs of a
-    # ~1 µs `decide` (`make bench`).  wasmtime-py has no property for it yet.
+    # retry engine, but with it on wasmtime books a task on every call, a large share of a
+    # `decide` (`make bench`).  wasmtime-py has no property for it yet.
     try:
         _bindings.wasmtime_config_concurrency_support_set(config.ptr(), False)
     except AttributeError:  # pragma: no cover - a wasmtime-py without the setting

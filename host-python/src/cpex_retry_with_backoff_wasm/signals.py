@@ -129,8 +129,8 @@ def read_signals(result: Any) -> int:
 
     Keys are read in the native plugin's order and only when the native plugin reads them,
     so a mapping that raises on access behaves the same in both plugins.  Each read is
-    ``_get`` written out inline (this runs on every tool result; a call per read cost
-    ~0.15 µs of the hook).
+    ``_get`` written out inline (this runs on every tool result, and a Python call per read
+    was a measurable share of the hook in ``make bench``).
     """
     try:
         is_error = result["isError"]

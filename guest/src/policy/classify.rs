@@ -21,9 +21,10 @@
 //! boundary); [`signals_from_json`] does the same for a JSON document, for the
 //! scenario replay.
 
+use alloc::string::String;
 use alloc::vec::Vec;
 
-use super::json::{Map, Value};
+use serde_json::{Map, Value};
 
 use super::config::Policy;
 use super::text_markers::texts_mark_failure;
@@ -208,7 +209,7 @@ pub fn hints_from_json(result: &Value) -> Hints {
 /// `X-RateLimit-Reset` (seconds; header names in any case). The replay has no
 /// wall clock, so the absolute forms (HTTP-dates, epoch seconds) the host
 /// converts are not read here.
-fn retry_after_from_json(sc: &Map) -> Option<u32> {
+fn retry_after_from_json(sc: &Map<String, Value>) -> Option<u32> {
     let ms = Value::as_u64;
     let secs = |v: &Value| {
         match v {
@@ -220,12 +221,12 @@ fn retry_after_from_json(sc: &Map) -> Option<u32> {
         }
         .map(|s| s.saturating_mul(1000))
     };
-    // The first matching name in key order, as a search of serde_json's
-    // sorted map found it.
+    // Of names equal but for case, the first in key order (the map is sorted).
     let header = |name: &str| {
         sc.get("headers")
             .and_then(Value::as_object)
-            .and_then(|h| h.get_ignore_ascii_case(name))
+            .and_then(|h| h.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)))
+            .map(|(_, v)| v)
     };
     let header_ms = |v: &Value| match v {
         Value::String(s) => s.parse::<u64>().ok(),
@@ -265,7 +266,6 @@ const EPOCH_MS_FROM: u64 = 1_000_000_000_000;
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::policy::test_support::value;
     use Classification::*;
 
     fn sig(is_error: bool, structured: bool, sc_err: bool, status: Option<i32>) -> Signals {
@@ -365,7 +365,7 @@ mod tests {
 
     #[test]
     fn test_classify_hints_from_json() {
-        let h = |v: serde_json::Value| hints_from_json(&value(v));
+        let h = |v: serde_json::Value| hints_from_json(&v);
         assert_eq!(h(serde_json::json!({"isError": true})), Hints::NONE);
         for v in [
             serde_json::json!({"structuredContent": {"code": -32602}}),
@@ -393,10 +393,8 @@ mod tests {
     #[test]
     fn test_classify_retry_after_from_json() {
         let h = |sc: serde_json::Value| {
-            hints_from_json(&value(
-                serde_json::json!({"isError": true, "structuredContent": sc}),
-            ))
-            .retry_after_ms
+            hints_from_json(&serde_json::json!({"isError": true, "structuredContent": sc}))
+                .retry_after_ms
         };
         assert_eq!(h(serde_json::json!({})), None);
         assert_eq!(
@@ -431,7 +429,7 @@ mod tests {
 
     #[test]
     fn test_classify_signals_from_json() {
-        let v = crate::policy::json::parse(
+        let v: Value = serde_json::from_str(
             r#"{"isError": true, "structuredContent": {"status_code": 503, "isError": 1},
                 "content": [{"type": "text", "text": "a"}, {"type": "image", "text": "b"},
                             {"type": "text", "text": 5}]}"#,
@@ -440,13 +438,12 @@ mod tests {
         let (s, texts) = signals_from_json(&v);
         assert_eq!(s, sig(true, true, false, Some(503)));
         assert_eq!(texts, vec!["a"]);
-        let (s, _) = signals_from_json(&value(
-            serde_json::json!({"structuredContent": {"status_code": true}}),
-        ));
+        let (s, _) =
+            signals_from_json(&serde_json::json!({"structuredContent": {"status_code": true}}));
         assert_eq!(s.status, Some(1), "a Python bool reads as an int");
-        let (s, _) = signals_from_json(&value(serde_json::json!({"structuredContent": null})));
+        let (s, _) = signals_from_json(&serde_json::json!({"structuredContent": null}));
         assert_eq!(s, Signals::default());
-        let (s, _) = signals_from_json(&value(serde_json::json!([1, 2])));
+        let (s, _) = signals_from_json(&serde_json::json!([1, 2]));
         assert_eq!(s, Signals::default());
     }
 }

@@ -8,16 +8,17 @@
 //! only fails on the first call for that tool); and all problems are reported
 //! together instead of the first one.
 
+use alloc::collections::BTreeMap;
 use alloc::format;
 use alloc::string::{String, ToString};
 use alloc::vec;
 use alloc::vec::Vec;
 use core::fmt;
 
+use serde_json::{Map, Value};
+
 use super::backoff::Jitter;
 use super::budget::RetryBudget;
-use super::json::{self, Map, Number, Value};
-use super::text::{push_i64, push_u64};
 
 /// Largest `max_retries` accepted (as in the native plugin).
 pub const MAX_RETRIES_LIMIT: u32 = 10;
@@ -137,10 +138,9 @@ impl Policy {
 #[derive(Debug, Clone)]
 pub struct Config {
     global: Policy,
-    /// Overrides already merged over `global` (so the hot path never merges),
-    /// sorted by tool name (byte order) for binary search. A sorted Vec
-    /// rather than a map: a BTreeMap costs ~5 KiB of the component.
-    overrides: Vec<(String, Policy)>,
+    /// Overrides by tool name, already merged over `global` (so the hot path
+    /// never merges).
+    overrides: BTreeMap<String, Policy>,
     state_ttl_ms: u64,
     max_state_entries: u32,
     /// Opt-in: the host adds the decision reason to the trace metrics. Off by
@@ -166,7 +166,7 @@ impl Default for Config {
     fn default() -> Self {
         Self {
             global: Policy::default(),
-            overrides: Vec::new(),
+            overrides: BTreeMap::new(),
             state_ttl_ms: DEFAULT_STATE_TTL_MS,
             max_state_entries: DEFAULT_MAX_STATE_ENTRIES,
             metrics_reason: false,
@@ -198,16 +198,12 @@ impl Config {
     /// Parse and validate a configuration from JSON text. `null` and `{}` give
     /// the defaults.
     pub fn from_json(text: &str) -> Result<Self, Vec<ConfigError>> {
-        match json::parse(text) {
+        match serde_json::from_str::<Value>(text) {
             Ok(value) => Self::from_value(&value),
-            Err(e) => {
-                let mut message = String::from("config is not valid JSON: ");
-                e.push_to(&mut message);
-                Err(vec![ConfigError {
-                    path: String::new(),
-                    message,
-                }])
-            }
+            Err(e) => Err(vec![ConfigError {
+                path: String::new(),
+                message: format!("config is not valid JSON: {e}"),
+            }]),
         }
     }
 
@@ -267,13 +263,13 @@ impl Config {
             },
         };
 
-        let mut overrides = Vec::new();
+        let mut overrides = BTreeMap::new();
         match root.get("tool_overrides") {
             None => {}
             Some(Value::Object(tools)) => {
-                // In key order, as serde_json's sorted map gave them (the
-                // order of the errors).
-                for (tool, entry) in tools.sorted() {
+                // In key order (the order of the errors): serde_json's map is
+                // sorted.
+                for (tool, entry) in tools {
                     let prefix = override_path(tool);
                     if let Some(why) = unmatchable_tool_name(tool) {
                         errors.push(&prefix, why);
@@ -285,10 +281,7 @@ impl Config {
                     };
                     let (merged, set) = parse_policy(fields, &prefix, &global, &mut errors);
                     check_backoff_order(&merged, set, &prefix, &mut errors);
-                    // `sorted` gives each name once, in increasing order, so
-                    // pushing keeps the list sorted (`policy_for`
-                    // binary-searches it).
-                    overrides.push((tool.clone(), merged));
+                    overrides.insert(tool.clone(), merged);
                 }
             }
             Some(other) => errors.push("tool_overrides", must_be("a mapping", other)),
@@ -315,13 +308,7 @@ impl Config {
 
     /// The effective policy of `tool`: its override (merged) or the global one.
     pub fn policy_for(&self, tool: &str) -> &Policy {
-        match self
-            .overrides
-            .binary_search_by(|(name, _)| name.as_str().cmp(tool))
-        {
-            Ok(i) => &self.overrides[i].1,
-            Err(_) => &self.global,
-        }
+        self.overrides.get(tool).unwrap_or(&self.global)
     }
 
     /// Whether any policy reads a key's delay history (decorrelated jitter
@@ -330,7 +317,7 @@ impl Config {
     pub fn uses_delay_history(&self) -> bool {
         let reads =
             |p: &Policy| p.jitter_kind() == Jitter::Decorrelated || p.max_total_delay_ms.is_some();
-        reads(&self.global) || self.overrides.iter().any(|(_, p)| reads(p))
+        reads(&self.global) || self.overrides.values().any(reads)
     }
 
     /// Whether any policy has a retry budget (successes then change state,
@@ -339,18 +326,18 @@ impl Config {
         self.global.retry_budget_percent.is_some()
             || self
                 .overrides
-                .iter()
-                .any(|(_, p)| p.retry_budget_percent.is_some())
+                .values()
+                .any(|p| p.retry_budget_percent.is_some())
     }
 
     /// Whether any policy (global or an override) inspects text content.
     pub fn any_text_check(&self) -> bool {
-        self.global.check_text_content || self.overrides.iter().any(|(_, p)| p.check_text_content)
+        self.global.check_text_content || self.overrides.values().any(|p| p.check_text_content)
     }
 
     /// Tool names that have an override.
     pub fn overridden_tools(&self) -> impl Iterator<Item = &str> {
-        self.overrides.iter().map(|(name, _)| name.as_str())
+        self.overrides.keys().map(String::as_str)
     }
 
     /// TTL of a retry-state entry after its last failure (ms).
@@ -396,10 +383,10 @@ struct Sets {
 }
 
 /// Reads the keys of one mapping (the document or a tool override),
-/// reporting a problem at `prefix.key`. One shared reader per kind of value
-/// rather than code per key: the component is smaller.
+/// reporting a problem at `prefix.key`: one reader per kind of value, so each
+/// key's rule is one line of [`parse_policy`].
 struct Keys<'a> {
-    map: &'a Map,
+    map: &'a Map<String, Value>,
     prefix: &'a str,
 }
 
@@ -448,7 +435,12 @@ impl Keys<'_> {
 /// The policy a mapping (global or a tool override) describes: `base` with
 /// the keys the mapping sets. An invalid value is reported (keys in a fixed
 /// order: the order of the errors) and leaves the base value.
-fn parse_policy(map: &Map, prefix: &str, base: &Policy, errors: &mut Errors) -> (Policy, Sets) {
+fn parse_policy(
+    map: &Map<String, Value>,
+    prefix: &str,
+    base: &Policy,
+    errors: &mut Errors,
+) -> (Policy, Sets) {
     const NON_NEGATIVE: &str = "a non-negative integer";
     let keys = Keys { map, prefix };
     let mut p = base.clone();
@@ -456,10 +448,7 @@ fn parse_policy(map: &Map, prefix: &str, base: &Policy, errors: &mut Errors) -> 
         .int("max_retries", 0, u64::MAX, NON_NEGATIVE, errors)
         .and_then(|n| {
             if n > u64::from(MAX_RETRIES_LIMIT) {
-                let mut message = String::from("cannot exceed ");
-                push_u64(&mut message, u64::from(MAX_RETRIES_LIMIT));
-                message.push_str(", got ");
-                push_u64(&mut message, n);
+                let message = format!("cannot exceed {MAX_RETRIES_LIMIT}, got {n}");
                 keys.report("max_retries", message, errors);
                 None
             } else {
@@ -627,10 +616,7 @@ fn parse_status_list(v: &Value, path: &str, errors: &mut Errors) -> Option<Vec<i
             Some(code) => codes.push(code),
             None => {
                 ok = false;
-                let mut item_path = String::from(path);
-                item_path.push('[');
-                push_u64(&mut item_path, i as u64);
-                item_path.push(']');
+                let item_path = format!("{path}[{i}]");
                 errors.push(&item_path, must_be("an integer status code (32-bit)", item));
             }
         }
@@ -657,43 +643,25 @@ fn unmatchable_tool_name(tool: &str) -> Option<String> {
 }
 
 /// `tool_overrides.<tool>`, quoting tool names that would make the path
-/// ambiguous (empty, or containing `.`, `[` or `"`).
+/// ambiguous (empty, or containing `.`, `[`, `]` or `"`).
 fn override_path(tool: &str) -> String {
-    // Byte-wise (the special characters are ASCII): char iteration links
-    // UTF-8 decoding that nothing else in the component needs.
-    let plain = !tool.is_empty() && !tool.bytes().any(|b| matches!(b, b'.' | b'[' | b']' | b'"'));
-    if plain {
-        return String::from("tool_overrides.") + tool;
+    if !tool.is_empty() && !tool.contains(['.', '[', ']', '"']) {
+        format!("tool_overrides.{tool}")
+    } else {
+        format!("tool_overrides[\"{}\"]", tool.replace('"', "\\\""))
     }
-    let mut path = String::from("tool_overrides[\"");
-    let mut run = 0;
-    for (i, b) in tool.bytes().enumerate() {
-        if b == b'"' {
-            path.push_str(tool.get(run..i).unwrap_or_default());
-            path.push_str("\\\"");
-            run = i + 1;
-        }
-    }
-    path.push_str(tool.get(run..).unwrap_or_default());
-    path.push_str("\"]");
-    path
 }
 
 fn join(prefix: &str, key: &str) -> String {
-    let mut path = String::from(prefix);
-    if !prefix.is_empty() {
-        path.push('.');
+    if prefix.is_empty() {
+        key.to_string()
+    } else {
+        format!("{prefix}.{key}")
     }
-    path.push_str(key);
-    path
 }
 
 fn must_be(what: &str, got: &Value) -> String {
-    let mut message = String::from("must be ");
-    message.push_str(what);
-    message.push_str(", got ");
-    describe(got, &mut message);
-    message
+    format!("must be {what}, got {}", Described(got))
 }
 
 /// What a cross-field message says about an inherited bound.
@@ -702,54 +670,36 @@ const INHERITED: &str = ", inherited from the global config";
 /// `must be <rule> (<bound><note>), got <got>`, e.g.
 /// `must be >= backoff_base_ms (200), got 100`.
 fn out_of_order(rule: &str, bound: u64, note: &str, got: u64) -> String {
-    let mut message = String::from("must be ");
-    message.push_str(rule);
-    message.push_str(" (");
-    push_u64(&mut message, bound);
-    message.push_str(note);
-    message.push_str("), got ");
-    push_u64(&mut message, got);
-    message
+    format!("must be {rule} ({bound}{note}), got {got}")
 }
 
-/// Append a short, bounded rendering of an offending value for error
-/// messages: at most 60 characters, then `…`. Floats are named, not printed:
-/// float formatting alone would add several KiB to the component.
-fn describe(v: &Value, out: &mut String) {
-    const MAX: usize = 60;
-    match v {
-        Value::Array(_) => out.push_str("a list"),
-        Value::Object(_) => out.push_str("a mapping"),
-        Value::Null => out.push_str("null"),
-        Value::Bool(true) => out.push_str("true"),
-        Value::Bool(false) => out.push_str("false"),
-        // Only a string can be longer than MAX characters: cut it there,
-        // quotes included (so the opening quote and MAX - 1 of its own).
-        Value::String(s) => {
-            const KEEP: usize = MAX - 1;
-            let mut chars = 0;
-            let mut cut = s.len();
-            for (i, b) in s.bytes().enumerate() {
-                // A byte that starts a UTF-8 sequence starts a character.
-                if b & 0xc0 != 0x80 {
-                    if chars == KEEP {
-                        cut = i;
-                    }
-                    chars += 1;
-                }
+/// A short, bounded rendering of an offending value for error messages:
+/// containers by kind, a string cut at 60 characters (quotes included, then
+/// `…`), and a float named rather than printed (no integer setting, status
+/// code or delay is ever one, and its digits would not help).
+struct Described<'a>(&'a Value);
+
+impl fmt::Display for Described<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        /// Characters of a string kept after its opening quote when the
+        /// quoted string would be longer than 60.
+        const KEEP: usize = 60 - 1;
+        match self.0 {
+            Value::Array(_) => f.write_str("a list"),
+            Value::Object(_) => f.write_str("a mapping"),
+            Value::Null => f.write_str("null"),
+            Value::Bool(b) => write!(f, "{b}"),
+            Value::String(s) if s.chars().nth(KEEP - 1).is_none() => write!(f, "\"{s}\""),
+            Value::String(s) => {
+                let cut = s.char_indices().nth(KEEP).map_or(s.len(), |(i, _)| i);
+                write!(f, "\"{}…", &s[..cut])
             }
-            out.push('"');
-            if chars < KEEP {
-                out.push_str(s);
-                out.push('"');
-            } else {
-                out.push_str(s.get(..cut).unwrap_or(s));
-                out.push('…');
-            }
+            Value::Number(n) => match (n.as_u64(), n.as_i64()) {
+                (Some(u), _) => write!(f, "{u}"),
+                (None, Some(i)) => write!(f, "{i}"),
+                (None, None) => f.write_str("a non-integer number"),
+            },
         }
-        Value::Number(Number::PosInt(u)) => push_u64(out, *u),
-        Value::Number(Number::NegInt(i)) => push_i64(out, *i),
-        Value::Number(Number::Float) => out.push_str("a non-integer number"),
     }
 }
 
@@ -1029,12 +979,10 @@ mod tests {
         for unit in ["x", "é", "✓", "😀"] {
             for n in [0, 1, 57, 58, 59, 60, 61, 100] {
                 let s = unit.repeat(n);
-                let mut got = String::new();
-                describe(&Value::String(s.clone()), &mut got);
+                let got = Described(&Value::String(s.clone())).to_string();
                 assert_eq!(got, oracle(&s), "{unit} x {n}");
                 let mixed = format!("{s}é✓😀ab");
-                let mut got = String::new();
-                describe(&Value::String(mixed.clone()), &mut got);
+                let got = Described(&Value::String(mixed.clone())).to_string();
                 assert_eq!(got, oracle(&mixed), "{unit} x {n} mixed");
             }
         }

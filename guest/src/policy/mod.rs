@@ -9,13 +9,11 @@ pub mod budget;
 pub mod classify;
 pub mod config;
 pub mod engine;
-pub mod json;
 pub mod simulate;
 pub mod snapshot;
 pub mod state;
 #[cfg(test)]
 mod test_support;
-pub mod text;
 pub mod text_markers;
 
 pub use classify::{Hints, Signals};

@@ -3,13 +3,11 @@
 //! invocation) test multi-step behaviour in a single call.
 
 use alloc::format;
-use alloc::string::String;
 use alloc::vec::Vec;
 
 use super::classify::{hints_from_json, signals_from_json};
 use super::config::{Config, ConfigError};
 use super::engine::{Decision, Engine, Outcome};
-use super::json;
 
 /// One step: a tool result for `(tool, request_id)`, `advance_ms` after the
 /// previous step.
@@ -35,11 +33,11 @@ pub fn simulate(
     let mut results = Vec::with_capacity(steps.len());
     let mut errors = Vec::new();
     for (i, step) in steps.iter().enumerate() {
-        match json::parse(step.result_json) {
+        match serde_json::from_str::<serde_json::Value>(step.result_json) {
             Ok(v) => results.push(v),
             Err(e) => errors.push(ConfigError {
                 path: format!("steps[{i}].result-json"),
-                message: format!("is not valid JSON: {}", e.to_message()),
+                message: format!("is not valid JSON: {e}"),
             }),
         }
     }
@@ -54,18 +52,12 @@ pub fn simulate(
     for (step, result) in steps.iter().zip(&results) {
         now_ms = now_ms.saturating_add(step.advance_ms);
         let (signals, texts) = signals_from_json(result);
-        // Owned, as the component's `decide-text` passes them: one
-        // instantiation of the generic decision path instead of two.
-        let mut owned = Vec::with_capacity(texts.len());
-        for text in texts {
-            owned.push(String::from(text));
-        }
         match engine.decide_with_hints(
             step.tool,
             step.request_id,
             signals,
             hints_from_json(result),
-            Some(&owned[..]),
+            Some(&texts[..]),
             now_ms,
         ) {
             Outcome::Decided(d) => out.push(d),

@@ -14,12 +14,15 @@
 //! than a WIT list of records: one string crosses the host boundary in
 //! microseconds, while a list of 100 000 records is lifted value by value.
 
+use alloc::format;
 use alloc::string::String;
+use alloc::vec::Vec;
+
+use serde::ser::{Serialize, Serializer};
+use serde_json::Value;
 
 use super::engine::Engine;
-use super::json::{self, Value};
 use super::state::{expired, Entry};
-use super::text::{push_json_str, push_u64};
 
 /// The format this build writes (it also reads [`FORMAT_V1`]).
 pub const FORMAT: u64 = 2;
@@ -28,104 +31,124 @@ pub const FORMAT_V1: u64 = 1;
 
 /// Serialize the live (unexpired) entries of `engine` at `now_ms`.
 pub fn export(engine: &Engine, now_ms: u64) -> String {
-    let ttl = engine.config().state_ttl_ms();
-    let v2 = engine.config().uses_delay_history();
-    let mut out = String::from(if v2 {
-        "{\"format\":2,\"entries\":["
-    } else {
-        "{\"format\":1,\"entries\":["
-    });
-    let mut first = true;
-    for (tool, request_id, entry) in engine.state().iter() {
-        if expired(entry.last_failure_ms, now_ms, ttl) {
-            continue;
-        }
-        if !first {
-            out.push(',');
-        }
-        first = false;
-        out.push('[');
-        push_json_str(&mut out, tool);
-        out.push(',');
-        push_json_str(&mut out, request_id);
-        let age = now_ms.saturating_sub(entry.last_failure_ms);
-        let push_field = |out: &mut String, n: u64| {
-            out.push(',');
-            push_u64(out, n);
-        };
-        push_field(&mut out, u64::from(entry.failures));
-        push_field(&mut out, age);
-        if v2 {
-            push_field(&mut out, u64::from(entry.last_delay_ms));
-            push_field(&mut out, u64::from(entry.total_delay_ms));
-        }
-        out.push(']');
+    let delay_history = engine.config().uses_delay_history();
+    let document = Document {
+        format: if delay_history { FORMAT } else { FORMAT_V1 },
+        entries: LiveEntries {
+            engine,
+            now_ms,
+            delay_history,
+        },
+    };
+    serde_json::to_string(&document).expect("a snapshot holds only strings and integers")
+}
+
+#[derive(serde::Serialize)]
+struct Document<'a> {
+    format: u64,
+    entries: LiveEntries<'a>,
+}
+
+/// The live entries as rows, written as they are read (no list of rows is
+/// built: a snapshot of a full state would double its memory).
+struct LiveEntries<'a> {
+    engine: &'a Engine,
+    now_ms: u64,
+    /// Format 2: each row also carries the key's delay history.
+    delay_history: bool,
+}
+
+impl Serialize for LiveEntries<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let ttl = self.engine.config().state_ttl_ms();
+        let rows = self
+            .engine
+            .state()
+            .iter()
+            .filter(|(_, _, entry)| !expired(entry.last_failure_ms, self.now_ms, ttl))
+            .map(|(tool, request_id, entry)| Row {
+                tool,
+                request_id,
+                age_ms: self.now_ms.saturating_sub(entry.last_failure_ms),
+                entry,
+                delay_history: self.delay_history,
+            });
+        serializer.collect_seq(rows)
     }
-    out.push_str("]}");
-    out
+}
+
+/// `[tool, request_id, failures, age_ms]`, then `last_delay_ms,
+/// total_delay_ms` in format 2.
+struct Row<'a> {
+    tool: &'a str,
+    request_id: &'a str,
+    age_ms: u64,
+    entry: Entry,
+    delay_history: bool,
+}
+
+impl Serialize for Row<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let e = &self.entry;
+        let (tool, request_id, age_ms) = (self.tool, self.request_id, self.age_ms);
+        if self.delay_history {
+            (
+                tool,
+                request_id,
+                e.failures,
+                age_ms,
+                e.last_delay_ms,
+                e.total_delay_ms,
+            )
+                .serialize(serializer)
+        } else {
+            (tool, request_id, e.failures, age_ms).serialize(serializer)
+        }
+    }
 }
 
 /// Restore the entries of a format-2 (or format-1) document into `engine` at `now_ms`;
 /// returns how many were imported. Nothing is imported unless the whole
 /// document is readable.
 pub fn import(engine: &mut Engine, text: &str, now_ms: u64) -> Result<u32, String> {
-    let doc = json::parse(text).map_err(|e| {
-        let mut message = String::from("state is not valid JSON: ");
-        e.push_to(&mut message);
-        message
-    })?;
+    let doc: Value =
+        serde_json::from_str(text).map_err(|e| format!("state is not valid JSON: {e}"))?;
     let format = doc.get("format").and_then(Value::as_u64);
     if format != Some(FORMAT) && format != Some(FORMAT_V1) {
-        // Not `Value`'s Display: float formatting would add KiBs to the component.
-        let mut message = String::from("state format ");
-        match (doc.get("format"), format) {
-            (None, _) => message.push_str("(missing)"),
-            (Some(_), Some(n)) => push_u64(&mut message, n),
-            (Some(_), None) => message.push_str("(not an integer)"),
-        }
-        message.push_str(" is not supported (this engine reads formats ");
-        push_u64(&mut message, FORMAT_V1);
-        message.push_str(" and ");
-        push_u64(&mut message, FORMAT);
-        message.push(')');
-        return Err(message);
+        let found = match (doc.get("format"), format) {
+            (None, _) => String::from("(missing)"),
+            (Some(_), Some(n)) => format!("{n}"),
+            (Some(_), None) => String::from("(not an integer)"),
+        };
+        return Err(format!(
+            "state format {found} is not supported (this engine reads formats {FORMAT_V1} and {FORMAT})"
+        ));
     }
     let Some(Value::Array(entries)) = doc.get("entries") else {
         return Err(String::from("state has no \"entries\" list"));
     };
-    // Validate everything first: a half-imported state would be worse than
-    // none. (Two passes over the entries rather than a list of the parsed
-    // ones: the component is smaller.)
-    let width = if format == Some(FORMAT_V1) { 4 } else { 6 };
-    for (i, item) in entries.iter().enumerate() {
-        match item {
-            Value::Array(fields) if fields.len() == width => {
-                if read_entry(fields, now_ms).is_none() {
-                    return Err(entry_error(i, " has a field of the wrong type"));
-                }
-            }
-            _ if width == 4 => {
-                return Err(entry_error(
-                    i,
-                    " is not [tool, request_id, failures, age_ms]",
-                ))
-            }
-            _ => {
-                return Err(entry_error(
-                    i,
-                    " is not [tool, request_id, failures, age_ms, last_delay_ms, total_delay_ms]",
-                ))
-            }
-        }
-    }
+    let (width, shape) = if format == Some(FORMAT_V1) {
+        (4, "[tool, request_id, failures, age_ms]")
+    } else {
+        (
+            6,
+            "[tool, request_id, failures, age_ms, last_delay_ms, total_delay_ms]",
+        )
+    };
+    // Read every entry before importing any: a half-imported state would be
+    // worse than none.
+    let rows = entries
+        .iter()
+        .enumerate()
+        .map(|(i, item)| match item {
+            Value::Array(fields) if fields.len() == width => read_entry(fields, now_ms)
+                .ok_or_else(|| format!("entries[{i}] has a field of the wrong type")),
+            _ => Err(format!("entries[{i}] is not {shape}")),
+        })
+        .collect::<Result<Vec<_>, _>>()?;
     let ttl = engine.config().state_ttl_ms();
     let mut imported = 0u32;
-    for item in entries {
-        // Every entry was read above; none is skipped here for its shape.
-        let Value::Array(fields) = item else { continue };
-        let Some((tool, request_id, age_ms, entry)) = read_entry(fields, now_ms) else {
-            continue;
-        };
+    for (tool, request_id, age_ms, entry) in rows {
         if entry.failures == 0 || age_ms > ttl {
             continue;
         }
@@ -157,15 +180,6 @@ fn read_entry(fields: &[Value], now_ms: u64) -> Option<(&str, &str, u64, Entry)>
     Some((tool, request_id, age_ms, entry))
 }
 
-/// `entries[<i>]<what>`.
-fn entry_error(i: usize, what: &str) -> String {
-    let mut message = String::from("entries[");
-    push_u64(&mut message, i as u64);
-    message.push(']');
-    message.push_str(what);
-    message
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -191,7 +205,7 @@ mod tests {
         let doc = export(&old, 1050);
         assert_eq!(
             doc,
-            r#"{"format":2,"entries":[["t\"\\\u000a","é✓",1,850,200,200],["t","a",2,750,400,600]]}"#
+            r#"{"format":2,"entries":[["t\"\\\n","é✓",1,850,200,200],["t","a",2,750,400,600]]}"#
         );
 
         // The new instance's clock started elsewhere: ages carry over.

@@ -1,6 +1,6 @@
 //! Shared fixtures for the policy core's unit tests.
 
-use super::{json, Config, Engine, Signals};
+use super::{Config, Engine, Signals};
 
 /// A result with `isError: true` and nothing else.
 pub const FAIL: Signals = Signals {
@@ -26,9 +26,4 @@ pub fn engine(json: &str) -> Engine {
     let mut e = Engine::new((1, 2));
     e.configure(Config::from_json(json).expect("test config must be valid"));
     e
-}
-
-/// The engine's reading of a document written with `serde_json::json!`.
-pub fn value(v: serde_json::Value) -> json::Value {
-    json::parse(&v.to_string()).expect("serde_json writes valid JSON")
 }

@@ -272,8 +272,7 @@ proptest! {
         } else {
             doc
         };
-        let engine_doc = crate::engine_json(&doc);
-        let (s, texts) = signals_from_json(&engine_doc);
+        let (s, texts) = signals_from_json(&doc);
         prop_assert_eq!(s.is_error, doc.get("isError") == Some(&Value::Bool(true)));
         let sc = doc.get("structuredContent").filter(|v| !v.is_null());
         prop_assert_eq!(s.structured, sc.is_some());

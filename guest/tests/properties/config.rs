@@ -211,7 +211,7 @@ fn config_doc() -> impl Strategy<Value = Value> {
 }
 
 fn check_against_oracle(doc: &Value) -> Result<(), TestCaseError> {
-    let got = Config::from_value(&crate::engine_json(doc));
+    let got = Config::from_value(doc);
     let want = oracle(doc);
     match (&got, &want) {
         (Ok(config), Some(want)) => {

@@ -63,12 +63,6 @@ pub fn any_number() -> impl Strategy<Value = Value> {
     ]
 }
 
-/// The engine's reading of a serde_json document (through its text, so the
-/// engine's own parser reads it).
-pub fn engine_json(v: &Value) -> retry_engine::policy::json::Value {
-    retry_engine::policy::json::parse(&v.to_string()).expect("serde_json writes valid JSON")
-}
-
 /// Arbitrary JSON values, nested a few levels, keys sometimes a config key.
 pub fn any_json() -> impl Strategy<Value = Value> {
     let leaf = prop_oneof![

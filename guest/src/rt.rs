@@ -2,57 +2,8 @@
 //! `memcmp`/`bcmp` symbols compiler-generated code calls (wasi-libc is not
 //! linked in a `no_std` component).
 
-use core::alloc::{GlobalAlloc, Layout};
-use core::cell::UnsafeCell;
-
-use dlmalloc::Dlmalloc;
-
 #[global_allocator]
-static ALLOC: Allocator = Allocator(UnsafeCell::new(None));
-
-/// dlmalloc, called exactly as `dlmalloc::GlobalDlmalloc` calls it, but with
-/// its state created on first use. `GlobalDlmalloc`'s static state has a few
-/// non-zero fields, which put all of its ~460 bytes into the component's data
-/// segment; a `None` is all zeros and takes no space there.
-struct Allocator(UnsafeCell<Option<Dlmalloc>>);
-
-// SAFETY: a component instance is single-threaded (`GlobalDlmalloc`'s lock is
-// a no-op on this target for the same reason).
-unsafe impl Sync for Allocator {}
-
-impl Allocator {
-    /// # Safety
-    /// No other reference to the state may be live: the allocator is not
-    /// reentrant (dlmalloc never calls back into it).
-    #[allow(clippy::mut_from_ref)]
-    unsafe fn dlmalloc(&self) -> &mut Dlmalloc {
-        // SAFETY: single-threaded and not reentrant, per the contract.
-        unsafe { (*self.0.get()).get_or_insert_with(Dlmalloc::new) }
-    }
-}
-
-// SAFETY: each method forwards to dlmalloc with the layout's size and
-// alignment, as `GlobalDlmalloc` does.
-unsafe impl GlobalAlloc for Allocator {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        unsafe { self.dlmalloc().malloc(layout.size(), layout.align()) }
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        unsafe { self.dlmalloc().free(ptr, layout.size(), layout.align()) }
-    }
-
-    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        unsafe { self.dlmalloc().calloc(layout.size(), layout.align()) }
-    }
-
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        unsafe {
-            self.dlmalloc()
-                .realloc(ptr, layout.size(), layout.align(), new_size)
-        }
-    }
-}
+static ALLOC: dlmalloc::GlobalDlmalloc = dlmalloc::GlobalDlmalloc;
 
 /// A panic is a bug in the engine: trap, and let the host rebuild the instance.
 #[panic_handler]

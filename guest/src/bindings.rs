@@ -1,10 +1,9 @@
 //! The wit-bindgen glue: converts WIT values and delegates to [`crate::policy`].
 //! No policy logic lives here.
 
-use alloc::boxed::Box;
 use alloc::string::{String, ToString};
 use alloc::vec::Vec;
-use core::cell::{RefCell, RefMut};
+use core::cell::RefCell;
 
 use crate::policy::backoff::Jitter;
 use crate::policy::{
@@ -28,30 +27,17 @@ use wit::wasi::clocks::monotonic_clock;
 use wit::wasi::random::insecure_seed;
 
 /// The instance's one engine, created on first use (seeded from the import).
-/// Boxed so that the empty static is all zeros (an `Option<Engine>`'s `None`
-/// is not, which put its 240 bytes into the component's data segment).
-struct Global(RefCell<Option<Box<Engine>>>);
+struct Global(RefCell<Option<Engine>>);
 // SAFETY: a component instance is single-threaded; nothing here is shared
 // across threads.
 unsafe impl Sync for Global {}
 static ENGINE: Global = Global(RefCell::new(None));
 
 fn with_engine<R>(f: impl FnOnce(&mut Engine) -> R) -> R {
-    f(&mut engine())
-}
-
-/// The engine, borrowed until the guard drops. Out of line: `with_engine`
-/// is instantiated once per export, and this part is the same for all.
-#[inline(never)]
-fn engine() -> RefMut<'static, Engine> {
-    // Never already borrowed: nothing calls back into the component. If it
-    // were, trap (as `borrow_mut` would, without linking its panic message).
-    let Ok(slot) = ENGINE.0.try_borrow_mut() else {
-        core::arch::wasm32::unreachable()
-    };
-    RefMut::map(slot, |slot| {
-        &mut **slot.get_or_insert_with(|| Box::new(Engine::new(insecure_seed::insecure_seed())))
-    })
+    // Never already borrowed: nothing calls back into the component (were it
+    // to, the borrow would trap, and the host rebuild the instance).
+    let mut slot = ENGINE.0.borrow_mut();
+    f(slot.get_or_insert_with(|| Engine::new(insecure_seed::insecure_seed())))
 }
 
 fn now_ms() -> u64 {
@@ -138,22 +124,17 @@ impl api::Guest for Component {
         steps: Vec<api::SimStep>,
     ) -> Result<Vec<api::SimDecision>, Vec<api::ConfigError>> {
         let config = Config::from_json(&config_json).map_err(to_wit_errors)?;
-        // Loops rather than map/collect chains: smaller in the component.
-        let mut borrowed = Vec::with_capacity(steps.len());
-        for s in &steps {
-            borrowed.push(simulate::Step {
+        let borrowed: Vec<simulate::Step<'_>> = steps
+            .iter()
+            .map(|s| simulate::Step {
                 tool: &s.tool,
                 request_id: &s.request_id,
                 result_json: &s.result_json,
                 advance_ms: s.advance_ms,
-            });
-        }
+            })
+            .collect();
         let decisions = simulate::simulate(config, seed, &borrowed).map_err(to_wit_errors)?;
-        let mut out = Vec::with_capacity(decisions.len());
-        for d in &decisions {
-            out.push(to_wit_decision(d));
-        }
-        Ok(out)
+        Ok(decisions.iter().map(to_wit_decision).collect())
     }
 
     fn contract_version() -> String {

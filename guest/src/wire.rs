@@ -129,25 +129,14 @@ pub fn pack_decision(d: &Decision) -> u64 {
 /// Split `key` into (tool, request id) after `tool_len` Unicode scalar values.
 /// A `tool_len` beyond the key makes the whole key the tool name.
 pub fn split_key(key: &str, tool_len: u32) -> (&str, &str) {
-    // Fast path: ASCII keys (the norm) split by byte offset.
-    // `split_at_checked` rather than `split_at`: the offsets are always char
-    // boundaries, but the panicking form links the slicing-error formatting.
     let n = tool_len as usize;
     let at = if key.is_ascii() {
+        // The norm: one byte per character.
         n.min(key.len())
     } else {
-        // The byte offset of character n: the (n+1)-th byte that starts a
-        // UTF-8 sequence (counted by hand: `char_indices` is larger).
-        let mut chars = 0;
-        key.bytes()
-            .position(|b| {
-                let starts_char = b & 0xc0 != 0x80;
-                chars += usize::from(starts_char);
-                starts_char && chars > n
-            })
-            .unwrap_or(key.len())
+        key.char_indices().nth(n).map_or(key.len(), |(at, _)| at)
     };
-    key.split_at_checked(at).unwrap_or((key, ""))
+    key.split_at(at)
 }
 
 #[cfg(test)]

@@ -70,13 +70,13 @@ pub fn delay_ms(
         Jitter::None => ceiling,
         // The same single draw as before jitter modes existed: seeded replays
         // (goldens, the CLI examples) keep their values.
-        Jitter::Full => uniform(rng, 1, ceiling),
-        Jitter::Equal => uniform(rng, ceiling.div_ceil(2), ceiling),
+        Jitter::Full => rng.u64(1..=ceiling),
+        Jitter::Equal => rng.u64(ceiling.div_ceil(2)..=ceiling),
         Jitter::Decorrelated => {
             let low = base_ms.max(1);
             let previous = if previous_ms == 0 { low } else { previous_ms };
             let high = previous.saturating_mul(3).max(low);
-            uniform(rng, low, high).min(max_ms.max(1))
+            rng.u64(low..=high).min(max_ms.max(1))
         }
     }
 }
@@ -87,75 +87,13 @@ pub fn delay_ms(
 pub fn spread_ms(attempt: u32, base_ms: u64, max_ms: u64, jitter: Jitter, rng: &mut Rng) -> u64 {
     match jitter {
         Jitter::None => 0,
-        _ => uniform(rng, 0, ceiling_ms(attempt, base_ms, max_ms)),
+        _ => rng.u64(0..=ceiling_ms(attempt, base_ms, max_ms)),
     }
-}
-
-/// A uniform draw from `low..=high`, drawn exactly as fastrand 2's
-/// `rng.u64(low..=high)` draws it (the same raw draws, Lemire's reduction),
-/// so seeded replays keep their values. Not `rng.u64(range)` itself: its
-/// empty-range panic formats the bounds with `Debug`, which links ~3 KiB of
-/// `core::fmt` into the component.
-pub fn uniform(rng: &mut Rng, low: u64, high: u64) -> u64 {
-    assert!(low <= high, "empty range");
-    if low == 0 && high == u64::MAX {
-        return rng.u64(..);
-    }
-    let n = high - low + 1;
-    // (high, low) 64-bit halves of r · n.
-    let mul = |r: u64| {
-        let t = u128::from(r) * u128::from(n);
-        ((t >> 64) as u64, t as u64)
-    };
-    let (mut hi, mut lo) = mul(rng.u64(..));
-    if lo < n {
-        let t = n.wrapping_neg() % n;
-        while lo < t {
-            (hi, lo) = mul(rng.u64(..));
-        }
-    }
-    low + hi
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn test_backoff_uniform_draws_as_fastrand() {
-        let edges = [
-            (0, 0),
-            (5, 5),
-            (1, 2),
-            (0, 1),
-            (1, 200),
-            (100, 5000),
-            (0, u64::MAX - 1),
-            (1, u64::MAX),
-            (0, u64::MAX),
-            (u64::MAX, u64::MAX),
-            (u64::MAX / 2, u64::MAX),
-            (0, (1 << 63) + 1),
-            (3, (1 << 63) + 7),
-        ];
-        let mut pick = Rng::with_seed(99);
-        for seed in 0..200u64 {
-            let (a, b) = (pick.u64(..), pick.u64(..));
-            let random = (a.min(b), a.max(b));
-            let small = (a % 1000, a % 1000 + b % 5000);
-            for (low, high) in edges.into_iter().chain([random, small]) {
-                let (mut ours, mut theirs) = (Rng::with_seed(seed), Rng::with_seed(seed));
-                for _ in 0..8 {
-                    assert_eq!(
-                        uniform(&mut ours, low, high),
-                        theirs.u64(low..=high),
-                        "{low}..={high} seed {seed}"
-                    );
-                }
-                assert_eq!(ours.u64(..), theirs.u64(..), "same number of raw draws");
-            }
-        }
-    }
 
     #[test]
     fn test_backoff_sequence_doubles_then_caps() {

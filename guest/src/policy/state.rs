@@ -112,35 +112,21 @@ impl Slot {
 #[cfg(target_pointer_width = "32")]
 const _: () = assert!(core::mem::size_of::<Slot>() == 48);
 
-/// The slab of slots, indexed by slot number. An index out of range would be
-/// a bug in the table: it traps, as a bounds check does, but through one
-/// shared path (a bounds check links a panic location and a formatted
-/// message per access site: ~1 KiB of the component for this file).
+/// The slab of slots, indexed by slot number (`u32`, as the chains and the
+/// index store them). An index out of range is a bug in the table: it traps.
 struct Slots(Vec<Slot>);
 
 impl Index<u32> for Slots {
     type Output = Slot;
     fn index(&self, i: u32) -> &Slot {
-        match self.0.get(i as usize) {
-            Some(slot) => slot,
-            None => corrupt(),
-        }
+        &self.0[i as usize]
     }
 }
 
 impl IndexMut<u32> for Slots {
     fn index_mut(&mut self, i: u32) -> &mut Slot {
-        match self.0.get_mut(i as usize) {
-            Some(slot) => slot,
-            None => corrupt(),
-        }
+        &mut self.0[i as usize]
     }
-}
-
-#[cold]
-#[inline(never)]
-fn corrupt() -> ! {
-    panic!("state table index out of range")
 }
 
 /// The state table. Not thread-safe; one per engine.
@@ -244,18 +230,12 @@ impl StateTable {
 
     /// The first slot of bucket `b`'s chain, or `NIL`.
     fn head_of(&self, b: usize) -> u32 {
-        match self.buckets.get(b) {
-            Some(head) => head.wrapping_sub(1),
-            None => corrupt(),
-        }
+        self.buckets[b].wrapping_sub(1)
     }
 
     fn set_head(&mut self, b: usize, slot: u32) {
         // NIL (u32::MAX) wraps to 0, the empty bucket.
-        match self.buckets.get_mut(b) {
-            Some(head) => *head = slot.wrapping_add(1),
-            None => corrupt(),
-        }
+        self.buckets[b] = slot.wrapping_add(1);
     }
 
     fn find(&self, hash: u32, tool: &str, request_id: &str) -> Option<u32> {
@@ -500,12 +480,8 @@ impl StateTable {
             }
             let slot = &self.slots[i];
             i = slot.next;
-            // `split` is a char boundary (the tool's length); the checked
-            // form avoids linking the slicing panic's formatting.
-            let (tool, request_id) = slot
-                .key
-                .split_at_checked(slot.split as usize)
-                .unwrap_or((&slot.key, ""));
+            // `split` is the tool's length in bytes, a char boundary.
+            let (tool, request_id) = slot.key.split_at(slot.split as usize);
             Some((tool, request_id, slot.entry))
         })
     }

@@ -2,9 +2,9 @@
 //! takes for every tool result (`decide` with a key string and packed
 //! signals), against the built component.
 //!
-//! The workspace's `release` profile is tuned for the small guest (`opt-level
-//! = "z"`, fat LTO), which makes a host build of wasmtime slow to compile and
-//! slower to run; the `bench-host` profile builds the example at full speed:
+//! The workspace's `release` profile is tuned for the guest (fat LTO, one
+//! codegen unit), which makes a host build of wasmtime slow to compile; the
+//! `bench-host` profile builds the example at full speed:
 //!
 //! ```text
 //! cargo run --profile bench-host -p retry-engine-wasm-harness --example throughput [-- CALLS]

@@ -409,8 +409,8 @@ async def test_trap_mid_sequence_answers_no_retry_and_recovers(
 
 
 async def test_tiny_fuel_from_config_fails_at_construction() -> None:
-    with pytest.raises(RuntimeError, match=r"retry-engine@0\.2\.1: (cannot instantiate|configuring)"):
-        direct_plugin({"wasm_fuel": 10})
+    with pytest.raises(RuntimeError, match=r"retry-engine@0\.3\.0: (cannot instantiate|configuring)"):
+        direct_plugin({"wasm_fuel": 1})
 
 
 # --------------------------------------------------------------------------- TTL

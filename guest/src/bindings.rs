@@ -5,7 +5,7 @@ use alloc::string::{String, ToString};
 use alloc::vec::Vec;
 use core::cell::RefCell;
 
-use crate::policy::backoff::Jitter;
+use crate::policy::backoff::{Jitter, Shape};
 use crate::policy::{
     simulate, snapshot, Config, ConfigError, Decision, Engine, Outcome, Policy, Reason,
 };
@@ -224,6 +224,13 @@ fn to_wit_policy(p: &Policy) -> api::Policy {
         max_retries: p.max_retries,
         backoff_base_ms: p.backoff_base_ms,
         max_backoff_ms: p.max_backoff_ms,
+        backoff: match p.backoff {
+            Shape::Exponential => api::BackoffShape::Exponential,
+            Shape::Linear => api::BackoffShape::Linear,
+            Shape::Constant => api::BackoffShape::Constant,
+        },
+        throttle_backoff_base_ms: p.throttle_bounds().0,
+        throttle_max_backoff_ms: p.throttle_bounds().1,
         retry_on_status: p.retry_on_status.clone(),
         jitter: p.jitter,
         jitter_mode: match p.jitter_kind() {

@@ -1,4 +1,4 @@
-//! Every jitter mode and the exponential shape pinned by a golden sequence,
+//! Every jitter mode and every backoff shape pinned by a golden sequence,
 //! plus distribution checks where a formula's shape matters (issue 15 §3).
 //!
 //! Range and reproducibility checks let a wrong formula through: drawing
@@ -9,12 +9,12 @@
 //! the distribution checks say which shape went wrong.
 //!
 //! Only the pure core's public backoff API is used (`delay_ms`,
-//! `ceiling_ms`, `Jitter`) with an `Rng` seeded here, so these tests do not
+//! `Curve`, `Jitter`) with an `Rng` seeded here, so these tests do not
 //! depend on how the engine seeds or stores anything. The component's own
 //! goldens (through `simulate`) are in `tests/wasm-harness/tests/all/golden.rs`.
 
 use fastrand::Rng;
-use retry_engine::policy::backoff::{ceiling_ms, delay_ms, Jitter};
+use retry_engine::policy::backoff::{delay_ms, Curve, Jitter, Shape};
 
 const SEED: u64 = 15;
 /// Odd, so that `ceil(ceiling / 2)` and `floor(ceiling / 2)` differ on the
@@ -22,6 +22,11 @@ const SEED: u64 = 15;
 const BASE: u64 = 75;
 /// Reached by the exponential ceiling from the fifth retry on.
 const MAX: u64 = 1_000;
+const CURVE: Curve = Curve {
+    shape: Shape::Exponential,
+    base_ms: BASE,
+    max_ms: MAX,
+};
 const KEYS: usize = 8;
 const RETRIES: usize = 6;
 
@@ -33,12 +38,17 @@ type Table = [[u64; RETRIES]; KEYS];
 /// from one generator, as the engine draws for interleaved requests, and each
 /// key's decorrelated draw reads that key's own previous delay.
 fn sequences(jitter: Jitter, seed: u64) -> Table {
+    sequences_on(CURVE, jitter, seed)
+}
+
+/// [`sequences`] on another curve.
+fn sequences_on(curve: Curve, jitter: Jitter, seed: u64) -> Table {
     let mut rng = Rng::with_seed(seed);
     let mut table = [[0; RETRIES]; KEYS];
     for attempt in 0..RETRIES {
         for row in table.iter_mut() {
             let previous = if attempt == 0 { 0 } else { row[attempt - 1] };
-            row[attempt] = delay_ms(attempt as u32, BASE, MAX, jitter, previous, &mut rng);
+            row[attempt] = delay_ms(curve, attempt as u32, jitter, previous, &mut rng);
         }
     }
     table
@@ -107,15 +117,115 @@ const GOLDEN_DECORRELATED: Table = [
     [93, 109, 150, 154, 271, 316],
 ];
 
+const LINEAR: Curve = Curve {
+    shape: Shape::Linear,
+    ..CURVE
+};
+const CONSTANT: Curve = Curve {
+    shape: Shape::Constant,
+    ..CURVE
+};
+
+/// `linear` without jitter: `min(base · (attempt + 1), max)`.
+const GOLDEN_LINEAR_NONE: Table = [[75, 150, 225, 300, 375, 450]; KEYS];
+/// `linear` with `full` jitter: uniform in `[1, ceiling]`.
+const GOLDEN_LINEAR_FULL: Table = [
+    [26, 71, 8, 113, 224, 270],
+    [30, 18, 36, 87, 61, 76],
+    [62, 14, 179, 215, 310, 161],
+    [32, 130, 70, 92, 202, 17],
+    [10, 135, 32, 80, 343, 74],
+    [65, 137, 199, 164, 332, 356],
+    [29, 79, 204, 75, 19, 167],
+    [10, 26, 68, 64, 191, 147],
+];
+/// `linear` with `equal` jitter: uniform in `[ceil(ceiling / 2), ceiling]`.
+const GOLDEN_LINEAR_EQUAL: Table = [
+    [50, 110, 116, 206, 299, 360],
+    [52, 83, 130, 193, 218, 262],
+    [69, 82, 202, 257, 342, 305],
+    [53, 140, 147, 195, 289, 233],
+    [42, 143, 128, 189, 359, 261],
+    [70, 144, 212, 232, 354, 403],
+    [52, 114, 215, 187, 197, 308],
+    [42, 87, 146, 181, 283, 298],
+];
+/// `constant` without jitter: `base`.
+const GOLDEN_CONSTANT_NONE: Table = [[75; RETRIES]; KEYS];
+/// `constant` with `full` jitter: uniform in `[1, ceiling]`.
+const GOLDEN_CONSTANT_FULL: Table = [
+    [26, 36, 3, 29, 45, 45],
+    [30, 9, 12, 22, 13, 13],
+    [62, 7, 60, 54, 62, 27],
+    [32, 65, 24, 23, 41, 3],
+    [10, 68, 11, 20, 69, 13],
+    [65, 69, 67, 41, 67, 60],
+    [29, 40, 68, 19, 4, 28],
+    [10, 13, 23, 16, 39, 25],
+];
+/// `constant` with `equal` jitter: uniform in `[ceil(ceiling / 2), ceiling]`.
+const GOLDEN_CONSTANT_EQUAL: Table = [
+    [50, 55, 39, 52, 60, 60],
+    [52, 42, 43, 48, 44, 44],
+    [69, 41, 68, 65, 69, 51],
+    [53, 70, 49, 49, 58, 39],
+    [42, 72, 43, 48, 72, 44],
+    [70, 72, 71, 58, 71, 67],
+    [52, 57, 72, 47, 39, 52],
+    [42, 44, 49, 45, 57, 50],
+];
+
+#[test]
+fn test_golden_linear_and_constant_shapes() {
+    let cases = [
+        (
+            "GOLDEN_LINEAR_NONE",
+            LINEAR,
+            Jitter::None,
+            &GOLDEN_LINEAR_NONE,
+        ),
+        (
+            "GOLDEN_LINEAR_FULL",
+            LINEAR,
+            Jitter::Full,
+            &GOLDEN_LINEAR_FULL,
+        ),
+        (
+            "GOLDEN_LINEAR_EQUAL",
+            LINEAR,
+            Jitter::Equal,
+            &GOLDEN_LINEAR_EQUAL,
+        ),
+        (
+            "GOLDEN_CONSTANT_NONE",
+            CONSTANT,
+            Jitter::None,
+            &GOLDEN_CONSTANT_NONE,
+        ),
+        (
+            "GOLDEN_CONSTANT_FULL",
+            CONSTANT,
+            Jitter::Full,
+            &GOLDEN_CONSTANT_FULL,
+        ),
+        (
+            "GOLDEN_CONSTANT_EQUAL",
+            CONSTANT,
+            Jitter::Equal,
+            &GOLDEN_CONSTANT_EQUAL,
+        ),
+    ];
+    for (name, curve, jitter, golden) in cases {
+        assert_golden(name, &sequences_on(curve, jitter, SEED), golden);
+    }
+}
+
 #[test]
 fn test_golden_exponential_shape_without_jitter() {
     assert_golden("GOLDEN_NONE", &sequences(Jitter::None, SEED), &GOLDEN_NONE);
     // The shape itself, independent of the table: doubling from base, capped.
     for attempt in 0..RETRIES as u32 {
-        assert_eq!(
-            ceiling_ms(attempt, BASE, MAX),
-            (BASE * (1 << attempt)).min(MAX)
-        );
+        assert_eq!(CURVE.ceiling_ms(attempt), (BASE * (1 << attempt)).min(MAX));
     }
 }
 
@@ -164,7 +274,7 @@ const DRAWS: usize = 20_000;
 fn draws(attempt: u32, jitter: Jitter, previous: u64, seed: u64) -> Vec<u64> {
     let mut rng = Rng::with_seed(seed);
     (0..DRAWS)
-        .map(|_| delay_ms(attempt, BASE, MAX, jitter, previous, &mut rng))
+        .map(|_| delay_ms(CURVE, attempt, jitter, previous, &mut rng))
         .collect()
 }
 
@@ -224,7 +334,7 @@ fn test_distribution_decorrelated_below_the_cap_spans_base_to_three_times_previo
 #[test]
 fn test_distribution_equal_never_reaches_the_lower_half() {
     for attempt in 0..RETRIES as u32 {
-        let ceiling = ceiling_ms(attempt, BASE, MAX);
+        let ceiling = CURVE.ceiling_ms(attempt);
         let floor = ceiling.div_ceil(2);
         let ds = draws(attempt, Jitter::Equal, 0, SEED);
         let (lo, hi) = (*ds.iter().min().unwrap(), *ds.iter().max().unwrap());
@@ -243,7 +353,7 @@ fn test_distribution_equal_never_reaches_the_lower_half() {
 #[test]
 fn test_distribution_full_spans_one_to_the_ceiling_with_mean_near_half() {
     for attempt in 0..RETRIES as u32 {
-        let ceiling = ceiling_ms(attempt, BASE, MAX);
+        let ceiling = CURVE.ceiling_ms(attempt);
         let ds = draws(attempt, Jitter::Full, 0, SEED);
         let (lo, hi) = (*ds.iter().min().unwrap(), *ds.iter().max().unwrap());
         // Never 0 (the gateway reads 0 as "do not retry"), and 1 is reached.

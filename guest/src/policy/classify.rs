@@ -108,6 +108,16 @@ pub fn classify_with<T: AsRef<str>>(
     }
 }
 
+/// "Too Many Requests": the server refused the call for load.
+pub const TOO_MANY_REQUESTS: i32 = 429;
+
+/// Whether a failure is throttling rather than transient: status 429, or a
+/// server delay hint (which the host reads only when some policy uses it).
+/// A throttled failure takes the policy's throttle curve.
+pub fn is_throttled(signals: Signals, hints: Hints) -> bool {
+    signals.status == Some(TOO_MANY_REQUESTS) || hints.retry_after_ms.is_some()
+}
+
 /// Classify one result. `texts` are the result's text items (`None` = not read
 /// yet); they are only consulted under rule 3.
 pub fn classify<T: AsRef<str>>(

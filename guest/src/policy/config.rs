@@ -17,7 +17,7 @@ use core::fmt;
 
 use serde_json::{Map, Value};
 
-use super::backoff::Jitter;
+use super::backoff::{Curve, Jitter, Shape};
 use super::budget::RetryBudget;
 
 /// Largest `max_retries` accepted (as in the native plugin).
@@ -60,6 +60,14 @@ pub struct Policy {
     pub backoff_base_ms: u64,
     /// Cap of any delay (ms); always >= `backoff_base_ms` once validated.
     pub max_backoff_ms: u64,
+    /// How the delay ceiling grows with the attempt.
+    pub backoff: Shape,
+    /// `backoff_base_ms` of a throttled failure (429, or one that carries a
+    /// server delay hint); `None` = the same as `backoff_base_ms`.
+    pub throttle_backoff_base_ms: Option<u64>,
+    /// `max_backoff_ms` of a throttled failure; `None` = the same as
+    /// `max_backoff_ms`.
+    pub throttle_max_backoff_ms: Option<u64>,
     /// Status codes that count as a retriable failure.
     pub retry_on_status: Vec<i32>,
     /// Whether delays are jittered (`jitter: false` or `"none"` turn it off).
@@ -96,6 +104,9 @@ impl Default for Policy {
             max_retries: 2,
             backoff_base_ms: 200,
             max_backoff_ms: 5000,
+            backoff: Shape::Exponential,
+            throttle_backoff_base_ms: None,
+            throttle_max_backoff_ms: None,
             retry_on_status: vec![429, 500, 502, 503, 504],
             jitter: true,
             jitter_mode: Jitter::Full,
@@ -117,6 +128,31 @@ impl Policy {
             percent,
             min_per_sec: self.retry_budget_min_per_sec,
         })
+    }
+
+    /// The delay curve of a failure: the throttle class's (`throttled`: a 429
+    /// or a server delay hint) or the transient one's.
+    pub fn curve(&self, throttled: bool) -> Curve {
+        let (base_ms, max_ms) = if throttled {
+            self.throttle_bounds()
+        } else {
+            (self.backoff_base_ms, self.max_backoff_ms)
+        };
+        Curve {
+            shape: self.backoff,
+            base_ms,
+            max_ms,
+        }
+    }
+
+    /// The throttle class's `(base, max)` in ms, each the transient value
+    /// unless set.
+    pub fn throttle_bounds(&self) -> (u64, u64) {
+        (
+            self.throttle_backoff_base_ms
+                .unwrap_or(self.backoff_base_ms),
+            self.throttle_max_backoff_ms.unwrap_or(self.max_backoff_ms),
+        )
     }
 
     /// The jitter in force: `Jitter::None` when off, else `jitter_mode`.
@@ -221,7 +257,7 @@ impl Config {
         };
 
         let (global, set) = parse_policy(root, "", &Policy::default(), &mut errors);
-        check_backoff_order(&global, set, "", &mut errors);
+        check_policy(&global, set, "", &mut errors);
 
         let keys = Keys {
             map: root,
@@ -280,7 +316,7 @@ impl Config {
                         continue;
                     };
                     let (merged, set) = parse_policy(fields, &prefix, &global, &mut errors);
-                    check_backoff_order(&merged, set, &prefix, &mut errors);
+                    check_policy(&merged, set, &prefix, &mut errors);
                     overrides.insert(tool.clone(), merged);
                 }
             }
@@ -374,12 +410,15 @@ impl Errors {
     }
 }
 
-/// Which of the two ordered keys a mapping set (to a valid value), for the
-/// cross-field rule.
+/// Which keys of the cross-field rules a mapping set (to a valid value).
 #[derive(Clone, Copy)]
 struct Sets {
     backoff_base_ms: bool,
     max_backoff_ms: bool,
+    throttle_backoff_base_ms: bool,
+    throttle_max_backoff_ms: bool,
+    backoff: bool,
+    jitter: bool,
 }
 
 /// Reads the keys of one mapping (the document or a tool override),
@@ -489,11 +528,36 @@ fn parse_policy(
     ) {
         p.max_total_delay_ms = ms;
     }
+    let backoff = map
+        .get("backoff")
+        .and_then(|v| parse_shape(v, &join(prefix, "backoff"), errors));
+    if let Some(shape) = backoff {
+        p.backoff = shape;
+    }
+    const POSITIVE_OR_NULL: &str = "null or a positive integer (ms)";
+    let throttle_backoff_base_ms = keys.nullable_int(
+        "throttle_backoff_base_ms",
+        u64::MAX,
+        POSITIVE_OR_NULL,
+        errors,
+    );
+    if let Some(ms) = throttle_backoff_base_ms {
+        p.throttle_backoff_base_ms = ms;
+    }
+    let throttle_max_backoff_ms = keys.nullable_int(
+        "throttle_max_backoff_ms",
+        u64::MAX,
+        POSITIVE_OR_NULL,
+        errors,
+    );
+    if let Some(ms) = throttle_max_backoff_ms {
+        p.throttle_max_backoff_ms = ms;
+    }
     // `(on, mode)`: `true` = full, `false` = none, or a mode name.
-    if let Some((on, mode)) = map
+    let jitter = map
         .get("jitter")
-        .and_then(|v| parse_jitter(v, &join(prefix, "jitter"), errors))
-    {
+        .and_then(|v| parse_jitter(v, &join(prefix, "jitter"), errors));
+    if let Some((on, mode)) = jitter {
         p.jitter = on;
         p.jitter_mode = mode;
     }
@@ -535,48 +599,130 @@ fn parse_policy(
     let set = Sets {
         backoff_base_ms: backoff_base_ms.is_some(),
         max_backoff_ms: max_backoff_ms.is_some(),
+        throttle_backoff_base_ms: throttle_backoff_base_ms.is_some(),
+        throttle_max_backoff_ms: throttle_max_backoff_ms.is_some(),
+        backoff: backoff.is_some(),
+        jitter: jitter.is_some(),
     };
     (p, set)
 }
 
-/// The one cross-field rule, `max_backoff_ms >= backoff_base_ms`, reported
-/// at the key the mapping sets (`max_backoff_ms` first). The message names
-/// where the other bound came from: the same mapping, the default (for the
-/// global mapping), or the global config (for an override). A mapping that
-/// sets neither has nothing to report: for an override the global rule
-/// already did.
-fn check_backoff_order(merged: &Policy, set: Sets, prefix: &str, errors: &mut Errors) {
-    if merged.max_backoff_ms >= merged.backoff_base_ms {
+/// The cross-field rules of one mapping's merged policy: each class's cap
+/// at or above its base, and decorrelated jitter only with the exponential
+/// shape. A rule is reported at a key the mapping sets; a mapping that sets
+/// none of a rule's keys has nothing to report (for an override, the global
+/// mapping already did).
+fn check_policy(merged: &Policy, set: Sets, prefix: &str, errors: &mut Errors) {
+    check_order(
+        Bound {
+            key: "backoff_base_ms",
+            value: merged.backoff_base_ms,
+            set: set.backoff_base_ms,
+        },
+        Bound {
+            key: "max_backoff_ms",
+            value: merged.max_backoff_ms,
+            set: set.max_backoff_ms,
+        },
+        prefix,
+        errors,
+    );
+    // The throttle class's bounds, each read from the key it comes from: its
+    // own, or the transient one it follows. When it follows both, the rule
+    // above already covers it.
+    if merged.throttle_backoff_base_ms.is_some() || merged.throttle_max_backoff_ms.is_some() {
+        let (base, max) = merged.throttle_bounds();
+        let low = match merged.throttle_backoff_base_ms {
+            Some(_) => ("throttle_backoff_base_ms", set.throttle_backoff_base_ms),
+            None => ("backoff_base_ms", set.backoff_base_ms),
+        };
+        let high = match merged.throttle_max_backoff_ms {
+            Some(_) => ("throttle_max_backoff_ms", set.throttle_max_backoff_ms),
+            None => ("max_backoff_ms", set.max_backoff_ms),
+        };
+        check_order(
+            Bound {
+                key: low.0,
+                value: base,
+                set: low.1,
+            },
+            Bound {
+                key: high.0,
+                value: max,
+                set: high.1,
+            },
+            prefix,
+            errors,
+        );
+    }
+    if merged.jitter_kind() == Jitter::Decorrelated && merged.backoff != Shape::Exponential {
+        // Decorrelated jitter grows from the key's previous delay: a shape
+        // would have nothing to shape.
+        let shape = merged.backoff.name();
+        if set.backoff {
+            errors.push(
+                &join(prefix, "backoff"),
+                format!(
+                    "must be \"exponential\" with jitter \"decorrelated\" (it grows from the \
+                     previous delay, not by a shape), got \"{shape}\""
+                ),
+            );
+        } else if set.jitter {
+            errors.push(
+                &join(prefix, "jitter"),
+                format!(
+                    "\"decorrelated\" needs backoff \"exponential\" (it grows from the \
+                     previous delay, not by a shape), got backoff \"{shape}\""
+                ),
+            );
+        }
+    }
+}
+
+/// One bound of an ordered pair as a mapping sees it: its key, its merged
+/// value and whether the mapping set it.
+struct Bound {
+    key: &'static str,
+    value: u64,
+    set: bool,
+}
+
+/// `high >= low`, reported at the bound the mapping sets (`high` first). The
+/// message names where the other bound came from: the same mapping, the
+/// default (for the global mapping), or the global config (for an override).
+fn check_order(low: Bound, high: Bound, prefix: &str, errors: &mut Errors) {
+    if high.value >= low.value {
         return;
     }
     let global = prefix.is_empty();
-    if set.max_backoff_ms {
-        let note = if global || set.backoff_base_ms {
-            ""
-        } else {
-            INHERITED
-        };
-        errors.push(
-            &join(prefix, "max_backoff_ms"),
-            out_of_order(
-                ">= backoff_base_ms",
-                merged.backoff_base_ms,
-                note,
-                merged.max_backoff_ms,
-            ),
-        );
-    } else if set.backoff_base_ms {
+    if high.set {
+        let note = if global || low.set { "" } else { INHERITED };
+        let rule = format!(">= {}", low.key);
+        let message = out_of_order(&rule, low.value, note, high.value);
+        errors.push(&join(prefix, high.key), message);
+    } else if low.set {
         let note = if global { ", the default" } else { INHERITED };
+        let rule = format!("<= {}", high.key);
+        let message = out_of_order(&rule, high.value, note, low.value);
+        errors.push(&join(prefix, low.key), message);
+    }
+}
+
+/// `backoff`: one of the shape names.
+fn parse_shape(v: &Value, path: &str, errors: &mut Errors) -> Option<Shape> {
+    let parsed = match v.as_str() {
+        Some("exponential") => Some(Shape::Exponential),
+        Some("linear") => Some(Shape::Linear),
+        Some("constant") => Some(Shape::Constant),
+        _ => None,
+    };
+    if parsed.is_none() {
         errors.push(
-            &join(prefix, "backoff_base_ms"),
-            out_of_order(
-                "<= max_backoff_ms",
-                merged.max_backoff_ms,
-                note,
-                merged.backoff_base_ms,
-            ),
+            path,
+            must_be("one of \"exponential\", \"linear\", \"constant\"", v),
         );
     }
+    parsed
 }
 
 /// `jitter`: a boolean (parity: `true` is full jitter) or a mode name.
@@ -841,6 +987,97 @@ mod tests {
         assert_eq!(
             errors(r#"{"tool_overrides": {"t": {"jitter": "Full"}}}"#),
             vec!["tool_overrides.t.jitter: must be a boolean or one of \"none\", \"full\", \"equal\", \"decorrelated\", got \"Full\""]
+        );
+    }
+
+    #[test]
+    fn test_config_backoff_shapes_and_throttle_bounds() {
+        let c = Config::from_json(
+            r#"{"backoff": "linear", "throttle_backoff_base_ms": 1000,
+                "throttle_max_backoff_ms": 30000, "tool_overrides": {
+                "c": {"backoff": "constant", "backoff_base_ms": 50},
+                "same": {"throttle_backoff_base_ms": null, "throttle_max_backoff_ms": null}}}"#,
+        )
+        .unwrap();
+        let g = c.global();
+        assert_eq!(g.backoff, Shape::Linear);
+        assert_eq!(
+            g.curve(false),
+            Curve {
+                shape: Shape::Linear,
+                base_ms: 200,
+                max_ms: 5000
+            }
+        );
+        assert_eq!(
+            g.curve(true),
+            Curve {
+                shape: Shape::Linear,
+                base_ms: 1000,
+                max_ms: 30000
+            }
+        );
+        let t = c.policy_for("c");
+        assert_eq!(
+            t.curve(false),
+            Curve {
+                shape: Shape::Constant,
+                base_ms: 50,
+                max_ms: 5000
+            }
+        );
+        assert_eq!(t.throttle_bounds(), (1000, 30000), "inherited");
+        // null: the throttle class follows the transient one again.
+        assert_eq!(c.policy_for("same").throttle_bounds(), (200, 5000));
+        // Unset, the throttle class follows each mapping's transient bounds.
+        let c = Config::from_json(
+            r#"{"backoff_base_ms": 300, "tool_overrides": {"t": {"max_backoff_ms": 900}}}"#,
+        )
+        .unwrap();
+        assert_eq!(c.global().throttle_bounds(), (300, 5000));
+        assert_eq!(c.policy_for("t").throttle_bounds(), (300, 900));
+        assert_eq!(Config::default().global().backoff, Shape::Exponential);
+    }
+
+    #[test]
+    fn test_config_backoff_and_throttle_errors_name_their_keys() {
+        assert_eq!(
+            errors(
+                r#"{"backoff": "fibonacci", "throttle_backoff_base_ms": 0,
+                    "throttle_max_backoff_ms": "5"}"#
+            ),
+            vec![
+                "backoff: must be one of \"exponential\", \"linear\", \"constant\", got \"fibonacci\"",
+                "throttle_backoff_base_ms: must be null or a positive integer (ms), got 0",
+                "throttle_max_backoff_ms: must be null or a positive integer (ms), got \"5\"",
+            ]
+        );
+        // The throttle class's order, against the key each bound comes from.
+        assert_eq!(
+            errors(r#"{"throttle_backoff_base_ms": 9000}"#),
+            vec![
+                "throttle_backoff_base_ms: must be <= max_backoff_ms (5000, the default), got 9000"
+            ]
+        );
+        assert_eq!(
+            errors(r#"{"throttle_backoff_base_ms": 900, "throttle_max_backoff_ms": 800}"#),
+            vec!["throttle_max_backoff_ms: must be >= throttle_backoff_base_ms (900), got 800"]
+        );
+        assert_eq!(
+            errors(
+                r#"{"throttle_max_backoff_ms": 1000, "tool_overrides": {
+                    "t": {"backoff_base_ms": 2000, "max_backoff_ms": 9000}}}"#
+            ),
+            vec!["tool_overrides.t.backoff_base_ms: must be <= throttle_max_backoff_ms (1000, inherited from the global config), got 2000"]
+        );
+        // Decorrelated jitter has its own growth: only with the exponential shape.
+        assert_eq!(
+            errors(r#"{"backoff": "linear", "jitter": "decorrelated"}"#),
+            vec!["backoff: must be \"exponential\" with jitter \"decorrelated\" (it grows from the previous delay, not by a shape), got \"linear\""]
+        );
+        assert_eq!(
+            errors(r#"{"backoff": "constant", "tool_overrides": {"t": {"jitter": "decorrelated"}}}"#),
+            vec!["tool_overrides.t.jitter: \"decorrelated\" needs backoff \"exponential\" (it grows from the previous delay, not by a shape), got backoff \"constant\""]
         );
     }
 

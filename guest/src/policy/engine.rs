@@ -6,7 +6,7 @@ use fastrand::Rng;
 
 use super::backoff;
 use super::budget::Budgets;
-use super::classify::{classify_with, Classification, Hints, Signals};
+use super::classify::{classify_with, is_throttled, Classification, Hints, Signals};
 use super::config::{Config, Policy};
 use super::state::{Entry, Handle, StateTable, NO_HANDLE};
 
@@ -238,13 +238,14 @@ impl Engine {
             Classification::Failure | Classification::NeedText => {}
         }
 
-        let (max_retries, base, max, jitter, deadline) = (
+        let (max_retries, jitter, deadline) = (
             policy.max_retries,
-            policy.backoff_base_ms,
-            policy.max_backoff_ms,
             policy.jitter_kind(),
             policy.max_total_delay_ms,
         );
+        // The failure's class picks the curve: throttled (the server refused
+        // the load: a 429, or any failure carrying a delay hint) or transient.
+        let curve = policy.curve(is_throttled(signals, hints));
         // A server delay hint, clamped, when this tool honours them.
         let floor = hints
             .retry_after_ms
@@ -257,9 +258,8 @@ impl Engine {
         if failures <= max_retries {
             let delay_ms = match floor {
                 None => backoff::delay_ms(
+                    curve,
                     failures - 1,
-                    base,
-                    max,
                     jitter,
                     u64::from(entry.last_delay_ms),
                     &mut self.rng,
@@ -276,7 +276,7 @@ impl Engine {
                         });
                     }
                     // The hint is a floor; the jitter spreads clients above it.
-                    let spread = backoff::spread_ms(failures - 1, base, max, jitter, &mut self.rng);
+                    let spread = backoff::spread_ms(curve, failures - 1, jitter, &mut self.rng);
                     floor.saturating_add(spread).max(1)
                 }
             };
@@ -502,6 +502,41 @@ mod tests {
         e.decide("t", "r", OK, NO_TEXT, 0);
         assert_eq!(delays(&mut e, "t", "r", 1, 0), vec![(200, 1, Retry)]);
         assert_eq!(delays(&mut e, "x", "r", 1, 0), vec![(0, 1, Deadline)]);
+    }
+
+    #[test]
+    fn test_engine_throttled_failures_take_the_throttle_curve() {
+        let mut e = engine(
+            r#"{"jitter": false, "max_retries": 4, "backoff": "linear",
+                "throttle_backoff_base_ms": 1000, "throttle_max_backoff_ms": 2500}"#,
+        );
+        let fail = |status| Signals {
+            status: Some(status),
+            ..FAIL
+        };
+        let mut decide = |rid: &str, signals, hints| match e
+            .decide_with_hints("t", rid, signals, hints, NO_TEXT, 0)
+        {
+            Outcome::Decided(d) => d.delay_ms,
+            Outcome::NeedText => panic!("need text"),
+        };
+        // 429: throttled, linear from 1000 capped at 2500.
+        let throttled: Vec<u64> = (0..4)
+            .map(|_| decide("a", fail(429), Hints::NONE))
+            .collect();
+        assert_eq!(throttled, vec![1000, 2000, 2500, 2500]);
+        // 503 and a bare error: transient, linear from 200.
+        assert_eq!(decide("b", fail(503), Hints::NONE), 200);
+        assert_eq!(decide("b", FAIL, Hints::NONE), 400);
+        // A delay hint makes any failure throttled (here not honoured as a floor).
+        let hint = Hints {
+            retry_after_ms: Some(5),
+            ..Hints::NONE
+        };
+        assert_eq!(decide("c", fail(503), hint), 1000);
+        // The count is the key's, whatever the class of each failure.
+        assert_eq!(decide("c", fail(503), Hints::NONE), 400);
+        assert_eq!(decide("c", fail(429), Hints::NONE), 2500);
     }
 
     #[test]

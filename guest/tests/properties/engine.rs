@@ -19,6 +19,7 @@
 use std::collections::HashMap;
 
 use proptest::prelude::*;
+use retry_engine::policy::backoff::Shape;
 use retry_engine::policy::config::MAX_RETRIES_LIMIT;
 use retry_engine::policy::{snapshot, Config, Decision, Engine, Outcome, Reason, Signals};
 
@@ -96,6 +97,10 @@ struct Spec {
     b: Option<(u32, u64, u64)>,
     /// Whether tool "txt" checks text content.
     txt_checks_text: bool,
+    /// `backoff` (the shape, global).
+    shape: Shape,
+    /// `throttle_backoff_base_ms` / `throttle_max_backoff_ms` (global).
+    throttle: Option<(u64, u64)>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -106,6 +111,19 @@ struct Pol {
     jitter: bool,
     codes: Vec<i32>,
     check_text: bool,
+    shape: Shape,
+    /// The throttle class's (base, max); None = the transient ones.
+    throttle: Option<(u64, u64)>,
+}
+
+impl Pol {
+    /// The (base, max) a failure `res` is delayed by: a 429 is throttled.
+    fn bounds(&self, res: Res) -> (u64, u64) {
+        match self.throttle {
+            Some(bounds) if res.signals().status == Some(429) => bounds,
+            _ => (self.base, self.max),
+        }
+    }
 }
 
 impl Spec {
@@ -123,7 +141,15 @@ impl Spec {
                 serde_json::json!({"check_text_content": true}),
             );
         }
+        let (throttle_base, throttle_max) = self.throttle.unzip();
         serde_json::json!({
+            "backoff": match self.shape {
+                Shape::Exponential => "exponential",
+                Shape::Linear => "linear",
+                Shape::Constant => "constant",
+            },
+            "throttle_backoff_base_ms": throttle_base,
+            "throttle_max_backoff_ms": throttle_max,
             "max_retries": self.max_retries,
             "backoff_base_ms": self.base,
             "max_backoff_ms": self.max,
@@ -148,6 +174,8 @@ impl Spec {
             jitter: self.jitter,
             codes: self.codes.clone(),
             check_text: false,
+            shape: self.shape,
+            throttle: self.throttle,
         };
         match tool {
             "b" => {
@@ -183,9 +211,13 @@ fn spec(
         ttl,
         prop::option::of((0u32..=MAX_RETRIES_LIMIT, base_and_max())),
         any::<bool>(),
+        (
+            prop::sample::select(vec![Shape::Exponential, Shape::Linear, Shape::Constant]),
+            prop::option::of(base_and_max()),
+        ),
     )
         .prop_map(
-            |(max_retries, (base, max), jitter, codes, cap, ttl, b, txt)| Spec {
+            |(max_retries, (base, max), jitter, codes, cap, ttl, b, txt, (shape, throttle))| Spec {
                 max_retries,
                 base,
                 max,
@@ -195,6 +227,8 @@ fn spec(
                 ttl,
                 b: b.map(|(r, (base, max))| (r, base, max)),
                 txt_checks_text: txt,
+                shape,
+                throttle,
             },
         )
 }
@@ -276,9 +310,18 @@ fn wild_ops() -> impl Strategy<Value = Vec<Op>> {
     prop::collection::vec(op, 1..160)
 }
 
-fn ceiling(failures: u32, base: u64, max: u64) -> u64 {
-    let factor = 1u64.checked_shl(failures - 1).unwrap_or(u64::MAX);
-    base.saturating_mul(factor).min(max)
+/// The ceiling of retry `failures` of a failure `res` under `p`, written
+/// here apart from the core's `Curve`.
+fn ceiling(p: &Pol, res: Res, failures: u32) -> u64 {
+    let (base, max) = p.bounds(res);
+    let uncapped = match p.shape {
+        Shape::Exponential => {
+            base.saturating_mul(1u64.checked_shl(failures - 1).unwrap_or(u64::MAX))
+        }
+        Shape::Linear => base.saturating_mul(u64::from(failures)),
+        Shape::Constant => base,
+    };
+    uncapped.min(max)
 }
 
 fn expired(last: u64, now: u64, ttl: u64) -> bool {
@@ -402,7 +445,7 @@ impl Model {
             self.counts.insert(key.clone(), (failures, now));
             self.order.push(key);
             Outcome::Decided(Decision {
-                delay_ms: ceiling(failures, p.base, p.max),
+                delay_ms: ceiling(&p, res, failures),
                 failures,
                 reason: Reason::Retry,
             })
@@ -475,14 +518,14 @@ fn check_decision(
                     d,
                     p
                 );
-                let cap = ceiling(d.failures, p.base, p.max);
+                let cap = ceiling(p, res, d.failures);
                 prop_assert!(
                     d.delay_ms >= 1 && d.delay_ms <= cap,
                     "{:?} ceiling {}",
                     d,
                     cap
                 );
-                prop_assert!(d.delay_ms <= p.max);
+                prop_assert!(d.delay_ms <= p.bounds(res).1);
                 if !p.jitter {
                     prop_assert_eq!(d.delay_ms, cap);
                 }

@@ -35,7 +35,7 @@ wasmtime::component::bindgen!({
 });
 
 pub use exports::contextforge::retry::retry_engine::{
-    ConfigError, DecisionReason, JitterMode, Policy, SimDecision, SimStep,
+    BackoffShape, ConfigError, DecisionReason, JitterMode, Policy, SimDecision, SimStep,
 };
 
 /// The contract version the harness is written against (the guest's).

@@ -40,6 +40,8 @@ fn test_config_all_keys_are_read() -> Result<()> {
         max_retries: 10,
         backoff_base_ms: 1,
         max_backoff_ms: 1,
+        throttle_backoff_base_ms: 1,
+        throttle_max_backoff_ms: 1,
         retry_on_status: vec![418, -1, 0],
         jitter: false,
         jitter_mode: JitterMode::None,
@@ -421,6 +423,8 @@ fn test_config_tool_policy_merges_overrides() -> Result<()> {
         h.tool_policy("search")?
             == Policy {
                 backoff_base_ms: 50,
+                // The throttle class follows the transient bounds it is not given.
+                throttle_backoff_base_ms: 50,
                 retry_on_status: vec![418],
                 ..global.clone()
             }
@@ -441,6 +445,9 @@ fn test_config_tool_policy_merges_overrides() -> Result<()> {
                 max_retries: 1,
                 backoff_base_ms: 7,
                 max_backoff_ms: 9,
+                backoff: BackoffShape::Exponential,
+                throttle_backoff_base_ms: 7,
+                throttle_max_backoff_ms: 9,
                 retry_on_status: vec![],
                 jitter: true,
                 jitter_mode: JitterMode::Full,

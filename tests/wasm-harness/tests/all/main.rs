@@ -26,4 +26,5 @@ mod safe;
 mod simulate;
 mod snapshot;
 mod text_bounds;
+mod throttle;
 mod ttl;

@@ -2,7 +2,8 @@
 
 pub use anyhow::{bail, ensure, Result};
 pub use harness::{
-    reason, ConfigError, Decision, DecisionReason, Harness, JitterMode, Policy, Signals,
+    reason, BackoffShape, ConfigError, Decision, DecisionReason, Harness, JitterMode, Policy,
+    Signals,
 };
 pub use serde_json::json;
 
@@ -29,6 +30,9 @@ pub fn default_policy() -> Policy {
         max_retries: 2,
         backoff_base_ms: 200,
         max_backoff_ms: 5000,
+        backoff: BackoffShape::Exponential,
+        throttle_backoff_base_ms: 200,
+        throttle_max_backoff_ms: 5000,
         retry_on_status: vec![429, 500, 502, 503, 504],
         jitter: true,
         jitter_mode: JitterMode::Full,

@@ -40,12 +40,13 @@ from typing import Any
 from wasmtime import Config, Engine, WasmtimeError, _bindings, _ffi
 from wasmtime.component import Component, ComponentInstanceType, ExportIndex, FuncType, Linker
 
-from .model import MESSAGE_PREFIX, ConfigError, RetryEngineLoadError
+from .model import CONTRACT_MINORS, CONTRACT_WANTED, MESSAGE_PREFIX, ConfigError, RetryEngineLoadError
 
 log = logging.getLogger(__name__)
 
-#: Exported interface, matched on package, name and the contract's 0.2 minor.
-INTERFACE_PREFIX = "contextforge:retry/retry-engine@0.2."
+#: Exported interface, matched on package, name and a contract minor this host loads.
+INTERFACE_FAMILY = "contextforge:retry/retry-engine"
+INTERFACE_PREFIXES = tuple(f"{INTERFACE_FAMILY}@{minor}." for minor in CONTRACT_MINORS)
 #: The only imports a retry-engine component may have (matched without the patch version).
 CLOCK_INTERFACE_PREFIX = "wasi:clocks/monotonic-clock@0.2."
 SEED_INTERFACE_PREFIX = "wasi:random/insecure-seed@0.2."
@@ -330,14 +331,13 @@ def _describe(path: Path, engine: Engine, component: Component, sha256: str) -> 
     # The contract first: a build for another contract version is the likeliest mistake, and
     # its error should name both versions rather than whatever else differs.
     exports = ctype.exports(engine)
-    interface = next((name for name in exports if name.startswith(INTERFACE_PREFIX)), None)
+    interface = next((name for name in exports if name.startswith(INTERFACE_PREFIXES)), None)
     if interface is None:
-        family = INTERFACE_PREFIX.split("@", maxsplit=1)[0]
-        others = sorted(name for name in exports if name.startswith(family))
+        others = sorted(name for name in exports if name.startswith(INTERFACE_FAMILY))
         found = f"it exports {', '.join(others or sorted(exports)) or 'nothing'}"
         raise RetryEngineLoadError(
             f"{MESSAGE_PREFIX}: {path} is not for this host's contract: the host needs "
-            f"{INTERFACE_PREFIX}x, {found}"
+            f"{INTERFACE_FAMILY}@{CONTRACT_WANTED}, {found}"
         )
     imports: dict[str, frozenset[str]] = {}
     for name, item in ctype.imports(engine).items():

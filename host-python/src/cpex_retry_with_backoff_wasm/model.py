@@ -11,7 +11,16 @@ from typing import Any
 
 #: Name of the component's WIT interface and the contract version this host implements.
 COMPONENT_NAME = "retry-engine"
-CONTRACT_VERSION = "0.2.1"
+CONTRACT_VERSION = "0.3.0"
+#: Contract minors this host loads, newest first: its own, and 0.2, whose components differ
+#: only in ``policy`` fields the host reads with their defaults. Loading a 0.2 build lets a
+#: hot reload carry live state from it into a 0.3 one.
+CONTRACT_MINORS = ("0.3", "0.2")
+#: Configuration keys (global and per tool) a 0.2 component does not know: it would ignore
+#: them, so the host refuses them for such a component instead.
+KEYS_SINCE_0_3 = ("backoff", "throttle_backoff_base_ms", "throttle_max_backoff_ms")
+#: How messages name the versions this host loads, e.g. ``0.3.x (or 0.2.x)``.
+CONTRACT_WANTED = f"{CONTRACT_MINORS[0]}.x" + "".join(f" (or {m}.x)" for m in CONTRACT_MINORS[1:])
 #: Prefix for every message this package raises or logs about the component.
 MESSAGE_PREFIX = f"{COMPONENT_NAME}@{CONTRACT_VERSION}"
 
@@ -45,10 +54,28 @@ class Policy:
     retry_budget_percent: int | None = None
     #: WIT ``retry-budget-min-per-sec``.
     retry_budget_min_per_sec: int = 1
+    #: WIT ``backoff``: ``exponential``, ``linear`` or ``constant``.
+    backoff: str = "exponential"
+    #: WIT ``throttle-backoff-base-ms`` / ``throttle-max-backoff-ms``: the throttle class's
+    #: bounds; left out (a 0.2 component has none), the transient ones.
+    throttle_backoff_base_ms: int | None = None
+    throttle_max_backoff_ms: int | None = None
 
     def __post_init__(self) -> None:
         if not self.jitter_mode:
             object.__setattr__(self, "jitter_mode", "full" if self.jitter else "none")
+        if self.throttle_backoff_base_ms is None:
+            object.__setattr__(self, "throttle_backoff_base_ms", self.backoff_base_ms)
+        if self.throttle_max_backoff_ms is None:
+            object.__setattr__(self, "throttle_max_backoff_ms", self.max_backoff_ms)
+
+    @property
+    def throttle_differs(self) -> bool:
+        """Whether throttled failures (429 or a server delay hint) have bounds of their own."""
+        return (self.throttle_backoff_base_ms, self.throttle_max_backoff_ms) != (
+            self.backoff_base_ms,
+            self.max_backoff_ms,
+        )
 
     @classmethod
     def from_record(cls, record: Any) -> Policy:
@@ -67,6 +94,9 @@ class Policy:
             max_retry_after_ms=int(getattr(record, "max-retry-after-ms", 60_000)),
             retry_budget_percent=_optional_int(getattr(record, "retry-budget-percent", None)),
             retry_budget_min_per_sec=int(getattr(record, "retry-budget-min-per-sec", 1)),
+            backoff=str(getattr(record, "backoff", "exponential")),
+            throttle_backoff_base_ms=_optional_int(getattr(record, "throttle-backoff-base-ms", None)),
+            throttle_max_backoff_ms=_optional_int(getattr(record, "throttle-max-backoff-ms", None)),
         )
 
     def metadata(self) -> dict[str, Any]:

@@ -172,9 +172,12 @@ class RetryEngine:
                     raise ConfigurationError(errors)
         self._global_policy = sandbox.global_policy()
         # Reading the safe-classification and delay-hint facts costs on every failure: only
-        # when some effective policy (the component's word) reads them.
+        # when some effective policy (the component's word) reads them. A delay hint also makes
+        # a failure throttled, which matters where the throttle class has bounds of its own.
         policies = [self._global_policy, *(sandbox.tool_policy(key_part(t)) for t in tools)]
-        self._read_hints = any(p.safe_classification or p.honor_retry_after for p in policies)
+        self._read_hints = any(
+            p.safe_classification or p.honor_retry_after or p.throttle_differs for p in policies
+        )
         # The component validated it as a boolean (global key); the host only presents it.
         self._metrics_reason = raw.get("metrics_reason") is True
         # Validated by the component: "request" (default), "tenant" or "user".

@@ -15,6 +15,7 @@ again.
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable
 from pathlib import Path
@@ -34,7 +35,9 @@ from .loader import (
     production_linker,
 )
 from .model import (
-    CONTRACT_VERSION,
+    CONTRACT_MINORS,
+    CONTRACT_WANTED,
+    KEYS_SINCE_0_3,
     MESSAGE_PREFIX,
     ConfigError,
     ConfigurationError,
@@ -234,16 +237,20 @@ class Sandbox:
         """The instance's ``contract-version``, if this host speaks it."""
         self.cold_fuel()
         version = self.funcs["contract-version"](self.live_store())
-        if not isinstance(version, str) or version.split(".")[:2] != CONTRACT_VERSION.split(".")[:2]:
+        if not isinstance(version, str) or ".".join(version.split(".")[:2]) not in CONTRACT_MINORS:
             raise RetryEngineLoadError(
                 f"{MESSAGE_PREFIX}: {self.path} implements contract {version!r}, "
-                f"this host needs {CONTRACT_VERSION.rsplit('.', 1)[0]}.x"
+                f"this host needs {CONTRACT_WANTED}"
             )
         self.contract_version = version
         return version
 
     def configure(self, config_json: str) -> tuple[ConfigError, ...]:
         """``configure`` the instance; the problems it found (none: it is configured)."""
+        if self.contract_version.startswith("0.2."):
+            unknown = _keys_unknown_to_0_2(config_json, f"{self.path} implements {self.contract_version}")
+            if unknown:
+                return unknown
         self.set_fuel(self.fuel + CONFIGURE_FUEL_PER_BYTE * len(config_json.encode("utf-8", "replace")))
         errors = self.funcs["configure"](self.live_store(), config_json)
         if errors is None:
@@ -413,3 +420,24 @@ def _define_seed(iface: Any, funcs: frozenset[str], seed: Seed) -> None:
 
 
 __all__ = ["COLD_FUEL_FACTOR", "Build", "Clock", "Sandbox", "Seed", "describe_fault"]
+
+
+def _keys_unknown_to_0_2(config_json: str, why: str) -> tuple[ConfigError, ...]:
+    """The keys of ``config_json`` that a 0.2 component would silently ignore, as errors."""
+    try:
+        raw = json.loads(config_json)
+    except ValueError:
+        return ()  # the component names that problem itself
+    if not isinstance(raw, dict):
+        return ()
+    mappings: list[tuple[str, Any]] = [("", raw)]
+    overrides = raw.get("tool_overrides")
+    if isinstance(overrides, dict):
+        mappings += [(f"tool_overrides.{tool}.", entry) for tool, entry in overrides.items()]
+    return tuple(
+        ConfigError(f"{prefix}{key}", f"needs a contract 0.3 component; {why}")
+        for prefix, mapping in mappings
+        if isinstance(mapping, dict)
+        for key in KEYS_SINCE_0_3
+        if key in mapping
+    )

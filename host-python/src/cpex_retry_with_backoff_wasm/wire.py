@@ -25,7 +25,8 @@ SIG_VALIDATION_ERROR: Final = 1 << 4
 SIG_INPUT_REQUIRED: Final = 1 << 5
 #: bit 6: an explicit ``retryable: False``.
 SIG_NOT_RETRYABLE: Final = 1 << 6
-#: bit 7: a server delay hint (``honor_retry_after``) is in bits 8..31, in ms from now.
+#: bit 7: a server delay hint (``honor_retry_after``; it also makes a failure throttled) is in
+#: bits 8..31, in ms from now.
 SIG_RETRY_AFTER: Final = 1 << 7
 RETRY_AFTER_SHIFT: Final = 8
 #: The largest hint the wire carries (24 bits of ms); larger ones saturate.

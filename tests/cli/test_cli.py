@@ -251,6 +251,39 @@ SCENARIOS = [
         ],
     ),
     Scenario(
+        "shapes_and_throttle",
+        "backoff shapes (linear, constant per tool) and the throttle class: a 429 or a delay hint "
+        "takes the throttle bounds",
+        {
+            "jitter": False,
+            "max_retries": 3,
+            "backoff": "linear",
+            "backoff_base_ms": 100,
+            "max_backoff_ms": 250,
+            "throttle_backoff_base_ms": 1000,
+            "throttle_max_backoff_ms": 1500,
+            "tool_overrides": {"flat": {"backoff": "constant"}},
+        },
+        [
+            S("t", "r", FAIL, "100/1/retry"),
+            S("t", "r", status(503), "200/2/retry"),
+            S("t", "r", FAIL, "250/3/retry"),  # 300 capped at max_backoff_ms
+            S("t", "r", FAIL, "0/4/exhausted"),
+            S("t", "q", status(429), "1000/1/retry"),  # throttled
+            S("t", "q", status(429), "1500/2/retry"),  # 2000 capped at throttle_max_backoff_ms
+            S("t", "q", status(503), "250/3/retry"),  # transient again: the count is the key's
+            S(
+                "t",
+                "h",
+                {"isError": True, "structuredContent": {"status_code": 503, "retry_after_ms": 5}},
+                "1000/1/retry",  # a delay hint: throttled, though not honoured
+            ),
+            S("flat", "f", FAIL, "100/1/retry"),
+            S("flat", "f", status(429), "1000/2/retry"),
+            S("flat", "f", FAIL, "100/3/retry"),
+        ],
+    ),
+    Scenario(
         "text_content",
         "check_text_content: a JSON text item with isError or a listed status_code, "
         "only without structured content",
@@ -411,6 +444,17 @@ def test_configure_accepts(config: str) -> None:
             [('tool_overrides["a.b"].max_retries', "must be a non-negative integer, got -1")],
         ),
         ('{"retry_on_status": "500"}', [("retry_on_status", 'must be a list of integers, got "500"')]),
+        (
+            '{"backoff": "linear", "jitter": "decorrelated", "throttle_max_backoff_ms": 100}',
+            [
+                ("throttle_max_backoff_ms", "must be >= backoff_base_ms (200), got 100"),
+                (
+                    "backoff",
+                    'must be "exponential" with jitter "decorrelated" (it grows from the previous delay, '
+                    'not by a shape), got "linear"',
+                ),
+            ],
+        ),
         ("[1]", [("", "must be a mapping, got a list")]),
     ],
 )

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from cpex.framework import GlobalContext, ToolPostInvokePayload
 
-from cpex_retry_with_backoff_wasm import WasmRetryEngine
+from cpex_retry_with_backoff_wasm import RetryEngineLoadError, WasmRetryEngine
 from cpex_retry_with_backoff_wasm.model import ConfigurationError
 from cpex_retry_with_backoff_wasm.wire import DELAY_MASK
 
@@ -144,7 +144,7 @@ def test_hot_reload_from_a_0_2_build_carries_live_state_into_0_3(wasm_path: Path
 def test_reload_to_a_0_2_build_is_refused_while_the_config_uses_0_3_keys(wasm_path: Path) -> None:
     engine = WasmRetryEngine({"jitter": False, "backoff": "linear"})
     assert decide_all(engine, "t", "r", [err()]) == [200]
-    with pytest.raises(ConfigurationError, match=r"backoff: needs a contract 0\.3 component"):
+    with pytest.raises(RetryEngineLoadError, match=r"backoff: needs a contract 0\.3 component"):
         engine.reload(WASM_0_2)
     assert engine.contract_version.startswith("0.3.")
     assert decide_all(engine, "t", "r", [err()]) == [400]

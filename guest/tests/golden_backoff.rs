@@ -117,8 +117,10 @@ const GOLDEN_DECORRELATED: Table = [
     [93, 109, 150, 154, 271, 316],
 ];
 
+/// Linear reaches a lower cap within `RETRIES`, so its goldens pin the cap too.
 const LINEAR: Curve = Curve {
     shape: Shape::Linear,
+    max_ms: 300,
     ..CURVE
 };
 const CONSTANT: Curve = Curve {
@@ -127,28 +129,28 @@ const CONSTANT: Curve = Curve {
 };
 
 /// `linear` without jitter: `min(base · (attempt + 1), max)`.
-const GOLDEN_LINEAR_NONE: Table = [[75, 150, 225, 300, 375, 450]; KEYS];
+const GOLDEN_LINEAR_NONE: Table = [[75, 150, 225, 300, 300, 300]; KEYS];
 /// `linear` with `full` jitter: uniform in `[1, ceiling]`.
 const GOLDEN_LINEAR_FULL: Table = [
-    [26, 71, 8, 113, 224, 270],
-    [30, 18, 36, 87, 61, 76],
-    [62, 14, 179, 215, 310, 161],
-    [32, 130, 70, 92, 202, 17],
-    [10, 135, 32, 80, 343, 74],
-    [65, 137, 199, 164, 332, 356],
-    [29, 79, 204, 75, 19, 167],
-    [10, 26, 68, 64, 191, 147],
+    [26, 71, 8, 113, 179, 180],
+    [30, 18, 36, 87, 49, 51],
+    [62, 14, 179, 215, 248, 107],
+    [32, 130, 70, 92, 162, 12],
+    [10, 135, 32, 80, 274, 50],
+    [65, 137, 199, 164, 266, 237],
+    [29, 79, 204, 75, 16, 111],
+    [10, 26, 68, 64, 153, 98],
 ];
 /// `linear` with `equal` jitter: uniform in `[ceil(ceiling / 2), ceiling]`.
 const GOLDEN_LINEAR_EQUAL: Table = [
-    [50, 110, 116, 206, 299, 360],
-    [52, 83, 130, 193, 218, 262],
-    [69, 82, 202, 257, 342, 305],
-    [53, 140, 147, 195, 289, 233],
-    [42, 143, 128, 189, 359, 261],
-    [70, 144, 212, 232, 354, 403],
-    [52, 114, 215, 187, 197, 308],
-    [42, 87, 146, 181, 283, 298],
+    [50, 110, 116, 206, 239, 240],
+    [52, 83, 130, 193, 174, 175],
+    [69, 82, 202, 257, 274, 203],
+    [53, 140, 147, 195, 231, 155],
+    [42, 143, 128, 189, 287, 174],
+    [70, 144, 212, 232, 283, 269],
+    [52, 114, 215, 187, 157, 205],
+    [42, 87, 146, 181, 226, 199],
 ];
 /// `constant` without jitter: `base`.
 const GOLDEN_CONSTANT_NONE: Table = [[75; RETRIES]; KEYS];

@@ -7,6 +7,7 @@ the component (a delay hint where the throttle class differs) and reports the ef
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -118,6 +119,32 @@ def test_keys_a_0_2_build_would_ignore_are_refused_naming_the_build() -> None:
     messages = [str(e) for e in info.value.errors]
     assert [e.path for e in info.value.errors] == ["backoff", "tool_overrides.t.throttle_backoff_base_ms"]
     assert all("needs a contract 0.3 component" in m and "0.2.1" in m for m in messages), messages
+
+
+def test_refused_keys_join_the_components_own_problems_with_its_paths() -> None:
+    with pytest.raises(ConfigurationError) as info:
+        WasmRetryEngine(
+            {
+                "max_retries": 99,
+                "throttle_max_backoff_ms": None,  # null: what a 0.2 component does anyway
+                "tool_overrides": {"a.b": {"backoff": "constant"}},
+                "wasm_path": str(WASM_0_2),
+            }
+        )
+    paths = [e.path for e in info.value.errors]
+    assert paths == ["max_retries", 'tool_overrides["a.b"].backoff']
+
+
+def test_a_component_whose_export_and_version_disagree_is_refused(tmp_path: Path) -> None:
+    # The 0.2.1 build answering contract-version "0.3.1" while it exports @0.2.1: the host
+    # would take it for a component that knows the 0.3 keys.
+    data = WASM_0_2.read_bytes()
+    literal = re.compile(rb"(?<![\d.@])0\.2\.1(?!\d)")
+    assert len(literal.findall(data)) == 1, "the fixture rename no longer finds the version literal"
+    lying = tmp_path / "lying.wasm"
+    lying.write_bytes(literal.sub(b"0.3.1", data))
+    with pytest.raises(RetryEngineLoadError, match=r"implements contract '0\.3\.1' but exports .*@0\.2\.1"):
+        WasmRetryEngine({"wasm_path": str(lying)})
 
 
 def test_hot_reload_from_a_0_2_build_carries_live_state_into_0_3(wasm_path: Path) -> None:

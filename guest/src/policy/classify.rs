@@ -44,7 +44,7 @@ pub struct Signals {
 }
 
 /// Facts beyond the native plugin's that the host reads from a result
-/// (signal bits 4..6). Only consulted under `safe_classification`.
+/// (signal bits 4..31): the first three only under `safe_classification`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Hints {
     /// An MCP input-validation error: a JSON-RPC `-32602` code or an explicit
@@ -55,7 +55,8 @@ pub struct Hints {
     /// An explicit `retryable: false`.
     pub not_retryable: bool,
     /// A server delay hint in ms (`Retry-After` and friends, as the host
-    /// read it, relative to now); only consulted under `honor_retry_after`.
+    /// read it, relative to now): the delay's floor under `honor_retry_after`,
+    /// and in any case it makes the failure throttled ([`is_throttled`]).
     pub retry_after_ms: Option<u32>,
 }
 

@@ -632,13 +632,20 @@ fn check_policy(merged: &Policy, set: Sets, prefix: &str, errors: &mut Errors) {
     // above already covers it.
     if merged.throttle_backoff_base_ms.is_some() || merged.throttle_max_backoff_ms.is_some() {
         let (base, max) = merged.throttle_bounds();
-        let low = match merged.throttle_backoff_base_ms {
-            Some(_) => ("throttle_backoff_base_ms", set.throttle_backoff_base_ms),
-            None => ("backoff_base_ms", set.backoff_base_ms),
+        // A throttle key the mapping sets to null is reported at itself: it
+        // is what brought the transient value in.
+        let low = match (
+            merged.throttle_backoff_base_ms,
+            set.throttle_backoff_base_ms,
+        ) {
+            (Some(_), _) | (None, true) => {
+                ("throttle_backoff_base_ms", set.throttle_backoff_base_ms)
+            }
+            (None, false) => ("backoff_base_ms", set.backoff_base_ms),
         };
-        let high = match merged.throttle_max_backoff_ms {
-            Some(_) => ("throttle_max_backoff_ms", set.throttle_max_backoff_ms),
-            None => ("max_backoff_ms", set.max_backoff_ms),
+        let high = match (merged.throttle_max_backoff_ms, set.throttle_max_backoff_ms) {
+            (Some(_), _) | (None, true) => ("throttle_max_backoff_ms", set.throttle_max_backoff_ms),
+            (None, false) => ("max_backoff_ms", set.max_backoff_ms),
         };
         check_order(
             Bound {
@@ -1069,6 +1076,21 @@ mod tests {
                     "t": {"backoff_base_ms": 2000, "max_backoff_ms": 9000}}}"#
             ),
             vec!["tool_overrides.t.backoff_base_ms: must be <= throttle_max_backoff_ms (1000, inherited from the global config), got 2000"]
+        );
+        // A null in an override brings the transient bound back: checked too.
+        assert_eq!(
+            errors(
+                r#"{"throttle_backoff_base_ms": 100, "throttle_max_backoff_ms": 150,
+                    "tool_overrides": {"t": {"throttle_backoff_base_ms": null}}}"#
+            ),
+            vec!["tool_overrides.t.throttle_backoff_base_ms: must be <= throttle_max_backoff_ms (150, inherited from the global config), got 200"]
+        );
+        assert_eq!(
+            errors(
+                r#"{"max_backoff_ms": 3000, "throttle_backoff_base_ms": 4000,
+                    "throttle_max_backoff_ms": 10000, "tool_overrides": {"u": {"throttle_max_backoff_ms": null}}}"#
+            ),
+            vec!["tool_overrides.u.throttle_max_backoff_ms: must be >= throttle_backoff_base_ms (4000, inherited from the global config), got 3000"]
         );
         // Decorrelated jitter has its own growth: only with the exponential shape.
         assert_eq!(

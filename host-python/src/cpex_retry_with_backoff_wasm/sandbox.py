@@ -28,6 +28,7 @@ from . import fastcall
 from .fastcall import KEY_FUEL_PER_BYTE, HeldFuel, LeanDecide, LeanDecideHeld, lean_decide, lean_decide_held
 from .loader import (
     CLOCK_INTERFACE_PREFIX,
+    INTERFACE_FAMILY,
     SEED_INTERFACE_PREFIX,
     LoadedComponent,
     get_engine,
@@ -237,26 +238,40 @@ class Sandbox:
         """The instance's ``contract-version``, if this host speaks it."""
         self.cold_fuel()
         version = self.funcs["contract-version"](self.live_store())
-        if not isinstance(version, str) or ".".join(version.split(".")[:2]) not in CONTRACT_MINORS:
+        if not isinstance(version, str):
+            raise RetryEngineLoadError(
+                f"{MESSAGE_PREFIX}: {self.path} answers contract-version with {version!r}"
+            )
+        minor = ".".join(version.split(".")[:2])
+        if minor not in CONTRACT_MINORS:
             raise RetryEngineLoadError(
                 f"{MESSAGE_PREFIX}: {self.path} implements contract {version!r}, "
                 f"this host needs {CONTRACT_WANTED}"
+            )
+        # The export name and the version must agree: which keys the component knows is read
+        # from its minor.
+        interface = self.build.loaded.interface
+        if not interface.startswith(f"{INTERFACE_FAMILY}@{minor}."):
+            raise RetryEngineLoadError(
+                f"{MESSAGE_PREFIX}: {self.path} implements contract {version!r} but exports {interface}"
             )
         self.contract_version = version
         return version
 
     def configure(self, config_json: str) -> tuple[ConfigError, ...]:
         """``configure`` the instance; the problems it found (none: it is configured)."""
+        unknown: tuple[ConfigError, ...] = ()
         if self.contract_version.startswith("0.2."):
             unknown = _keys_unknown_to_0_2(config_json, f"{self.path} implements {self.contract_version}")
-            if unknown:
-                return unknown
         self.set_fuel(self.fuel + CONFIGURE_FUEL_PER_BYTE * len(config_json.encode("utf-8", "replace")))
         errors = self.funcs["configure"](self.live_store(), config_json)
-        if errors is None:
+        if errors is None and not unknown:
             self.config_json = config_json
             return ()
-        return tuple(ConfigError.from_record(e) for e in errors)
+        # Refused keys join the component's own problems (all reported at once); the instance
+        # may now hold the refused configuration, but the caller then discards it or restores
+        # the previous instance.
+        return tuple(ConfigError.from_record(e) for e in errors or ()) + unknown
 
     def global_policy(self) -> Policy:
         self.cold_fuel()
@@ -433,11 +448,21 @@ def _keys_unknown_to_0_2(config_json: str, why: str) -> tuple[ConfigError, ...]:
     mappings: list[tuple[str, Any]] = [("", raw)]
     overrides = raw.get("tool_overrides")
     if isinstance(overrides, dict):
-        mappings += [(f"tool_overrides.{tool}.", entry) for tool, entry in overrides.items()]
+        mappings += [(f"{override_path(tool)}.", entry) for tool, entry in overrides.items()]
+    # null asks for what a 0.2 component does anyway (the transient bounds), so it is no problem.
     return tuple(
         ConfigError(f"{prefix}{key}", f"needs a contract 0.3 component; {why}")
         for prefix, mapping in mappings
         if isinstance(mapping, dict)
         for key in KEYS_SINCE_0_3
-        if key in mapping
+        if mapping.get(key) is not None
     )
+
+
+def override_path(tool: str) -> str:
+    """``tool_overrides.<tool>`` as the component writes it: quoted when the name is empty or
+    contains ``.``, ``[``, ``]`` or ``"``."""
+    if tool and not any(c in tool for c in '.[]"'):
+        return f"tool_overrides.{tool}"
+    escaped = tool.replace('"', '\\"')
+    return f'tool_overrides["{escaped}"]'

@@ -44,8 +44,8 @@ from .model import MESSAGE_PREFIX, ConfigError, RetryEngineLoadError
 
 log = logging.getLogger(__name__)
 
-#: Exported interface, matched on package, name and the contract's 0.2 minor.
-INTERFACE_PREFIX = "contextforge:retry/retry-engine@0.2."
+#: Exported interface, matched on package, name and the contract's 0.3 minor.
+INTERFACE_PREFIX = "contextforge:retry/retry-engine@0.3."
 #: The only imports a retry-engine component may have (matched without the patch version).
 CLOCK_INTERFACE_PREFIX = "wasi:clocks/monotonic-clock@0.2."
 SEED_INTERFACE_PREFIX = "wasi:random/insecure-seed@0.2."

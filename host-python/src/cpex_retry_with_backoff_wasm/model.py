@@ -11,7 +11,7 @@ from typing import Any
 
 #: Name of the component's WIT interface and the contract version this host implements.
 COMPONENT_NAME = "retry-engine"
-CONTRACT_VERSION = "0.2.1"
+CONTRACT_VERSION = "0.3.0"
 #: Prefix for every message this package raises or logs about the component.
 MESSAGE_PREFIX = f"{COMPONENT_NAME}@{CONTRACT_VERSION}"
 

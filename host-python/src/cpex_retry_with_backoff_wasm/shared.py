@@ -51,10 +51,23 @@ SharingKey = tuple[Any, ...]
 _NS_PER_MS = 1_000_000
 
 
+#: (path, inode, size, mtime) -> sha256: the gateway constructs objects every 30 s per context,
+#: and an unchanged file need not be read and hashed each time.
+_digests: dict[tuple[str, int, int, int], str] = {}
+
+
 def _file_sha256(path: Path) -> str:
     """The sha256 of the component file (a missing file: the construction reports it)."""
     try:
-        return hashlib.sha256(path.read_bytes()).hexdigest()
+        info = path.stat()
+        tag = (str(path), info.st_ino, info.st_size, info.st_mtime_ns)
+        digest = _digests.get(tag)
+        if digest is None:
+            digest = hashlib.sha256(path.read_bytes()).hexdigest()
+            if len(_digests) > 64:  # a few builds per process; bounded anyway
+                _digests.clear()
+            _digests[tag] = digest
+        return digest
     except OSError:
         return ""
 

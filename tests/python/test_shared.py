@@ -194,6 +194,15 @@ async def test_tenant_budgets_are_separate_under_tenant_scope(clock: VirtualCloc
     assert await delay(a, "t", "z", err(), tenant="acme") == 200
 
 
+async def test_long_request_ids_spend_their_own_tenant_budget(clock: VirtualClock) -> None:
+    """A client choosing long request ids must not escape its tenant's bucket into another."""
+    a = plugin({**BUDGET, "key_scope": "tenant"}, clock=clock)
+    for i in range(10):
+        assert await delay(a, "t", "x" * 250 + str(i), err(), tenant="acme") == 200
+    assert await delay(a, "t", "short", err(), tenant="acme") == 0, "acme's own budget is spent"
+    assert await delay(a, "t", "y" * 250, err(), tenant=None) == 200, "the identity-less bucket is not"
+
+
 async def test_request_scope_budgets_stay_per_tool(clock: VirtualClock) -> None:
     """Under the default scope the tenant is not part of the key: the native per-tool budget."""
     a = plugin(BUDGET, clock=clock)

@@ -36,6 +36,7 @@ from cpex.framework import ToolPostInvokeResult
 
 from bench_hook import drive, plugin_config, workload_exhaustion
 from cpex_retry_with_backoff_wasm import RetryWithBackoffPlugin
+from cpex_retry_with_backoff_wasm.shared import ENGINES
 from cpex_retry_with_backoff_wasm.signals import read_signals
 
 CALLS = 4000
@@ -80,6 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     for payload, context in calls:
         drive(plugin.tool_post_invoke(payload, context, None))
     engine.sandbox.lean = (decide, decide_held)
+    ENGINES.clear()  # an engine of its own: objects of one configuration share one (``shared``)
     empty = RetryWithBackoffPlugin(plugin_config("cpex_retry_with_backoff_wasm.RetryWithBackoffPlugin", {}))
 
     def hook_of(instance: Any) -> Callable[[], None]:

@@ -40,8 +40,16 @@ from cpex.framework.memory import CopyOnWriteDict
 
 from cpex_retry_with_backoff_wasm import RetryWithBackoffPlugin
 from cpex_retry_with_backoff_wasm import metrics as retry_metrics
+from cpex_retry_with_backoff_wasm.shared import ENGINES
 
 Call = tuple[Any, Any]  # (payload, context)
+
+
+def fresh(config: Any) -> RetryWithBackoffPlugin:
+    """A plugin object with an engine of its own: objects of one configuration share one
+    (``shared``), and each workload starts from an empty state, as the native plugin's does."""
+    ENGINES.clear()
+    return RetryWithBackoffPlugin(config)
 
 
 def drive(coro: Coroutine[Any, Any, Any]) -> Any:
@@ -123,8 +131,8 @@ def main(argv: list[str] | None = None) -> int:
 
     wasm_kind = "cpex_retry_with_backoff_wasm.RetryWithBackoffPlugin"
     plugins: dict[str, Callable[[], Any]] = {
-        "wasm": lambda: RetryWithBackoffPlugin(plugin_config(wasm_kind, config)),
-        "wasm-off": lambda: RetryWithBackoffPlugin(
+        "wasm": lambda: fresh(plugin_config(wasm_kind, config)),
+        "wasm-off": lambda: fresh(
             plugin_config(wasm_kind, {**config, retry_metrics.KEY_PROMETHEUS_METRICS: False})
         ),
     }
@@ -207,7 +215,7 @@ def metrics_alone(workloads: dict[str, list[Call]], rounds: int) -> dict[str, di
     out: dict[str, dict[str, float]] = {}
     for label, calls in workloads.items():
         # The decisions the hook makes on this workload, from a fresh plugin.
-        engine = RetryWithBackoffPlugin(plugin_config(kind, {"prometheus_metrics": False})).engine
+        engine = fresh(plugin_config(kind, {"prometheus_metrics": False})).engine
         decisions = [(p.name, engine.decide(p.name, c.global_context.request_id, p.result)) for p, c in calls]
         on = _HookLines(retry_metrics.attach(owner, f"bench-{label}", owner.engine))
         off = _HookLines(None)

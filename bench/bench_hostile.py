@@ -32,12 +32,20 @@ from cpex.framework import GlobalContext, PluginContext, ToolPostInvokePayload
 
 from bench_hook import drive, plugin_config
 from cpex_retry_with_backoff_wasm import RetryWithBackoffPlugin
+from cpex_retry_with_backoff_wasm.shared import ENGINES
 
 MIB = 1024 * 1024
 CONFIG = {"jitter": False, "check_text_content": True, "max_retries": 5}
 FAIL = {"content": [{"type": "text", "text": "upstream 503"}], "isError": True}
 
 Input = tuple[str, str, Any]  # (tool, request id, result)
+
+
+def fresh(config: Any) -> RetryWithBackoffPlugin:
+    """A plugin object with an engine of its own, so each round's victim starts from no state
+    (objects of one configuration otherwise share one: ``shared``)."""
+    ENGINES.clear()
+    return RetryWithBackoffPlugin(config)
 
 
 def inputs() -> dict[str, Input]:
@@ -93,9 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.disable(logging.CRITICAL)
     plugins: dict[str, Callable[[], Any]] = {
-        "wasm": lambda: RetryWithBackoffPlugin(
-            plugin_config("cpex_retry_with_backoff_wasm.RetryWithBackoffPlugin", CONFIG)
-        ),
+        "wasm": lambda: fresh(plugin_config("cpex_retry_with_backoff_wasm.RetryWithBackoffPlugin", CONFIG)),
     }
     try:
         import cpex_retry_with_backoff

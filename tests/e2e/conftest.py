@@ -67,7 +67,11 @@ def gateways(workdir: Path, flaky_server: h.FlakyServer) -> Iterator[dict[str, h
     try:
         for name, (variant, max_retries, ceiling) in GATEWAYS.items():
             plugin = h.PluginSetup(
-                variant=variant, max_retries=max_retries, backoff_base_ms=100, jitter=False
+                variant=variant,
+                max_retries=max_retries,
+                backoff_base_ms=100,
+                jitter=False,
+                tool_overrides=h.REBUILD_OVERRIDES,
             )
             started[name] = h.launch_gateway(
                 workdir / f"gw-{name}",

@@ -100,6 +100,14 @@ def always_fail(key: str) -> CallToolResult:
 
 
 @mcp.tool()
+def fail_across_rebuild(key: str) -> CallToolResult:
+    """Always fail with 503 (its own name: the e2e stanzas give it long delays, so that one
+    call's attempts straddle the gateway's 30 s plugin-manager rebuild)."""
+    n, _ = _record("fail_across_rebuild", key, lambda _n: "503")
+    return _error(503, f"attempt {n}: upstream unavailable (503)")
+
+
+@mcp.tool()
 def not_found(key: str) -> CallToolResult:
     """Always fail with 404 (not retriable)."""
     n, _ = _record("not_found", key, lambda _n: "404")

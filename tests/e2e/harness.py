@@ -47,6 +47,13 @@ RESULTS: list[dict[str, Any]] = []
 
 _RETRY_RE = re.compile(r"retry requested .* delay_ms=(\d+)")
 SERVER_NAME = "flaky"  # tools become "flaky-<tool>" (slug of the server name, "_" -> "-")
+#: The gateway rebuilds a plugin manager on its first use after 30 s (issue 16): with delays of
+#: 11 s then 22 s, one call's three attempts span 33 s, so a rebuild always lands between two of
+#: its decisions.
+REBUILD_BASE_MS = 11_000
+REBUILD_OVERRIDES = {
+    f"{SERVER_NAME}-fail-across-rebuild": {"backoff_base_ms": REBUILD_BASE_MS, "max_backoff_ms": 30_000}
+}
 
 # Plugin stanzas: the wasm plugin under a name that avoids the gateway's native fast path
 # (see README "Which name"); the native plugin under a non-default name too, so that both run
@@ -253,6 +260,7 @@ class PluginSetup:
     max_backoff_ms: int = 5000
     retry_on_status: list[int] = field(default_factory=lambda: [429, 500, 502, 503, 504])
     jitter: bool = False
+    tool_overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def yaml(self) -> str:
         name, kind = PLUGINS[self.variant]
@@ -272,7 +280,7 @@ class PluginSetup:
                         "retry_on_status": self.retry_on_status,
                         "jitter": self.jitter,
                         "check_text_content": False,
-                        "tool_overrides": {},
+                        "tool_overrides": self.tool_overrides,
                     },
                 }
             ],

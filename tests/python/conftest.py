@@ -72,6 +72,17 @@ def _no_gateway_ceiling(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "mcpgateway.config", None)
 
 
+@pytest.fixture(autouse=True)
+def _fresh_shared_engines() -> Iterator[None]:
+    """Each test starts with no shared engine: plugin objects of equal configuration share one
+    per process (``shared``), which would carry state from test to test."""
+    from cpex_retry_with_backoff_wasm.shared import ENGINES
+
+    ENGINES.clear()
+    yield
+    ENGINES.clear()
+
+
 class VirtualClock:
     """A monotonic clock in nanoseconds that only moves when a test advances it."""
 

@@ -220,6 +220,17 @@ def test_state_request_id_encodes_each_part(scope: str, kwargs: dict[str, Any], 
     assert state_request_id(scope, GlobalContext(request_id="r:1", **kwargs)) == want
 
 
+def test_state_request_id_keeps_the_identity_readable_past_the_bound() -> None:
+    """Issue 16: the engine reads the identity for per-tenant budgets; a long request id must
+    not hide it (the whole part would otherwise cross as one digest)."""
+    context = GlobalContext(request_id="r" * 251, tenant_id="acme")
+    assert state_request_id("tenant", context) == f"4:acme{digest('r' * 251)}"
+    at_the_bound = GlobalContext(request_id="r" * 250, tenant_id="acme")  # 256 characters in all
+    assert state_request_id("tenant", at_the_bound) == f"4:acme{'r' * 250}"
+    huge = GlobalContext(request_id="r" * 300, tenant_id="acme")
+    assert state_request_id("tenant", huge) == f"4:acme{digest('r' * 300)}"
+
+
 def test_state_request_id_encodes_the_request_id() -> None:
     context = GlobalContext(request_id="\ud800", user="u")
     assert state_request_id("user", context) == f"1:u{digest(chr(0xD800))}"

@@ -234,12 +234,14 @@ async def test_plugins_of_one_name_share_the_series(manager: Manager) -> None:
     ]
     from cpex.framework import PluginContext
 
-    for plugin in plugins:
+    for i, plugin in enumerate(plugins):
         payload = ToolPostInvokePayload(name="search", result=err(503))
-        context = PluginContext(global_context=GlobalContext(request_id="r"))
+        context = PluginContext(global_context=GlobalContext(request_id=f"r{i}"))
         assert (await plugin.tool_post_invoke(payload, context)).retry_delay_ms == 200
+    assert plugins[0].engine is plugins[1].engine, "one configuration, one engine (issue 16)"
     samples = of_plugin(scrape(), name)
     assert value(samples, "decisions_total", plugin=name, tool="search", reason="retry") == 2
+    # Two keys in one shared engine: counted once, not once per plugin object.
     assert value(samples, "retry_state_entries", plugin=name) == 2
 
 

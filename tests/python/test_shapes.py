@@ -135,6 +135,14 @@ def test_refused_keys_join_the_components_own_problems_with_its_paths() -> None:
     assert paths == ["max_retries", 'tool_overrides["a.b"].backoff']
 
 
+def test_a_0_2_build_refuses_a_budget_under_an_identity_scope() -> None:
+    # Its budgets are per tool name: tenants sharing the engine would spend each other's.
+    with pytest.raises(ConfigurationError) as info:
+        WasmRetryEngine({"key_scope": "tenant", "retry_budget_percent": 10, "wasm_path": str(WASM_0_2)})
+    assert [e.path for e in info.value.errors] == ["retry_budget_percent"]
+    WasmRetryEngine({"key_scope": "request", "retry_budget_percent": 10, "wasm_path": str(WASM_0_2)})
+
+
 def test_a_component_whose_export_and_version_disagree_is_refused(tmp_path: Path) -> None:
     # The 0.2.1 build answering contract-version "0.3.1" while it exports @0.2.1: the host
     # would take it for a component that knows the 0.3 keys.

@@ -16,10 +16,12 @@
 use alloc::boxed::Box;
 use alloc::vec::Vec;
 
-/// Tools with their own bucket; beyond, the rest share one (memory bound:
-/// tool names come from the gateway, but nothing stops a client inventing
-/// them).
-pub const MAX_BUDGET_TOOLS: usize = 4096;
+/// The most buckets kept (memory bound: tool names and identities come
+/// from the gateway, but nothing stops clients inventing them). A new bucket
+/// beyond it first drops every bucket that is full again (losslessly: a
+/// dropped bucket comes back full), else the least recently used one (which
+/// then comes back full: a refill for its owner, never a charge on another).
+pub const MAX_BUDGET_BUCKETS: usize = 4096;
 const MILLI: u64 = 1000;
 
 /// A validated budget setting (part of a tool's policy).
@@ -41,6 +43,9 @@ impl RetryBudget {
 struct Bucket {
     milli: u64,
     last_ms: u64,
+    /// The setting it was last used under (its cap and floor), to tell
+    /// whether it is full again without its policy at hand.
+    budget: RetryBudget,
 }
 
 impl Bucket {
@@ -48,6 +53,7 @@ impl Bucket {
         Self {
             milli: b.cap_milli(),
             last_ms: now_ms,
+            budget: b,
         }
     }
 
@@ -57,36 +63,64 @@ impl Bucket {
         let earned = elapsed.saturating_mul(u64::from(b.min_per_sec));
         self.milli = self.milli.saturating_add(earned).min(b.cap_milli());
         self.last_ms = self.last_ms.max(now_ms);
+        self.budget = b;
+    }
+
+    /// Whether it would be full at `now_ms`: dropping it changes no decision.
+    fn is_full_at(&self, now_ms: u64) -> bool {
+        let b = self.budget;
+        let earned = now_ms
+            .saturating_sub(self.last_ms)
+            .saturating_mul(u64::from(b.min_per_sec));
+        self.milli.saturating_add(earned) >= b.cap_milli()
     }
 }
 
-/// The buckets of every tool with a budget.
+/// One bucket's owner: the tool name and the identity (tenant or user under
+/// `key_scope` `tenant`/`user`, else `""`; see [`super::config::KeyScope::identity`]).
+type Owner = (Box<str>, Box<str>);
+
+/// The buckets of every (tool, identity) with a budget.
 #[derive(Default)]
 pub struct Budgets {
-    /// Sorted by tool name (binary search).
-    tools: Vec<(Box<str>, Bucket)>,
-    /// Shared by tools beyond [`MAX_BUDGET_TOOLS`].
-    overflow: Option<Bucket>,
+    /// Sorted by owner (binary search); at most [`MAX_BUDGET_BUCKETS`].
+    buckets: Vec<(Owner, Bucket)>,
 }
 
 impl Budgets {
-    fn bucket(&mut self, tool: &str, b: RetryBudget, now_ms: u64) -> &mut Bucket {
-        match self.tools.binary_search_by(|(t, _)| (**t).cmp(tool)) {
-            Ok(i) => &mut self.tools[i].1,
-            Err(_) if self.tools.len() >= MAX_BUDGET_TOOLS => {
-                self.overflow.get_or_insert_with(|| Bucket::full(b, now_ms))
+    fn bucket(&mut self, tool: &str, identity: &str, b: RetryBudget, now_ms: u64) -> &mut Bucket {
+        let find = |buckets: &[(Owner, Bucket)]| {
+            buckets.binary_search_by(|((t, i), _)| (&**t, &**i).cmp(&(tool, identity)))
+        };
+        let i = match find(&self.buckets) {
+            Ok(i) => return &mut self.buckets[i].1,
+            Err(i) if self.buckets.len() < MAX_BUDGET_BUCKETS => i,
+            Err(_) => {
+                self.make_room(now_ms);
+                find(&self.buckets).unwrap_err()
             }
-            Err(i) => {
-                self.tools
-                    .insert(i, (Box::from(tool), Bucket::full(b, now_ms)));
-                &mut self.tools[i].1
+        };
+        let owner = (Box::from(tool), Box::from(identity));
+        self.buckets.insert(i, (owner, Bucket::full(b, now_ms)));
+        &mut self.buckets[i].1
+    }
+
+    /// Room for one more bucket: drop those full again, else the least
+    /// recently used. Linear, but only when the table is at its bound.
+    fn make_room(&mut self, now_ms: u64) {
+        self.buckets
+            .retain(|(_, bucket)| !bucket.is_full_at(now_ms));
+        if self.buckets.len() >= MAX_BUDGET_BUCKETS {
+            let oldest = (0..self.buckets.len()).min_by_key(|&i| self.buckets[i].1.last_ms);
+            if let Some(i) = oldest {
+                self.buckets.remove(i);
             }
         }
     }
 
-    /// A success of `tool`: deposit its share of a token.
-    pub fn deposit(&mut self, tool: &str, b: RetryBudget, now_ms: u64) {
-        let bucket = self.bucket(tool, b, now_ms);
+    /// A success of `tool` for `identity`: deposit its share of a token.
+    pub fn deposit(&mut self, tool: &str, identity: &str, b: RetryBudget, now_ms: u64) {
+        let bucket = self.bucket(tool, identity, b, now_ms);
         bucket.refill(b, now_ms);
         bucket.milli = bucket
             .milli
@@ -94,9 +128,15 @@ impl Budgets {
             .min(b.cap_milli());
     }
 
-    /// A retry of `tool`: take a token if there is one.
-    pub fn try_withdraw(&mut self, tool: &str, b: RetryBudget, now_ms: u64) -> bool {
-        let bucket = self.bucket(tool, b, now_ms);
+    /// A retry of `tool` for `identity`: take a token if there is one.
+    pub fn try_withdraw(
+        &mut self,
+        tool: &str,
+        identity: &str,
+        b: RetryBudget,
+        now_ms: u64,
+    ) -> bool {
+        let bucket = self.bucket(tool, identity, b, now_ms);
         bucket.refill(b, now_ms);
         if bucket.milli >= MILLI {
             bucket.milli -= MILLI;
@@ -106,11 +146,21 @@ impl Budgets {
         }
     }
 
-    /// Tokens left for `tool` (whole), for tests and inspection.
-    pub fn tokens(&mut self, tool: &str, b: RetryBudget, now_ms: u64) -> u64 {
-        let bucket = self.bucket(tool, b, now_ms);
+    /// Tokens left for `(tool, identity)` (whole), for tests and inspection.
+    pub fn tokens(&mut self, tool: &str, identity: &str, b: RetryBudget, now_ms: u64) -> u64 {
+        let bucket = self.bucket(tool, identity, b, now_ms);
         bucket.refill(b, now_ms);
         bucket.milli / MILLI
+    }
+
+    /// Buckets kept (for tests and inspection).
+    pub fn len(&self) -> usize {
+        self.buckets.len()
+    }
+
+    /// Whether no bucket is kept.
+    pub fn is_empty(&self) -> bool {
+        self.buckets.is_empty()
     }
 }
 
@@ -127,42 +177,83 @@ mod tests {
     fn test_budget_starts_full_drains_and_refills_at_the_floor() {
         let mut bs = Budgets::default();
         for _ in 0..10 {
-            assert!(bs.try_withdraw("t", B, 0));
+            assert!(bs.try_withdraw("t", "", B, 0));
         }
-        assert!(!bs.try_withdraw("t", B, 0));
-        assert!(!bs.try_withdraw("t", B, 999));
-        assert!(bs.try_withdraw("t", B, 1000), "one token a second");
-        assert!(!bs.try_withdraw("t", B, 1000));
+        assert!(!bs.try_withdraw("t", "", B, 0));
+        assert!(!bs.try_withdraw("t", "", B, 999));
+        assert!(bs.try_withdraw("t", "", B, 1000), "one token a second");
+        assert!(!bs.try_withdraw("t", "", B, 1000));
         // Other tools have their own bucket.
-        assert!(bs.try_withdraw("u", B, 1000));
+        assert!(bs.try_withdraw("u", "", B, 1000));
+    }
+
+    #[test]
+    fn test_budget_identities_have_their_own_buckets() {
+        let mut bs = Budgets::default();
+        for _ in 0..10 {
+            assert!(bs.try_withdraw("t", "acme", B, 0));
+        }
+        assert!(!bs.try_withdraw("t", "acme", B, 0), "acme spent its own");
+        assert!(
+            bs.try_withdraw("t", "globex", B, 0),
+            "globex's is untouched"
+        );
+        assert!(
+            bs.try_withdraw("t", "", B, 0),
+            "no identity: the tool's bucket"
+        );
+        assert_eq!(bs.tokens("t", "globex", B, 0), 9);
     }
 
     #[test]
     fn test_budget_successes_deposit_their_share_up_to_the_cap() {
         let mut bs = Budgets::default();
         for _ in 0..10 {
-            bs.try_withdraw("t", B, 0);
+            bs.try_withdraw("t", "", B, 0);
         }
-        bs.deposit("t", B, 0);
-        assert!(!bs.try_withdraw("t", B, 0), "half a token");
-        bs.deposit("t", B, 0);
-        assert!(bs.try_withdraw("t", B, 0));
+        bs.deposit("t", "", B, 0);
+        assert!(!bs.try_withdraw("t", "", B, 0), "half a token");
+        bs.deposit("t", "", B, 0);
+        assert!(bs.try_withdraw("t", "", B, 0));
         for _ in 0..100 {
-            bs.deposit("t", B, 0);
+            bs.deposit("t", "", B, 0);
         }
-        assert_eq!(bs.tokens("t", B, 0), 10, "capped at the burst");
+        assert_eq!(bs.tokens("t", "", B, 0), 10, "capped at the burst");
     }
 
     #[test]
-    fn test_budget_overflow_tools_share_one_bucket() {
+    fn test_budget_bound_drops_full_buckets_first() {
         let mut bs = Budgets::default();
-        for i in 0..MAX_BUDGET_TOOLS {
-            bs.deposit(&alloc::format!("t{i}"), B, 0);
-        }
+        // A drained victim, then hostile identities up to the bound (full buckets).
         for _ in 0..10 {
-            assert!(bs.try_withdraw("extra-a", B, 0));
+            bs.try_withdraw("t", "victim", B, 0);
         }
-        assert!(!bs.try_withdraw("extra-b", B, 0));
-        assert_eq!(bs.tools.len(), MAX_BUDGET_TOOLS);
+        for i in 1..MAX_BUDGET_BUCKETS {
+            bs.deposit("t", &alloc::format!("x{i}"), B, 0);
+        }
+        assert_eq!(bs.len(), MAX_BUDGET_BUCKETS);
+        assert!(bs.try_withdraw("t", "newcomer", B, 0));
+        assert_eq!(bs.len(), 2, "the full buckets went, losslessly");
+        assert!(
+            !bs.try_withdraw("t", "victim", B, 0),
+            "the victim is still drained"
+        );
+    }
+
+    #[test]
+    fn test_budget_bound_evicts_the_least_recently_used() {
+        let mut bs = Budgets::default();
+        let floorless = RetryBudget {
+            percent: 50,
+            min_per_sec: 0,
+        };
+        for i in 0..MAX_BUDGET_BUCKETS as u64 {
+            bs.try_withdraw("t", &alloc::format!("x{i}"), floorless, i);
+        }
+        assert!(bs.try_withdraw("t", "newcomer", floorless, 1 << 20));
+        assert_eq!(bs.len(), MAX_BUDGET_BUCKETS);
+        // x0 was the least recently used: it went, and comes back full (10 tokens).
+        assert_eq!(bs.tokens("t", "x0", floorless, 1 << 20), 10);
+        assert_eq!(bs.tokens("t", "x2", floorless, 1 << 20), 9, "x2 kept");
     }
 }

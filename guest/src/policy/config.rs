@@ -198,6 +198,40 @@ pub enum KeyScope {
     User,
 }
 
+impl KeyScope {
+    /// The identity a state key's request part carries under this scope: the
+    /// `identity` of the host's `"{n}:{identity}{request id}"` (`n` counts
+    /// characters), or `""` under `request` scope, for a request part not of
+    /// that form (the host sends a part longer than 256 characters as its
+    /// digest), or when the context carried no identity. Retry budgets are
+    /// kept per (tool, identity), so one tenant cannot spend another's.
+    pub fn identity(self, request_part: &str) -> &str {
+        if self == KeyScope::Request {
+            return "";
+        }
+        let Some((count, rest)) = request_part.split_once(':') else {
+            return "";
+        };
+        // Digits only (`parse` would also take a sign) and few of them: the
+        // host's identities are at most 256 characters.
+        let n = match count.parse::<usize>() {
+            Ok(n)
+                if !count.is_empty()
+                    && count.len() <= 4
+                    && count.bytes().all(|b| b.is_ascii_digit()) =>
+            {
+                n
+            }
+            _ => return "",
+        };
+        match rest.char_indices().nth(n) {
+            Some((end, _)) => &rest[..end],
+            None if rest.chars().count() == n => rest,
+            None => "",
+        }
+    }
+}
+
 impl Default for Config {
     fn default() -> Self {
         Self {
@@ -1194,6 +1228,37 @@ mod tests {
                 "retry_budget_percent: must be null or an integer from 1 to 1000, got 0",
                 "retry_budget_min_per_sec: must be an integer from 0 to 1000, got 1001",
             ]
+        );
+    }
+
+    #[test]
+    fn test_config_key_scope_identity_of_a_request_part() {
+        use KeyScope::*;
+        for scope in [Tenant, User] {
+            assert_eq!(scope.identity("5:acme1req-1"), "acme1");
+            assert_eq!(scope.identity("0:req-1"), "");
+            assert_eq!(scope.identity("3:abc"), "abc", "an empty request id");
+            // `n` counts characters, not bytes (Python's `len`).
+            assert_eq!(scope.identity("2:éü-r"), "éü");
+            assert_eq!(scope.identity("12:a:b:c:d:e:fr"), "a:b:c:d:e:fr");
+            // Not the host's form: no identity (the tool's shared bucket).
+            for part in [
+                "",
+                "req-1",
+                "#sha256:00ff",
+                "9:short",
+                "+1:ab",
+                "x:ab",
+                "99999:a",
+                ":a",
+            ] {
+                assert_eq!(scope.identity(part), "", "{part:?}");
+            }
+        }
+        assert_eq!(
+            Request.identity("5:acme1req-1"),
+            "",
+            "request scope: per tool"
         );
     }
 

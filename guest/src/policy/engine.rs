@@ -226,7 +226,8 @@ impl Engine {
                 self.state.remove_hashed(hash, tool, request_id);
                 self.state.release(handle);
                 if let Some(budget) = policy.retry_budget() {
-                    self.budgets.deposit(tool, budget, now_ms);
+                    let identity = self.config.key_scope().identity(request_id);
+                    self.budgets.deposit(tool, identity, budget, now_ms);
                 }
                 return Outcome::Decided(Decision::SUCCESS);
             }
@@ -294,7 +295,10 @@ impl Engine {
             entry.last_delay_ms = u32::try_from(delay_ms).unwrap_or(u32::MAX);
             entry.total_delay_ms = u32::try_from(total).unwrap_or(u32::MAX);
             if let Some(budget) = policy.retry_budget() {
-                if !self.budgets.try_withdraw(tool, budget, now_ms) {
+                // Per (tool, identity) under key_scope tenant/user: one tenant's
+                // traffic cannot spend another's retries (issue 16).
+                let identity = self.config.key_scope().identity(request_id);
+                if !self.budgets.try_withdraw(tool, identity, budget, now_ms) {
                     // The tool's retries are spent: give up, as on exhaustion.
                     self.state.remove_hashed(hash, tool, request_id);
                     return Outcome::Decided(Decision {
@@ -600,6 +604,38 @@ mod tests {
         // Another tool has its own bucket; budgets make successes count.
         assert_eq!(delays(&mut e, "u", "y", 1, 0), vec![(200, 1, Retry)]);
         assert!(!e.is_text_free());
+    }
+
+    #[test]
+    fn test_engine_retry_budget_per_tenant_under_tenant_scope() {
+        // Issue 16: one engine serves every tenant; a tenant that spends its
+        // budget leaves the others theirs.
+        let config = r#"{"jitter": false, "max_retries": 1, "retry_budget_percent": 50,
+            "retry_budget_min_per_sec": 1, "key_scope": "tenant"}"#;
+        let mut e = engine(config);
+        use Reason::*;
+        for k in 0..10 {
+            let rid = format!("4:acme{k}");
+            assert_eq!(delays(&mut e, "t", &rid, 1, 0), vec![(200, 1, Retry)]);
+        }
+        assert_eq!(delays(&mut e, "t", "4:acmex", 1, 0), vec![(0, 1, Budget)]);
+        assert_eq!(
+            delays(&mut e, "t", "6:globexr", 1, 0),
+            vec![(200, 1, Retry)]
+        );
+        // A success of acme refills acme's bucket, not globex's.
+        e.decide("t", "4:acmes1", OK, NO_TEXT, 0);
+        e.decide("t", "4:acmes2", OK, NO_TEXT, 0);
+        assert_eq!(delays(&mut e, "t", "4:acmey", 1, 0), vec![(200, 1, Retry)]);
+        // Under request scope the same keys share the tool's bucket (native).
+        let mut shared = engine(&config.replace("tenant", "request"));
+        for k in 0..10 {
+            delays(&mut shared, "t", &format!("4:acme{k}"), 1, 0);
+        }
+        assert_eq!(
+            delays(&mut shared, "t", "6:globexr", 1, 0),
+            vec![(0, 1, Budget)]
+        );
     }
 
     #[test]

@@ -13,10 +13,12 @@ however long the tool name or request id the gateway passes.
 
 Under ``key_scope: tenant`` / ``user`` the request part is ``f"{n}:{identity}{request_id}"``
 with both parts encoded as above and ``n`` the encoded identity's length, so the identity
-ends where ``n`` says and no two (identity, request id) pairs give the same string; that
-request part is then a key part like any other (past ``KEY_PART_MAX_CHARS`` it crosses as its
-digest).  What each context value maps to is ``user_identity_part``'s table; reading one
-never raises.
+ends where ``n`` says and no two (identity, request id) pairs give the same string; the engine
+reads the identity back for retry budgets.  When that would exceed ``KEY_PART_MAX_CHARS``, the
+request id crosses as its digest, so the identity stays readable; only past that (an identity
+of more than about 170 characters) does the whole request part cross as its digest, and its
+budget is then the tool's identity-less one.  What each context value maps to is
+``user_identity_part``'s table; reading one never raises.
 
 The prefix is a host-only concept: the engine only sees strings (and refuses ``tool_overrides``
 names that could never match a tool name as it crosses).
@@ -140,7 +142,9 @@ def state_request_id(scope: str, global_context: Any) -> Any:
 
     ``request``: the request id as the gateway gave it (the native key; the engine encodes
     it).  ``tenant``/``user``: ``f"{n}:{identity}{request_id}"`` with both encoded
-    (``key_part``) and ``n`` the encoded identity's length.  A request id that is not a
+    (``key_part``) and ``n`` the encoded identity's length; when that is longer than
+    ``KEY_PART_MAX_CHARS``, the request id as its digest (the identity stays readable to the
+    engine, which keeps retry budgets per identity).  A request id that is not a
     ``str`` is returned as is, for the engine to refuse it (it names
     ``global_context.request_id``), as under ``request``.
     """
@@ -159,7 +163,15 @@ def state_request_id(scope: str, global_context: Any) -> Any:
         except Exception:
             user = None
         identity = user_identity_part(user)
-    return f"{len(identity)}:{identity}{key_part(_plain(request_id))}"
+    request_part = key_part(_plain(request_id))
+    scoped = f"{len(identity)}:{identity}{request_part}"
+    if len(scoped) > KEY_PART_MAX_CHARS and not request_part.startswith(KEY_DIGEST_PREFIX):
+        # Past the bound the whole part would cross as a digest, and the engine could no longer
+        # read the identity its retry budgets are kept by (a client choosing a long request id
+        # would leave its tenant's budget): the request id crosses as its digest instead.
+        # Still injective: a plain request id never starts with the digest prefix.
+        scoped = f"{len(identity)}:{identity}{_digest(_plain(request_id).encode('utf-8', 'surrogatepass'))}"
+    return scoped
 
 
 __all__ = [

@@ -141,7 +141,9 @@ class PluginMetrics:
     The hook calls ``(queues.get(tool) or queue(tool))(decision)``.
     """
 
-    def __init__(self, plugin: str, engine: EngineCounters, labels: _ToolLabels) -> None:
+    def __init__(
+        self, plugin: str, engine: EngineCounters, labels: _ToolLabels, exported: list[int] | None = None
+    ) -> None:
         self.plugin = plugin
         self.engine = engine
         self._labels = labels
@@ -149,8 +151,10 @@ class PluginMetrics:
         self.queues: dict[str, Append] = {}
         #: Label value -> queue of decisions not yet exported.
         self.pending: dict[str, deque[int]] = {}
-        #: Engine counters already exported: faults, rebuilds, reloads.
-        self.exported = (engine.fault_count, engine.rebuild_count, engine.reload_count)
+        #: Engine counters already exported: faults, rebuilds, reloads.  One list per engine,
+        #: shared by the recorders of the plugin objects attached to it, so that an engine's
+        #: event is exported once however many objects share it.
+        self.exported = exported if exported is not None else _counters(engine)
         #: Set once the plugin object is gone; the next flush exports the rest and drops this.
         self.retired = False
 
@@ -172,8 +176,7 @@ class PluginMetrics:
         """Forget queued decisions and count the engine's events from now (after a fork)."""
         for pending in list(self.pending.values()):
             pending.clear()
-        engine = self.engine
-        self.exported = (engine.fault_count, engine.rebuild_count, engine.reload_count)
+        self.exported[:] = _counters(self.engine)
 
 
 class _Metrics:
@@ -236,6 +239,8 @@ class _Exporter:
         self._tool_labels: dict[str, _ToolLabels] = {}
         #: Plugin names whose gauge was set (set to 0 when their last engine goes).
         self._gauged: set[str] = set()
+        #: Engine -> its counters already exported (shared by its recorders).
+        self._exported: weakref.WeakKeyDictionary[Any, list[int]] = weakref.WeakKeyDictionary()
         self._thread_pid: int | None = None
 
     def attach(self, owner: object, plugin: str, engine: EngineCounters) -> PluginMetrics | None:
@@ -246,7 +251,10 @@ class _Exporter:
                 self._metrics = _Metrics()
                 atexit.register(self.flush, sample_state=multiprocess_mode())
             labels = self._tool_labels.setdefault(plugin, _ToolLabels())
-            recorder = PluginMetrics(plugin, engine, labels)
+            exported = self._exported.get(engine)
+            if exported is None:
+                exported = self._exported[engine] = _counters(engine)
+            recorder = PluginMetrics(plugin, engine, labels, exported)
             self._recorders.add(recorder)
         weakref.finalize(owner, recorder.retire)
         self._ensure_thread()
@@ -290,14 +298,25 @@ class _Exporter:
                 self._flush_one(metrics, recorder)
                 if recorder.retired:
                     self._recorders.discard(recorder)
-                elif sample_state:
-                    live[recorder.plugin] = live.get(recorder.plugin, 0) + _state_count(recorder.engine)
             if sample_state:
+                live = self._live_entries()
                 for plugin in self._gauged - live.keys():
                     metrics.state_entries.labels(plugin).set(0)
                 for plugin, entries in live.items():
                     metrics.state_entries.labels(plugin).set(entries)
                 self._gauged |= live.keys()
+
+    def _live_entries(self) -> dict[str, int]:
+        """Live retry-state entries by plugin name, each engine counted once (plugin objects
+        of one configuration share an engine: ``shared``)."""
+        live: dict[str, int] = {}
+        seen: set[int] = set()
+        for recorder in self._recorders:
+            engine = recorder.engine
+            if id(engine) not in seen:
+                seen.add(id(engine))
+                live[recorder.plugin] = live.get(recorder.plugin, 0) + _state_count(engine)
+        return live
 
     def _flush_one(self, metrics: _Metrics, recorder: PluginMetrics) -> None:
         plugin = recorder.plugin
@@ -324,10 +343,10 @@ class _Exporter:
             for seconds in delays:
                 observe(seconds)
         engine = recorder.engine
-        now = (engine.fault_count, engine.rebuild_count, engine.reload_count)
+        now = _counters(engine)
         if now != recorder.exported:
             faults, rebuilds, reloads = (a - b for a, b in zip(now, recorder.exported, strict=True))
-            recorder.exported = now
+            recorder.exported[:] = now
             for counter, delta in (
                 (metrics.faults, faults),
                 (metrics.rebuilds, rebuilds),
@@ -335,6 +354,10 @@ class _Exporter:
             ):
                 if delta > 0:
                     counter.labels(plugin).inc(delta)
+
+
+def _counters(engine: EngineCounters) -> list[int]:
+    return [engine.fault_count, engine.rebuild_count, engine.reload_count]
 
 
 def _label_value(text: str) -> str:

@@ -8,6 +8,7 @@ The class stays thin; every decision is made by the component behind ``RetryEngi
 from __future__ import annotations
 
 import logging
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -27,6 +28,7 @@ from .keys import state_request_id
 from .results import delay_result_builder, result_builder
 from .retry_engine import RetryEngine
 from .sandbox import Clock, Seed
+from .shared import ENGINES
 from .signals import REASON_EXHAUSTED
 from .wire import DELAY_MASK, REASON_SHIFT, REASONS, RETRY_COUNT_SHIFT
 
@@ -55,6 +57,10 @@ class RetryWithBackoffPlugin(Plugin):  # type: ignore[misc, unused-ignore]  # cp
     ``clock`` (monotonic nanoseconds) and ``seed`` replace the component's WASI clock and
     seed, ``wall_clock`` (epoch seconds) the host's clock for absolute delay hints; they exist
     for deterministic tests and are never set by the plugin manager.
+
+    Plugin objects with the same name and an equal configuration share one engine, its
+    instance and its retry state (``shared``): the gateway builds one object per context and
+    rebuilds them every 30 s, and a rebuilt object continues every count and budget.
     """
 
     def __init__(
@@ -66,7 +72,8 @@ class RetryWithBackoffPlugin(Plugin):  # type: ignore[misc, unused-ignore]  # cp
         wall_clock: Callable[[], float] | None = None,
     ) -> None:
         super().__init__(config)
-        self._engine = RetryEngine(
+        self._engine = ENGINES.attach(
+            config.name,
             dict(config.config or {}),
             max_retries_ceiling=read_ceiling(),
             clock=clock,
@@ -82,6 +89,8 @@ class RetryWithBackoffPlugin(Plugin):  # type: ignore[misc, unused-ignore]  # cp
         self._result = result_builder()
         self._delay_result = delay_result_builder()
         self._metrics = metrics.attach(self, config.name, self._engine)
+        # `shutdown` detaches; an object dropped without it detaches when collected.
+        self._detach = weakref.finalize(self, ENGINES.detach, self._engine)
         log.info(
             "retry_with_backoff_wasm: loaded %s (contract %s)",
             self._engine.wasm_path,
@@ -100,7 +109,14 @@ class RetryWithBackoffPlugin(Plugin):  # type: ignore[misc, unused-ignore]  # cp
         build (including a ``wasm_sha256`` pin it does not match) it raises
         ``RetryEngineLoadError`` and the previous instance keeps serving.
         """
-        return self._engine.reload(wasm_path, wasm_sha256)
+        moved = self._engine.reload(wasm_path, wasm_sha256)
+        ENGINES.reloaded(self._engine)
+        return moved
+
+    async def shutdown(self) -> None:
+        """Detach from the shared engine; its state stays for the objects still attached and
+        for the next one, until nobody has used it for ``state_ttl_ms`` (``shared``)."""
+        self._detach()  # once: a finalizer runs at most once
 
     async def tool_post_invoke(
         self,

@@ -4,7 +4,8 @@ Three things here could be called "engine"; they have distinct names:
 
 * the **component** (``retry-engine``, the ``.wasm``): the policy, run in a ``Sandbox``;
 * the **wasmtime engine** (``loader.get_engine``): compiles components, one per process;
-* the **adapter** (``RetryEngine``, this module): one per plugin instance.
+* the **adapter** (``RetryEngine``, this module): one per configuration in a process, shared
+  by the plugin objects built from it (``shared``).
 
 The adapter owns a lock (a Store is not thread-safe and the gateway may call hooks from
 several threads), the ``Sandbox`` and the ``HeldKeys``.  ``decide`` is the hot path, written
@@ -381,6 +382,15 @@ class RetryEngine:
     def evict_expired(self) -> int:
         """Sweep entries older than ``state_ttl_ms``; how many were removed."""
         return int(self._cold_call("evict-expired", Sandbox.evict_expired))
+
+    def now_ns(self) -> int:
+        """Now on the monotonic clock the component reads (the substitute, if any)."""
+        return self._held.now_ns()
+
+    @property
+    def state_ttl_ms(self) -> int:
+        """``state_ttl_ms`` as the component applies it."""
+        return self._settings.state_ttl_ms
 
     @property
     def sandbox(self) -> Sandbox:

@@ -450,13 +450,25 @@ def _keys_unknown_to_0_2(config_json: str, why: str) -> tuple[ConfigError, ...]:
     if isinstance(overrides, dict):
         mappings += [(f"{override_path(tool)}.", entry) for tool, entry in overrides.items()]
     # null asks for what a 0.2 component does anyway (the transient bounds), so it is no problem.
-    return tuple(
+    unknown = [
         ConfigError(f"{prefix}{key}", f"needs a contract 0.3 component; {why}")
         for prefix, mapping in mappings
         if isinstance(mapping, dict)
         for key in KEYS_SINCE_0_3
         if mapping.get(key) is not None
-    )
+    ]
+    # A 0.2 component keeps one budget per tool name, which every tenant of a shared engine
+    # would spend: a budget under an identity scope needs 0.3.
+    if raw.get("key_scope") in ("tenant", "user"):
+        unknown += [
+            ConfigError(
+                f"{prefix}retry_budget_percent",
+                f"a budget per identity (key_scope {raw['key_scope']}) needs a contract 0.3 component; {why}",
+            )
+            for prefix, mapping in mappings
+            if isinstance(mapping, dict) and mapping.get("retry_budget_percent") is not None
+        ]
+    return tuple(unknown)
 
 
 def override_path(tool: str) -> str:

@@ -66,3 +66,53 @@ fn test_budget_targets_at_twenty_percent_failure() -> Result<()> {
     ensure!(o.success_rate() >= 0.998, "{o:?}: {}", o.success_rate());
     Ok(())
 }
+
+/// The request part the host sends under `key_scope` `tenant`/`user`.
+fn scoped(identity: &str, request_id: &str) -> String {
+    format!("{}:{identity}{request_id}", identity.chars().count())
+}
+
+#[test]
+fn test_budget_per_identity_under_tenant_scope() -> Result<()> {
+    // Issue 16: one engine serves every context of the process; a tenant that
+    // spends its budget leaves the others theirs, and its floor refills it on
+    // the virtual clock.
+    let mut h = no_jitter(json!({"retry_budget_percent": 50, "max_retries": 1,
+        "key_scope": "tenant"}))?;
+    for k in 0..10 {
+        ensure!(h
+            .decide("t", &scoped("acme", &k.to_string()), Signals::ERROR)?
+            .is_retry());
+    }
+    let spent = h.decide("t", &scoped("acme", "x"), Signals::ERROR)?;
+    ensure!(spent.reason == reason::BUDGET, "{spent:?}");
+    ensure!(h
+        .decide("t", &scoped("globex", "x"), Signals::ERROR)?
+        .is_retry());
+    ensure!(h.decide("t", &scoped("", "x"), Signals::ERROR)?.is_retry());
+    // Identities are counted in characters, as the host's `len` does.
+    ensure!(h
+        .decide("t", &scoped("ünï", "x"), Signals::ERROR)?
+        .is_retry());
+    h.clock.advance_ms(999);
+    ensure!(h.decide("t", &scoped("acme", "y"), Signals::ERROR)?.reason == reason::BUDGET);
+    h.clock.advance_ms(1);
+    ensure!(h
+        .decide("t", &scoped("acme", "z"), Signals::ERROR)?
+        .is_retry());
+    Ok(())
+}
+
+#[test]
+fn test_budget_per_tool_under_request_scope() -> Result<()> {
+    // The native key: the request part is opaque, budgets stay per tool.
+    let mut h = no_jitter(json!({"retry_budget_percent": 50, "max_retries": 1}))?;
+    for k in 0..10 {
+        ensure!(h
+            .decide("t", &scoped("acme", &k.to_string()), Signals::ERROR)?
+            .is_retry());
+    }
+    let d = h.decide("t", &scoped("globex", "x"), Signals::ERROR)?;
+    ensure!(d.reason == reason::BUDGET, "{d:?}");
+    Ok(())
+}

@@ -465,7 +465,9 @@ async def test_concurrent_tasks_and_threads_match_a_sequential_run() -> None:
     config = {"jitter": False, "max_retries": 3}
     task_workers, thread_workers = range(8), range(8, 12)
 
-    sequential = direct_plugin(config)
+    # An equal configuration would share the engine (``shared``): the reference run gets its
+    # own by spelling out a default.
+    sequential = direct_plugin({**config, "max_state_entries": 100_000})
     expected: dict[int, dict[tuple[str, str], list[int]]] = {}
     for w in [*task_workers, *thread_workers]:
         expected[w] = per_key(await run_script(sequential, w))

@@ -123,6 +123,17 @@ def clock() -> VirtualClock:
     return VirtualClock()
 
 
+def direct_plugin(config: dict[str, Any], name: str = PLUGIN_NAME, **kw: Any) -> Any:
+    """A plugin object built as the gateway's manager builds it, without a manager."""
+    from cpex.framework import PluginConfig
+
+    from cpex_retry_with_backoff_wasm import RetryWithBackoffPlugin
+
+    return RetryWithBackoffPlugin(
+        PluginConfig(name=name, kind=PLUGIN_KIND, hooks=["tool_post_invoke"], config=config), **kw
+    )
+
+
 def err(status: int | None = None, **extra: Any) -> dict[str, Any]:
     """A gateway-style failed tool result."""
     result: dict[str, Any] = {"content": [{"type": "text", "text": "boom"}], "isError": True}

@@ -20,12 +20,13 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 
 import pytest
-from cpex.framework import GlobalContext, PluginConfig, PluginContext, ToolPostInvokePayload
+from cpex.framework import GlobalContext, PluginContext, ToolPostInvokePayload
 
 from cpex_retry_with_backoff_wasm import RetryWithBackoffPlugin
 from cpex_retry_with_backoff_wasm.settings import DEFAULT_FUEL
 
-from .conftest import PLUGIN_KIND, PLUGIN_NAME, err, ok
+from .conftest import direct_plugin as plugin
+from .conftest import err, ok
 
 MIB = 1024 * 1024
 NO_JITTER = {"jitter": False}
@@ -34,12 +35,6 @@ CHECK_TEXT = {"jitter": False, "check_text_content": True}
 
 # Known bugs, found by these tests and reported on issue 7 (host-python/ and guest/src are not
 # this file's to fix).  strict: the day they are fixed the marker must go.
-def plugin(config: dict[str, Any]) -> RetryWithBackoffPlugin:
-    return RetryWithBackoffPlugin(
-        PluginConfig(name=PLUGIN_NAME, kind=PLUGIN_KIND, hooks=["tool_post_invoke"], config=config)
-    )
-
-
 async def delay(p: RetryWithBackoffPlugin, tool: str, rid: str, result: Any) -> int:
     payload = ToolPostInvokePayload(name=tool, result=result)
     context = PluginContext(global_context=GlobalContext(request_id=rid))

@@ -14,7 +14,6 @@ import pytest
 import yaml
 from cpex.framework import (
     GlobalContext,
-    PluginConfig,
     PluginContext,
     ResourcePostFetchPayload,
     ToolPostInvokePayload,
@@ -27,7 +26,7 @@ from cpex_retry_with_backoff_wasm import RetryWithBackoffPlugin
 from cpex_retry_with_backoff_wasm.plugin import read_trace_id
 from cpex_retry_with_backoff_wasm.settings import DEFAULT_FUEL
 
-from .conftest import PLUGIN_KIND, PLUGIN_NAME, VirtualClock, err, ok
+from .conftest import PLUGIN_KIND, PLUGIN_NAME, VirtualClock, direct_plugin, err, ok
 
 NO_JITTER = {"jitter": False}
 
@@ -47,12 +46,6 @@ async def post(manager: Any, tool: str, rid: str, result: Any, trace_id: str | N
 
 async def delays(manager: Any, tool: str, rid: str, results: list[Any]) -> list[int]:
     return [(await post(manager, tool, rid, r)).retry_delay_ms for r in results]
-
-
-def direct_plugin(config: dict[str, Any], **kw: Any) -> RetryWithBackoffPlugin:
-    return RetryWithBackoffPlugin(
-        PluginConfig(name=PLUGIN_NAME, kind=PLUGIN_KIND, hooks=["tool_post_invoke"], config=config), **kw
-    )
 
 
 async def call(

@@ -11,23 +11,18 @@ import gc
 from pathlib import Path
 from typing import Any
 
-from cpex.framework import GlobalContext, PluginConfig, PluginContext, ToolPostInvokePayload
+from cpex.framework import GlobalContext, PluginContext, ToolPostInvokePayload
 
 from cpex_retry_with_backoff_wasm import RetryWithBackoffPlugin
 from cpex_retry_with_backoff_wasm.shared import ENGINES
 
-from .conftest import PLUGIN_KIND, PLUGIN_NAME, VirtualClock, err, ok
+from .conftest import PLUGIN_NAME, VirtualClock, err, ok
+from .conftest import direct_plugin as plugin
 from .test_reload import contract_variant
 
 NO_JITTER = {"jitter": False, "max_retries": 3}
 #: A budget that never refills on its own: what is spent stays spent in one engine.
 BUDGET = {**NO_JITTER, "max_retries": 1, "retry_budget_percent": 50, "retry_budget_min_per_sec": 0}
-
-
-def plugin(config: dict[str, Any], name: str = PLUGIN_NAME, **kw: Any) -> RetryWithBackoffPlugin:
-    return RetryWithBackoffPlugin(
-        PluginConfig(name=name, kind=PLUGIN_KIND, hooks=["tool_post_invoke"], config=config), **kw
-    )
 
 
 async def delay(

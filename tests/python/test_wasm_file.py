@@ -21,7 +21,7 @@ from cpex_retry_with_backoff_wasm.loader import MAX_WASM_BYTES, load_component, 
 from cpex_retry_with_backoff_wasm.model import RetryEngineLoadError
 from cpex_retry_with_backoff_wasm.wire import DELAY_MASK
 
-from .conftest import err
+from .conftest import direct_plugin, err
 
 #: Far longer than refusing a FIFO takes; short enough that a hang fails the test quickly.
 GUARD_SECONDS = 20.0
@@ -88,6 +88,19 @@ def test_reload_to_a_fifo_fails_at_once_and_the_old_instance_serves(
     assert isinstance(raised, RetryEngineLoadError)
     assert "FIFO" in str(raised)
     assert engine.decide("tool", "r1", err()) & DELAY_MASK == 400
+
+
+def test_fifo_or_device_as_a_plugin_objects_wasm_path_fails_at_once(
+    fifo: tuple[Path, Callable[[], None]],
+) -> None:
+    # The plugin object first looks for a shared engine of its configuration, which names the
+    # component by its sha256: that read must be the loader's bounded one too.
+    path, unblock = fifo
+    raised = finishes(lambda: direct_plugin({"wasm_path": str(path)}), unblock=unblock)
+    assert isinstance(raised, RetryEngineLoadError)
+    assert "FIFO" in str(raised)
+    with pytest.raises(RetryEngineLoadError, match="character device"):
+        direct_plugin({"wasm_path": "/dev/zero"})
 
 
 def test_dev_zero_is_refused_without_reading_it() -> None:

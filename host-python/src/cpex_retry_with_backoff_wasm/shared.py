@@ -41,6 +41,8 @@ from pathlib import Path
 from typing import Any
 
 from . import ceiling as _ceiling
+from .loader import read_wasm_file
+from .model import RetryEngineLoadError
 from .retry_engine import RetryEngine
 from .sandbox import Clock, Seed
 from .settings import HostSettings
@@ -57,18 +59,20 @@ _digests: dict[tuple[str, int, int, int], str] = {}
 
 
 def _file_sha256(path: Path) -> str:
-    """The sha256 of the component file (a missing file: the construction reports it)."""
+    """The sha256 of the component file; "" when it cannot be read safely (missing, not a
+    regular file, too large: the construction then reports it)."""
     try:
         info = path.stat()
         tag = (str(path), info.st_ino, info.st_size, info.st_mtime_ns)
         digest = _digests.get(tag)
         if digest is None:
-            digest = hashlib.sha256(path.read_bytes()).hexdigest()
+            # The loader's bounded read: a FIFO or device must not hang construction here.
+            digest = hashlib.sha256(read_wasm_file(path)).hexdigest()
             if len(_digests) > 64:  # a few builds per process; bounded anyway
                 _digests.clear()
             _digests[tag] = digest
         return digest
-    except OSError:
+    except (OSError, RetryEngineLoadError):
         return ""
 
 

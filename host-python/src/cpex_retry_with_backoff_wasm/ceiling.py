@@ -25,6 +25,8 @@ from typing import Any
 
 from cpex.framework.settings import get_settings  # type: ignore[import-untyped, unused-ignore]
 
+from .model import override_path
+
 log = logging.getLogger(__name__)
 
 ENV_VAR = "MAX_TOOL_RETRIES"
@@ -125,7 +127,7 @@ def clamp_explicit(config: Mapping[str, Any], ceiling: Ceiling) -> dict[str, Any
                 continue
             value = _as_count(override.get("max_retries"))
             if value is not None and value > ceiling.value:
-                _warn(f"tool_overrides.{tool}.max_retries", override["max_retries"], ceiling)
+                _warn(f"{override_path(tool)}.max_retries", override["max_retries"], ceiling)
                 override["max_retries"] = ceiling.value
     return clamped
 
@@ -154,7 +156,7 @@ def clamp_effective(
             if not isinstance(override, dict) or "max_retries" not in override:
                 continue  # inherits the (now clamped) global value
             if effective > ceiling.value:
-                _warn(f"tool_overrides.{tool}.max_retries", f"{effective} (effective)", ceiling)
+                _warn(f"{override_path(tool)}.max_retries", f"{effective} (effective)", ceiling)
                 override["max_retries"] = ceiling.value
                 changed = True
     return changed

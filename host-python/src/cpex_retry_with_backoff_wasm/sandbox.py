@@ -44,6 +44,7 @@ from .model import (
     ConfigurationError,
     Policy,
     RetryEngineLoadError,
+    override_path,
 )
 
 log = logging.getLogger(__name__)
@@ -469,12 +470,3 @@ def _keys_unknown_to_0_2(config_json: str, why: str) -> tuple[ConfigError, ...]:
             if isinstance(mapping, dict) and mapping.get("retry_budget_percent") is not None
         ]
     return tuple(unknown)
-
-
-def override_path(tool: str) -> str:
-    """``tool_overrides.<tool>`` as the component writes it: quoted when the name is empty or
-    contains ``.``, ``[``, ``]`` or ``"``."""
-    if tool and not any(c in tool for c in '.[]"'):
-        return f"tool_overrides.{tool}"
-    escaped = tool.replace('"', '\\"')
-    return f'tool_overrides["{escaped}"]'

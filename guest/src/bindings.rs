@@ -6,6 +6,7 @@ use alloc::vec::Vec;
 use core::cell::RefCell;
 
 use crate::policy::backoff::{Jitter, Shape};
+use crate::policy::config::NonIdempotentRetries;
 use crate::policy::{
     simulate, snapshot, Config, ConfigError, Decision, Engine, Outcome, Policy, Reason,
 };
@@ -131,6 +132,8 @@ impl api::Guest for Component {
                 request_id: &s.request_id,
                 result_json: &s.result_json,
                 advance_ms: s.advance_ms,
+                timeout: has_fact(s.call, api::CallFacts::TIMEOUT),
+                idempotent: has_fact(s.call, api::CallFacts::IDEMPOTENT),
             })
             .collect();
         let decisions = simulate::simulate(config, seed, &borrowed).map_err(to_wit_errors)?;
@@ -208,6 +211,12 @@ fn inject_fault(tool: &str) {
     }
 }
 
+/// Whether a step's `call` facts include `fact` (wit-bindgen's flags type,
+/// without the bitflags crate, has no `contains`).
+fn has_fact(call: Option<api::CallFacts>, fact: api::CallFacts) -> bool {
+    call.is_some_and(|c| (c & fact).bits() != 0)
+}
+
 fn to_wit_errors(errors: Vec<ConfigError>) -> Vec<api::ConfigError> {
     let mut out = Vec::with_capacity(errors.len());
     for e in errors {
@@ -246,6 +255,12 @@ fn to_wit_policy(p: &Policy) -> api::Policy {
         max_retry_after_ms: p.max_retry_after_ms,
         retry_budget_percent: p.retry_budget_percent,
         retry_budget_min_per_sec: p.retry_budget_min_per_sec,
+        non_idempotent_retries: match p.non_idempotent_retries {
+            NonIdempotentRetries::All => api::NonIdempotentRetries::All,
+            NonIdempotentRetries::Throttled => api::NonIdempotentRetries::Throttled,
+            NonIdempotentRetries::None => api::NonIdempotentRetries::None,
+        },
+        idempotent: p.idempotent,
     }
 }
 
@@ -261,6 +276,7 @@ fn to_wit_decision(d: &Decision) -> api::SimDecision {
             Reason::Budget => api::DecisionReason::Budget,
             Reason::Deadline => api::DecisionReason::Deadline,
             Reason::RetryAfter => api::DecisionReason::RetryAfter,
+            Reason::NonIdempotent => api::DecisionReason::NonIdempotent,
         },
     }
 }

@@ -26,13 +26,17 @@ pub const SIG_VALIDATION_ERROR: u64 = 1 << 4;
 pub const SIG_INPUT_REQUIRED: u64 = 1 << 5;
 /// `signals` bit 6: an explicit `retryable: false` (safe classification).
 pub const SIG_NOT_RETRYABLE: u64 = 1 << 6;
-/// `signals` bit 7: a server delay hint is in bits 8..31 (ms).
+/// `signals` bit 7: a server delay hint is in bits 8..29 (ms).
 pub const SIG_RETRY_AFTER: u64 = 1 << 7;
-/// `signals` bits 8..31: the delay hint in ms.
+/// `signals` bits 8..29: the delay hint in ms.
 pub const RETRY_AFTER_SHIFT: u32 = 8;
-/// The largest delay hint the wire carries (24 bits of ms); the host
+/// The largest delay hint the wire carries (22 bits of ms); the host
 /// saturates larger ones to it.
-pub const RETRY_AFTER_MAX_MS: u32 = (1 << 24) - 1;
+pub const RETRY_AFTER_MAX_MS: u32 = (1 << 22) - 1;
+/// `signals` bit 30: the gateway marked the failure a timeout.
+pub const SIG_TIMEOUT: u64 = 1 << 30;
+/// `signals` bit 31: the tool's annotations say read-only or idempotent.
+pub const SIG_IDEMPOTENT: u64 = 1 << 31;
 /// `signals` bits 32..63: the status code (two's complement).
 pub const STATUS_SHIFT: u32 = 32;
 
@@ -54,7 +58,7 @@ pub const IDLE: u64 = 1 << 62;
 pub const NEED_TEXT: u64 = 1 << 63;
 /// `decision-reason` names by ordinal, in WIT declaration order (new reasons
 /// are only ever appended).
-pub const REASONS: [&str; 7] = [
+pub const REASONS: [&str; 8] = [
     "success",
     "retry",
     "exhausted",
@@ -62,6 +66,7 @@ pub const REASONS: [&str; 7] = [
     "budget",
     "deadline",
     "retry-after",
+    "non-idempotent",
 ];
 
 // --- handles and bounds ---------------------------------------------------
@@ -88,7 +93,7 @@ pub fn unpack_signals(bits: u64) -> Signals {
     }
 }
 
-/// Unpack the safe-classification hints of `signals` (bits 4..6).
+/// Unpack the host's facts beyond the native plugin's (bits 4..31).
 pub fn unpack_hints(bits: u64) -> Hints {
     Hints {
         validation_error: bits & SIG_VALIDATION_ERROR != 0,
@@ -96,6 +101,8 @@ pub fn unpack_hints(bits: u64) -> Hints {
         not_retryable: bits & SIG_NOT_RETRYABLE != 0,
         retry_after_ms: (bits & SIG_RETRY_AFTER != 0)
             .then_some((bits >> RETRY_AFTER_SHIFT) as u32 & RETRY_AFTER_MAX_MS),
+        timeout: bits & SIG_TIMEOUT != 0,
+        idempotent: bits & SIG_IDEMPOTENT != 0,
     }
 }
 
@@ -178,11 +185,19 @@ mod tests {
             unpack_hints(SIG_RETRY_AFTER | 5000 << 8 | 503 << 32).retry_after_ms,
             Some(5000)
         );
-        assert_eq!(
-            unpack_hints(SIG_RETRY_AFTER | u64::MAX >> 32 << 8).retry_after_ms,
-            Some(RETRY_AFTER_MAX_MS)
-        );
+        // The hint's field ends below the call facts, whatever the host sent.
+        let all = unpack_hints(SIG_RETRY_AFTER | u64::MAX >> 32 << 8);
+        assert_eq!(all.retry_after_ms, Some(RETRY_AFTER_MAX_MS));
+        assert!(all.timeout && all.idempotent);
+        let h = unpack_hints(SIG_TIMEOUT | SIG_IS_ERROR);
+        assert!(h.timeout && !h.idempotent && h.retry_after_ms.is_none());
+        let h = unpack_hints(SIG_IDEMPOTENT | SIG_RETRY_AFTER | RETRY_AFTER_MAX_MS_BITS);
+        assert!(!h.timeout && h.idempotent);
+        assert_eq!(h.retry_after_ms, Some(RETRY_AFTER_MAX_MS));
     }
+
+    /// The largest hint, in place.
+    const RETRY_AFTER_MAX_MS_BITS: u64 = (RETRY_AFTER_MAX_MS as u64) << RETRY_AFTER_SHIFT;
 
     #[test]
     fn test_wire_decision_layout() {
@@ -221,6 +236,8 @@ mod tests {
             ("SIG_RETRY_AFTER", SIG_RETRY_AFTER.into()),
             ("RETRY_AFTER_SHIFT", RETRY_AFTER_SHIFT.into()),
             ("RETRY_AFTER_MAX_MS", RETRY_AFTER_MAX_MS.into()),
+            ("SIG_TIMEOUT", SIG_TIMEOUT.into()),
+            ("SIG_IDEMPOTENT", SIG_IDEMPOTENT.into()),
             ("STATUS_SHIFT", STATUS_SHIFT.into()),
             ("DELAY_MASK", DELAY_MASK.into()),
             ("RETRY_COUNT_SHIFT", RETRY_COUNT_SHIFT.into()),
@@ -257,6 +274,7 @@ mod tests {
                 Reason::Budget,
                 Reason::Deadline,
                 Reason::RetryAfter,
+                Reason::NonIdempotent,
             ][i];
             assert_eq!(reason as usize, i, "{name}");
         }

@@ -26,7 +26,7 @@ use alloc::vec::Vec;
 
 use serde_json::{Map, Value};
 
-use super::config::Policy;
+use super::config::{NonIdempotentRetries, Policy};
 use super::text_markers::texts_mark_failure;
 use crate::wire::RETRY_AFTER_MAX_MS;
 
@@ -43,8 +43,9 @@ pub struct Signals {
     pub status: Option<i32>,
 }
 
-/// Facts beyond the native plugin's that the host reads from a result
-/// (signal bits 4..31): the first three only under `safe_classification`.
+/// Facts beyond the native plugin's that the host reads from a result and
+/// its call (signal bits 4..31): the first three count only under
+/// `safe_classification`, the last two only under `non_idempotent_retries`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Hints {
     /// An MCP input-validation error: a JSON-RPC `-32602` code or an explicit
@@ -58,6 +59,10 @@ pub struct Hints {
     /// read it, relative to now): the delay's floor under `honor_retry_after`,
     /// and in any case it makes the failure throttled ([`is_throttled`]).
     pub retry_after_ms: Option<u32>,
+    /// The gateway marked the failure a timeout.
+    pub timeout: bool,
+    /// The tool's MCP annotations say it is read-only or idempotent.
+    pub idempotent: bool,
 }
 
 impl Hints {
@@ -67,6 +72,8 @@ impl Hints {
         input_required: false,
         not_retryable: false,
         retry_after_ms: None,
+        timeout: false,
+        idempotent: false,
     };
 }
 
@@ -117,6 +124,36 @@ pub const TOO_MANY_REQUESTS: i32 = 429;
 /// A throttled failure takes the policy's throttle curve.
 pub fn is_throttled(signals: Signals, hints: Hints) -> bool {
     signals.status == Some(TOO_MANY_REQUESTS) || hints.retry_after_ms.is_some()
+}
+
+/// "Service Unavailable": with a delay hint, the server refused the call
+/// before running it.
+pub const SERVICE_UNAVAILABLE: i32 = 503;
+
+/// Whether the policy allows a retry of this retriable failure as far as
+/// idempotency goes: always for an idempotent tool (the policy's
+/// `idempotent`, else the call's annotations) and under `All`; under
+/// `Throttled` only for a failure that says the call was refused before it
+/// ran (429, or a 503 with a delay hint) and did not time out; never under
+/// `None`.
+pub fn may_repeat(signals: Signals, hints: Hints, policy: &Policy) -> bool {
+    if policy.non_idempotent_retries == NonIdempotentRetries::All
+        || policy.idempotent.unwrap_or(hints.idempotent)
+    {
+        return true;
+    }
+    match policy.non_idempotent_retries {
+        NonIdempotentRetries::All => true,
+        NonIdempotentRetries::Throttled => {
+            !hints.timeout
+                && match signals.status {
+                    Some(TOO_MANY_REQUESTS) => true,
+                    Some(SERVICE_UNAVAILABLE) => hints.retry_after_ms.is_some(),
+                    _ => false,
+                }
+        }
+        NonIdempotentRetries::None => false,
+    }
 }
 
 /// Classify one result. `texts` are the result's text items (`None` = not read
@@ -211,6 +248,9 @@ pub fn hints_from_json(result: &Value) -> Hints {
         input_required: map.get("resultType").and_then(Value::as_str) == Some("input_required"),
         not_retryable: is_false(field("retryable")) || is_false(map.get("retryable")),
         retry_after_ms: sc.and_then(retry_after_from_json),
+        // Facts of the call, not of its result: the replay's steps carry them.
+        timeout: false,
+        idempotent: false,
     }
 }
 

@@ -87,7 +87,7 @@ pub struct Policy {
     /// "input_required"` is not a failure; input-validation errors and
     /// `retryable: false` are non-retryable. Off by default (parity).
     pub safe_classification: bool,
-    /// Opt-in: a server delay hint (signal bits 7..31) is the retry's floor.
+    /// Opt-in: a server delay hint (signal bits 7..29) is the retry's floor.
     pub honor_retry_after: bool,
     /// Clamp of a server delay hint (ms).
     pub max_retry_after_ms: u64,
@@ -96,6 +96,23 @@ pub struct Policy {
     pub retry_budget_percent: Option<u32>,
     /// The budget's floor: tokens per second refilled regardless of traffic.
     pub retry_budget_min_per_sec: u32,
+    /// Which failures of a non-idempotent tool may be retried (issue 15 §1).
+    pub non_idempotent_retries: NonIdempotentRetries,
+    /// Whether the tool is idempotent, as the operator says; `None` (the
+    /// default) lets the call's annotations decide.
+    pub idempotent: Option<bool>,
+}
+
+/// `non_idempotent_retries`: which failures of a non-idempotent tool may be
+/// retried (see [`super::classify::may_repeat`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NonIdempotentRetries {
+    /// Every retriable failure (the default; the native plugin's behaviour).
+    All,
+    /// Only a 429, or a 503 with a server delay hint; never a timeout.
+    Throttled,
+    /// None.
+    None,
 }
 
 impl Default for Policy {
@@ -117,6 +134,8 @@ impl Default for Policy {
             max_retry_after_ms: DEFAULT_MAX_RETRY_AFTER_MS,
             retry_budget_percent: None,
             retry_budget_min_per_sec: DEFAULT_RETRY_BUDGET_MIN_PER_SEC,
+            non_idempotent_retries: NonIdempotentRetries::All,
+            idempotent: None,
         }
     }
 }
@@ -495,6 +514,18 @@ impl Keys<'_> {
         }
     }
 
+    /// As [`Keys::boolean`], where `null` is also valid: `Some(None)`.
+    fn nullable_bool(&self, key: &str, errors: &mut Errors) -> Option<Option<bool>> {
+        match self.map.get(key)? {
+            Value::Null => Some(None),
+            Value::Bool(b) => Some(Some(*b)),
+            other => {
+                self.report(key, must_be("null or a boolean", other), errors);
+                None
+            }
+        }
+    }
+
     fn boolean(&self, key: &str, errors: &mut Errors) -> Option<bool> {
         let v = self.map.get(key)?;
         let b = v.as_bool();
@@ -625,10 +656,19 @@ fn parse_policy(
         "max_retry_after_ms",
         1,
         MAX_RETRY_AFTER_LIMIT,
-        "an integer from 1 to 16777215 (ms)",
+        "an integer from 1 to 4194303 (ms)",
         errors,
     ) {
         p.max_retry_after_ms = ms;
+    }
+    if let Some(mode) = map
+        .get("non_idempotent_retries")
+        .and_then(|v| parse_non_idempotent(v, &join(prefix, "non_idempotent_retries"), errors))
+    {
+        p.non_idempotent_retries = mode;
+    }
+    if let Some(idempotent) = keys.nullable_bool("idempotent", errors) {
+        p.idempotent = idempotent;
     }
     let set = Sets {
         backoff_base_ms: backoff_base_ms.is_some(),
@@ -762,6 +802,24 @@ fn parse_shape(v: &Value, path: &str, errors: &mut Errors) -> Option<Shape> {
             path,
             must_be("one of \"exponential\", \"linear\", \"constant\"", v),
         );
+    }
+    parsed
+}
+
+/// `non_idempotent_retries`: `"all"`, `"throttled"` or `"none"`.
+fn parse_non_idempotent(
+    v: &Value,
+    path: &str,
+    errors: &mut Errors,
+) -> Option<NonIdempotentRetries> {
+    let parsed = match v.as_str() {
+        Some("all") => Some(NonIdempotentRetries::All),
+        Some("throttled") => Some(NonIdempotentRetries::Throttled),
+        Some("none") => Some(NonIdempotentRetries::None),
+        _ => None,
+    };
+    if parsed.is_none() {
+        errors.push(path, must_be("one of \"all\", \"throttled\", \"none\"", v));
     }
     parsed
 }
@@ -1186,18 +1244,70 @@ mod tests {
     #[test]
     fn test_config_retry_after_keys() {
         let c = Config::from_json(
-            r#"{"honor_retry_after": true, "tool_overrides": {"t": {"max_retry_after_ms": 16777215}}}"#,
+            r#"{"honor_retry_after": true, "tool_overrides": {"t": {"max_retry_after_ms": 4194303}}}"#,
         )
         .unwrap();
         assert!(c.policy_for("t").honor_retry_after);
-        assert_eq!(c.policy_for("t").max_retry_after_ms, 16_777_215);
+        assert_eq!(c.policy_for("t").max_retry_after_ms, 4_194_303);
         assert_eq!(c.global().max_retry_after_ms, 60_000);
         assert!(!Config::default().global().honor_retry_after);
         assert_eq!(
-            errors(r#"{"max_retry_after_ms": 16777216, "honor_retry_after": 1}"#),
+            errors(r#"{"max_retry_after_ms": 4194304, "honor_retry_after": 1}"#),
             vec![
                 "honor_retry_after: must be a boolean, got 1",
-                "max_retry_after_ms: must be an integer from 1 to 16777215 (ms), got 16777216",
+                "max_retry_after_ms: must be an integer from 1 to 4194303 (ms), got 4194304",
+            ]
+        );
+    }
+
+    #[test]
+    fn test_config_non_idempotent_keys() {
+        let c = Config::from_json(
+            r#"{"non_idempotent_retries": "throttled", "tool_overrides": {
+                "a": {"idempotent": true}, "b": {"non_idempotent_retries": "none", "idempotent": false},
+                "c": {"idempotent": null}}}"#,
+        )
+        .unwrap();
+        let g = c.global();
+        assert_eq!(
+            (g.non_idempotent_retries, g.idempotent),
+            (NonIdempotentRetries::Throttled, None)
+        );
+        let a = c.policy_for("a");
+        assert_eq!(
+            (a.non_idempotent_retries, a.idempotent),
+            (NonIdempotentRetries::Throttled, Some(true))
+        );
+        let b = c.policy_for("b");
+        assert_eq!(
+            (b.non_idempotent_retries, b.idempotent),
+            (NonIdempotentRetries::None, Some(false))
+        );
+        assert_eq!(c.policy_for("c").idempotent, None);
+        // A global `idempotent` is inherited, and an override's null takes it back.
+        let c = Config::from_json(
+            r#"{"idempotent": true, "tool_overrides": {"x": {"idempotent": null}}}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            (c.global().idempotent, c.policy_for("x").idempotent),
+            (Some(true), None)
+        );
+        let d = Config::default();
+        assert_eq!(
+            (d.global().non_idempotent_retries, d.global().idempotent),
+            (NonIdempotentRetries::All, None)
+        );
+        assert_eq!(
+            errors(
+                r#"{"non_idempotent_retries": "some", "idempotent": "yes",
+                    "tool_overrides": {"t": {"non_idempotent_retries": true, "idempotent": 1}}}"#
+            ),
+            vec![
+                "non_idempotent_retries: must be one of \"all\", \"throttled\", \"none\", got \"some\"",
+                "idempotent: must be null or a boolean, got \"yes\"",
+                "tool_overrides.t.non_idempotent_retries: must be one of \"all\", \"throttled\", \"none\", got true",
+                "tool_overrides.t.idempotent: must be null or a boolean, got 1",
             ]
         );
     }

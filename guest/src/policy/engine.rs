@@ -6,7 +6,7 @@ use fastrand::Rng;
 
 use super::backoff;
 use super::budget::Budgets;
-use super::classify::{classify_with, is_throttled, Classification, Hints, Signals};
+use super::classify::{classify_with, is_throttled, may_repeat, Classification, Hints, Signals};
 use super::config::{Config, Policy};
 use super::state::{Entry, Handle, StateTable, NO_HANDLE};
 
@@ -46,6 +46,9 @@ pub enum Reason {
     /// A retriable failure refused because the server's delay hint exceeds
     /// what the policy allows.
     RetryAfter = 6,
+    /// A retriable failure of a non-idempotent tool that the policy's
+    /// `non_idempotent_retries` does not retry; state cleared.
+    NonIdempotent = 7,
 }
 
 /// One decision.
@@ -257,6 +260,16 @@ impl Engine {
             .record_failure_hashed(hash, tool, request_id, now_ms, ttl, handle);
         let failures = entry.failures;
         if failures <= max_retries {
+            if !may_repeat(signals, hints, policy) {
+                // Running a non-idempotent tool again may repeat what the
+                // failed call already did: give up, as on exhaustion.
+                self.state.remove_hashed(hash, tool, request_id);
+                return Outcome::Decided(Decision {
+                    delay_ms: 0,
+                    failures,
+                    reason: Reason::NonIdempotent,
+                });
+            }
             let delay_ms = match floor {
                 None => backoff::delay_ms(
                     curve,
@@ -541,6 +554,121 @@ mod tests {
         // The count is the key's, whatever the class of each failure.
         assert_eq!(decide("c", fail(503), Hints::NONE), 400);
         assert_eq!(decide("c", fail(429), Hints::NONE), 2500);
+    }
+
+    /// `non_idempotent_retries` against every kind of failure: which are
+    /// retried for a tool the annotations call idempotent and for one they do
+    /// not, and what a refusal does to the key.
+    #[test]
+    fn test_engine_non_idempotent_retries() {
+        let status = |code| Signals {
+            status: Some(code),
+            ..FAIL
+        };
+        let hint = Hints {
+            retry_after_ms: Some(1000),
+            ..Hints::NONE
+        };
+        let timeout = Hints {
+            timeout: true,
+            ..Hints::NONE
+        };
+        let idempotent = |h: Hints| Hints {
+            idempotent: true,
+            ..h
+        };
+        // (signals, hints, retried under all / throttled / none)
+        let cases = [
+            (FAIL, Hints::NONE, [true, false, false]),
+            (FAIL, timeout, [true, false, false]),
+            (status(429), Hints::NONE, [true, true, false]),
+            (status(429), hint, [true, true, false]),
+            (status(503), hint, [true, true, false]),
+            (status(503), Hints::NONE, [true, false, false]),
+            (status(500), hint, [true, false, false]),
+            (status(429), timeout, [true, false, false]),
+            (FAIL, idempotent(timeout), [true, true, true]),
+            (status(503), idempotent(Hints::NONE), [true, true, true]),
+        ];
+        for (i, mode) in ["all", "throttled", "none"].iter().enumerate() {
+            let mut e = engine(&format!(
+                r#"{{"jitter": false, "non_idempotent_retries": "{mode}"}}"#
+            ));
+            for (signals, hints, retried) in cases {
+                let Outcome::Decided(d) = e.decide_with_hints("t", "r", signals, hints, NO_TEXT, 0)
+                else {
+                    panic!("need text")
+                };
+                let expected = if retried[i] {
+                    (200, 1, Reason::Retry)
+                } else {
+                    (0, 1, Reason::NonIdempotent)
+                };
+                assert_eq!(
+                    (d.delay_ms, d.failures, d.reason),
+                    expected,
+                    "{mode} {signals:?} {hints:?}"
+                );
+                // A refusal clears the key, as exhaustion does.
+                assert_eq!(e.state_count(), usize::from(retried[i]));
+                e.decide("t", "r", OK, NO_TEXT, 0);
+            }
+        }
+    }
+
+    #[test]
+    fn test_engine_idempotent_override_beats_the_annotations() {
+        let mut e = engine(
+            r#"{"jitter": false, "non_idempotent_retries": "none",
+                "tool_overrides": {"safe": {"idempotent": true}, "unsafe": {"idempotent": false}}}"#,
+        );
+        let annotated = Hints {
+            idempotent: true,
+            ..Hints::NONE
+        };
+        let mut decide =
+            |tool: &str, hints| match e.decide_with_hints(tool, "r", FAIL, hints, NO_TEXT, 0) {
+                Outcome::Decided(d) => d.reason,
+                Outcome::NeedText => panic!("need text"),
+            };
+        assert_eq!(decide("safe", Hints::NONE), Reason::Retry);
+        assert_eq!(decide("unsafe", annotated), Reason::NonIdempotent);
+        assert_eq!(decide("other", annotated), Reason::Retry);
+        assert_eq!(decide("other2", Hints::NONE), Reason::NonIdempotent);
+    }
+
+    #[test]
+    fn test_engine_non_idempotent_refusal_keeps_the_count_and_spends_no_budget() {
+        // Second failure of a key: a retry, then a timeout refused with the
+        // count so far; the budget (one token) is untouched by the refusal.
+        let mut e = engine(
+            r#"{"jitter": false, "non_idempotent_retries": "throttled",
+                "retry_budget_percent": 1, "retry_budget_min_per_sec": 0}"#,
+        );
+        let throttled = Signals {
+            status: Some(429),
+            ..FAIL
+        };
+        let timeout = Hints {
+            timeout: true,
+            ..Hints::NONE
+        };
+        let mut decide = |rid: &str, signals, hints| match e
+            .decide_with_hints("t", rid, signals, hints, NO_TEXT, 0)
+        {
+            Outcome::Decided(d) => (d.delay_ms, d.failures, d.reason),
+            Outcome::NeedText => panic!("need text"),
+        };
+        assert_eq!(decide("a", throttled, Hints::NONE), (200, 1, Reason::Retry));
+        assert_eq!(decide("a", FAIL, timeout), (0, 2, Reason::NonIdempotent));
+        // Ten tokens to start with, one spent: nine more retries, then none.
+        for n in 0..9 {
+            assert_eq!(
+                decide(&format!("k{n}"), throttled, Hints::NONE).2,
+                Reason::Retry
+            );
+        }
+        assert_eq!(decide("z", throttled, Hints::NONE).2, Reason::Budget);
     }
 
     #[test]

@@ -5,7 +5,7 @@
 use alloc::format;
 use alloc::vec::Vec;
 
-use super::classify::{hints_from_json, signals_from_json};
+use super::classify::{hints_from_json, signals_from_json, Hints};
 use super::config::{Config, ConfigError};
 use super::engine::{Decision, Engine, Outcome};
 
@@ -21,6 +21,10 @@ pub struct Step<'a> {
     pub result_json: &'a str,
     /// Virtual milliseconds elapsed since the previous step.
     pub advance_ms: u64,
+    /// The gateway marked the call a timeout (signal bit 30).
+    pub timeout: bool,
+    /// The tool's annotations say it is read-only or idempotent (bit 31).
+    pub idempotent: bool,
 }
 
 /// Replay `steps`; a step whose `result_json` is not JSON is an error naming
@@ -56,7 +60,11 @@ pub fn simulate(
             step.tool,
             step.request_id,
             signals,
-            hints_from_json(result),
+            Hints {
+                timeout: step.timeout,
+                idempotent: step.idempotent,
+                ..hints_from_json(result)
+            },
             Some(&texts[..]),
             now_ms,
         ) {
@@ -96,7 +104,33 @@ mod tests {
             request_id: rid,
             result_json,
             advance_ms,
+            timeout: false,
+            idempotent: false,
         }
+    }
+
+    #[test]
+    fn test_simulate_reads_the_call_facts_of_each_step() {
+        let cfg = config(r#"{"jitter": false, "non_idempotent_retries": "throttled"}"#).unwrap();
+        let fail = r#"{"isError": true}"#;
+        let throttled = r#"{"isError": true, "structuredContent": {"status_code": 429}}"#;
+        let steps = [
+            step("a", fail, 0),
+            Step {
+                idempotent: true,
+                ..step("b", fail, 0)
+            },
+            step("c", throttled, 0),
+            Step {
+                timeout: true,
+                ..step("c", throttled, 0)
+            },
+        ];
+        let got = simulate(cfg, 1, &steps).unwrap();
+        assert_eq!(
+            render(&got),
+            "0/1/NonIdempotent 200/1/Retry 200/1/Retry 0/2/NonIdempotent"
+        );
     }
 
     #[test]

@@ -35,7 +35,8 @@ wasmtime::component::bindgen!({
 });
 
 pub use exports::contextforge::retry::retry_engine::{
-    BackoffShape, ConfigError, DecisionReason, JitterMode, Policy, SimDecision, SimStep,
+    BackoffShape, CallFacts, ConfigError, DecisionReason, JitterMode, NonIdempotentRetries, Policy,
+    SimDecision, SimStep,
 };
 
 /// The contract version the harness is written against (the guest's).
@@ -227,6 +228,7 @@ pub mod reason {
     pub const BUDGET: u8 = 4;
     pub const DEADLINE: u8 = 5;
     pub const RETRY_AFTER: u8 = 6;
+    pub const NON_IDEMPOTENT: u8 = 7;
 }
 
 impl Decision {
@@ -271,7 +273,7 @@ pub struct Signals {
     pub status: Option<i32>,
 }
 
-/// `signals` bits 4..6: the safe-classification hints.
+/// `signals` bits 4..31: the host's facts beyond the native plugin's.
 pub mod hint {
     use super::wire;
     /// bit 4: an MCP input-validation error.
@@ -280,10 +282,14 @@ pub mod hint {
     pub const INPUT_REQUIRED: u64 = wire::SIG_INPUT_REQUIRED;
     /// bit 6: `retryable: false`.
     pub const NOT_RETRYABLE: u64 = wire::SIG_NOT_RETRYABLE;
-    /// bit 7 + bits 8..31: a server delay hint of `ms` milliseconds.
+    /// bit 7 + bits 8..29: a server delay hint of `ms` milliseconds.
     pub const fn retry_after(ms: u32) -> u64 {
         wire::SIG_RETRY_AFTER | ((ms & wire::RETRY_AFTER_MAX_MS) as u64) << wire::RETRY_AFTER_SHIFT
     }
+    /// bit 30: the gateway marked the failure a timeout.
+    pub const TIMEOUT: u64 = wire::SIG_TIMEOUT;
+    /// bit 31: the tool's annotations say read-only or idempotent.
+    pub const IDEMPOTENT: u64 = wire::SIG_IDEMPOTENT;
 }
 
 impl Signals {

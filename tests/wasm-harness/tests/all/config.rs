@@ -458,6 +458,8 @@ fn test_config_tool_policy_merges_overrides() -> Result<()> {
                 max_retry_after_ms: 60_000,
                 retry_budget_percent: None,
                 retry_budget_min_per_sec: 1,
+                non_idempotent_retries: NonIdempotentRetries::All,
+                idempotent: None,
             }
     );
     // Tool names match exactly: no prefix, case or trimming games.

@@ -43,6 +43,7 @@ fn replay(mode: &str, seed: u64, keys: usize) -> Result<Vec<[u64; RETRIES]>> {
             request_id: format!("r{k}"),
             result_json: r#"{"isError": true}"#.into(),
             advance_ms: 1,
+            call: None,
         })
         .collect();
     let decisions: Vec<SimDecision> = match Harness::new()?.simulate(&config(mode), seed, &steps)? {

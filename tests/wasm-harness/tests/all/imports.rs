@@ -9,7 +9,7 @@ const ALLOWED_IMPORTS: [&str; 2] = [
     "wasi:clocks/monotonic-clock@0.2.12",
     "wasi:random/insecure-seed@0.2.12",
 ];
-const EXPORT: &str = "contextforge:retry/retry-engine@0.3.0";
+const EXPORT: &str = "contextforge:retry/retry-engine@0.4.0";
 
 #[test]
 fn test_imports_are_exactly_clock_and_seed() -> Result<()> {
@@ -78,7 +78,7 @@ fn test_instantiates_with_only_the_allowed_imports() -> Result<()> {
 fn test_contract_version_is_0_2_1() -> Result<()> {
     let mut h = Harness::new()?;
     let version = h.contract_version()?;
-    ensure!(version == "0.3.0", "contract-version returned {version:?}");
+    ensure!(version == "0.4.0", "contract-version returned {version:?}");
     ensure!(version == harness::CONTRACT_VERSION);
     Ok(())
 }

@@ -17,6 +17,7 @@ mod deadline;
 mod decide;
 mod golden;
 mod handles;
+mod idempotency;
 mod imports;
 mod jitter;
 mod jitter_modes;

@@ -92,6 +92,7 @@ fn test_retry_after_in_the_replay() -> Result<()> {
             request_id: format!("r{i}"),
             result_json: (*result).into(),
             advance_ms: 0,
+            call: None,
         };
         let got = match Harness::new()?.simulate(&config, 1, &[step])? {
             Ok(d) => d[0].delay_ms,

@@ -4,18 +4,20 @@
 //! test through `?`; afterwards the instance must still work.
 
 use crate::support::*;
-use harness::{SimStep, DEFAULT_SEED};
+use harness::{CallFacts, SimStep, DEFAULT_SEED};
 use serde_json::{Map, Value};
 
 /// Fixed seeds: a failure names its seed; commit a regression test for it.
 const SEEDS: [u64; 4] = [1, 0xdead_beef, 0x5eed, 20261128];
-const CONFIG_KEYS: [&str; 9] = [
+const CONFIG_KEYS: [&str; 11] = [
     "max_retries",
     "backoff_base_ms",
     "max_backoff_ms",
     "retry_on_status",
     "jitter",
     "check_text_content",
+    "non_idempotent_retries",
+    "idempotent",
     "tool_overrides",
     "state_ttl_ms",
     "max_state_entries",
@@ -135,11 +137,13 @@ impl Gen {
                 Value::Array((0..self.0.usize(0..6)).map(|_| self.int()).collect())
             }
             "jitter" | "check_text_content" => json!(self.0.bool()),
+            "non_idempotent_retries" => json!(self.pick(&["all", "throttled", "none"])),
+            "idempotent" => [json!(null), json!(true), json!(false)][self.0.usize(0..3)].clone(),
             "tool_overrides" => {
                 let mut overrides = Map::new();
                 for _ in 0..self.0.usize(0..4) {
                     let mut entry = Map::new();
-                    for key in &CONFIG_KEYS[..6] {
+                    for key in &CONFIG_KEYS[..8] {
                         if self.0.bool() {
                             entry.insert(key.to_string(), self.config_value(key));
                         }
@@ -225,7 +229,7 @@ fn check_decision(raw: u64, context: &dyn Fn() -> String) -> Result<Decision> {
         context()
     );
     ensure!(
-        d.reason <= reason::RETRY_AFTER,
+        usize::from(d.reason) < harness::wire::REASONS.len(),
         "bad reason: {d:?} for {}",
         context()
     );
@@ -394,6 +398,12 @@ fn test_robustness_random_simulations_never_trap() -> Result<()> {
                         g.0.u64(..)
                     } else {
                         g.0.u64(0..500)
+                    },
+                    call: match g.0.u8(0..4) {
+                        0 => None,
+                        1 => Some(CallFacts::TIMEOUT),
+                        2 => Some(CallFacts::IDEMPOTENT),
+                        _ => Some(CallFacts::TIMEOUT | CallFacts::IDEMPOTENT),
                     },
                 })
                 .collect();

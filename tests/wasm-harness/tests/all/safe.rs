@@ -107,6 +107,7 @@ fn test_safe_classification_in_the_replay() -> Result<()> {
                 request_id: format!("r{i}"),
                 result_json: (*result).into(),
                 advance_ms: 0,
+                call: None,
             };
             let config = json!({"jitter": false, "safe_classification": safe}).to_string();
             match h_simulate(&config, step)? {
@@ -138,5 +139,6 @@ fn reason_ordinal(r: DecisionReason) -> u8 {
         DecisionReason::Budget => reason::BUDGET,
         DecisionReason::Deadline => reason::DEADLINE,
         DecisionReason::RetryAfter => reason::RETRY_AFTER,
+        DecisionReason::NonIdempotent => reason::NON_IDEMPOTENT,
     }
 }

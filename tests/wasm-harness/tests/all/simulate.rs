@@ -13,6 +13,7 @@ fn step(rid: &str, result_json: &str, advance_ms: u64) -> SimStep {
         request_id: rid.into(),
         result_json: result_json.into(),
         advance_ms,
+        call: None,
     }
 }
 
@@ -195,6 +196,7 @@ fn test_simulate_classifies_result_json() -> Result<()> {
             request_id: format!("r{i}"),
             result_json: json.to_string(),
             advance_ms: 0,
+            call: None,
         })
         .collect();
     let got = replay(config, 1, &steps)?;

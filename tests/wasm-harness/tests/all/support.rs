@@ -2,8 +2,8 @@
 
 pub use anyhow::{bail, ensure, Result};
 pub use harness::{
-    reason, BackoffShape, ConfigError, Decision, DecisionReason, Harness, JitterMode, Policy,
-    Signals,
+    reason, BackoffShape, CallFacts, ConfigError, Decision, DecisionReason, Harness, JitterMode,
+    NonIdempotentRetries, Policy, Signals,
 };
 pub use serde_json::json;
 
@@ -43,6 +43,8 @@ pub fn default_policy() -> Policy {
         max_retry_after_ms: 60_000,
         retry_budget_percent: None,
         retry_budget_min_per_sec: 1,
+        non_idempotent_retries: NonIdempotentRetries::All,
+        idempotent: None,
     }
 }
 

@@ -83,8 +83,8 @@ def test_swapped_entry_under_the_release_name_is_not_run(
 ) -> None:
     """Another build's compiled artifact, well-formed, written under the release's cache
     name: a plugin pinned to the release must run the release, not the other build."""
-    other = contract_variant(wasm_path, tmp_path, "0.3.7")
-    assert load_component(other).interface.endswith("@0.3.7")
+    other = contract_variant(wasm_path, tmp_path, "0.4.7")
+    assert load_component(other).interface.endswith("@0.4.7")
     other_entry = the_entry(cache)
     release_name = other_entry.name.replace(sha256_of(other), sha256_of(wasm_path))
     other_entry.rename(cache / release_name)

@@ -32,7 +32,7 @@ def step(engine: WasmRetryEngine, tool: str, rid: str, result: Any) -> tuple[int
 
 def test_defaults_and_contract(wasm_path: Path) -> None:
     engine = WasmRetryEngine({})
-    assert engine.contract_version == "0.3.0"
+    assert engine.contract_version == "0.4.0"
     assert engine.wasm_path == wasm_path
     assert engine.fuel_per_call == DEFAULT_FUEL
     assert engine.global_policy == Policy(
@@ -160,7 +160,7 @@ def test_non_str_key_parts_raise(tool: Any, rid: Any) -> None:
     ],
 )
 def test_config_errors_name_every_key_path(config: dict[str, Any], messages: list[str]) -> None:
-    with pytest.raises(ValueError, match=r"^retry-engine@0\.3\.0: invalid configuration: ") as info:
+    with pytest.raises(ValueError, match=r"^retry-engine@0\.4\.0: invalid configuration: ") as info:
         WasmRetryEngine(config)
     assert isinstance(info.value, ConfigurationError)
     text = str(info.value)

@@ -171,7 +171,7 @@ async def test_truncated_component_is_a_clear_error_at_load(
     assert any(re.search(message, r.getMessage()) for r in caplog.records)
 
 
-def wrong_world(funcs: tuple[str, ...], *, version: str = "0.3.0") -> str:
+def wrong_world(funcs: tuple[str, ...], *, version: str = "0.4.0") -> str:
     """A component exporting the retry-engine name with ``funcs``, each typed ``() -> u32``."""
     exports = " ".join(f'(export "{name}" (func $f))' for name in funcs)
     return f"""
@@ -193,7 +193,7 @@ def wrong_world(funcs: tuple[str, ...], *, version: str = "0.3.0") -> str:
             r"wrong-world\.wasm.*is not \(string, u32, u64, u32\) -> u64",
         ),
         (wrong_world(tuple(f for f in EXPORTED_FUNCS if f != "decide")), r"has no function 'decide'"),
-        (wrong_world(EXPORTED_FUNCS, version="0.4.0"), r"not for this host's contract.*retry-engine@0\.4\.0"),
+        (wrong_world(EXPORTED_FUNCS, version="0.5.0"), r"not for this host's contract.*retry-engine@0\.5\.0"),
     ],
     ids=["wrong-types", "missing-decide", "other-contract"],
 )

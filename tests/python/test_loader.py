@@ -62,7 +62,7 @@ def test_imports_are_exactly_clock_and_seed(wasm_path: Path) -> None:
         "wasi:clocks/monotonic-clock": frozenset({"now"}),
         "wasi:random/insecure-seed": frozenset({"insecure-seed"}),
     }
-    assert loaded.interface.startswith("contextforge:retry/retry-engine@0.3.")
+    assert loaded.interface.startswith("contextforge:retry/retry-engine@0.4.")
 
 
 def test_same_content_is_compiled_once_per_process(wasm_path: Path, tmp_path: Path) -> None:
@@ -172,7 +172,8 @@ def test_component_that_is_not_a_retry_engine(tmp_path: Path) -> None:
     path.write_bytes(bytes(wasmtime.wat2wasm("(component)")))
     expected = (
         r"empty-component\.wasm is not for this host's contract: "
-        r"the host needs contextforge:retry/retry-engine@0\.3\.x \(or 0\.2\.x\), it exports nothing"
+        r"the host needs contextforge:retry/retry-engine@0\.4\.x \(or 0\.3\.x\) \(or 0\.2\.x\), "
+        r"it exports nothing"
     )
     with pytest.raises(RetryEngineLoadError, match=expected):
         load_component(path)
@@ -183,7 +184,7 @@ def test_component_with_foreign_imports_is_rejected(tmp_path: Path) -> None:
     (component
       (import "wasi:cli/environment@0.2.0" (instance))
       (instance $e)
-      (export "contextforge:retry/retry-engine@0.3.0" (instance $e))
+      (export "contextforge:retry/retry-engine@0.4.0" (instance $e))
     )
     """
     path = tmp_path / "foreign.wasm"

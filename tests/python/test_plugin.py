@@ -307,9 +307,9 @@ async def test_manager_hands_the_plugin_copy_on_write_results(manager_factory: A
     seen: list[type] = []
     original = plugin.engine.decide
 
-    def spy(tool: str, rid: str, result: Any) -> int:
+    def spy(tool: str, rid: str, result: Any, context: Any = None) -> int:
         seen.append(type(result))
-        return original(tool, rid, result)
+        return original(tool, rid, result, context)
 
     plugin._decide = spy  # the hook's bound `engine.decide`
     assert (await post(manager, "t", "r", err())).retry_delay_ms == 200
@@ -402,7 +402,7 @@ async def test_trap_mid_sequence_answers_no_retry_and_recovers(
 
 
 async def test_tiny_fuel_from_config_fails_at_construction() -> None:
-    with pytest.raises(RuntimeError, match=r"retry-engine@0\.3\.0: (cannot instantiate|configuring)"):
+    with pytest.raises(RuntimeError, match=r"retry-engine@0\.4\.0: (cannot instantiate|configuring)"):
         direct_plugin({"wasm_fuel": 1})
 
 
@@ -503,7 +503,8 @@ def test_manifest_matches_native_defaults() -> None:
     text = resources.files("cpex_retry_with_backoff_wasm").joinpath("plugin-manifest.yaml").read_text()
     manifest = yaml.safe_load(text)
     assert manifest["kind"] == PLUGIN_KIND
-    assert manifest["available_hooks"] == ["tool_post_invoke", "resource_post_fetch"]
+    # The native plugin's two, and the one `non_idempotent_retries` needs.
+    assert manifest["available_hooks"] == ["tool_post_invoke", "resource_post_fetch", "tool_pre_invoke"]
     assert manifest["default_configs"] == {
         "max_retries": 2,
         "backoff_base_ms": 200,

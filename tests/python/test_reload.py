@@ -1,7 +1,7 @@
 """Contract-version checks at load, and hot reload with live retry state carried across.
 
 Builds for another contract version are made from the real component by a same-length
-rename of its contract version (``retry-engine@0.3.x`` -> ``@0.3.7`` or ``@0.4.0``, and the
+rename of its contract version (``retry-engine@0.4.x`` -> ``@0.4.7`` or ``@0.5.0``, and the
 ``contract-version`` literal): the binary stays valid because no length changes, and the
 fixture behaves exactly like the real engine except for the version it declares.
 """
@@ -27,9 +27,9 @@ NO_JITTER = {"jitter": False, "max_retries": 5}
 
 
 def contract_variant(wasm_path: Path, tmp_path: Path, version: str) -> Path:
-    """The real component declaring contract ``version`` instead of its own 0.3.x."""
+    """The real component declaring contract ``version`` instead of its own 0.4.x."""
     data = wasm_path.read_bytes()
-    found = re.search(rb"retry-engine@(0\.3\.\d)", data)
+    found = re.search(rb"retry-engine@(0\.4\.\d)", data)
     assert found, "the fixture rename no longer finds the export name"
     current = found.group(1)
     assert len(version) == len(current)
@@ -48,19 +48,19 @@ def delays(engine: WasmRetryEngine, tool: str, rid: str, results: list[Any]) -> 
 
 
 def test_newer_patch_of_the_contract_loads(wasm_path: Path, tmp_path: Path) -> None:
-    patch = contract_variant(wasm_path, tmp_path, "0.3.7")
+    patch = contract_variant(wasm_path, tmp_path, "0.4.7")
     engine = WasmRetryEngine({**NO_JITTER, "wasm_path": str(patch)})
-    assert engine.contract_version == "0.3.7"
+    assert engine.contract_version == "0.4.7"
     assert delays(engine, "t", "r", [err(), err()]) == [200, 400]
 
 
 def test_incompatible_contract_is_refused_naming_both_versions(wasm_path: Path, tmp_path: Path) -> None:
-    other = contract_variant(wasm_path, tmp_path, "0.4.0")
+    other = contract_variant(wasm_path, tmp_path, "0.5.0")
     with pytest.raises(RetryEngineLoadError) as info:
         WasmRetryEngine({"wasm_path": str(other)})
     message = str(info.value)
-    assert "contextforge:retry/retry-engine@0.3.x" in message
-    assert "contextforge:retry/retry-engine@0.4.0" in message
+    assert "contextforge:retry/retry-engine@0.4.x" in message
+    assert "contextforge:retry/retry-engine@0.5.0" in message
 
 
 def test_reload_mid_backoff_keeps_every_budget(wasm_path: Path, tmp_path: Path) -> None:
@@ -69,9 +69,9 @@ def test_reload_mid_backoff_keeps_every_budget(wasm_path: Path, tmp_path: Path) 
     for i in range(50):
         assert delays(engine, "t", f"r{i}", [err(), err()]) == [200, 400]
     clock.advance_ms(10)
-    patch = contract_variant(wasm_path, tmp_path, "0.3.7")
+    patch = contract_variant(wasm_path, tmp_path, "0.4.7")
     assert engine.reload(patch) == 50
-    assert engine.contract_version == "0.3.7"
+    assert engine.contract_version == "0.4.7"
     assert engine.wasm_path == patch
     assert engine.state_count() == 50
     # Every request continues its budget: third failure -> 800 ms, then 1600, 3200, exhausted.
@@ -96,11 +96,11 @@ def test_reload_to_incompatible_build_is_refused_and_old_instance_serves(
 ) -> None:
     engine = WasmRetryEngine(NO_JITTER, seed=(1, 2))
     assert delays(engine, "t", "r", [err()]) == [200]
-    other = contract_variant(wasm_path, tmp_path, "0.4.0")
-    with pytest.raises(RetryEngineLoadError, match=r"retry-engine@0\.3\.0"):
+    other = contract_variant(wasm_path, tmp_path, "0.5.0")
+    with pytest.raises(RetryEngineLoadError, match=r"retry-engine@0\.4\.0"):
         engine.reload(other)
     assert engine.wasm_path == wasm_path
-    assert engine.contract_version == "0.3.0"
+    assert engine.contract_version == "0.4.0"
     assert delays(engine, "t", "r", [err(), ok()]) == [400, 0]
 
 
@@ -160,7 +160,7 @@ def test_reload_while_threads_decide_loses_no_budget(wasm_path: Path, tmp_path: 
     purpose until the first reload is done, so at least one budget provably crosses a reload
     whatever the scheduler does; the others race the reloads freely."""
     engine = WasmRetryEngine(NO_JITTER, seed=(1, 2))
-    patch = contract_variant(wasm_path, tmp_path, "0.3.7")
+    patch = contract_variant(wasm_path, tmp_path, "0.4.7")
     halfway = threading.Event()
     resume = threading.Event()
     stop = threading.Event()
@@ -230,7 +230,7 @@ def test_wasm_sha256_must_be_hex(pin: Any) -> None:
 def test_reload_honours_the_pin_until_a_new_one_is_given(wasm_path: Path, tmp_path: Path) -> None:
     engine = WasmRetryEngine({**NO_JITTER, "wasm_sha256": sha256_of(wasm_path)}, seed=(1, 2))
     delays(engine, "t", "r", [err()])
-    patch = contract_variant(wasm_path, tmp_path, "0.3.7")
+    patch = contract_variant(wasm_path, tmp_path, "0.4.7")
     with pytest.raises(RetryEngineLoadError, match="but wasm_sha256 pins"):
         engine.reload(patch)
     assert engine.reload(patch, wasm_sha256=sha256_of(patch)) == 1

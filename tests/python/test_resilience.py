@@ -47,10 +47,19 @@ def metrics(res: Any) -> dict[str, Any]:
 
 # --------------------------------------------------------------------------- (a) reasons
 def test_reason_ordinals_follow_the_wit_enum() -> None:
-    assert REASONS == ("success", "retry", "exhausted", "non-retryable", "budget", "deadline", "retry-after")
+    assert REASONS == (
+        "success",
+        "retry",
+        "exhausted",
+        "non-retryable",
+        "budget",
+        "deadline",
+        "retry-after",
+        "non-idempotent",
+    )
     assert decision_reason(3 << 48) == "non-retryable"
-    with pytest.raises(ValueError, match="unknown decision-reason ordinal 7"):
-        decision_reason(7 << 48)
+    with pytest.raises(ValueError, match="unknown decision-reason ordinal 8"):
+        decision_reason(8 << 48)
 
 
 async def test_metrics_carry_no_reason_by_default(manager_factory: Any) -> None:
@@ -288,7 +297,8 @@ def test_retry_after_hint_bits() -> None:
     bits = read_hints(err(structuredContent={"retry_after": 2}), fixed_wall_clock)
     assert bits == SIG_RETRY_AFTER | (2000 << RETRY_AFTER_SHIFT)
     huge = read_hints(err(structuredContent={"retry_after": 10**9}), fixed_wall_clock)
-    assert huge >> RETRY_AFTER_SHIFT == (1 << 24) - 1
+    # Saturated at the wire's 22 bits, below the call facts (bits 30..31).
+    assert huge >> RETRY_AFTER_SHIFT == (1 << 22) - 1
 
 
 async def test_retry_after_is_opt_in(manager_factory: Any) -> None:
@@ -349,10 +359,8 @@ def test_retry_after_keys_in_the_policy() -> None:
     assert engine.global_policy.honor_retry_after is True
     assert engine.global_policy.max_retry_after_ms == 60_000
     assert engine.tool_policy("t").max_retry_after_ms == 5000
-    with pytest.raises(
-        ConfigurationError, match=r"max_retry_after_ms: must be an integer from 1 to 16777215"
-    ):
-        WasmRetryEngine({"max_retry_after_ms": 2**24})
+    with pytest.raises(ConfigurationError, match=r"max_retry_after_ms: must be an integer from 1 to 4194303"):
+        WasmRetryEngine({"max_retry_after_ms": 2**22})
 
 
 # --------------------------------------------------------------------------- (f) retry budget

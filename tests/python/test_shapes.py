@@ -155,20 +155,20 @@ def test_a_component_whose_export_and_version_disagree_is_refused(tmp_path: Path
         WasmRetryEngine({"wasm_path": str(lying)})
 
 
-def test_hot_reload_from_a_0_2_build_carries_live_state_into_0_3(wasm_path: Path) -> None:
+def test_hot_reload_from_a_0_2_build_carries_live_state_into_the_current_one(wasm_path: Path) -> None:
     clock = VirtualClock()
     config = {"jitter": "decorrelated", "max_retries": 5, "wasm_path": str(WASM_0_2)}
     engine = WasmRetryEngine(config, clock=clock, seed=(1, 2))
     for i in range(20):
         assert all(d > 0 for d in decide_all(engine, "t", f"r{i}", [err(), err()]))
     assert engine.reload(wasm_path) == 20
-    assert engine.contract_version.startswith("0.3.")
+    assert engine.contract_version.startswith("0.4.")
     # Every key continues its count: three more retries, then exhaustion (5 in all).
     for i in range(20):
         tail = decide_all(engine, "t", f"r{i}", [err()] * 4)
         assert all(d > 0 for d in tail[:3]), (i, tail)
         assert tail[3] == 0, (i, tail)
-    # And back: a 0.3 instance's state moves into the 0.2 build too.
+    # And back: a 0.4 instance's state moves into the 0.2 build too.
     for i in range(5):
         decide_all(engine, "t", f"back{i}", [err()])
     assert engine.reload(WASM_0_2) == 5
@@ -176,10 +176,23 @@ def test_hot_reload_from_a_0_2_build_carries_live_state_into_0_3(wasm_path: Path
     assert decide_all(engine, "t", "back0", [err()] * 5)[-1] == 0
 
 
-def test_reload_to_a_0_2_build_is_refused_while_the_config_uses_0_3_keys(wasm_path: Path) -> None:
-    engine = WasmRetryEngine({"jitter": False, "backoff": "linear"})
+@pytest.mark.parametrize(
+    ("config", "refused"),
+    [
+        ({"backoff": "linear"}, r"backoff: needs a contract 0\.3 component"),
+        (
+            {"tool_overrides": {"send": {"non_idempotent_retries": "none"}}},
+            r"tool_overrides\.send\.non_idempotent_retries: needs a contract 0\.4 component",
+        ),
+        ({"idempotent": True}, r"idempotent: needs a contract 0\.4 component"),
+    ],
+)
+def test_reload_to_a_0_2_build_is_refused_while_the_config_uses_newer_keys(
+    wasm_path: Path, config: dict[str, Any], refused: str
+) -> None:
+    engine = WasmRetryEngine({"jitter": False, **config})
     assert decide_all(engine, "t", "r", [err()]) == [200]
-    with pytest.raises(RetryEngineLoadError, match=r"backoff: needs a contract 0\.3 component"):
+    with pytest.raises(RetryEngineLoadError, match=refused):
         engine.reload(WASM_0_2)
-    assert engine.contract_version.startswith("0.3.")
+    assert engine.contract_version.startswith("0.4.")
     assert decide_all(engine, "t", "r", [err()]) == [400]

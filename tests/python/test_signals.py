@@ -274,5 +274,5 @@ def test_decision_unpack(decision: int, delay: int, count: int, reason: str, nee
 
 
 def test_decision_reason_rejects_unknown_ordinal() -> None:
-    with pytest.raises(ValueError, match="ordinal 7"):
-        decision_reason(7 << 48)
+    with pytest.raises(ValueError, match="ordinal 8"):
+        decision_reason(8 << 48)

@@ -11,15 +11,19 @@ from typing import Any
 
 #: Name of the component's WIT interface and the contract version this host implements.
 COMPONENT_NAME = "retry-engine"
-CONTRACT_VERSION = "0.3.0"
-#: Contract minors this host loads, newest first: its own, and 0.2, whose components differ
-#: only in ``policy`` fields the host reads with their defaults. Loading a 0.2 build lets a
-#: hot reload carry live state from it into a 0.3 one.
-CONTRACT_MINORS = ("0.3", "0.2")
-#: Configuration keys (global and per tool) a 0.2 component does not know: it would ignore
-#: them, so the host refuses them for such a component instead.
-KEYS_SINCE_0_3 = ("backoff", "throttle_backoff_base_ms", "throttle_max_backoff_ms")
-#: How messages name the versions this host loads, e.g. ``0.3.x (or 0.2.x)``.
+CONTRACT_VERSION = "0.4.0"
+#: Contract minors this host loads, newest first: its own, and the older ones, whose components
+#: differ only in ``policy`` fields the host reads with their defaults, in configuration keys
+#: (``KEYS_SINCE``) and in signal bits the host sends only where those keys are in force.
+#: Loading an older build lets a hot reload carry live state from it into a newer one.
+CONTRACT_MINORS = ("0.4", "0.3", "0.2")
+#: Configuration keys (global and per tool) by the minor that introduced them: a component of
+#: an older minor would ignore them, so the host refuses them for it instead.
+KEYS_SINCE = {
+    "0.3": ("backoff", "throttle_backoff_base_ms", "throttle_max_backoff_ms"),
+    "0.4": ("non_idempotent_retries", "idempotent"),
+}
+#: How messages name the versions this host loads, e.g. ``0.4.x (or 0.3.x) (or 0.2.x)``.
 CONTRACT_WANTED = f"{CONTRACT_MINORS[0]}.x" + "".join(f" (or {m}.x)" for m in CONTRACT_MINORS[1:])
 #: Prefix for every message this package raises or logs about the component.
 MESSAGE_PREFIX = f"{COMPONENT_NAME}@{CONTRACT_VERSION}"
@@ -36,6 +40,10 @@ def override_path(tool: str) -> str:
 
 def _optional_int(value: Any) -> int | None:
     return None if value is None else int(value)
+
+
+def _optional_bool(value: Any) -> bool | None:
+    return None if value is None else bool(value)
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +77,10 @@ class Policy:
     #: bounds; left out (a 0.2 component has none), the transient ones.
     throttle_backoff_base_ms: int | None = None
     throttle_max_backoff_ms: int | None = None
+    #: WIT ``non-idempotent-retries``: ``all``, ``throttled`` or ``none``.
+    non_idempotent_retries: str = "all"
+    #: WIT ``idempotent``: the configured idempotency, or None (the annotations decide).
+    idempotent: bool | None = None
 
     def __post_init__(self) -> None:
         if not self.jitter_mode:
@@ -85,6 +97,11 @@ class Policy:
             self.backoff_base_ms,
             self.max_backoff_ms,
         )
+
+    @property
+    def reads_call_facts(self) -> bool:
+        """Whether decisions depend on the call's timeout mark and the tool's annotations."""
+        return self.non_idempotent_retries != "all"
 
     @classmethod
     def from_record(cls, record: Any) -> Policy:
@@ -106,6 +123,8 @@ class Policy:
             backoff=str(getattr(record, "backoff", "exponential")),
             throttle_backoff_base_ms=_optional_int(getattr(record, "throttle-backoff-base-ms", None)),
             throttle_max_backoff_ms=_optional_int(getattr(record, "throttle-max-backoff-ms", None)),
+            non_idempotent_retries=str(getattr(record, "non-idempotent-retries", "all")),
+            idempotent=_optional_bool(getattr(record, "idempotent", None)),
         )
 
     def metadata(self) -> dict[str, Any]:

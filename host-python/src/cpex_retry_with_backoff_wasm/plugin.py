@@ -20,11 +20,14 @@ from cpex.framework import (  # type: ignore[import-untyped, unused-ignore]
     ResourcePostFetchResult,
     ToolPostInvokePayload,
     ToolPostInvokeResult,
+    ToolPreInvokePayload,
+    ToolPreInvokeResult,
 )
 
 from . import metrics
 from .ceiling import read_ceiling
 from .keys import state_request_id
+from .model import ConfigError, ConfigurationError
 from .results import delay_result_builder, result_builder
 from .retry_engine import RetryEngine
 from .sandbox import Clock, Seed
@@ -33,6 +36,10 @@ from .signals import REASON_EXHAUSTED
 from .wire import DELAY_MASK, REASON_SHIFT, REASONS, RETRY_COUNT_SHIFT
 
 log = logging.getLogger(__name__)
+
+#: The hook before which the gateway puts the tool's record (its annotations) in the global
+#: context, and whose local context it marks on a timeout.
+PRE_INVOKE_HOOK = "tool_pre_invoke"
 
 
 def read_trace_id(extensions: Any) -> str | None:
@@ -80,6 +87,18 @@ class RetryWithBackoffPlugin(Plugin):  # type: ignore[misc, unused-ignore]  # cp
             seed=seed,
             wall_clock=wall_clock,
         )
+        if self._engine.reads_call_facts and PRE_INVOKE_HOOK not in _hook_names(config.hooks):
+            ENGINES.detach(self._engine)
+            raise ConfigurationError(
+                (
+                    ConfigError(
+                        "hooks",
+                        f"must include {PRE_INVOKE_HOOK}: non_idempotent_retries reads the tool's "
+                        "annotations and the timeout mark, which the gateway gives only to a "
+                        f"plugin with that hook (got {list(_hook_names(config.hooks))})",
+                    ),
+                )
+            )
         self._policy_metadata = self._engine.global_policy.metadata()
         self._metrics_reason = self._engine.metrics_reason
         self._key_scope = self._engine.key_scope
@@ -132,7 +151,7 @@ class RetryWithBackoffPlugin(Plugin):  # type: ignore[misc, unused-ignore]  # cp
             else state_request_id(self._key_scope, global_context)
         )
         tool = payload.name
-        decision = self._decide(tool, request_id, payload.result)
+        decision = self._decide(tool, request_id, payload.result, context)
         if self._metrics is not None:
             (self._metrics.queues.get(tool) or self._metrics.queue(tool))(decision)
         delay = decision & DELAY_MASK
@@ -156,6 +175,16 @@ class RetryWithBackoffPlugin(Plugin):  # type: ignore[misc, unused-ignore]  # cp
             metrics["reason"] = REASONS[reason] if reason < len(REASONS) else str(reason)
         return self._result({"retry_delay_ms": delay, "metadata": {"retry_with_backoff": metrics}})
 
+    async def tool_pre_invoke(
+        self,
+        payload: ToolPreInvokePayload,
+        context: PluginContext,
+        extensions: Any = None,
+    ) -> ToolPreInvokeResult:
+        """Nothing to do: registering this hook is what makes the gateway hand the tool's
+        annotations and its timeout mark to ``tool_post_invoke`` (``non_idempotent_retries``)."""
+        return ToolPreInvokeResult(continue_processing=True)
+
     async def resource_post_fetch(
         self,
         payload: ResourcePostFetchPayload,
@@ -166,6 +195,11 @@ class RetryWithBackoffPlugin(Plugin):  # type: ignore[misc, unused-ignore]  # cp
         return ResourcePostFetchResult(
             metadata={"retry_policy": {**policy, "retry_on_status": list(policy["retry_on_status"])}}
         )
+
+
+def _hook_names(hooks: Any) -> tuple[str, ...]:
+    """The stanza's hook names (str or str-valued enum members)."""
+    return tuple(str(getattr(hook, "value", hook)) for hook in hooks or ())
 
 
 __all__ = ["RetryWithBackoffPlugin", "read_trace_id", "state_request_id"]

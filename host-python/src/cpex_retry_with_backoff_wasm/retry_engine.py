@@ -33,7 +33,7 @@ from .keys import KEY_PART_MAX_CHARS, engine_key, key_part
 from .model import MESSAGE_PREFIX, ConfigError, ConfigurationError, Policy, RetryEngineLoadError
 from .sandbox import Clock, Sandbox, Seed, describe_fault
 from .settings import HostSettings, check_sha256
-from .signals import REASON_RETRY, collect_texts, read_hints, read_signals
+from .signals import REASON_RETRY, collect_texts, read_call_facts, read_hints, read_signals
 from .wire import DELAY_MASK, IDLE, NEED_TEXT, REASON_SHIFT, TEXT_FREE, UNKNOWN_HANDLE
 
 log = logging.getLogger(__name__)
@@ -176,7 +176,11 @@ class RetryEngine:
         # when some effective policy (the component's word) reads them. A delay hint also makes
         # a failure throttled, which matters where the throttle class has bounds of its own.
         policies = [self._global_policy, *(sandbox.tool_policy(key_part(t)) for t in tools)]
-        self._read_hints = any(
+        # The call's timeout mark and the tool's annotations, likewise, only where some policy
+        # retries non-idempotent tools selectively; its `throttled` reads delay hints (a 503
+        # with one is a refusal).
+        self._read_facts = any(p.reads_call_facts for p in policies)
+        self._read_hints = self._read_facts or any(
             p.safe_classification or p.honor_retry_after or p.throttle_differs for p in policies
         )
         # The component validated it as a boolean (global key); the host only presents it.
@@ -186,12 +190,14 @@ class RetryEngine:
         self._key_scope: str = scope if isinstance(scope, str) else "request"
 
     # ------------------------------------------------------------------ hot path
-    def decide(self, tool: str, request_id: str, result: Any) -> int:
+    def decide(self, tool: str, request_id: str, result: Any, context: Any = None) -> int:
         """One decision for ``result`` of ``tool`` within ``request_id``: the packed u64.
 
         Reads the result (``signals.read_signals``), calls ``decide`` or ``decide-held`` once
         and, only when the component asks for it (need-text), collects the text items and calls
-        ``decide-text``.  Returns 0 ("no retry") when the instance faulted.
+        ``decide-text``.  ``context`` is the hook's plugin context, read for the call's facts
+        (``signals.read_call_facts``) where a policy needs them.  Returns 0 ("no retry") when
+        the instance faulted.
         """
         if type(tool) is not str:
             tool = _require_str(tool, "payload.name")
@@ -203,9 +209,9 @@ class RetryEngine:
         # `text-free` bits), so it is answered here.  The idle test comes first: it needs no key.
         if signals:
             if self._read_hints:
-                # Facts for safe classification and delay hints; only a result with a failure
-                # signal can need them.
-                signals |= read_hints(result, self._wall_clock)
+                # Facts for safe classification, delay hints and idempotency; only a result
+                # with a failure signal can need them.
+                signals |= self._read_extras(result, context)
             key = (tool, request_id)
         elif self._idle:
             return 0
@@ -257,9 +263,16 @@ class RetryEngine:
         if decision & NEED_TEXT:
             # Text content may make it a failure: the hints can matter now.
             if self._read_hints:
-                signals |= read_hints(result, self._wall_clock)
+                signals |= self._read_extras(result, context)
             decision = self._decide_generic(key, signals, collect_texts(result))
         return decision
+
+    def _read_extras(self, result: Any, context: Any) -> int:
+        """Signal bits 4..31: the result's hints, and the call's facts where a policy reads them."""
+        bits = read_hints(result, self._wall_clock)
+        if self._read_facts:
+            bits |= read_call_facts(context)
+        return bits
 
     def _decide_by_key(
         self, decide: Callable[[bytes, int, int, int], int], key: Key, entry: Held | None, signals: int
@@ -401,6 +414,12 @@ class RetryEngine:
     def held(self) -> HeldKeys:
         """The keys holding retry state, their handles and mirrored state."""
         return self._held
+
+    @property
+    def reads_call_facts(self) -> bool:
+        """Whether some policy's decisions depend on the call's timeout mark and the tool's
+        annotations (``non_idempotent_retries`` other than ``all``)."""
+        return self._read_facts
 
     @property
     def key_scope(self) -> str:

@@ -38,7 +38,7 @@ from .loader import (
 from .model import (
     CONTRACT_MINORS,
     CONTRACT_WANTED,
-    KEYS_SINCE_0_3,
+    KEYS_SINCE,
     MESSAGE_PREFIX,
     ConfigError,
     ConfigurationError,
@@ -261,9 +261,8 @@ class Sandbox:
 
     def configure(self, config_json: str) -> tuple[ConfigError, ...]:
         """``configure`` the instance; the problems it found (none: it is configured)."""
-        unknown: tuple[ConfigError, ...] = ()
-        if self.contract_version.startswith("0.2."):
-            unknown = _keys_unknown_to_0_2(config_json, f"{self.path} implements {self.contract_version}")
+        minor = ".".join(self.contract_version.split(".")[:2])
+        unknown = _keys_unknown_to(minor, config_json, f"{self.path} implements {self.contract_version}")
         self.set_fuel(self.fuel + CONFIGURE_FUEL_PER_BYTE * len(config_json.encode("utf-8", "replace")))
         errors = self.funcs["configure"](self.live_store(), config_json)
         if errors is None and not unknown:
@@ -438,8 +437,23 @@ def _define_seed(iface: Any, funcs: frozenset[str], seed: Seed) -> None:
 __all__ = ["COLD_FUEL_FACTOR", "Build", "Clock", "Sandbox", "Seed", "describe_fault"]
 
 
-def _keys_unknown_to_0_2(config_json: str, why: str) -> tuple[ConfigError, ...]:
-    """The keys of ``config_json`` that a 0.2 component would silently ignore, as errors."""
+def _minor_key(minor: str) -> tuple[int, ...]:
+    """``"0.3"`` as ``(0, 3)``, for ordering (a minor the host loads, so digits only)."""
+    return tuple(int(part) for part in minor.split(".") if part.isdigit())
+
+
+def _keys_unknown_to(minor: str, config_json: str, why: str) -> tuple[ConfigError, ...]:
+    """The keys of ``config_json`` that a component of contract ``minor`` would silently ignore,
+    as errors."""
+    newer = [
+        (since, key)
+        for since, keys in KEYS_SINCE.items()
+        if _minor_key(since) > _minor_key(minor)
+        for key in keys
+    ]
+    identity_budgets = minor == "0.2"
+    if not newer and not identity_budgets:
+        return ()
     try:
         raw = json.loads(config_json)
     except ValueError:
@@ -450,17 +464,18 @@ def _keys_unknown_to_0_2(config_json: str, why: str) -> tuple[ConfigError, ...]:
     overrides = raw.get("tool_overrides")
     if isinstance(overrides, dict):
         mappings += [(f"{override_path(tool)}.", entry) for tool, entry in overrides.items()]
-    # null asks for what a 0.2 component does anyway (the transient bounds), so it is no problem.
+    # null asks for what an older component does anyway (the transient bounds, the annotations),
+    # so it is no problem.
     unknown = [
-        ConfigError(f"{prefix}{key}", f"needs a contract 0.3 component; {why}")
+        ConfigError(f"{prefix}{key}", f"needs a contract {since} component; {why}")
         for prefix, mapping in mappings
         if isinstance(mapping, dict)
-        for key in KEYS_SINCE_0_3
+        for since, key in newer
         if mapping.get(key) is not None
     ]
     # A 0.2 component keeps one budget per tool name, which every tenant of a shared engine
     # would spend: a budget under an identity scope needs 0.3.
-    if raw.get("key_scope") in ("tenant", "user"):
+    if identity_budgets and raw.get("key_scope") in ("tenant", "user"):
         unknown += [
             ConfigError(
                 f"{prefix}retry_budget_percent",

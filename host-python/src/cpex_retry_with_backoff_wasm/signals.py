@@ -32,6 +32,7 @@ from .wire import (
     RETRY_AFTER_MAX_MS,
     RETRY_AFTER_SHIFT,
     RETRY_COUNT_SHIFT,
+    SIG_IDEMPOTENT,
     SIG_INPUT_REQUIRED,
     SIG_IS_ERROR,
     SIG_NOT_RETRYABLE,
@@ -39,6 +40,7 @@ from .wire import (
     SIG_STATUS,
     SIG_STRUCTURED,
     SIG_STRUCTURED_IS_ERROR,
+    SIG_TIMEOUT,
     SIG_VALIDATION_ERROR,
     STATUS_SHIFT,
 )
@@ -289,6 +291,53 @@ def read_hints(result: Any, wall_clock: WallClock = time.time) -> int:
         return bits
     except Exception:
         return 0
+
+
+#: The plugin-context state key the gateway sets to True before it hands a timeout to
+#: ``tool_post_invoke`` (1.0.7 and 1.1.0, ``ToolService``'s timeout handler).
+TIMEOUT_STATE_KEY: Final = "cb_timeout_failure"
+#: The ``global_context.metadata`` key of the tool's record (set before ``tool_pre_invoke``).
+TOOL_METADATA_KEY: Final = "tool"
+#: MCP tool annotations that make a tool safe to run twice.
+IDEMPOTENT_ANNOTATIONS: Final = ("readOnlyHint", "idempotentHint")
+
+
+def _member(obj: Any, name: str) -> Any:
+    """``obj[name]`` for a mapping, else the attribute ``name``; ``_MISSING`` if neither."""
+    if isinstance(obj, Mapping):
+        return _get(obj, name)
+    return getattr(obj, name, _MISSING)
+
+
+def read_call_facts(context: Any) -> int:
+    """The facts of the call (signal bits 30..31) from the plugin ``context``; never raises.
+
+    - bit 30: the gateway marked this failure a timeout: the state ``cb_timeout_failure`` of
+      this plugin's local context is True. It is taken out as it is read: the gateway sets it
+      once per timeout, and the same local context reaches every later attempt of the call.
+    - bit 31: the tool's MCP annotations (``global_context.metadata["tool"]``, a record or a
+      mapping, its ``annotations`` a mapping or a record) say ``readOnlyHint`` or
+      ``idempotentHint`` is True. The gateway provides the record only where some plugin has
+      ``tool_pre_invoke``; without it, or when anything is not as expected, the bit is 0 (not
+      idempotent, the MCP default).
+
+    Whether they count is the engine's decision (``non_idempotent_retries``, ``idempotent``).
+    """
+    bits = 0
+    try:
+        state = context.state
+        if isinstance(state, dict) and state.pop(TIMEOUT_STATE_KEY, None) is True:
+            bits |= SIG_TIMEOUT
+    except Exception:
+        pass
+    try:
+        tool = _member(context.global_context.metadata, TOOL_METADATA_KEY)
+        annotations = _member(tool, "annotations")
+        if any(_member(annotations, name) is True for name in IDEMPOTENT_ANNOTATIONS):
+            bits |= SIG_IDEMPOTENT
+    except Exception:
+        pass
+    return bits
 
 
 def collect_texts(result: Any) -> list[str]:

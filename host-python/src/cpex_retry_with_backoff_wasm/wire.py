@@ -26,11 +26,15 @@ SIG_INPUT_REQUIRED: Final = 1 << 5
 #: bit 6: an explicit ``retryable: False``.
 SIG_NOT_RETRYABLE: Final = 1 << 6
 #: bit 7: a server delay hint (``honor_retry_after``; it also makes a failure throttled) is in
-#: bits 8..31, in ms from now.
+#: bits 8..29, in ms from now.
 SIG_RETRY_AFTER: Final = 1 << 7
 RETRY_AFTER_SHIFT: Final = 8
-#: The largest hint the wire carries (24 bits of ms); larger ones saturate.
-RETRY_AFTER_MAX_MS: Final = (1 << 24) - 1
+#: The largest hint the wire carries (22 bits of ms); larger ones saturate.
+RETRY_AFTER_MAX_MS: Final = (1 << 22) - 1
+#: bit 30: the gateway marked the failure a timeout (``non_idempotent_retries``).
+SIG_TIMEOUT: Final = 1 << 30
+#: bit 31: the tool's annotations say ``readOnlyHint`` or ``idempotentHint`` is True.
+SIG_IDEMPOTENT: Final = 1 << 31
 STATUS_SHIFT: Final = 32
 
 # --- decision (engine -> host) -----------------------------------------------------------
@@ -48,7 +52,16 @@ IDLE: Final = 1 << 62
 #: bit 63: the decision needs the result's text items (``decide-text``); nothing was changed.
 NEED_TEXT: Final = 1 << 63
 #: ``decision-reason`` names by ordinal, in WIT declaration order (new reasons are only appended).
-REASONS: Final = ("success", "retry", "exhausted", "non-retryable", "budget", "deadline", "retry-after")
+REASONS: Final = (
+    "success",
+    "retry",
+    "exhausted",
+    "non-retryable",
+    "budget",
+    "deadline",
+    "retry-after",
+    "non-idempotent",
+)
 
 # --- handles and bounds -------------------------------------------------------------------
 #: Handles run 1..HANDLE_MAX and name keys of at most HANDLE_KEY_MAX_BYTES bytes of UTF-8.

@@ -114,7 +114,7 @@ def ok(invoke: str, *limits: str) -> str:
 
 WAVE_STRING = r'"((?:[^"\\]|\\.)*)"'
 RECORD = re.compile(r"\{[^{}]*\}")
-REASON_NAMES = "success|retry|exhausted|non-retryable|budget|deadline|retry-after"
+REASON_NAMES = "success|retry|exhausted|non-retryable|budget|deadline|retry-after|non-idempotent"
 DECISION = re.compile(r"\{delay-ms: (\d+), retry-count: (\d+), reason: (" + REASON_NAMES + r")\}")
 CONFIG_ERROR = re.compile(r"\{path: " + WAVE_STRING + r", message: " + WAVE_STRING + r"\}")
 
@@ -164,6 +164,8 @@ class Step:
     #: What the semantics predict: "delay/count/reason", or for jitter "1..C/count/retry".
     expect: str
     advance_ms: int = 0
+    #: The step's ``call-facts`` flags (``timeout``, ``idempotent``); none: the field is left out.
+    call: tuple[str, ...] = ()
 
     @property
     def result_json(self) -> str:
@@ -172,7 +174,9 @@ class Step:
     def wave(self) -> str:
         return (
             f"{{tool: {wave_str(self.tool)}, request-id: {wave_str(self.request_id)}, "
-            f"result-json: {wave_str(self.result_json)}, advance-ms: {self.advance_ms}}}"
+            f"result-json: {wave_str(self.result_json)}, advance-ms: {self.advance_ms}"
+            + (f", call: some({{{', '.join(self.call)}}})" if self.call else "")
+            + "}"
         )
 
 
@@ -344,6 +348,33 @@ SCENARIOS = [
         ],
         seed=7,
     ),
+    Scenario(
+        "non_idempotent",
+        "non_idempotent_retries throttled: a tool that is not idempotent is retried only after a 429 "
+        "or a 503 with a delay hint, never after a timeout; annotations or the idempotent key make "
+        "it idempotent",
+        {
+            "jitter": False,
+            "non_idempotent_retries": "throttled",
+            "tool_overrides": {"get": {"idempotent": True}},
+        },
+        [
+            S("send", "a", FAIL, "0/1/non-idempotent"),
+            S("send", "b", status(503), "0/1/non-idempotent"),
+            S("send", "c", status(429), "200/1/retry"),
+            S(
+                "send",
+                "c",
+                {**status(503), "structuredContent": {"status_code": 503, "retry_after_ms": 5}},
+                "400/2/retry",
+            ),
+            S("send", "c", status(429), "0/3/exhausted"),
+            S("send", "d", FAIL, "0/1/non-idempotent", call=("timeout",)),
+            S("send", "e", status(429), "0/1/non-idempotent", call=("timeout",)),
+            S("send", "f", FAIL, "200/1/retry", call=("timeout", "idempotent")),  # annotated
+            S("get", "g", FAIL, "200/1/retry", call=("timeout",)),  # the idempotent key
+        ],
+    ),
 ]
 BY_NAME = {s.name: s for s in SCENARIOS}
 
@@ -357,7 +388,10 @@ def golden_text(scenario: Scenario, out: str) -> str:
     records = RECORD.findall(out)
     assert len(records) == len(scenario.steps), out
     for i, (step, record) in enumerate(zip(scenario.steps, records, strict=True)):
-        lines.append(f"{i} {step.tool} {step.request_id} +{step.advance_ms} {step.result_json} => {record}")
+        facts = f" call {','.join(step.call)}" if step.call else ""
+        lines.append(
+            f"{i} {step.tool} {step.request_id} +{step.advance_ms}{facts} {step.result_json} => {record}"
+        )
     return "\n".join(lines) + "\n"
 
 

@@ -12,6 +12,11 @@ Metrics: ``wasm`` is this plugin as configured (its Prometheus metrics on, the d
 ``record`` call, and the flush that later exports each recorded decision (the daemon thread's
 or a scrape's share per call).
 
+``wasm-throttled`` is this plugin with ``non_idempotent_retries: "throttled"``, timed as the
+gateway then calls it: ``tool_pre_invoke`` (a no-op) and ``tool_post_invoke`` per call, the
+latter reading the tool's annotations on failures; the gateway's own dispatch of the extra hook
+is not included.
+
 Workloads:
   success      every call succeeds (1000 request ids, one tool)
   mixed-10pct  10% failures (HTTP 503) over 1000 request ids x 20 tools
@@ -35,7 +40,13 @@ import time
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-from cpex.framework import GlobalContext, PluginConfig, PluginContext, ToolPostInvokePayload
+from cpex.framework import (
+    GlobalContext,
+    PluginConfig,
+    PluginContext,
+    ToolPostInvokePayload,
+    ToolPreInvokePayload,
+)
 from cpex.framework.memory import CopyOnWriteDict
 
 from cpex_retry_with_backoff_wasm import RetryWithBackoffPlugin
@@ -43,6 +54,8 @@ from cpex_retry_with_backoff_wasm import metrics as retry_metrics
 from cpex_retry_with_backoff_wasm.shared import ENGINES
 
 Call = tuple[Any, Any]  # (payload, context)
+#: The variant timed with both hooks, as the gateway calls a plugin that has tool_pre_invoke.
+THROTTLED = "wasm-throttled"
 
 
 def fresh(config: Any) -> RetryWithBackoffPlugin:
@@ -63,7 +76,10 @@ def drive(coro: Coroutine[Any, Any, Any]) -> Any:
 
 def make_call(tool: str, rid: str, result: dict[str, Any]) -> Call:
     payload = ToolPostInvokePayload(name=tool, result=CopyOnWriteDict(result))
-    return payload, PluginContext(global_context=GlobalContext(request_id=rid))
+    context = PluginContext(global_context=GlobalContext(request_id=rid))
+    # The tool's record as the gateway puts it there before tool_pre_invoke (no annotations).
+    context.global_context.metadata["tool"] = {"name": tool, "annotations": {}}
+    return payload, context
 
 
 OK = {"content": [{"type": "text", "text": "fine"}], "isError": False}
@@ -106,11 +122,23 @@ def time_per_call(plugin: Any, calls: list[Call]) -> float:
     return (time.perf_counter() - start) / len(calls) * 1e6
 
 
-def plugin_config(kind: str, config: dict[str, Any]) -> PluginConfig:
+def time_per_call_both_hooks(plugin: Any, calls: list[Call]) -> float:
+    pre, post = plugin.tool_pre_invoke, plugin.tool_post_invoke
+    pre_payloads = [ToolPreInvokePayload(name=payload.name, args={}) for payload, _ in calls]
+    start = time.perf_counter()
+    for (payload, context), pre_payload in zip(calls, pre_payloads, strict=True):
+        drive(pre(pre_payload, context, None))
+        drive(post(payload, context, None))
+    return (time.perf_counter() - start) / len(calls) * 1e6
+
+
+def plugin_config(
+    kind: str, config: dict[str, Any], hooks: tuple[str, ...] = ("tool_post_invoke",)
+) -> PluginConfig:
     return PluginConfig(
         name="RetryWithBackoffPlugin",
         kind=kind,
-        hooks=["tool_post_invoke"],
+        hooks=list(hooks),
         priority=170,
         config=dict(config),
     )
@@ -134,6 +162,13 @@ def main(argv: list[str] | None = None) -> int:
         "wasm": lambda: fresh(plugin_config(wasm_kind, config)),
         "wasm-off": lambda: fresh(
             plugin_config(wasm_kind, {**config, retry_metrics.KEY_PROMETHEUS_METRICS: False})
+        ),
+        THROTTLED: lambda: fresh(
+            plugin_config(
+                wasm_kind,
+                {**config, "non_idempotent_retries": "throttled"},
+                hooks=("tool_pre_invoke", "tool_post_invoke"),
+            )
         ),
     }
     try:
@@ -162,13 +197,14 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, Any] = {"rounds": args.rounds, "calls": args.calls, "config": config, "workloads": {}}
     for label, calls in workloads.items():
         instances = {name: make() for name, make in plugins.items()}
-        for instance in instances.values():  # warm-up
-            time_per_call(instance, calls[:200])
+        timers = {name: time_per_call_both_hooks if name == THROTTLED else time_per_call for name in names}
+        for name, instance in instances.items():  # warm-up
+            timers[name](instance, calls[:200])
         samples: dict[str, list[float]] = {name: [] for name in names}
         for r in range(args.rounds):
             order = names if r % 2 == 0 else list(reversed(names))
             for name in order:
-                samples[name].append(time_per_call(instances[name], calls))
+                samples[name].append(timers[name](instances[name], calls))
         medians = {name: statistics.median(values) for name, values in samples.items()}
         row = f"{label:<14}" + "".join(f"{medians[n]:>10.2f}" for n in names)
         row += f"{medians['wasm'] - medians['wasm-off']:>+10.2f}"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 from typing import Any
 
-from cpex.framework import ToolPostInvokeResult
+from cpex.framework import ToolPostInvokeResult, ToolPreInvokeResult
 from pydantic import BaseModel, Field
 
 from cpex_retry_with_backoff_wasm import results
@@ -53,17 +53,28 @@ def test_a_default_it_cannot_copy_falls_back_to_the_validator() -> None:
         inner: Inner = Field(default_factory=Inner)
 
     for cls in (WithList, WithModel):
-        assert results._copying_builder(lambda fields, cls=cls: cls(**fields)) is None
+        assert results._copying_builder(lambda fields, cls=cls: cls(**fields), "retry_delay_ms", 0) is None
 
 
 def test_a_builder_that_differs_from_pydantic_is_not_used(monkeypatch: Any) -> None:
     real = results._copying_builder
 
-    def off_by_one(validated_: Any) -> Any:
-        build = real(validated_)
+    def off_by_one(validated_: Any, field: str, value: Any) -> Any:
+        build = real(validated_, field, value)
         return lambda delay: build(delay + 1)
 
     monkeypatch.setattr(results, "_copying_builder", off_by_one)
     build = results.delay_result_builder()
     assert build.__name__ == "slow"
     assert build(4) == validated(4)
+
+
+def test_the_pre_invoke_answer_is_a_fresh_continue_each_time() -> None:
+    build = results.continue_result_builder()
+    first, second = build(), build()
+    want = ToolPreInvokeResult(continue_processing=True)
+    assert results._same(first, want)
+    assert results._same(second, want)
+    assert first is not second
+    first.metadata["x"] = 1
+    assert second == want

@@ -28,7 +28,7 @@ from . import metrics
 from .ceiling import read_ceiling
 from .keys import state_request_id
 from .model import ConfigError, ConfigurationError
-from .results import delay_result_builder, result_builder
+from .results import continue_result_builder, delay_result_builder, result_builder
 from .retry_engine import RetryEngine
 from .sandbox import Clock, Seed
 from .shared import ENGINES
@@ -107,6 +107,7 @@ class RetryWithBackoffPlugin(Plugin):  # type: ignore[misc, unused-ignore]  # cp
         self._decide = self._engine.decide
         self._result = result_builder()
         self._delay_result = delay_result_builder()
+        self._continue = continue_result_builder()
         self._metrics = metrics.attach(self, config.name, self._engine)
         # `shutdown` detaches; an object dropped without it detaches when collected.
         self._detach = weakref.finalize(self, ENGINES.detach, self._engine)
@@ -183,7 +184,7 @@ class RetryWithBackoffPlugin(Plugin):  # type: ignore[misc, unused-ignore]  # cp
     ) -> ToolPreInvokeResult:
         """Nothing to do: registering this hook is what makes the gateway hand the tool's
         annotations and its timeout mark to ``tool_post_invoke`` (``non_idempotent_retries``)."""
-        return ToolPreInvokeResult(continue_processing=True)
+        return self._continue()
 
     async def resource_post_fetch(
         self,

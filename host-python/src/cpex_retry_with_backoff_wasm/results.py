@@ -1,5 +1,5 @@
-"""Building the hook's ``ToolPostInvokeResult``: on every tool result, so as cheaply as pydantic
-allows, and always the very instance pydantic would build.
+"""Building the hooks' results: on every tool call, so as cheaply as pydantic allows, and always
+the very instance pydantic would build.
 
 * ``result_builder``: ``fields -> ToolPostInvokeResult(**fields)`` through the model's own
   schema validator (no ``BaseModel.__init__`` keyword packing or extra frame), cheaper than
@@ -11,6 +11,8 @@ allows, and always the very instance pydantic would build.
   Before it is used, its instances are compared with validated ones (fields, fields set,
   extras, private attributes, dump); on any difference, or a default it cannot copy safely, the
   validator builds them instead.
+* ``continue_result_builder``: ``() -> ToolPreInvokeResult(continue_processing=True)``, the
+  one answer of the no-op ``tool_pre_invoke``, by the same recipe and the same checks.
 """
 
 from __future__ import annotations
@@ -18,7 +20,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from cpex.framework import ToolPostInvokeResult  # type: ignore[import-untyped, unused-ignore]
+from cpex.framework import (  # type: ignore[import-untyped, unused-ignore]
+    ToolPostInvokeResult,
+    ToolPreInvokeResult,
+)
 from pydantic import BaseModel
 
 #: Delays the fast builder is checked on before use (0, small, the wire format's largest).
@@ -26,33 +31,45 @@ _CHECKED_DELAYS = (0, 1, 5_000, (1 << 40) - 1)
 _EMPTY_MUTABLE = (dict, list, set)
 
 
-def result_builder() -> Callable[[dict[str, Any]], ToolPostInvokeResult]:
-    """``fields -> ToolPostInvokeResult(**fields)``; a result class with an ``__init__`` of its
-    own gets its constructor."""
-    validator = getattr(ToolPostInvokeResult, "__pydantic_validator__", None)
-    if validator is None or ToolPostInvokeResult.__init__ is not BaseModel.__init__:
-        return lambda fields: ToolPostInvokeResult(**fields)
-    build: Callable[[dict[str, Any]], ToolPostInvokeResult] = validator.validate_python
+def result_builder(cls: Any = ToolPostInvokeResult) -> Callable[[dict[str, Any]], Any]:
+    """``fields -> cls(**fields)``; a result class with an ``__init__`` of its own gets its
+    constructor."""
+    validator = getattr(cls, "__pydantic_validator__", None)
+    if validator is None or cls.__init__ is not BaseModel.__init__:
+        return lambda fields: cls(**fields)
+    build: Callable[[dict[str, Any]], Any] = validator.validate_python
     return build
 
 
 def delay_result_builder() -> Callable[[int], ToolPostInvokeResult]:
     """``delay -> ToolPostInvokeResult(retry_delay_ms=delay)``, checked equal to pydantic's."""
-    validated = result_builder()
+    return _checked(ToolPostInvokeResult, "retry_delay_ms", _CHECKED_DELAYS)
 
-    def slow(delay: int) -> ToolPostInvokeResult:
-        return validated({"retry_delay_ms": delay})
 
-    fast = _copying_builder(validated)
-    if fast is None or not all(_same(fast(d), slow(d)) for d in _CHECKED_DELAYS):
+def continue_result_builder() -> Callable[[], ToolPreInvokeResult]:
+    """``() -> ToolPreInvokeResult(continue_processing=True)``, checked equal to pydantic's."""
+    build = _checked(ToolPreInvokeResult, "continue_processing", (True,))
+    return lambda: build(True)
+
+
+def _checked(cls: Any, field: str, checked: tuple[Any, ...]) -> Callable[[Any], Any]:
+    """``value -> cls(**{field: value})``: the copying builder where it builds, for each of the
+    ``checked`` values, what the validator builds; else the validator."""
+    validated = result_builder(cls)
+
+    def slow(value: Any) -> Any:
+        return validated({field: value})
+
+    fast = _copying_builder(validated, field, checked[0])
+    if fast is None or not all(_same(fast(v), slow(v)) for v in checked):
         return slow
     return fast
 
 
 def _copying_builder(
-    validated: Callable[[dict[str, Any]], ToolPostInvokeResult],
-) -> Callable[[int], ToolPostInvokeResult] | None:
-    prototype = validated({"retry_delay_ms": 0})
+    validated: Callable[[dict[str, Any]], Any], field: str, example: Any
+) -> Callable[[Any], Any] | None:
+    prototype = validated({field: example})
     names = ("__pydantic_fields_set__", "__pydantic_extra__", "__pydantic_private__")
     slots = {name: BaseModel.__dict__.get(name) for name in names}
     if any(not hasattr(slot, "__set__") for slot in slots.values()):
@@ -77,14 +94,14 @@ def _copying_builder(
     set_private = slots["__pydantic_private__"].__set__  # type: ignore[union-attr]
     fresh_fields = tuple(fresh)
 
-    def build(delay: int) -> ToolPostInvokeResult:
+    def build(value: Any) -> Any:
         result = new(cls)
         values = result.__dict__
         values.update(template)
-        values["retry_delay_ms"] = delay
+        values[field] = value
         for name, kind in fresh_fields:
             values[name] = kind()
-        set_fields_set(result, {"retry_delay_ms"})  # as validating {"retry_delay_ms": ...} sets it
+        set_fields_set(result, {field})  # as validating {field: ...} sets it
         set_extra(result, None)
         set_private(result, None)
         return result
@@ -106,4 +123,4 @@ def _same(a: Any, b: Any) -> bool:
     )
 
 
-__all__ = ["delay_result_builder", "result_builder"]
+__all__ = ["continue_result_builder", "delay_result_builder", "result_builder"]

@@ -336,21 +336,10 @@ impl Config {
             .map_or(DEFAULT_MAX_STATE_ENTRIES, |n| n as u32);
         let metrics_reason = keys.boolean("metrics_reason", &mut errors).unwrap_or(false);
 
-        let key_scope = match root.get("key_scope") {
-            None => KeyScope::Request,
-            Some(v) => match v.as_str() {
-                Some("request") => KeyScope::Request,
-                Some("tenant") => KeyScope::Tenant,
-                Some("user") => KeyScope::User,
-                _ => {
-                    errors.push(
-                        "key_scope",
-                        must_be("one of \"request\", \"tenant\", \"user\"", v),
-                    );
-                    KeyScope::Request
-                }
-            },
-        };
+        let key_scope = root
+            .get("key_scope")
+            .and_then(|v| one_of(v, "key_scope", KEY_SCOPES, &mut errors))
+            .unwrap_or(KeyScope::Request);
 
         let mut overrides = BTreeMap::new();
         match root.get("tool_overrides") {
@@ -595,7 +584,7 @@ fn parse_policy(
     }
     let backoff = map
         .get("backoff")
-        .and_then(|v| parse_shape(v, &join(prefix, "backoff"), errors));
+        .and_then(|v| one_of(v, &join(prefix, "backoff"), SHAPES, errors));
     if let Some(shape) = backoff {
         p.backoff = shape;
     }
@@ -661,10 +650,14 @@ fn parse_policy(
     ) {
         p.max_retry_after_ms = ms;
     }
-    if let Some(mode) = map
-        .get("non_idempotent_retries")
-        .and_then(|v| parse_non_idempotent(v, &join(prefix, "non_idempotent_retries"), errors))
-    {
+    if let Some(mode) = map.get("non_idempotent_retries").and_then(|v| {
+        one_of(
+            v,
+            &join(prefix, "non_idempotent_retries"),
+            NON_IDEMPOTENT_RETRIES,
+            errors,
+        )
+    }) {
         p.non_idempotent_retries = mode;
     }
     if let Some(idempotent) = keys.nullable_bool("idempotent", errors) {
@@ -789,39 +782,41 @@ fn check_order(low: Bound, high: Bound, prefix: &str, errors: &mut Errors) {
     }
 }
 
-/// `backoff`: one of the shape names.
-fn parse_shape(v: &Value, path: &str, errors: &mut Errors) -> Option<Shape> {
-    let parsed = match v.as_str() {
-        Some("exponential") => Some(Shape::Exponential),
-        Some("linear") => Some(Shape::Linear),
-        Some("constant") => Some(Shape::Constant),
-        _ => None,
-    };
-    if parsed.is_none() {
-        errors.push(
-            path,
-            must_be("one of \"exponential\", \"linear\", \"constant\"", v),
-        );
-    }
-    parsed
-}
+/// `backoff`'s names.
+const SHAPES: &[(&str, Shape)] = &[
+    ("exponential", Shape::Exponential),
+    ("linear", Shape::Linear),
+    ("constant", Shape::Constant),
+];
 
-/// `non_idempotent_retries`: `"all"`, `"throttled"` or `"none"`.
-fn parse_non_idempotent(
-    v: &Value,
-    path: &str,
-    errors: &mut Errors,
-) -> Option<NonIdempotentRetries> {
-    let parsed = match v.as_str() {
-        Some("all") => Some(NonIdempotentRetries::All),
-        Some("throttled") => Some(NonIdempotentRetries::Throttled),
-        Some("none") => Some(NonIdempotentRetries::None),
-        _ => None,
-    };
-    if parsed.is_none() {
-        errors.push(path, must_be("one of \"all\", \"throttled\", \"none\"", v));
+/// `non_idempotent_retries`' names.
+const NON_IDEMPOTENT_RETRIES: &[(&str, NonIdempotentRetries)] = &[
+    ("all", NonIdempotentRetries::All),
+    ("throttled", NonIdempotentRetries::Throttled),
+    ("none", NonIdempotentRetries::None),
+];
+
+/// `key_scope`'s names.
+const KEY_SCOPES: &[(&str, KeyScope)] = &[
+    ("request", KeyScope::Request),
+    ("tenant", KeyScope::Tenant),
+    ("user", KeyScope::User),
+];
+
+/// A value that must be one of `names` (a string), reported at `path`
+/// otherwise as `must be one of "a", "b", "c", got ...`.
+fn one_of<T: Copy>(v: &Value, path: &str, names: &[(&str, T)], errors: &mut Errors) -> Option<T> {
+    let found = v
+        .as_str()
+        .and_then(|s| names.iter().find(|(name, _)| *name == s));
+    if found.is_none() {
+        let listed: Vec<String> = names
+            .iter()
+            .map(|(name, _)| format!("\"{name}\""))
+            .collect();
+        errors.push(path, must_be(&format!("one of {}", listed.join(", ")), v));
     }
-    parsed
+    found.map(|(_, value)| *value)
 }
 
 /// `jitter`: a boolean (parity: `true` is full jitter) or a mode name.

@@ -24,6 +24,9 @@ TARGET_WASM = REPO / "target" / "wasm" / "retry_engine.wasm"
 
 PLUGIN_KIND = "cpex_retry_with_backoff_wasm.RetryWithBackoffPlugin"
 PLUGIN_NAME = "RetryWithBackoffPlugin"
+#: The real release build of contract 0.2.1 (commit ec1e2f1), kept to test loading and hot
+#: reload across the contract's minors.
+WASM_0_2 = REPO / "tests" / "fixtures" / "retry_engine-0.2.1.wasm"
 
 
 def _bundled() -> Path:

@@ -10,15 +10,22 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from cpex.framework import GlobalContext, PluginConfig, ToolPostInvokePayload, ToolPreInvokePayload
+from cpex.framework import (
+    GlobalContext,
+    PluginConfig,
+    PluginContext,
+    ToolPostInvokePayload,
+    ToolPreInvokePayload,
+)
 from cpex.framework.extensions.extensions import Extensions
 from cpex.framework.extensions.request import RequestExtension
 from pydantic import BaseModel
 
-from cpex_retry_with_backoff_wasm import RetryWithBackoffPlugin
+from cpex_retry_with_backoff_wasm import RetryWithBackoffPlugin, WasmRetryEngine
 from cpex_retry_with_backoff_wasm.model import ConfigurationError
+from cpex_retry_with_backoff_wasm.wire import DELAY_MASK
 
-from .conftest import PLUGIN_KIND, PLUGIN_NAME, direct_plugin, err, ok
+from .conftest import PLUGIN_KIND, PLUGIN_NAME, WASM_0_2, direct_plugin, err, ok
 
 HOOKS = ("tool_pre_invoke", "tool_post_invoke")
 THROTTLED = {"jitter": False, "non_idempotent_retries": "throttled", "metrics_reason": True}
@@ -105,11 +112,14 @@ async def test_an_unannotated_tool_is_retried_only_when_the_call_was_refused(man
 
 async def test_the_timeout_mark_is_taken_as_it_is_read(manager_factory: Any) -> None:
     manager = await manager_factory(THROTTLED, hooks=HOOKS)
-    get = Call(manager, "get", "r", READ_ONLY)
-    assert await get.attempt(TIMED_OUT, timed_out=True) == 200
-    assert all("cb_timeout_failure" not in ctx.state for ctx in get.contexts.values())
-    # The next attempt of the call, through the same local contexts, is not a timeout.
-    assert await get.attempt(err(429)) == 400
+    call = Call(manager, "t", "r", READ_ONLY)
+    assert await call.attempt(TIMED_OUT, timed_out=True) == 200
+    assert all("cb_timeout_failure" not in ctx.state for ctx in call.contexts.values())
+    # The next attempt of the call, through the same local contexts, is not a timeout: a 429
+    # of a tool that is not idempotent (the record changed, so that the mark would matter) is a
+    # refusal to retry, not a timeout to give up on.
+    call.global_context.metadata["tool"] = UNANNOTATED
+    assert await call.attempt(err(429)) == 400
 
 
 async def test_configured_idempotent_overrides_the_annotations(manager_factory: Any) -> None:
@@ -175,6 +185,8 @@ class Hostile:
         {"annotations": {"readOnlyHint": "true"}},
         {"annotations": {"readOnlyHint": 1}},
         {"annotations": {"idempotentHint": None}},
+        {"annotations": {"destructiveHint": True, "openWorldHint": True}},
+        {"annotations": {"destructiveHint": False, "openWorldHint": False}},
         ToolRecord(name="get"),
     ],
 )
@@ -187,6 +199,47 @@ async def test_anything_but_a_true_annotation_reads_as_not_idempotent(
     assert call.reasons == ["non-idempotent"]
     # ... and the same record never keeps a refusal from a retry the policy allows.
     assert await Call(manager, "get", "r2", record).attempt(err(429)) == 200
+
+
+async def test_a_text_content_failure_reads_the_call_facts_too(manager_factory: Any) -> None:
+    # No structured content, no isError: only the text says it failed (check_text_content), so
+    # the facts are read on the second call into the engine (decide-text).
+    manager = await manager_factory({**THROTTLED, "check_text_content": True}, hooks=HOOKS)
+    texty = {"content": [{"type": "text", "text": '{"isError": true}'}]}
+    assert await Call(manager, "get", "r", READ_ONLY).attempt(texty, timed_out=True) == 200
+    assert await Call(manager, "send", "r", UNANNOTATED).attempt(texty) == 0
+
+
+def test_an_older_component_never_receives_the_call_facts() -> None:
+    # A 0.2 component reads bits 8..31 as the delay hint: bits 30..31 would add hours to it.
+    engine = WasmRetryEngine({"jitter": False, "honor_retry_after": True, "wasm_path": str(WASM_0_2)})
+    context = PluginContext(global_context=GlobalContext(request_id="r"))
+    context.global_context.metadata["tool"] = READ_ONLY
+    context.state["cb_timeout_failure"] = True
+    hinted = err(503, structuredContent={"status_code": 503, "retry_after_ms": 1000})
+    assert engine.decide("t", "r", hinted, context) & DELAY_MASK == 1000
+    assert context.state["cb_timeout_failure"] is True, "read although no policy needs it"
+
+
+@pytest.mark.parametrize(
+    ("config", "refused"),
+    [
+        ({"non_idempotent_retries": "throttled"}, ["non_idempotent_retries"]),
+        ({"non_idempotent_retries": None}, ["non_idempotent_retries"]),  # invalid in 0.4 too
+        ({"idempotent": None, "tool_overrides": {"t": {"idempotent": None}}}, []),  # the default
+        ({"tool_overrides": {"t": {"idempotent": False}}}, ["tool_overrides.t.idempotent"]),
+    ],
+)
+def test_an_older_component_is_refused_the_keys_it_would_ignore(
+    config: dict[str, Any], refused: list[str]
+) -> None:
+    if not refused:
+        WasmRetryEngine({**config, "wasm_path": str(WASM_0_2)})
+        return
+    with pytest.raises(ConfigurationError) as info:
+        WasmRetryEngine({**config, "wasm_path": str(WASM_0_2)})
+    assert [e.path for e in info.value.errors] == refused
+    assert all("needs a contract 0.4 component" in e.message for e in info.value.errors)
 
 
 def test_a_config_that_needs_annotations_without_the_pre_invoke_hook_is_refused() -> None:

@@ -503,8 +503,9 @@ def test_manifest_matches_native_defaults() -> None:
     text = resources.files("cpex_retry_with_backoff_wasm").joinpath("plugin-manifest.yaml").read_text()
     manifest = yaml.safe_load(text)
     assert manifest["kind"] == PLUGIN_KIND
-    # The native plugin's two, and the one `non_idempotent_retries` needs.
-    assert manifest["available_hooks"] == ["tool_post_invoke", "resource_post_fetch", "tool_pre_invoke"]
+    # The native plugin's two only: cpex builds a stanza's hooks from this list, and the no-op
+    # tool_pre_invoke should run only where non_idempotent_retries needs it.
+    assert manifest["available_hooks"] == ["tool_post_invoke", "resource_post_fetch"]
     assert manifest["default_configs"] == {
         "max_retries": 2,
         "backoff_base_ms": 200,

@@ -18,11 +18,7 @@ from cpex_retry_with_backoff_wasm import RetryEngineLoadError, WasmRetryEngine
 from cpex_retry_with_backoff_wasm.model import ConfigurationError
 from cpex_retry_with_backoff_wasm.wire import DELAY_MASK
 
-from .conftest import REPO, VirtualClock, err, ok
-
-#: The real release build of contract 0.2.1 (commit ec1e2f1), kept to test loading and hot
-#: reload across the contract's minors.
-WASM_0_2 = REPO / "tests" / "fixtures" / "retry_engine-0.2.1.wasm"
+from .conftest import WASM_0_2, VirtualClock, err, ok
 
 THROTTLE = {
     "jitter": False,

@@ -137,9 +137,7 @@ pub const SERVICE_UNAVAILABLE: i32 = 503;
 /// ran (429, or a 503 with a delay hint) and did not time out; never under
 /// `None`.
 pub fn may_repeat(signals: Signals, hints: Hints, policy: &Policy) -> bool {
-    if policy.non_idempotent_retries == NonIdempotentRetries::All
-        || policy.idempotent.unwrap_or(hints.idempotent)
-    {
+    if policy.idempotent.unwrap_or(hints.idempotent) {
         return true;
     }
     match policy.non_idempotent_retries {

@@ -641,11 +641,12 @@ fn parse_policy(
     ) {
         p.retry_budget_min_per_sec = n as u32;
     }
+    let retry_after_range = format!("an integer from 1 to {MAX_RETRY_AFTER_LIMIT} (ms)");
     if let Some(ms) = keys.int(
         "max_retry_after_ms",
         1,
         MAX_RETRY_AFTER_LIMIT,
-        "an integer from 1 to 4194303 (ms)",
+        &retry_after_range,
         errors,
     ) {
         p.max_retry_after_ms = ms;

@@ -23,6 +23,10 @@ KEYS_SINCE = {
     "0.3": ("backoff", "throttle_backoff_base_ms", "throttle_max_backoff_ms"),
     "0.4": ("non_idempotent_retries", "idempotent"),
 }
+#: Keys of ``KEYS_SINCE`` whose ``null`` is a valid value asking for what an older component does
+#: anyway (the transient bounds; no configured idempotency): not refused. Any other value of a
+#: newer key, ``null`` included, is.
+NULL_MEANS_OLD_BEHAVIOUR = frozenset({"throttle_backoff_base_ms", "throttle_max_backoff_ms", "idempotent"})
 #: How messages name the versions this host loads, e.g. ``0.4.x (or 0.3.x) (or 0.2.x)``.
 CONTRACT_WANTED = f"{CONTRACT_MINORS[0]}.x" + "".join(f" (or {m}.x)" for m in CONTRACT_MINORS[1:])
 #: Prefix for every message this package raises or logs about the component.

@@ -40,6 +40,7 @@ from .model import (
     CONTRACT_WANTED,
     KEYS_SINCE,
     MESSAGE_PREFIX,
+    NULL_MEANS_OLD_BEHAVIOUR,
     ConfigError,
     ConfigurationError,
     Policy,
@@ -464,14 +465,12 @@ def _keys_unknown_to(minor: str, config_json: str, why: str) -> tuple[ConfigErro
     overrides = raw.get("tool_overrides")
     if isinstance(overrides, dict):
         mappings += [(f"{override_path(tool)}.", entry) for tool, entry in overrides.items()]
-    # null asks for what an older component does anyway (the transient bounds, the annotations),
-    # so it is no problem.
     unknown = [
         ConfigError(f"{prefix}{key}", f"needs a contract {since} component; {why}")
         for prefix, mapping in mappings
         if isinstance(mapping, dict)
         for since, key in newer
-        if mapping.get(key) is not None
+        if key in mapping and (mapping[key] is not None or key not in NULL_MEANS_OLD_BEHAVIOUR)
     ]
     # A 0.2 component keeps one budget per tool name, which every tenant of a shared engine
     # would spend: a budget under an identity scope needs 0.3.

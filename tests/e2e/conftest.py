@@ -45,27 +45,31 @@ def flaky_server(workdir: Path) -> Iterator[h.FlakyServer]:
         server.proc.stop()
 
 
-# name -> (plugin variant, plugin max_retries, MAX_TOOL_RETRIES)
+# name -> (plugin variant, plugin max_retries, MAX_TOOL_RETRIES, non_idempotent_retries)
 GATEWAYS = {
     # The gateway's default ceiling (3) above max_retries 2: the plugin is the limit.
-    "wasm": ("wasm", 2, 3),
-    "native": ("native", 2, 3),
+    "wasm": ("wasm", 2, 3, None),
+    "native": ("native", 2, 3, None),
     # MAX_TOOL_RETRIES=1 while the plugin allows 3 retries: the gateway is the limit.
-    "wasm-capped": ("wasm", 3, 1),
-    "native-capped": ("native", 3, 1),
+    "wasm-capped": ("wasm", 3, 1, None),
+    "native-capped": ("native", 3, 1, None),
+    # Non-idempotent tools retried only when throttled (hooks tool_pre_invoke + tool_post_invoke,
+    # and one unannotated tool declared idempotent); the native plugin ignores both keys.
+    "wasm-throttled": ("wasm", 2, 3, "throttled"),
+    "native-throttled": ("native", 2, 3, "throttled"),
 }
 
 
 @pytest.fixture(scope="session")
 def gateways(workdir: Path, flaky_server: h.FlakyServer) -> Iterator[dict[str, h.Gateway]]:
-    """All four gateways, launched at once (start-up dominates the run time) on copies of one
+    """All the GATEWAYS, launched at once (start-up dominates the run time) on copies of one
     migrated database, then registered.
 
     TOOL_TIMEOUT=1 (seconds) so that the timeout path is tested quickly."""
     database = h.prepare_database(workdir / "database")
     started: dict[str, h.Gateway] = {}
     try:
-        for name, (variant, max_retries, ceiling) in GATEWAYS.items():
+        for name, (variant, max_retries, ceiling, non_idempotent) in GATEWAYS.items():
             plugin = h.PluginSetup(
                 variant=variant,
                 max_retries=max_retries,
@@ -73,6 +77,13 @@ def gateways(workdir: Path, flaky_server: h.FlakyServer) -> Iterator[dict[str, h
                 jitter=False,
                 tool_overrides=h.REBUILD_OVERRIDES,
             )
+            if non_idempotent is not None:
+                # The native plugin has no tool_pre_invoke (the gateway would not register it
+                # with that hook); it ignores both keys.
+                if variant == "wasm":
+                    plugin.hooks = list(h.IDEMPOTENCY_HOOKS)
+                plugin.non_idempotent_retries = non_idempotent
+                plugin.tool_overrides = {**h.REBUILD_OVERRIDES, **h.IDEMPOTENT_OVERRIDES}
             started[name] = h.launch_gateway(
                 workdir / f"gw-{name}",
                 plugin,
@@ -103,6 +114,11 @@ def gateway(gateways: dict[str, h.Gateway], variant: str) -> h.Gateway:
 @pytest.fixture
 def capped_gateway(gateways: dict[str, h.Gateway], variant: str) -> h.Gateway:
     return gateways[f"{variant}-capped"]
+
+
+@pytest.fixture
+def throttled_gateway(gateways: dict[str, h.Gateway], variant: str) -> h.Gateway:
+    return gateways[f"{variant}-throttled"]
 
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:

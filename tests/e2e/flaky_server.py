@@ -13,6 +13,12 @@ Tools:
 - ``not_found(key)``: always an error result with ``status_code`` 404 (not retriable);
 - ``ok(key)``: always success;
 - ``slow(slow_times, seconds, key)``: sleeps ``seconds`` on the first ``slow_times`` calls;
+- ``slow_read_only``, ``slow_unannotated``, ``slow_overridden`` (same arguments): ``slow`` again,
+  the first declaring the MCP annotation ``readOnlyHint: true``, the other two none (the e2e
+  stanzas call ``slow_overridden`` idempotent in ``tool_overrides``);
+- ``throttled(fail_times, key, status=429, retry_after_ms=None)``: no annotations; an error result
+  with ``structuredContent: {"status_code": status}`` (plus ``retry_after_ms`` when given) for the
+  first ``fail_times`` calls of ``key``, then success;
 - ``http_503(fail_times, key)``: the first ``fail_times`` calls get an HTTP 503 response instead
   of an MCP result (logged with answer "http 503"), then success;
 - ``attempts(key)``: how many calls ``key`` has had (any tool), not counted itself.
@@ -30,7 +36,7 @@ from collections.abc import Callable
 from typing import Any
 
 import uvicorn
-from mcp.types import CallToolResult, TextContent
+from mcp.types import CallToolResult, TextContent, ToolAnnotations
 
 try:  # mcp 2.x (gateway 1.1): FastMCP is renamed MCPServer, the HTTP options move to the app.
     from mcp.server.mcpserver import MCPServer
@@ -71,10 +77,10 @@ def _record(tool: str, key: str, answer: Callable[[int], str]) -> tuple[int, str
         return n, a
 
 
-def _error(status: int, text: str) -> CallToolResult:
+def _error(status: int, text: str, **structured: Any) -> CallToolResult:
     return CallToolResult(
         content=[TextContent(type="text", text=text)],
-        structuredContent={"status_code": status},
+        structuredContent={"status_code": status, **structured},
         isError=True,
     )
 
@@ -121,14 +127,51 @@ def ok(key: str) -> CallToolResult:
     return _success(f"attempt {n}: ok")
 
 
+async def _slow(tool: str, slow_times: int, seconds: float, key: str) -> CallToolResult:
+    n, a = _record(tool, key, lambda n: "slow" if n <= slow_times else "ok")
+    if a == "slow":
+        await asyncio.sleep(seconds)
+    return _success(f"attempt {n}: ok ({a})")
+
+
 @mcp.tool()
 async def slow(slow_times: int, seconds: float, key: str) -> CallToolResult:
     """Take `seconds` for the first slow_times calls of key (past the gateway's tool timeout), then
     answer at once."""
-    n, a = _record("slow", key, lambda n: "slow" if n <= slow_times else "ok")
-    if a == "slow":
-        await asyncio.sleep(seconds)
-    return _success(f"attempt {n}: ok ({a})")
+    return await _slow("slow", slow_times, seconds, key)
+
+
+# Written with the camelCase field names: mcp 2.x accepts them as aliases, and mcp 1.x would
+# keep a snake_case name as an extra field, which the gateway then stores under that name.
+@mcp.tool(annotations=ToolAnnotations(readOnlyHint=True))
+async def slow_read_only(slow_times: int, seconds: float, key: str) -> CallToolResult:
+    """`slow`, declared read-only (readOnlyHint: true): idempotent by its annotations."""
+    return await _slow("slow_read_only", slow_times, seconds, key)
+
+
+@mcp.tool()
+async def slow_unannotated(slow_times: int, seconds: float, key: str) -> CallToolResult:
+    """`slow` without annotations: not idempotent (the MCP defaults)."""
+    return await _slow("slow_unannotated", slow_times, seconds, key)
+
+
+@mcp.tool()
+async def slow_overridden(slow_times: int, seconds: float, key: str) -> CallToolResult:
+    """`slow` without annotations; the e2e stanzas configure it `idempotent: true`."""
+    return await _slow("slow_overridden", slow_times, seconds, key)
+
+
+@mcp.tool()
+def throttled(
+    fail_times: int, key: str, status: int = 429, retry_after_ms: int | None = None
+) -> CallToolResult:
+    """No annotations. Fail with `status` (429: the server refused the call) for the first
+    fail_times calls of key, with the delay hint `retry_after_ms` when given, then succeed."""
+    n, a = _record("throttled", key, lambda n: str(status) if n <= fail_times else "ok")
+    if a != "ok":
+        hint = {} if retry_after_ms is None else {"retry_after_ms": retry_after_ms}
+        return _error(status, f"attempt {n}: refused ({status})", **hint)
+    return _success(f"attempt {n}: ok after {fail_times} refusals")
 
 
 @mcp.tool()

@@ -12,6 +12,7 @@ import contextlib
 import ctypes
 import functools
 import importlib.metadata
+import itertools
 import json
 import os
 import platform
@@ -23,6 +24,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -54,6 +56,12 @@ REBUILD_BASE_MS = 11_000
 REBUILD_OVERRIDES = {
     f"{SERVER_NAME}-fail-across-rebuild": {"backoff_base_ms": REBUILD_BASE_MS, "max_backoff_ms": 30_000}
 }
+#: Hooks of a stanza that retries non-idempotent tools selectively: the gateway hands the tool's
+#: record (its annotations) only to plugins with tool_pre_invoke.
+IDEMPOTENCY_HOOKS = ["tool_pre_invoke", "tool_post_invoke"]
+#: An unannotated tool the non_idempotent_retries stanzas declare idempotent (the native plugin
+#: ignores the key).
+IDEMPOTENT_OVERRIDES = {f"{SERVER_NAME}-slow-overridden": {"idempotent": True}}
 
 # Plugin stanzas: the wasm plugin under a name that avoids the gateway's native fast path
 # (see README "Which name"); the native plugin under a non-default name too, so that both run
@@ -261,27 +269,33 @@ class PluginSetup:
     retry_on_status: list[int] = field(default_factory=lambda: [429, 500, 502, 503, 504])
     jitter: bool = False
     tool_overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
+    hooks: list[str] = field(default_factory=lambda: ["tool_post_invoke"])
+    #: Written to the stanza only when set ("all", "throttled", "none").
+    non_idempotent_retries: str | None = None
 
     def yaml(self) -> str:
         name, kind = PLUGINS[self.variant]
+        config: dict[str, Any] = {
+            "max_retries": self.max_retries,
+            "backoff_base_ms": self.backoff_base_ms,
+            "max_backoff_ms": self.max_backoff_ms,
+            "retry_on_status": self.retry_on_status,
+            "jitter": self.jitter,
+            "check_text_content": False,
+            "tool_overrides": self.tool_overrides,
+        }
+        if self.non_idempotent_retries is not None:
+            config["non_idempotent_retries"] = self.non_idempotent_retries
         # JSON is valid YAML: no YAML library needed here.
         doc = {
             "plugins": [
                 {
                     "name": name,
                     "kind": kind,
-                    "hooks": ["tool_post_invoke"],
+                    "hooks": self.hooks,
                     "mode": "sequential",
                     "priority": 170,
-                    "config": {
-                        "max_retries": self.max_retries,
-                        "backoff_base_ms": self.backoff_base_ms,
-                        "max_backoff_ms": self.max_backoff_ms,
-                        "retry_on_status": self.retry_on_status,
-                        "jitter": self.jitter,
-                        "check_text_content": False,
-                        "tool_overrides": self.tool_overrides,
-                    },
+                    "config": config,
                 }
             ],
             "plugin_dirs": [],
@@ -379,6 +393,38 @@ class Gateway:
             if m and rec.get("request_id") == correlation_id:
                 delays.append(int(m.group(1)))
         return delays
+
+
+def record_call(
+    gw: Gateway, server: FlakyServer, scenario: str, tool: str, *, timeout: float = 60, **args: Any
+) -> dict[str, Any]:
+    """Call tool (its name on the flaky server) under a fresh key and record what happened in
+    RESULTS: the upstream answers, the delays the gateway logged as asked for, the gaps between
+    attempts at the server and the client's wall time. Returns that record plus "resp"."""
+    key = f"{gw.plugin.variant}-{tool}-{uuid.uuid4().hex[:12]}"
+    resp, elapsed = gw.call(
+        f"{SERVER_NAME}-{tool.replace('_', '-')}", {**args, "key": key}, correlation_id=key, timeout=timeout
+    )
+    rows = server.attempts(key)
+    gaps = [round((b["t"] - a["t"]) * 1000) for a, b in itertools.pairwise(rows)]
+    out = {
+        "variant": gw.plugin.variant,
+        "scenario": scenario,
+        "resp": resp,
+        "elapsed_ms": round(elapsed * 1000),
+        "answers": [r["answer"] for r in rows],
+        "attempts": len(rows),
+        "delays_ms": gw.retry_delays(key),
+        "gaps_ms": gaps,
+    }
+    RESULTS.append({k: v for k, v in out.items() if k != "resp"})
+    return out
+
+
+def result_of(out: dict[str, Any]) -> dict[str, Any]:
+    """The MCP result of a record_call (fails when the gateway answered a JSON-RPC error)."""
+    assert "result" in out["resp"], out["resp"]
+    return dict(out["resp"]["result"])
 
 
 def _settings_env(workdir: Path) -> dict[str, str]:

@@ -7,8 +7,6 @@ attempts (server clock) and the client's wall time for the whole call.
 
 from __future__ import annotations
 
-import itertools
-import uuid
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -20,34 +18,6 @@ BASE_MS = 100
 SLACK_MS = 3000
 
 
-def _call(
-    gw: h.Gateway, server: h.FlakyServer, scenario: str, tool: str, *, timeout: float = 60, **args: Any
-) -> dict[str, Any]:
-    key = f"{gw.plugin.variant}-{tool}-{uuid.uuid4().hex[:12]}"
-    resp, elapsed = gw.call(
-        f"{h.SERVER_NAME}-{tool.replace('_', '-')}", {**args, "key": key}, correlation_id=key, timeout=timeout
-    )
-    rows = server.attempts(key)
-    gaps = [round((b["t"] - a["t"]) * 1000) for a, b in itertools.pairwise(rows)]
-    out = {
-        "variant": gw.plugin.variant,
-        "scenario": scenario,
-        "resp": resp,
-        "elapsed_ms": round(elapsed * 1000),
-        "answers": [r["answer"] for r in rows],
-        "attempts": len(rows),
-        "delays_ms": gw.retry_delays(key),
-        "gaps_ms": gaps,
-    }
-    h.RESULTS.append({k: v for k, v in out.items() if k != "resp"})
-    return out
-
-
-def _result(out: dict[str, Any]) -> dict[str, Any]:
-    assert "result" in out["resp"], out["resp"]
-    return dict(out["resp"]["result"])
-
-
 def _assert_backoff(out: dict[str, Any], expected: list[int]) -> None:
     assert out["delays_ms"] == expected, out
     for gap, delay in zip(out["gaps_ms"], expected, strict=True):
@@ -56,44 +26,44 @@ def _assert_backoff(out: dict[str, Any], expected: list[int]) -> None:
 
 
 def test_flaky_twice_succeeds_on_third_attempt(gateway: h.Gateway, flaky_server: h.FlakyServer) -> None:
-    out = _call(gateway, flaky_server, "flaky(2), max_retries 2", "flaky", fail_times=2)
+    out = h.record_call(gateway, flaky_server, "flaky(2), max_retries 2", "flaky", fail_times=2)
     assert out["answers"] == ["503", "503", "ok"], out
     _assert_backoff(out, [BASE_MS, 2 * BASE_MS])
-    res = _result(out)
+    res = h.result_of(out)
     assert res.get("isError") is False, res
     assert "ok after 2 failures" in res["content"][0]["text"]
 
 
 def test_flaky_three_times_returns_upstream_error(gateway: h.Gateway, flaky_server: h.FlakyServer) -> None:
-    out = _call(gateway, flaky_server, "flaky(3), max_retries 2", "flaky", fail_times=3)
+    out = h.record_call(gateway, flaky_server, "flaky(3), max_retries 2", "flaky", fail_times=3)
     assert out["answers"] == ["503", "503", "503"], out
     _assert_backoff(out, [BASE_MS, 2 * BASE_MS])
-    res = _result(out)
+    res = h.result_of(out)
     assert res["isError"] is True, res
     assert res["structuredContent"] == {"status_code": 503}
     assert res["content"][0]["text"].startswith("attempt 3:")
 
 
 def test_ok_runs_once(gateway: h.Gateway, flaky_server: h.FlakyServer) -> None:
-    out = _call(gateway, flaky_server, "ok", "ok")
+    out = h.record_call(gateway, flaky_server, "ok", "ok")
     assert out["answers"] == ["ok"], out
     assert out["delays_ms"] == []
-    assert _result(out).get("isError") is False
+    assert h.result_of(out).get("isError") is False
 
 
 def test_non_retryable_status_runs_once(gateway: h.Gateway, flaky_server: h.FlakyServer) -> None:
-    out = _call(gateway, flaky_server, "not_found (404)", "not_found")
+    out = h.record_call(gateway, flaky_server, "not_found (404)", "not_found")
     assert out["answers"] == ["404"], out
     assert out["delays_ms"] == []
-    res = _result(out)
+    res = h.result_of(out)
     assert res["isError"] is True
     assert res["structuredContent"] == {"status_code": 404}
 
 
 def test_fresh_budget_per_call(gateway: h.Gateway, flaky_server: h.FlakyServer) -> None:
     """Two calls in a row: the second starts from the first backoff again (new request id)."""
-    first = _call(gateway, flaky_server, "always_fail, twice (1st call)", "always_fail")
-    second = _call(gateway, flaky_server, "always_fail, twice (2nd call)", "always_fail")
+    first = h.record_call(gateway, flaky_server, "always_fail, twice (1st call)", "always_fail")
+    second = h.record_call(gateway, flaky_server, "always_fail, twice (2nd call)", "always_fail")
     for out in (first, second):
         assert out["attempts"] == 3, out
         _assert_backoff(out, [BASE_MS, 2 * BASE_MS])
@@ -102,19 +72,21 @@ def test_fresh_budget_per_call(gateway: h.Gateway, flaky_server: h.FlakyServer) 
 def test_timeout_is_retried(gateway: h.Gateway, flaky_server: h.FlakyServer) -> None:
     """An attempt past TOOL_TIMEOUT (1 s): the gateway hands the plugin a synthesized
     {"isError": true} without status_code, and the plugin asks for a retry."""
-    out = _call(gateway, flaky_server, "slow(1) past TOOL_TIMEOUT=1s", "slow", slow_times=1, seconds=3)
+    out = h.record_call(
+        gateway, flaky_server, "slow(1) past TOOL_TIMEOUT=1s", "slow", slow_times=1, seconds=3
+    )
     assert out["answers"] == ["slow", "ok"], out
     assert out["delays_ms"] == [BASE_MS], out
     assert 1000 + BASE_MS <= out["gaps_ms"][0] < 1000 + BASE_MS + SLACK_MS, out
-    assert _result(out).get("isError") is False
+    assert h.result_of(out).get("isError") is False
 
 
 def test_http_503_is_retried(gateway: h.Gateway, flaky_server: h.FlakyServer) -> None:
     """HTTP 503 instead of an MCP result: the gateway synthesizes structuredContent.status_code."""
-    out = _call(gateway, flaky_server, "http_503(2): HTTP-level 503 twice", "http_503", fail_times=2)
+    out = h.record_call(gateway, flaky_server, "http_503(2): HTTP-level 503 twice", "http_503", fail_times=2)
     assert out["answers"] == ["http 503", "http 503", "ok"], out
     _assert_backoff(out, [BASE_MS, 2 * BASE_MS])
-    assert _result(out).get("isError") is False
+    assert h.result_of(out).get("isError") is False
 
 
 def test_http_503_exhausted_is_an_error_to_the_client(
@@ -122,13 +94,13 @@ def test_http_503_exhausted_is_an_error_to_the_client(
 ) -> None:
     """Retries of an HTTP-level failure run out: gateway 1.0 answers JSON-RPC error -32603; 1.1
     answers an MCP error result that names the upstream's 503."""
-    out = _call(gateway, flaky_server, "http_503(5): HTTP-level 503 always", "http_503", fail_times=5)
+    out = h.record_call(gateway, flaky_server, "http_503(5): HTTP-level 503 always", "http_503", fail_times=5)
     assert out["answers"] == ["http 503"] * 3, out
     _assert_backoff(out, [BASE_MS, 2 * BASE_MS])
     if h.gateway_release() < (1, 1):
         assert out["resp"].get("error", {}).get("code") == -32603, out["resp"]
     else:
-        res = _result(out)
+        res = h.result_of(out)
         assert res["isError"] is True, res
         assert "503 Service Unavailable" in res["content"][0]["text"], res
 
@@ -143,10 +115,12 @@ def test_gateway_ceiling_caps_attempts(
     args = dict(tool_args)
     tool = args.pop("tool")
     label = f"flaky({args['fail_times']})" if "fail_times" in args else tool
-    out = _call(capped_gateway, flaky_server, f"{label}, max_retries 3, MAX_TOOL_RETRIES=1", tool, **args)
+    out = h.record_call(
+        capped_gateway, flaky_server, f"{label}, max_retries 3, MAX_TOOL_RETRIES=1", tool, **args
+    )
     assert out["answers"] == ["503", "503"], out
     _assert_backoff(out, [BASE_MS])
-    res = _result(out)
+    res = h.result_of(out)
     assert res["isError"] is True
     assert res["content"][0]["text"].startswith("attempt 2:")
 
@@ -163,7 +137,7 @@ def test_retries_span_a_plugin_manager_rebuild(
     with ThreadPoolExecutor(max_workers=2) as pool:
         runs = {
             name: pool.submit(
-                _call, gateways[name], flaky_server, scenario, "fail_across_rebuild", timeout=120
+                h.record_call, gateways[name], flaky_server, scenario, "fail_across_rebuild", timeout=120
             )
             for name in ("wasm", "native")
         }

@@ -53,8 +53,9 @@ GATEWAYS = {
     # MAX_TOOL_RETRIES=1 while the plugin allows 3 retries: the gateway is the limit.
     "wasm-capped": ("wasm", 3, 1, None),
     "native-capped": ("native", 3, 1, None),
-    # Non-idempotent tools retried only when throttled (hooks tool_pre_invoke + tool_post_invoke,
-    # and one unannotated tool declared idempotent); the native plugin ignores both keys.
+    # Non-idempotent tools retried only when throttled, one unannotated tool declared idempotent.
+    # The native plugin ignores both keys; it keeps hooks [tool_post_invoke], as cpex refuses to
+    # load a plugin for a hook it has no method for (its tool_pre_invoke).
     "wasm-throttled": ("wasm", 2, 3, "throttled"),
     "native-throttled": ("native", 2, 3, "throttled"),
 }
@@ -78,8 +79,6 @@ def gateways(workdir: Path, flaky_server: h.FlakyServer) -> Iterator[dict[str, h
                 tool_overrides=h.REBUILD_OVERRIDES,
             )
             if non_idempotent is not None:
-                # The native plugin has no tool_pre_invoke (the gateway would not register it
-                # with that hook); it ignores both keys.
                 if variant == "wasm":
                     plugin.hooks = list(h.IDEMPOTENCY_HOOKS)
                 plugin.non_idempotent_retries = non_idempotent

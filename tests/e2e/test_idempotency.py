@@ -1,11 +1,14 @@
 """``non_idempotent_retries: "throttled"`` through the real gateway (contract 0.4).
 
-Both plugins run with ``hooks: [tool_pre_invoke, tool_post_invoke]``, ``non_idempotent_retries:
-"throttled"`` and ``tool_overrides.flaky-slow-overridden.idempotent: true``. This plugin reads the
-tool's annotations from the record the gateway puts in ``global_context.metadata["tool"]`` before
-``tool_pre_invoke``; a tool that is not idempotent keeps its retries only after a structured 429
-or a 503 carrying a delay hint. The native plugin ignores both keys and retries every retriable
-failure: its attempts are asserted too, and both are printed side by side in the summary table.
+Both plugins run with ``non_idempotent_retries: "throttled"`` and
+``tool_overrides.flaky-slow-overridden.idempotent: true``; this plugin with ``hooks:
+[tool_pre_invoke, tool_post_invoke]``, the native one with ``[tool_post_invoke]`` (it has no
+``tool_pre_invoke``, and cpex refuses to load a plugin for a hook it lacks). This plugin reads
+the tool's annotations from the record the gateway puts in ``global_context.metadata["tool"]``
+before ``tool_pre_invoke``; a tool that is not idempotent keeps its retries only after a
+structured 429 or a 503 carrying a delay hint. The native plugin ignores both keys and retries
+every retriable failure: its attempts are asserted too, and both are printed side by side in
+the summary table.
 
 A timeout (an attempt past ``TOOL_TIMEOUT=1`` s) reaches ``tool_post_invoke`` on both gateway
 releases, on the per-call session path ``POST /rpc`` takes to a streamable-HTTP upstream, as an

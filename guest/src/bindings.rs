@@ -1,12 +1,13 @@
 //! The wit-bindgen glue: converts WIT values and delegates to [`crate::policy`].
-//! No policy logic lives here.
+//! No policy logic lives here; it owns the instance's one engine and its
+//! clock offset.
 
 use alloc::string::{String, ToString};
 use alloc::vec::Vec;
 use core::cell::RefCell;
 
 use crate::policy::backoff::{Jitter, Shape};
-use crate::policy::config::NonIdempotentRetries;
+use crate::policy::config::{KeyScope, NonIdempotentRetries};
 use crate::policy::{
     simulate, snapshot, Config, ConfigError, Decision, Engine, Outcome, Policy, Reason,
 };
@@ -27,81 +28,109 @@ use wit::exports::contextforge::retry::retry_engine as api;
 use wit::wasi::clocks::monotonic_clock;
 use wit::wasi::random::insecure_seed;
 
-/// The instance's one engine, created on first use (seeded from the import).
-struct Global(RefCell<Option<Engine>>);
+/// The instance's engine (created on first use, seeded from the import) and
+/// the offset from the imported clock to the host's process clock (`init`).
+struct Instance {
+    engine: Option<Engine>,
+    clock_offset_ns: u64,
+}
+
+struct Global(RefCell<Instance>);
 // SAFETY: a component instance is single-threaded; nothing here is shared
 // across threads.
 unsafe impl Sync for Global {}
-static ENGINE: Global = Global(RefCell::new(None));
+static INSTANCE: Global = Global(RefCell::new(Instance {
+    engine: None,
+    clock_offset_ns: 0,
+}));
 
 fn with_engine<R>(f: impl FnOnce(&mut Engine) -> R) -> R {
     // Never already borrowed: nothing calls back into the component (were it
     // to, the borrow would trap, and the host rebuild the instance).
-    let mut slot = ENGINE.0.borrow_mut();
-    f(slot.get_or_insert_with(|| Engine::new(insecure_seed::insecure_seed())))
+    let mut instance = INSTANCE.0.borrow_mut();
+    f(instance
+        .engine
+        .get_or_insert_with(|| Engine::new(insecure_seed::insecure_seed())))
 }
 
+/// Now on the host's process clock (ms): the imported clock plus the offset.
 fn now_ms() -> u64 {
-    monotonic_clock::now() / 1_000_000
+    let offset = INSTANCE.0.borrow().clock_offset_ns;
+    monotonic_clock::now().wrapping_add(offset) / 1_000_000
 }
 
 struct Component;
 
 impl api::Guest for Component {
-    fn configure(config_json: String) -> Result<(), Vec<api::ConfigError>> {
-        let config = Config::from_json(&config_json).map_err(to_wit_errors)?;
+    fn init(clock_ns: u64, memory_bytes: u64) {
+        INSTANCE.0.borrow_mut().clock_offset_ns = clock_ns.wrapping_sub(monotonic_clock::now());
+        if memory_bytes > 0 {
+            with_engine(|e| e.set_memory_limit(memory_bytes));
+        }
+    }
+
+    fn open_policy(
+        scope: String,
+        config_json: String,
+        max_retries_ceiling: Option<u32>,
+    ) -> Result<api::OpenedPolicy, Vec<api::ConfigError>> {
+        let now = now_ms();
         with_engine(|e| {
-            // Forget what has expired under the TTL in force first: a longer new TTL must not
-            // bring back entries that were already gone (the sweep is amortized, so some may
-            // not have been removed yet). The clock is only read when there is state.
-            if e.state_count() > 0 {
-                e.evict_expired(now_ms());
-            }
-            e.configure(config);
-        });
-        Ok(())
+            let opened = e
+                .open_json(&scope, &config_json, max_retries_ceiling, now)
+                .map_err(to_wit_errors)?;
+            let config = e.config(opened.id).expect("just opened");
+            Ok(api::OpenedPolicy {
+                id: opened.id,
+                reads: reads(config),
+                key_scope: match config.key_scope() {
+                    KeyScope::Request => api::KeyScope::Request,
+                    KeyScope::Tenant => api::KeyScope::Tenant,
+                    KeyScope::User => api::KeyScope::User,
+                },
+                global: to_wit_policy(config.global()),
+                warnings: to_wit_errors(opened.warnings),
+            })
+        })
     }
 
-    fn decide(key: String, tool_len: u32, signals: u64, handle: u32) -> u64 {
-        decide(&key, tool_len, signals, None, handle)
+    fn decide(policy: u64, key: String, parts: u64, signals: u64) -> u64 {
+        decide(policy, &key, parts, signals, None)
     }
 
-    fn decide_text(
-        key: String,
-        tool_len: u32,
-        signals: u64,
-        texts: Vec<String>,
-        handle: u32,
-    ) -> u64 {
-        decide(&key, tool_len, signals, Some(&texts), handle)
+    fn decide_text(policy: u64, key: String, parts: u64, signals: u64, texts: Vec<String>) -> u64 {
+        decide(policy, &key, parts, signals, Some(&texts))
     }
 
     fn decide_held(handle: u32, signals: u64) -> u64 {
         #[cfg(feature = "fault-injection")]
         with_engine(|e| {
-            if let Some((_, tool, _)) = e.state().key_of(handle) {
-                inject_held_fault(tool);
+            if let Some((_, _, key)) = e.state().key_of(handle) {
+                inject_held_fault(key.tool);
             }
         });
         let hints = wire::unpack_hints(signals);
         let signals = wire::unpack_signals(signals);
         let now = now_ms();
         with_engine(|e| match e.decide_held(handle, signals, hints, now) {
-            Some(outcome) => decision_bits(e, outcome),
+            Some(outcome) => decision_bits(outcome),
             None => wire::UNKNOWN_HANDLE,
         })
     }
 
-    fn tool_policy(tool: String) -> api::Policy {
-        with_engine(|e| to_wit_policy(e.policy_for(&tool)))
+    fn tool_policy(policy: u64, tool: String) -> Option<api::Policy> {
+        with_engine(|e| e.config(policy).map(|c| to_wit_policy(c.policy_for(&tool))))
     }
 
-    fn global_policy() -> api::Policy {
-        with_engine(|e| to_wit_policy(e.config().global()))
+    fn state_count(policy: Option<u64>) -> u32 {
+        with_engine(|e| match policy {
+            None => e.state_count() as u32,
+            Some(id) => e.policy_state_count(id).unwrap_or(0) as u32,
+        })
     }
 
-    fn state_count() -> u32 {
-        with_engine(|e| e.state_count() as u32)
+    fn policy_count() -> u32 {
+        with_engine(|e| e.policy_count() as u32)
     }
 
     fn evict_expired() -> u32 {
@@ -124,7 +153,6 @@ impl api::Guest for Component {
         seed: u64,
         steps: Vec<api::SimStep>,
     ) -> Result<Vec<api::SimDecision>, Vec<api::ConfigError>> {
-        let config = Config::from_json(&config_json).map_err(to_wit_errors)?;
         let borrowed: Vec<simulate::Step<'_>> = steps
             .iter()
             .map(|s| simulate::Step {
@@ -136,7 +164,7 @@ impl api::Guest for Component {
                 idempotent: has_fact(s.call, api::CallFacts::IDEMPOTENT),
             })
             .collect();
-        let decisions = simulate::simulate(config, seed, &borrowed).map_err(to_wit_errors)?;
+        let decisions = simulate::simulate(&config_json, seed, &borrowed).map_err(to_wit_errors)?;
         Ok(decisions.iter().map(to_wit_decision).collect())
     }
 
@@ -145,34 +173,42 @@ impl api::Guest for Component {
     }
 }
 
-fn decide(key: &str, tool_len: u32, signals: u64, texts: Option<&[String]>, handle: u32) -> u64 {
-    let (tool, request_id) = wire::split_key(key, tool_len);
+fn decide(policy: u64, key: &str, parts: u64, signals: u64, texts: Option<&[String]>) -> u64 {
+    let key = wire::split_key(key, parts);
     #[cfg(feature = "fault-injection")]
-    inject_fault(tool);
+    inject_fault(key.tool);
     let hints = wire::unpack_hints(signals);
     let signals = wire::unpack_signals(signals);
     let now = now_ms();
-    with_engine(|e| {
-        let outcome = e.decide_naming(tool, request_id, signals, hints, texts, now, handle);
-        decision_bits(e, outcome)
-    })
+    with_engine(|e| decision_bits(e.decide(policy, &key, signals, hints, texts, now)))
 }
 
-/// The `decision` word of an outcome, with the engine's `text-free` and `idle` bits.
-fn decision_bits(e: &Engine, outcome: Outcome) -> u64 {
+/// The `decision` word of an outcome.
+fn decision_bits(outcome: Outcome) -> u64 {
     match outcome {
-        Outcome::Decided(d) => {
-            let mut bits = wire::pack_decision(&d);
-            if e.is_text_free() {
-                bits |= wire::TEXT_FREE;
-            }
-            if e.is_idle() {
-                bits |= wire::IDLE;
-            }
-            bits
-        }
+        Outcome::Decided(d, handle) => wire::pack_decision(&d, handle),
         Outcome::NeedText => wire::NEED_TEXT,
+        Outcome::UnknownPolicy => wire::UNKNOWN_POLICY,
     }
+}
+
+/// What a host reads of `config` to call with it.
+fn reads(config: &Config) -> api::PolicyReads {
+    let mut reads = api::PolicyReads::empty();
+    for (on, flag) in [
+        (config.reads_result_hints(), api::PolicyReads::RESULT_HINTS),
+        (config.reads_call_facts(), api::PolicyReads::CALL_FACTS),
+        (
+            config.stateless_successes(),
+            api::PolicyReads::STATELESS_SUCCESSES,
+        ),
+        (config.metrics_reason(), api::PolicyReads::METRICS_REASON),
+    ] {
+        if on {
+            reads = reads | flag;
+        }
+    }
+    reads
 }
 
 /// A runaway guest in `decide-held` only: a key of this tool gets its first
@@ -218,14 +254,13 @@ fn has_fact(call: Option<api::CallFacts>, fact: api::CallFacts) -> bool {
 }
 
 fn to_wit_errors(errors: Vec<ConfigError>) -> Vec<api::ConfigError> {
-    let mut out = Vec::with_capacity(errors.len());
-    for e in errors {
-        out.push(api::ConfigError {
+    errors
+        .into_iter()
+        .map(|e| api::ConfigError {
             path: e.path,
             message: e.message,
-        });
-    }
-    out
+        })
+        .collect()
 }
 
 fn to_wit_policy(p: &Policy) -> api::Policy {

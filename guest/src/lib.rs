@@ -26,4 +26,4 @@ mod bindings;
 mod rt;
 
 /// The version of the WIT contract (`contextforge:retry@…`) this crate implements.
-pub const CONTRACT_VERSION: &str = "0.4.0";
+pub const CONTRACT_VERSION: &str = "0.5.0";

@@ -8,7 +8,7 @@
 //! integers cost a fraction of records or variants to pass through
 //! wasmtime-py, and the host reads them unambiguously.
 
-use crate::policy::{Decision, Hints, Signals};
+use crate::policy::{Decision, Hints, KeyParts, Signals};
 
 // --- signals (host -> engine) ---------------------------------------------
 
@@ -40,21 +40,46 @@ pub const SIG_IDEMPOTENT: u64 = 1 << 31;
 /// `signals` bits 32..63: the status code (two's complement).
 pub const STATUS_SHIFT: u32 = 32;
 
+// --- key parts (host -> engine) ------------------------------------------
+
+/// `parts` of `decide`: four lengths in Unicode scalar values, each in a
+/// field of this many bits: the tenant, the server, the identity and the tool
+/// name, in that order at the front of `key`; the request id is the rest.
+pub const PART_LEN_BITS: u32 = 16;
+/// `parts` bits 0..15: the tenant's length.
+pub const TENANT_LEN_SHIFT: u32 = 0;
+/// `parts` bits 16..31: the server's length.
+pub const SERVER_LEN_SHIFT: u32 = 16;
+/// `parts` bits 32..47: the identity's length.
+pub const IDENTITY_LEN_SHIFT: u32 = 32;
+/// `parts` bits 48..63: the tool name's length.
+pub const TOOL_LEN_SHIFT: u32 = 48;
+
 // --- decision (engine -> host) --------------------------------------------
 
-/// Decision bits 0..39: the delay in ms.
-pub const DELAY_MASK: u64 = (1 << 40) - 1;
-/// Decision bits 40..47: the retry count (consecutive failures).
-pub const RETRY_COUNT_SHIFT: u32 = 40;
-/// Decision bits 48..55: the reason ordinal (an index of [`REASONS`]).
-pub const REASON_SHIFT: u32 = 48;
-/// Decision bit 60 (alone): `decide-held` was given a handle that names no key.
-pub const UNKNOWN_HANDLE: u64 = 1 << 60;
-/// Decision bit 61: no policy inspects text content or keeps a budget.
-pub const TEXT_FREE: u64 = 1 << 61;
-/// Decision bit 62: the engine is idle after this call.
-pub const IDLE: u64 = 1 << 62;
-/// Decision bit 63: the host must call `decide-text`; nothing changed.
+/// Decision bits 0..31: the delay in ms (saturated).
+pub const DELAY_MASK: u64 = (1 << 32) - 1;
+/// Decision bits 32..35: the retry count (consecutive failures, saturated).
+pub const RETRY_COUNT_SHIFT: u32 = 32;
+/// ... a field of this width.
+pub const RETRY_COUNT_MASK: u64 = 0xF;
+/// Decision bits 36..39: the reason ordinal (an index of [`REASONS`]).
+pub const REASON_SHIFT: u32 = 36;
+/// ... a field of this width.
+pub const REASON_MASK: u64 = 0xF;
+/// Decision bits 40..59: the handle naming the key while it holds state
+/// (0: none).
+pub const HANDLE_SHIFT: u32 = 40;
+/// ... a field of this width; also the largest handle.
+pub const HANDLE_MASK: u64 = (1 << 20) - 1;
+/// Decision bit 61 (alone): `decide` or `decide-text` named a policy this
+/// instance does not hold (never opened, or released); nothing changed.
+pub const UNKNOWN_POLICY: u64 = 1 << 61;
+/// Decision bit 62 (alone): `decide-held` was given a handle that names no
+/// key; nothing changed.
+pub const UNKNOWN_HANDLE: u64 = 1 << 62;
+/// Decision bit 63 (alone): the host must call `decide-text`; nothing
+/// changed.
 pub const NEED_TEXT: u64 = 1 << 63;
 /// `decision-reason` names by ordinal, in WIT declaration order (new reasons
 /// are only ever appended).
@@ -69,14 +94,11 @@ pub const REASONS: [&str; 8] = [
     "non-idempotent",
 ];
 
-// --- handles and bounds ---------------------------------------------------
+// --- bounds ---------------------------------------------------------------
 
-/// Handles run 1..=`HANDLE_MAX` (0 names nothing). The bound keeps the
-/// handle map small and the one call that first reaches it within any
-/// sensible fuel budget; the Python host names at most 100 001 keys.
-pub const HANDLE_MAX: u32 = 1 << 17;
-/// ... and name only keys of at most this many bytes of UTF-8.
-pub const HANDLE_KEY_MAX_BYTES: usize = 256;
+/// The most keys holding state at once in one instance: a handle names one of
+/// them, and handles run 1..=`HANDLE_MASK`.
+pub const MAX_ENTRIES: u32 = HANDLE_MASK as u32;
 /// `decide-text` reads at most this many text items (the rest are ignored).
 pub const TEXT_MAX_ITEMS: usize = 1024;
 /// ... and at most this many characters (Unicode scalar values) of them in
@@ -125,25 +147,52 @@ pub fn pack_signals(s: Signals) -> u64 {
     bits
 }
 
-/// Pack a decision. The delay saturates at 2^40-1 ms (~35 years) and the count
-/// at 255 (`max_retries` is at most 10).
-pub fn pack_decision(d: &Decision) -> u64 {
+/// Pack a decision and the handle naming its key (0: none). The delay
+/// saturates at 2^32-1 ms (~49.7 days) and the count at 15 (`max_retries` is
+/// at most 10).
+pub fn pack_decision(d: &Decision, handle: u32) -> u64 {
     d.delay_ms.min(DELAY_MASK)
-        | (u64::from(d.failures.min(255)) << RETRY_COUNT_SHIFT)
+        | (u64::from(d.failures).min(RETRY_COUNT_MASK) << RETRY_COUNT_SHIFT)
         | ((d.reason as u64) << REASON_SHIFT)
+        | ((u64::from(handle) & HANDLE_MASK) << HANDLE_SHIFT)
 }
 
-/// Split `key` into (tool, request id) after `tool_len` Unicode scalar values.
-/// A `tool_len` beyond the key makes the whole key the tool name.
-pub fn split_key(key: &str, tool_len: u32) -> (&str, &str) {
-    let n = tool_len as usize;
-    let at = if key.is_ascii() {
+/// Split `key` into its five parts after the four lengths `parts` packs
+/// (Unicode scalar values). A length that runs past the key takes what is
+/// left, and the parts after it are empty.
+pub fn split_key(key: &str, parts: u64) -> KeyParts<'_> {
+    let len = |shift: u32| ((parts >> shift) & ((1 << PART_LEN_BITS) - 1)) as usize;
+    let (tenant, rest) = split_chars(key, len(TENANT_LEN_SHIFT));
+    let (server, rest) = split_chars(rest, len(SERVER_LEN_SHIFT));
+    let (identity, rest) = split_chars(rest, len(IDENTITY_LEN_SHIFT));
+    let (tool, request_id) = split_chars(rest, len(TOOL_LEN_SHIFT));
+    KeyParts {
+        tenant,
+        server,
+        identity,
+        tool,
+        request_id,
+    }
+}
+
+/// Pack the four lengths of `key`'s first parts (the host's side; tests).
+pub fn pack_parts(key: &KeyParts<'_>) -> u64 {
+    let n = |s: &str| (s.chars().count() as u64).min((1 << PART_LEN_BITS) - 1);
+    n(key.tenant) << TENANT_LEN_SHIFT
+        | n(key.server) << SERVER_LEN_SHIFT
+        | n(key.identity) << IDENTITY_LEN_SHIFT
+        | n(key.tool) << TOOL_LEN_SHIFT
+}
+
+/// `s` split after `n` Unicode scalar values (all of it when shorter).
+fn split_chars(s: &str, n: usize) -> (&str, &str) {
+    let at = if s.is_ascii() {
         // The norm: one byte per character.
-        n.min(key.len())
+        n.min(s.len())
     } else {
-        key.char_indices().nth(n).map_or(key.len(), |(at, _)| at)
+        s.char_indices().nth(n).map_or(s.len(), |(at, _)| at)
     };
-    key.split_at(at)
+    s.split_at(at)
 }
 
 #[cfg(test)]
@@ -206,14 +255,25 @@ mod tests {
             failures: 2,
             reason: Reason::Retry,
         };
-        assert_eq!(pack_decision(&d), 400 | (2 << 40) | (1 << 48));
+        assert_eq!(
+            pack_decision(&d, 7),
+            400 | (2 << 32) | (1 << 36) | (7 << 40)
+        );
         let huge = Decision {
             delay_ms: u64::MAX,
-            failures: 1,
-            reason: Reason::Retry,
+            failures: 99,
+            reason: Reason::NonIdempotent,
         };
-        assert_eq!(pack_decision(&huge) & DELAY_MASK, DELAY_MASK);
-        assert_eq!(pack_decision(&huge) & NEED_TEXT, 0);
+        let packed = pack_decision(&huge, u32::MAX);
+        assert_eq!(packed & DELAY_MASK, DELAY_MASK);
+        assert_eq!(packed >> RETRY_COUNT_SHIFT & RETRY_COUNT_MASK, 15);
+        assert_eq!(packed >> REASON_SHIFT & REASON_MASK, 7);
+        assert_eq!(packed >> HANDLE_SHIFT & HANDLE_MASK, HANDLE_MASK);
+        assert_eq!(
+            packed & (UNKNOWN_POLICY | UNKNOWN_HANDLE | NEED_TEXT),
+            0,
+            "no field reaches the flags"
+        );
     }
 
     /// `wit/wire.json` is the one list of wire names and values; this module
@@ -239,16 +299,23 @@ mod tests {
             ("SIG_TIMEOUT", SIG_TIMEOUT.into()),
             ("SIG_IDEMPOTENT", SIG_IDEMPOTENT.into()),
             ("STATUS_SHIFT", STATUS_SHIFT.into()),
+            ("PART_LEN_BITS", PART_LEN_BITS.into()),
+            ("TENANT_LEN_SHIFT", TENANT_LEN_SHIFT.into()),
+            ("SERVER_LEN_SHIFT", SERVER_LEN_SHIFT.into()),
+            ("IDENTITY_LEN_SHIFT", IDENTITY_LEN_SHIFT.into()),
+            ("TOOL_LEN_SHIFT", TOOL_LEN_SHIFT.into()),
             ("DELAY_MASK", DELAY_MASK.into()),
             ("RETRY_COUNT_SHIFT", RETRY_COUNT_SHIFT.into()),
+            ("RETRY_COUNT_MASK", RETRY_COUNT_MASK.into()),
             ("REASON_SHIFT", REASON_SHIFT.into()),
+            ("REASON_MASK", REASON_MASK.into()),
+            ("HANDLE_SHIFT", HANDLE_SHIFT.into()),
+            ("HANDLE_MASK", HANDLE_MASK.into()),
+            ("UNKNOWN_POLICY", UNKNOWN_POLICY.into()),
             ("UNKNOWN_HANDLE", UNKNOWN_HANDLE.into()),
-            ("TEXT_FREE", TEXT_FREE.into()),
-            ("IDLE", IDLE.into()),
             ("NEED_TEXT", NEED_TEXT.into()),
             ("REASONS", REASONS.to_vec().into()),
-            ("HANDLE_MAX", HANDLE_MAX.into()),
-            ("HANDLE_KEY_MAX_BYTES", HANDLE_KEY_MAX_BYTES.into()),
+            ("MAX_ENTRIES", MAX_ENTRIES.into()),
             ("TEXT_MAX_ITEMS", TEXT_MAX_ITEMS.into()),
             ("TEXT_MAX_CHARS", TEXT_MAX_CHARS.into()),
         ];
@@ -282,16 +349,39 @@ mod tests {
 
     #[test]
     fn test_wire_split_key() {
-        assert_eq!(split_key("searchreq-1", 6), ("search", "req-1"));
-        assert_eq!(split_key("ab", 9), ("ab", ""));
-        assert_eq!(split_key("é✓x", 2), ("é✓", "x"));
-        assert_eq!(split_key("é✓", 5), ("é✓", ""));
-        assert_eq!(split_key("", 0), ("", ""));
+        let key = |tenant, server, identity, tool, request_id| KeyParts {
+            tenant,
+            server,
+            identity,
+            tool,
+            request_id,
+        };
+        for parts in [
+            key("", "", "", "search", "req-1"),
+            key("team-a", "srv", "ann@x", "search", "req-1"),
+            key("é✓", "", "😀", "x", ""),
+            key("", "", "", "", ""),
+            key("t", "s", "i", "aé✓😀b", "r😀"),
+        ] {
+            let joined = [
+                parts.tenant,
+                parts.server,
+                parts.identity,
+                parts.tool,
+                parts.request_id,
+            ]
+            .concat();
+            assert_eq!(split_key(&joined, pack_parts(&parts)), parts);
+        }
+        // Lengths past the key: each part takes what is left.
+        let tool_only = 9u64 << TOOL_LEN_SHIFT;
+        assert_eq!(split_key("ab", tool_only), key("", "", "", "ab", ""));
+        assert_eq!(split_key("abc", u64::MAX), key("abc", "", "", "", ""));
         // The byte counting agrees with char_indices on mixed widths.
-        for key in ["aé✓😀b", "😀😀", "é", "xyz✓"] {
+        for s in ["aé✓😀b", "😀😀", "é", "xyz✓"] {
             for n in 0..7 {
-                let at = key.char_indices().nth(n).map_or(key.len(), |(at, _)| at);
-                assert_eq!(split_key(key, n as u32), key.split_at(at), "{key} {n}");
+                let at = s.char_indices().nth(n).map_or(s.len(), |(at, _)| at);
+                assert_eq!(split_chars(s, n), s.split_at(at), "{s} {n}");
             }
         }
     }

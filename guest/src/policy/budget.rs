@@ -1,5 +1,7 @@
 //! Retry budgets per tool (issue 6 §2): a token bucket that bounds retries to
 //! a share of the tool's recent successes, with a floor for low-traffic tools.
+//! One bucket per (policy, gateway context, tool, identity): two contexts or
+//! two identities never spend each other's retries (issue 23 §5).
 //!
 //! Each success of the tool deposits `percent / 100` of a token; each retry
 //! takes one whole token; the bucket also refills at `min_per_sec` tokens a
@@ -15,6 +17,10 @@
 
 use alloc::boxed::Box;
 use alloc::vec::Vec;
+use core::cmp::Ordering;
+
+use super::key::KeyParts;
+use super::registry::PolicyId;
 
 /// The most buckets kept (memory bound: tool names and identities come
 /// from the gateway, but nothing stops clients inventing them). A new bucket
@@ -76,11 +82,34 @@ impl Bucket {
     }
 }
 
-/// One bucket's owner: the tool name and the identity (tenant or user under
-/// `key_scope` `tenant`/`user`, else `""`; see [`super::config::KeyScope::identity`]).
-type Owner = (Box<str>, Box<str>);
+/// One bucket's owner: the policy, and the key's tenant, server, tool and
+/// identity.
+struct Owner {
+    policy: PolicyId,
+    parts: [Box<str>; 4],
+}
 
-/// The buckets of every (tool, identity) with a budget.
+impl Owner {
+    fn new(policy: PolicyId, key: &KeyParts<'_>) -> Self {
+        Self {
+            policy,
+            parts: [key.tenant, key.server, key.tool, key.identity].map(Box::from),
+        }
+    }
+
+    fn order(&self, policy: PolicyId, key: &KeyParts<'_>) -> Ordering {
+        let [tenant, server, tool, identity] = &self.parts;
+        (self.policy, &**tenant, &**server, &**tool, &**identity).cmp(&(
+            policy,
+            key.tenant,
+            key.server,
+            key.tool,
+            key.identity,
+        ))
+    }
+}
+
+/// The buckets of every (policy, context, tool, identity) with a budget.
 #[derive(Default)]
 pub struct Budgets {
     /// Sorted by owner (binary search); at most [`MAX_BUDGET_BUCKETS`].
@@ -88,9 +117,15 @@ pub struct Budgets {
 }
 
 impl Budgets {
-    fn bucket(&mut self, tool: &str, identity: &str, b: RetryBudget, now_ms: u64) -> &mut Bucket {
+    fn bucket(
+        &mut self,
+        policy: PolicyId,
+        key: &KeyParts<'_>,
+        b: RetryBudget,
+        now_ms: u64,
+    ) -> &mut Bucket {
         let find = |buckets: &[(Owner, Bucket)]| {
-            buckets.binary_search_by(|((t, i), _)| (&**t, &**i).cmp(&(tool, identity)))
+            buckets.binary_search_by(|(owner, _)| owner.order(policy, key))
         };
         let i = match find(&self.buckets) {
             Ok(i) => return &mut self.buckets[i].1,
@@ -100,8 +135,8 @@ impl Budgets {
                 find(&self.buckets).unwrap_err()
             }
         };
-        let owner = (Box::from(tool), Box::from(identity));
-        self.buckets.insert(i, (owner, Bucket::full(b, now_ms)));
+        self.buckets
+            .insert(i, (Owner::new(policy, key), Bucket::full(b, now_ms)));
         &mut self.buckets[i].1
     }
 
@@ -118,9 +153,10 @@ impl Budgets {
         }
     }
 
-    /// A success of `tool` for `identity`: deposit its share of a token.
-    pub fn deposit(&mut self, tool: &str, identity: &str, b: RetryBudget, now_ms: u64) {
-        let bucket = self.bucket(tool, identity, b, now_ms);
+    /// A success of `key`'s tool under `policy`: deposit its share of a
+    /// token (the request id does not matter).
+    pub fn deposit(&mut self, policy: PolicyId, key: &KeyParts<'_>, b: RetryBudget, now_ms: u64) {
+        let bucket = self.bucket(policy, key, b, now_ms);
         bucket.refill(b, now_ms);
         bucket.milli = bucket
             .milli
@@ -128,15 +164,15 @@ impl Budgets {
             .min(b.cap_milli());
     }
 
-    /// A retry of `tool` for `identity`: take a token if there is one.
+    /// A retry of `key`'s tool under `policy`: take a token if there is one.
     pub fn try_withdraw(
         &mut self,
-        tool: &str,
-        identity: &str,
+        policy: PolicyId,
+        key: &KeyParts<'_>,
         b: RetryBudget,
         now_ms: u64,
     ) -> bool {
-        let bucket = self.bucket(tool, identity, b, now_ms);
+        let bucket = self.bucket(policy, key, b, now_ms);
         bucket.refill(b, now_ms);
         if bucket.milli >= MILLI {
             bucket.milli -= MILLI;
@@ -146,11 +182,54 @@ impl Budgets {
         }
     }
 
-    /// Tokens left for `(tool, identity)` (whole), for tests and inspection.
-    pub fn tokens(&mut self, tool: &str, identity: &str, b: RetryBudget, now_ms: u64) -> u64 {
-        let bucket = self.bucket(tool, identity, b, now_ms);
+    /// Tokens left for `key`'s bucket (whole), for tests and inspection.
+    pub fn tokens(
+        &mut self,
+        policy: PolicyId,
+        key: &KeyParts<'_>,
+        b: RetryBudget,
+        now_ms: u64,
+    ) -> u64 {
+        let bucket = self.bucket(policy, key, b, now_ms);
         bucket.refill(b, now_ms);
         bucket.milli / MILLI
+    }
+
+    /// Forget every bucket of `policy` (released).
+    pub fn remove_policy(&mut self, policy: PolicyId) {
+        self.buckets.retain(|(owner, _)| owner.policy != policy);
+    }
+
+    /// Every bucket as (policy, key with an empty request id, tokens in
+    /// thousandths, last refill ms), in owner order: by policy id first (for
+    /// snapshots).
+    pub fn iter(&self) -> impl Iterator<Item = (PolicyId, KeyParts<'_>, u64, u64)> + '_ {
+        self.buckets.iter().map(|(owner, bucket)| {
+            let [tenant, server, tool, identity] = &owner.parts;
+            let key = KeyParts {
+                tenant,
+                server,
+                identity,
+                tool,
+                request_id: "",
+            };
+            (owner.policy, key, bucket.milli, bucket.last_ms)
+        })
+    }
+
+    /// Put a bucket back from a snapshot (tokens clamped to the cap).
+    pub fn restore(
+        &mut self,
+        policy: PolicyId,
+        key: &KeyParts<'_>,
+        b: RetryBudget,
+        milli: u64,
+        last_ms: u64,
+    ) {
+        let bucket = self.bucket(policy, key, b, last_ms);
+        bucket.milli = milli.min(b.cap_milli());
+        bucket.last_ms = last_ms;
+        bucket.budget = b;
     }
 
     /// Buckets kept (for tests and inspection).
@@ -168,6 +247,14 @@ impl Budgets {
 mod tests {
     use super::*;
 
+    /// `tool`'s key for `identity` in the default context.
+    fn k<'a>(tool: &'a str, identity: &'a str) -> KeyParts<'a> {
+        KeyParts {
+            identity,
+            ..KeyParts::new(tool, "")
+        }
+    }
+
     const B: RetryBudget = RetryBudget {
         percent: 50,
         min_per_sec: 1,
@@ -177,48 +264,72 @@ mod tests {
     fn test_budget_starts_full_drains_and_refills_at_the_floor() {
         let mut bs = Budgets::default();
         for _ in 0..10 {
-            assert!(bs.try_withdraw("t", "", B, 0));
+            assert!(bs.try_withdraw(0, &k("t", ""), B, 0));
         }
-        assert!(!bs.try_withdraw("t", "", B, 0));
-        assert!(!bs.try_withdraw("t", "", B, 999));
-        assert!(bs.try_withdraw("t", "", B, 1000), "one token a second");
-        assert!(!bs.try_withdraw("t", "", B, 1000));
+        assert!(!bs.try_withdraw(0, &k("t", ""), B, 0));
+        assert!(!bs.try_withdraw(0, &k("t", ""), B, 999));
+        assert!(
+            bs.try_withdraw(0, &k("t", ""), B, 1000),
+            "one token a second"
+        );
+        assert!(!bs.try_withdraw(0, &k("t", ""), B, 1000));
         // Other tools have their own bucket.
-        assert!(bs.try_withdraw("u", "", B, 1000));
+        assert!(bs.try_withdraw(0, &k("u", ""), B, 1000));
     }
 
     #[test]
     fn test_budget_identities_have_their_own_buckets() {
         let mut bs = Budgets::default();
         for _ in 0..10 {
-            assert!(bs.try_withdraw("t", "acme", B, 0));
+            assert!(bs.try_withdraw(0, &k("t", "acme"), B, 0));
         }
-        assert!(!bs.try_withdraw("t", "acme", B, 0), "acme spent its own");
         assert!(
-            bs.try_withdraw("t", "globex", B, 0),
+            !bs.try_withdraw(0, &k("t", "acme"), B, 0),
+            "acme spent its own"
+        );
+        assert!(
+            bs.try_withdraw(0, &k("t", "globex"), B, 0),
             "globex's is untouched"
         );
         assert!(
-            bs.try_withdraw("t", "", B, 0),
+            bs.try_withdraw(0, &k("t", ""), B, 0),
             "no identity: the tool's bucket"
         );
-        assert_eq!(bs.tokens("t", "globex", B, 0), 9);
+        assert_eq!(bs.tokens(0, &k("t", "globex"), B, 0), 9);
     }
 
     #[test]
     fn test_budget_successes_deposit_their_share_up_to_the_cap() {
         let mut bs = Budgets::default();
         for _ in 0..10 {
-            bs.try_withdraw("t", "", B, 0);
+            bs.try_withdraw(0, &k("t", ""), B, 0);
         }
-        bs.deposit("t", "", B, 0);
-        assert!(!bs.try_withdraw("t", "", B, 0), "half a token");
-        bs.deposit("t", "", B, 0);
-        assert!(bs.try_withdraw("t", "", B, 0));
+        bs.deposit(0, &k("t", ""), B, 0);
+        assert!(!bs.try_withdraw(0, &k("t", ""), B, 0), "half a token");
+        bs.deposit(0, &k("t", ""), B, 0);
+        assert!(bs.try_withdraw(0, &k("t", ""), B, 0));
         for _ in 0..100 {
-            bs.deposit("t", "", B, 0);
+            bs.deposit(0, &k("t", ""), B, 0);
         }
-        assert_eq!(bs.tokens("t", "", B, 0), 10, "capped at the burst");
+        assert_eq!(bs.tokens(0, &k("t", ""), B, 0), 10, "capped at the burst");
+    }
+
+    #[test]
+    fn test_budget_contexts_and_policies_have_their_own_buckets() {
+        let mut bs = Budgets::default();
+        let team = |tenant| KeyParts {
+            tenant,
+            ..k("t", "")
+        };
+        for _ in 0..10 {
+            assert!(bs.try_withdraw(0, &team("a"), B, 0));
+        }
+        assert!(!bs.try_withdraw(0, &team("a"), B, 0));
+        assert!(bs.try_withdraw(0, &team("b"), B, 0), "another context");
+        assert!(bs.try_withdraw(1, &team("a"), B, 0), "another policy");
+        bs.remove_policy(0);
+        assert_eq!(bs.len(), 1);
+        assert_eq!(bs.tokens(0, &team("a"), B, 0), 10, "released: full again");
     }
 
     #[test]
@@ -226,16 +337,16 @@ mod tests {
         let mut bs = Budgets::default();
         // A drained victim, then hostile identities up to the bound (full buckets).
         for _ in 0..10 {
-            bs.try_withdraw("t", "victim", B, 0);
+            bs.try_withdraw(0, &k("t", "victim"), B, 0);
         }
         for i in 1..MAX_BUDGET_BUCKETS {
-            bs.deposit("t", &alloc::format!("x{i}"), B, 0);
+            bs.deposit(0, &k("t", &alloc::format!("x{i}")), B, 0);
         }
         assert_eq!(bs.len(), MAX_BUDGET_BUCKETS);
-        assert!(bs.try_withdraw("t", "newcomer", B, 0));
+        assert!(bs.try_withdraw(0, &k("t", "newcomer"), B, 0));
         assert_eq!(bs.len(), 2, "the full buckets went, losslessly");
         assert!(
-            !bs.try_withdraw("t", "victim", B, 0),
+            !bs.try_withdraw(0, &k("t", "victim"), B, 0),
             "the victim is still drained"
         );
     }
@@ -248,12 +359,16 @@ mod tests {
             min_per_sec: 0,
         };
         for i in 0..MAX_BUDGET_BUCKETS as u64 {
-            bs.try_withdraw("t", &alloc::format!("x{i}"), floorless, i);
+            bs.try_withdraw(0, &k("t", &alloc::format!("x{i}")), floorless, i);
         }
-        assert!(bs.try_withdraw("t", "newcomer", floorless, 1 << 20));
+        assert!(bs.try_withdraw(0, &k("t", "newcomer"), floorless, 1 << 20));
         assert_eq!(bs.len(), MAX_BUDGET_BUCKETS);
         // x0 was the least recently used: it went, and comes back full (10 tokens).
-        assert_eq!(bs.tokens("t", "x0", floorless, 1 << 20), 10);
-        assert_eq!(bs.tokens("t", "x2", floorless, 1 << 20), 9, "x2 kept");
+        assert_eq!(bs.tokens(0, &k("t", "x0"), floorless, 1 << 20), 10);
+        assert_eq!(
+            bs.tokens(0, &k("t", "x2"), floorless, 1 << 20),
+            9,
+            "x2 kept"
+        );
     }
 }

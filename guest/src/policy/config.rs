@@ -206,49 +206,18 @@ pub struct Config {
     key_scope: KeyScope,
 }
 
-/// `key_scope`: which identity the host puts in a state key's request part.
+/// `key_scope`: which identity the host puts in a state key's identity part
+/// (every key also carries the gateway context's tenant and server).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum KeyScope {
-    /// The request id alone (the default; the native plugin's key).
+    /// None: the request id alone within the context (the default; the
+    /// native plugin's key).
     Request,
-    /// The tenant id and the request id.
+    /// None either: the tenant is part of every key's context already (it was
+    /// the identity before contract 0.5).
     Tenant,
-    /// The user and the request id.
+    /// The user.
     User,
-}
-
-impl KeyScope {
-    /// The identity a state key's request part carries under this scope: the
-    /// `identity` of the host's `"{n}:{identity}{request id}"` (`n` counts
-    /// characters), or `""` under `request` scope, for a request part not of
-    /// that form (the host sends a part longer than 256 characters as its
-    /// digest), or when the context carried no identity. Retry budgets are
-    /// kept per (tool, identity), so one tenant cannot spend another's.
-    pub fn identity(self, request_part: &str) -> &str {
-        if self == KeyScope::Request {
-            return "";
-        }
-        let Some((count, rest)) = request_part.split_once(':') else {
-            return "";
-        };
-        // Digits only (`parse` would also take a sign) and few of them: the
-        // host's identities are at most 256 characters.
-        let n = match count.parse::<usize>() {
-            Ok(n)
-                if !count.is_empty()
-                    && count.len() <= 4
-                    && count.bytes().all(|b| b.is_ascii_digit()) =>
-            {
-                n
-            }
-            _ => return "",
-        };
-        match rest.char_indices().nth(n) {
-            Some((end, _)) => &rest[..end],
-            None if rest.chars().count() == n => rest,
-            None => "",
-        }
-    }
 }
 
 impl Default for Config {
@@ -287,18 +256,28 @@ impl Config {
     /// Parse and validate a configuration from JSON text. `null` and `{}` give
     /// the defaults.
     pub fn from_json(text: &str) -> Result<Self, Vec<ConfigError>> {
-        match serde_json::from_str::<Value>(text) {
-            Ok(value) => Self::from_value(&value),
-            Err(e) => Err(vec![ConfigError {
-                path: String::new(),
-                message: format!("config is not valid JSON: {e}"),
-            }]),
-        }
+        Self::from_value(&parse_json(text)?)
     }
 
     /// Parse and validate a configuration from a JSON value.
     pub fn from_value(value: &Value) -> Result<Self, Vec<ConfigError>> {
+        Self::from_value_capped(value, None).map(|(config, _)| config)
+    }
+
+    /// [`Config::from_value`] under the gateway's retry ceiling
+    /// (`MAX_TOOL_RETRIES`): every effective `max_retries` above it, the
+    /// default's included, is lowered to it, as the gateway would never make
+    /// more attempts anyway (a budget above it would leave state behind that a
+    /// later call sharing the request id inherits). An explicit value above
+    /// the ceiling is lowered before it is validated, as the native plugin
+    /// does, so `max_retries: 20` under a ceiling of 3 is 3, not an error.
+    /// Returns the configuration and one warning per key lowered.
+    pub fn from_value_capped(
+        value: &Value,
+        ceiling: Option<u32>,
+    ) -> Result<(Self, Vec<ConfigError>), Vec<ConfigError>> {
         let mut errors = Errors::default();
+        let mut warnings = Errors::default();
         let empty = Map::default();
         let root = match value {
             Value::Null => &empty,
@@ -309,7 +288,14 @@ impl Config {
             }
         };
 
-        let (global, set) = parse_policy(root, "", &Policy::default(), &mut errors);
+        let cap = Cap {
+            ceiling,
+            warnings: core::cell::RefCell::new(&mut warnings),
+        };
+        let (mut global, set) = parse_policy(root, "", &Policy::default(), &cap, &mut errors);
+        if !root.contains_key("max_retries") {
+            cap.lower("", &mut global.max_retries, " (the default)");
+        }
         check_policy(&global, set, "", &mut errors);
 
         let keys = Keys {
@@ -357,7 +343,7 @@ impl Config {
                         errors.push(&prefix, must_be("a mapping", entry));
                         continue;
                     };
-                    let (merged, set) = parse_policy(fields, &prefix, &global, &mut errors);
+                    let (merged, set) = parse_policy(fields, &prefix, &global, &cap, &mut errors);
                     check_policy(&merged, set, &prefix, &mut errors);
                     overrides.insert(tool.clone(), merged);
                 }
@@ -366,14 +352,17 @@ impl Config {
         }
 
         if errors.0.is_empty() {
-            Ok(Self {
-                global,
-                overrides,
-                state_ttl_ms,
-                max_state_entries,
-                metrics_reason,
-                key_scope,
-            })
+            Ok((
+                Self {
+                    global,
+                    overrides,
+                    state_ttl_ms,
+                    max_state_entries,
+                    metrics_reason,
+                    key_scope,
+                },
+                warnings.0,
+            ))
         } else {
             Err(errors.0)
         }
@@ -413,6 +402,36 @@ impl Config {
         self.global.check_text_content || self.overrides.values().any(|p| p.check_text_content)
     }
 
+    /// Every policy: the global one, then each override's.
+    fn policies(&self) -> impl Iterator<Item = &Policy> {
+        core::iter::once(&self.global).chain(self.overrides.values())
+    }
+
+    /// Whether a result with no failure signal is, for every tool, a success
+    /// that changes nothing for a key without state: no policy inspects text
+    /// content or keeps a retry budget (which counts successes).
+    pub fn stateless_successes(&self) -> bool {
+        !self.any_text_check() && !self.any_budget()
+    }
+
+    /// Whether some policy reads signal bits 4..29 (safe classification, a
+    /// delay hint: honoured, or making a failure throttled where the throttle
+    /// bounds differ, or a refusal under `non_idempotent_retries`).
+    pub fn reads_result_hints(&self) -> bool {
+        self.policies().any(|p| {
+            p.safe_classification
+                || p.honor_retry_after
+                || p.throttle_bounds() != (p.backoff_base_ms, p.max_backoff_ms)
+                || p.non_idempotent_retries != NonIdempotentRetries::All
+        })
+    }
+
+    /// Whether some policy reads signal bits 30..31 (the call's facts).
+    pub fn reads_call_facts(&self) -> bool {
+        self.policies()
+            .any(|p| p.non_idempotent_retries != NonIdempotentRetries::All)
+    }
+
     /// Tool names that have an override.
     pub fn overridden_tools(&self) -> impl Iterator<Item = &str> {
         self.overrides.keys().map(String::as_str)
@@ -423,7 +442,8 @@ impl Config {
         self.state_ttl_ms
     }
 
-    /// Bound on live retry-state entries.
+    /// Bound on live retry-state entries of one gateway context (tenant and
+    /// server) under this configuration.
     pub fn max_state_entries(&self) -> u32 {
         self.max_state_entries
     }
@@ -449,6 +469,45 @@ impl Errors {
             path: path.to_string(),
             message,
         });
+    }
+}
+
+/// The gateway's retry ceiling while a configuration is read, and the
+/// warnings for the values it lowers.
+struct Cap<'a> {
+    ceiling: Option<u32>,
+    warnings: core::cell::RefCell<&'a mut Errors>,
+}
+
+impl Cap<'_> {
+    /// An explicit `max_retries` of `n` at `prefix`, lowered to the ceiling.
+    fn lower_explicit(&self, prefix: &str, n: u64) -> u64 {
+        match self.ceiling {
+            Some(c) if n > u64::from(c) => {
+                self.warn(prefix, &n.to_string(), c);
+                u64::from(c)
+            }
+            _ => n,
+        }
+    }
+
+    /// An effective `max_retries` the mapping at `prefix` does not set
+    /// (`what` says where it comes from), lowered to the ceiling.
+    fn lower(&self, prefix: &str, max_retries: &mut u32, what: &str) {
+        if let Some(c) = self.ceiling.filter(|&c| *max_retries > c) {
+            self.warn(prefix, &format!("{max_retries}{what}"), c);
+            *max_retries = c;
+        }
+    }
+
+    fn warn(&self, prefix: &str, value: &str, ceiling: u32) {
+        self.warnings.borrow_mut().push(
+            &join(prefix, "max_retries"),
+            format!(
+                "{value} exceeds the gateway's retry ceiling (max_tool_retries = {ceiling}); \
+                 lowered to {ceiling}"
+            ),
+        );
     }
 }
 
@@ -532,6 +591,7 @@ fn parse_policy(
     map: &Map<String, Value>,
     prefix: &str,
     base: &Policy,
+    cap: &Cap<'_>,
     errors: &mut Errors,
 ) -> (Policy, Sets) {
     const NON_NEGATIVE: &str = "a non-negative integer";
@@ -539,6 +599,7 @@ fn parse_policy(
     let mut p = base.clone();
     let max_retries = keys
         .int("max_retries", 0, u64::MAX, NON_NEGATIVE, errors)
+        .map(|n| cap.lower_explicit(prefix, n))
         .and_then(|n| {
             if n > u64::from(MAX_RETRIES_LIMIT) {
                 let message = format!("cannot exceed {MAX_RETRIES_LIMIT}, got {n}");
@@ -891,6 +952,16 @@ fn override_path(tool: &str) -> String {
     } else {
         format!("tool_overrides[\"{}\"]", tool.replace('"', "\\\""))
     }
+}
+
+/// `text` as a JSON value; an error at the document's path otherwise.
+pub fn parse_json(text: &str) -> Result<Value, Vec<ConfigError>> {
+    serde_json::from_str::<Value>(text).map_err(|e| {
+        vec![ConfigError {
+            path: String::new(),
+            message: format!("config is not valid JSON: {e}"),
+        }]
+    })
 }
 
 fn join(prefix: &str, key: &str) -> String {
@@ -1337,35 +1408,72 @@ mod tests {
         );
     }
 
+    /// Issue 23 §6: the gateway's ceiling is the engine's input; no host
+    /// clamps.
     #[test]
-    fn test_config_key_scope_identity_of_a_request_part() {
-        use KeyScope::*;
-        for scope in [Tenant, User] {
-            assert_eq!(scope.identity("5:acme1req-1"), "acme1");
-            assert_eq!(scope.identity("0:req-1"), "");
-            assert_eq!(scope.identity("3:abc"), "abc", "an empty request id");
-            // `n` counts characters, not bytes (Python's `len`).
-            assert_eq!(scope.identity("2:éü-r"), "éü");
-            assert_eq!(scope.identity("12:a:b:c:d:e:fr"), "a:b:c:d:e:fr");
-            // Not the host's form: no identity (the tool's shared bucket).
-            for part in [
-                "",
-                "req-1",
-                "#sha256:00ff",
-                "9:short",
-                "+1:ab",
-                "x:ab",
-                "99999:a",
-                ":a",
-            ] {
-                assert_eq!(scope.identity(part), "", "{part:?}");
-            }
-        }
-        assert_eq!(
-            Request.identity("5:acme1req-1"),
-            "",
-            "request scope: per tool"
+    fn test_config_ceiling_lowers_every_effective_max_retries() {
+        let capped = |json: &str, ceiling| {
+            let value: Value = serde_json::from_str(json).unwrap();
+            let (c, warnings) = Config::from_value_capped(&value, ceiling).unwrap();
+            let paths: Vec<String> = warnings.iter().map(ToString::to_string).collect();
+            (c, paths)
+        };
+        // The default (2) above a ceiling of 1; an override's explicit 20 (past
+        // the limit of 10: lowered before it is validated); an override that
+        // inherits, unwarned.
+        let (c, warnings) = capped(
+            r#"{"tool_overrides": {"a": {"max_retries": 20}, "b": {"backoff_base_ms": 5}, "c": {"max_retries": 0}}}"#,
+            Some(1),
         );
+        assert_eq!(c.global().max_retries, 1);
+        assert_eq!(c.policy_for("a").max_retries, 1);
+        assert_eq!(c.policy_for("b").max_retries, 1);
+        assert_eq!(c.policy_for("c").max_retries, 0);
+        assert_eq!(
+            warnings,
+            vec![
+                "max_retries: 2 (the default) exceeds the gateway's retry ceiling (max_tool_retries = 1); lowered to 1",
+                "tool_overrides.a.max_retries: 20 exceeds the gateway's retry ceiling (max_tool_retries = 1); lowered to 1",
+            ]
+        );
+        // At or under the ceiling, or no ceiling: nothing lowered.
+        let (c, warnings) = capped(r#"{"max_retries": 3}"#, Some(3));
+        assert_eq!((c.global().max_retries, warnings.len()), (3, 0));
+        let (c, warnings) = capped(r#"{"max_retries": 3}"#, None);
+        assert_eq!((c.global().max_retries, warnings.len()), (3, 0));
+        // Without a ceiling, past the limit is still an error.
+        assert_eq!(
+            errors(r#"{"max_retries": 20}"#),
+            vec!["max_retries: cannot exceed 10, got 20"]
+        );
+        // A ceiling of 0: no retries at all.
+        let (c, _) = capped("{}", Some(0));
+        assert_eq!(c.global().max_retries, 0);
+    }
+
+    #[test]
+    fn test_config_flags_the_host_reads() {
+        let c = |json: &str| Config::from_json(json).unwrap();
+        let plain = c("{}");
+        assert!(plain.stateless_successes());
+        assert!(!plain.reads_result_hints() && !plain.reads_call_facts());
+        assert!(
+            !c(r#"{"tool_overrides": {"t": {"check_text_content": true}}}"#).stateless_successes()
+        );
+        assert!(!c(r#"{"retry_budget_percent": 10}"#).stateless_successes());
+        for hints in [
+            r#"{"safe_classification": true}"#,
+            r#"{"tool_overrides": {"t": {"honor_retry_after": true}}}"#,
+            r#"{"throttle_backoff_base_ms": 1000}"#,
+        ] {
+            let config = c(hints);
+            assert!(config.reads_result_hints(), "{hints}");
+            assert!(!config.reads_call_facts(), "{hints}");
+        }
+        // Equal throttle bounds differ from nothing.
+        assert!(!c(r#"{"throttle_backoff_base_ms": 200}"#).reads_result_hints());
+        let facts = c(r#"{"tool_overrides": {"t": {"non_idempotent_retries": "throttled"}}}"#);
+        assert!(facts.reads_call_facts() && facts.reads_result_hints());
     }
 
     #[test]

@@ -1,27 +1,33 @@
-//! The engine: configuration + retry state + jitter source, and the one
-//! decision function the gateway calls on every tool result.
+//! The engine: every policy of the instance, their retry state and budgets,
+//! the jitter source, and the one decision function the gateway calls on every
+//! tool result.
 
 use alloc::string::String;
+use alloc::vec::Vec;
 use fastrand::Rng;
 
 use super::backoff;
 use super::budget::Budgets;
 use super::classify::{classify_with, is_throttled, may_repeat, Classification, Hints, Signals};
-use super::config::{Config, Policy};
-use super::state::{Entry, Handle, StateTable, NO_HANDLE};
+use super::config::{parse_json, Config, ConfigError};
+use super::key::KeyParts;
+use super::registry::{Lookup, PolicyId, Registered, Registry, MAX_POLICIES};
+use super::state::{Entry, Handle, Limits, StateTable, ENTRY_BYTES, NO_HANDLE};
 
-/// [`Engine::is_text_free`] under `config`.
-fn text_free(config: &Config) -> bool {
-    !config.any_text_check() && !config.any_budget()
-}
+/// What the instance keeps for itself out of its memory cap before bounding
+/// retry state: the stack (1 MiB), the component's data and allocator, the
+/// budgets' buckets.
+pub const RESERVED_BYTES: u64 = 4 << 20;
+/// Bytes a typical entry takes (a tool name and a UUID request id), for
+/// refusing a `max_state_entries` that could never fit the instance.
+pub const TYPICAL_ENTRY_BYTES: u64 = ENTRY_BYTES + 64;
+/// The share of the instance's state budget policies may take (one in this
+/// many): the rest is for retry state.
+const POLICY_SHARE: u64 = 4;
 
-/// No texts (a result decided on its signals alone).
+/// No texts (a result decided on its signals alone). Of the type the bindings
+/// pass texts as, so that `decide-held` shares their decision code.
 const NO_TEXT: Option<&[String]> = None;
-
-/// How many expired entries one decision may sweep. Bounds the latency of a
-/// single call after a burst of entries expires together; the backlog drains
-/// over the following calls (each call adds at most one entry, so it does).
-const SWEEP_PER_CALL: usize = 16;
 
 /// Why a decision came out the way it did (ordinals are the WIT enum's).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -63,71 +69,181 @@ pub struct Decision {
 }
 
 impl Decision {
-    const SUCCESS: Self = Self {
+    /// A success: no retry, nothing counted.
+    pub const SUCCESS: Self = Self {
         delay_ms: 0,
         failures: 0,
         reason: Reason::Success,
     };
-    const NON_RETRYABLE: Self = Self {
+    /// A failure that is not retriable.
+    pub const NON_RETRYABLE: Self = Self {
         delay_ms: 0,
         failures: 0,
         reason: Reason::NonRetryable,
     };
+
+    /// No retry after `failures` failures, for `reason`.
+    fn refused(failures: u32, reason: Reason) -> Self {
+        Self {
+            delay_ms: 0,
+            failures,
+            reason,
+        }
+    }
 }
 
 /// What [`Engine::decide`] returns.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
-    /// Decided; state updated.
-    Decided(Decision),
+    /// Decided; state updated. The handle names the key while it holds state
+    /// (a retry), [`NO_HANDLE`] otherwise.
+    Decided(Decision, Handle),
     /// Depends on the text content, which was not supplied; nothing changed.
     NeedText,
+    /// The instance holds no policy of that id; nothing changed.
+    UnknownPolicy,
 }
 
-/// Configuration, retry state and jitter source of one instance.
+/// A policy opened: its id and what opening lowered to the ceiling.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Opened {
+    /// The policy's id (the same for the same content in every instance).
+    pub id: PolicyId,
+    /// One warning per `max_retries` lowered to the gateway's ceiling.
+    pub warnings: Vec<ConfigError>,
+}
+
+/// Every policy of one instance, their retry state and budgets, and the
+/// jitter source.
 pub struct Engine {
-    config: Config,
+    policies: Registry,
     state: StateTable,
     budgets: Budgets,
     rng: Rng,
-    /// [`Engine::is_text_free`] of `config`, worked out when it is set: every
-    /// decision reports it, and it looks at every override.
-    text_free: bool,
 }
 
 impl Engine {
-    /// An engine with the default configuration. `seed` keys the state
-    /// table's hash function and seeds jitter.
+    /// An engine holding no policy. `seed` keys the state table's hash
+    /// function and seeds jitter.
     pub fn new(seed: (u64, u64)) -> Self {
         Self {
-            config: Config::default(),
-            state: StateTable::new(seed, Config::default().max_state_entries() as usize),
+            policies: Registry::default(),
+            state: StateTable::new(seed),
             budgets: Budgets::default(),
             // Jitter must not be derivable from the hash key: mix the halves.
             rng: Rng::with_seed(seed.0.rotate_left(32) ^ seed.1 ^ 0x9e37_79b9_7f4a_7c15),
-            text_free: text_free(&Config::default()),
         }
     }
 
-    /// Replace the configuration; live state is kept (trimmed to a smaller
-    /// `max_state_entries`, oldest first; re-indexed for a new bound).
-    pub fn configure(&mut self, config: Config) {
-        self.state.set_capacity(config.max_state_entries() as usize);
-        self.text_free = text_free(&config);
-        self.config = config;
+    /// Bound everything by the instance's linear-memory cap: retry state and
+    /// policies share what [`RESERVED_BYTES`] leaves of it.
+    pub fn set_memory_limit(&mut self, bytes: u64) {
+        self.state
+            .set_budget(bytes.saturating_sub(RESERVED_BYTES).max(1 << 20));
     }
 
-    /// The configuration in force.
-    pub fn config(&self) -> &Config {
-        &self.config
+    /// Open the policy of `config` (JSON text; `null`: the defaults) for the
+    /// stanza `scope` under the gateway's retry `ceiling`: the one held for the
+    /// same scope, text and ceiling, or a new one. Errors name every problem
+    /// at once, with its key path.
+    pub fn open_json(
+        &mut self,
+        scope: &str,
+        config: &str,
+        ceiling: Option<u32>,
+        now_ms: u64,
+    ) -> Result<Opened, Vec<ConfigError>> {
+        let id = match self.policies.lookup(scope, config, ceiling) {
+            Lookup::Held(ix) => {
+                self.policies.touch(ix, now_ms);
+                let p = self.policies.get(ix);
+                return Ok(Opened {
+                    id: p.id,
+                    warnings: p.warnings.clone(),
+                });
+            }
+            Lookup::Collision(_) => {
+                return Err(document_error(
+                    "this configuration's policy id collides with another configuration held; \
+                     change any value (e.g. add an unused key)",
+                ))
+            }
+            Lookup::Vacant(id) => id,
+        };
+        let (parsed, warnings) = Config::from_value_capped(&parse_json(config)?, ceiling)?;
+        self.check_fits(&parsed, config.len())?;
+        self.release_unused(now_ms);
+        if self.policies.len() >= MAX_POLICIES {
+            return Err(document_error(&alloc::format!(
+                "this instance holds {MAX_POLICIES} configurations in use, its bound: \
+                 another is opened once one goes unused for its state_ttl_ms"
+            )));
+        }
+        self.policies.insert(Registered {
+            id,
+            scope: scope.into(),
+            canonical: config.into(),
+            ceiling,
+            config: parsed,
+            warnings: warnings.clone(),
+            last_used_ms: now_ms,
+        });
+        Ok(Opened { id, warnings })
     }
 
-    /// The effective policy of `tool`.
-    pub fn policy_for(&self, tool: &str) -> &Policy {
-        self.config.policy_for(tool)
+    /// Refuse a configuration the instance's memory could never hold.
+    fn check_fits(&self, config: &Config, text_len: usize) -> Result<(), Vec<ConfigError>> {
+        let budget = self.state.budget();
+        if budget == u64::MAX {
+            return Ok(());
+        }
+        let mib = |b: u64| b.div_ceil(1 << 20);
+        let entries = u64::from(config.max_state_entries());
+        let need = entries.saturating_mul(TYPICAL_ENTRY_BYTES);
+        if need > budget {
+            return Err(alloc::vec![ConfigError {
+                path: String::from("max_state_entries"),
+                message: alloc::format!(
+                    "{entries} entries need about {} MiB of guest memory (~{TYPICAL_ENTRY_BYTES} \
+                     bytes each), more than the instance's memory cap leaves for retry state \
+                     ({} MiB): lower max_state_entries or raise wasm_max_memory_bytes",
+                    mib(need),
+                    mib(budget)
+                ),
+            }]);
+        }
+        let share = budget / POLICY_SHARE;
+        if self.policies.bytes() + 1024 + 4 * text_len as u64 > share {
+            return Err(document_error(&alloc::format!(
+                "the configurations held would take more than a quarter of the instance's \
+                 memory for retry state ({} MiB): raise wasm_max_memory_bytes",
+                mib(budget)
+            )));
+        }
+        Ok(())
     }
 
-    /// Decide on one tool result of `(tool, request_id)` at `now_ms`.
+    /// Release every policy unused for its `state_ttl_ms` (its state and
+    /// budgets with it); returns how many went.
+    pub fn release_unused(&mut self, now_ms: u64) -> usize {
+        let unused = self.policies.unused(now_ms);
+        for &ix in &unused {
+            if let Some(policy) = self.policies.remove(ix) {
+                self.state.remove_policy(policy.id);
+                self.budgets.remove_policy(policy.id);
+            }
+        }
+        unused.len()
+    }
+
+    /// The configuration of the policy `id`, if held.
+    pub fn config(&self, id: PolicyId) -> Option<&Config> {
+        self.policies
+            .find(id)
+            .map(|ix| &self.policies.get(ix).config)
+    }
+
+    /// Decide on one tool result of `key` under the policy `id` at `now_ms`.
     ///
     /// The n-th consecutive failure within `max_retries` gets a retry after
     /// `min(base · 2^(n-1), max)` (jittered when enabled); the failure after
@@ -136,32 +252,25 @@ impl Engine {
     /// state TTL are forgotten.
     pub fn decide<T: AsRef<str>>(
         &mut self,
-        tool: &str,
-        request_id: &str,
-        signals: Signals,
-        texts: Option<&[T]>,
-        now_ms: u64,
-    ) -> Outcome {
-        self.decide_with_hints(tool, request_id, signals, Hints::NONE, texts, now_ms)
-    }
-
-    /// [`Engine::decide`] with the host's [`Hints`] (safe classification).
-    pub fn decide_with_hints<T: AsRef<str>>(
-        &mut self,
-        tool: &str,
-        request_id: &str,
+        id: PolicyId,
+        key: &KeyParts<'_>,
         signals: Signals,
         hints: Hints,
         texts: Option<&[T]>,
         now_ms: u64,
     ) -> Outcome {
-        self.decide_naming(tool, request_id, signals, hints, texts, now_ms, NO_HANDLE)
+        let Some(ix) = self.policies.find(id) else {
+            return Outcome::UnknownPolicy;
+        };
+        let hash = self.state.key_hash(id, key);
+        let slot = self.state.find(hash, id, key);
+        self.decide_in(ix, id, hash, slot, key, signals, hints, texts, now_ms)
     }
 
-    /// Decide on a result of the key `handle` names (see
-    /// [`super::state::Handle`]), exactly as [`Engine::decide_with_hints`] would with
-    /// that key; `None` when the handle names no key (never given, or the key's
-    /// state has gone since: TTL, capacity, a decision that cleared it).
+    /// Decide on a result of the key `handle` names, exactly as
+    /// [`Engine::decide`] would with that key and its policy; `None` when the
+    /// handle names no key (never given, or the key's state has gone since:
+    /// TTL, a bound, a decision that cleared it, its policy released).
     pub fn decide_held(
         &mut self,
         handle: Handle,
@@ -169,209 +278,269 @@ impl Engine {
         hints: Hints,
         now_ms: u64,
     ) -> Option<Outcome> {
-        // Copied out of the table, which the decision then updates (at most
-        // `HANDLE_KEY_MAX_BYTES`: longer keys are never named).
-        let (hash, tool, request_id) = self.state.key_of(handle)?;
-        let split = tool.len();
-        let mut key = String::with_capacity(split + request_id.len());
-        key.push_str(tool);
-        key.push_str(request_id);
-        let (tool, request_id) = key.split_at_checked(split)?;
-        Some(self.decide_by_hash(
-            hash, tool, request_id, signals, hints, NO_TEXT, now_ms, handle,
+        let (slot, id, key) = self.state.key_of(handle)?;
+        // A policy's entries go with it: a live slot's policy is held.
+        let ix = self.policies.find(id)?;
+        // Copied out of the table, which the decision then updates.
+        let lens = [key.tenant, key.server, key.identity, key.tool].map(str::len);
+        let mut text = String::with_capacity(lens.iter().sum::<usize>() + key.request_id.len());
+        for part in [
+            key.tenant,
+            key.server,
+            key.identity,
+            key.tool,
+            key.request_id,
+        ] {
+            text.push_str(part);
+        }
+        let hash = self.state.key_hash(id, &key);
+        let (tenant, rest) = text.split_at(lens[0]);
+        let (server, rest) = rest.split_at(lens[1]);
+        let (identity, rest) = rest.split_at(lens[2]);
+        let (tool, request_id) = rest.split_at(lens[3]);
+        let key = KeyParts {
+            tenant,
+            server,
+            identity,
+            tool,
+            request_id,
+        };
+        Some(self.decide_in(
+            ix,
+            id,
+            hash,
+            Some(slot),
+            &key,
+            signals,
+            hints,
+            NO_TEXT,
+            now_ms,
         ))
     }
 
-    /// [`Engine::decide_with_hints`], naming the key `handle` when it keeps state;
-    /// otherwise (and for a key too long to name) `handle` names nothing
-    /// afterwards. [`Outcome::NeedText`] changes nothing, handles included.
+    /// The decision for `key` of the policy `id` (in registry slot `ix`),
+    /// whose state is in `slot` if it has any.
     #[allow(clippy::too_many_arguments)]
-    pub fn decide_naming<T: AsRef<str>>(
+    fn decide_in<T: AsRef<str>>(
         &mut self,
-        tool: &str,
-        request_id: &str,
-        signals: Signals,
-        hints: Hints,
-        texts: Option<&[T]>,
-        now_ms: u64,
-        handle: Handle,
-    ) -> Outcome {
-        let hash = self.state.key_hash(tool, request_id);
-        self.decide_by_hash(
-            hash, tool, request_id, signals, hints, texts, now_ms, handle,
-        )
-    }
-
-    /// [`Engine::decide_naming`] for a key of [`StateTable::key_hash`] `hash`: the
-    /// key is hashed once per decision, and not at all when the engine already
-    /// knows its hash (`decide_held`).
-    #[allow(clippy::too_many_arguments)]
-    fn decide_by_hash<T: AsRef<str>>(
-        &mut self,
+        ix: u32,
+        id: PolicyId,
         hash: u32,
-        tool: &str,
-        request_id: &str,
+        slot: Option<u32>,
+        key: &KeyParts<'_>,
         signals: Signals,
         hints: Hints,
         texts: Option<&[T]>,
         now_ms: u64,
-        handle: Handle,
     ) -> Outcome {
-        let policy = self.config.policy_for(tool);
+        let config = &self.policies.get(ix).config;
+        let policy = config.policy_for(key.tool);
         let class = classify_with(signals, hints, policy, texts);
         if class == Classification::NeedText {
             return Outcome::NeedText;
         }
-        let ttl = self.config.state_ttl_ms();
-        self.state.sweep(now_ms, ttl, SWEEP_PER_CALL);
-        match class {
+        let limits = Limits {
+            ttl_ms: config.state_ttl_ms(),
+            max_entries: config.max_state_entries(),
+        };
+        let (decision, kept) = match class {
             Classification::NotFailure => {
-                self.state.remove_hashed(hash, tool, request_id);
-                self.state.release(handle);
-                if let Some(budget) = policy.retry_budget() {
-                    let identity = self.config.key_scope().identity(request_id);
-                    self.budgets.deposit(tool, identity, budget, now_ms);
+                if let Some(i) = slot {
+                    self.state.remove(i);
                 }
-                return Outcome::Decided(Decision::SUCCESS);
+                if let Some(budget) = policy.retry_budget() {
+                    self.budgets.deposit(id, key, budget, now_ms);
+                }
+                (Decision::SUCCESS, None)
             }
             Classification::NonRetryable => {
-                self.state.remove_hashed(hash, tool, request_id);
-                self.state.release(handle);
-                return Outcome::Decided(Decision::NON_RETRYABLE);
+                if let Some(i) = slot {
+                    self.state.remove(i);
+                }
+                (Decision::NON_RETRYABLE, None)
             }
-            Classification::Failure | Classification::NeedText => {}
-        }
-
-        let (max_retries, jitter, deadline) = (
-            policy.max_retries,
-            policy.jitter_kind(),
-            policy.max_total_delay_ms,
-        );
-        // The failure's class picks the curve: throttled (the server refused
-        // the load: a 429, or any failure carrying a delay hint) or transient.
-        let curve = policy.curve(is_throttled(signals, hints));
-        // A server delay hint, clamped, when this tool honours them.
-        let floor = hints
-            .retry_after_ms
-            .filter(|_| policy.honor_retry_after)
-            .map(|ms| u64::from(ms).min(policy.max_retry_after_ms));
-        let entry = self
-            .state
-            .record_failure_hashed(hash, tool, request_id, now_ms, ttl, handle);
-        let failures = entry.failures;
-        if failures <= max_retries {
-            if !may_repeat(signals, hints, policy) {
-                // Running a non-idempotent tool again may repeat what the
-                // failed call already did: give up, as on exhaustion.
-                self.state.remove_hashed(hash, tool, request_id);
-                return Outcome::Decided(Decision {
-                    delay_ms: 0,
-                    failures,
-                    reason: Reason::NonIdempotent,
-                });
-            }
-            let delay_ms = match floor {
-                None => backoff::delay_ms(
-                    curve,
-                    failures - 1,
-                    jitter,
-                    u64::from(entry.last_delay_ms),
+            Classification::Failure | Classification::NeedText => {
+                let i = match slot {
+                    Some(i) => self.state.fail_again(i, now_ms),
+                    None => self.state.insert_new(hash, id, key, now_ms, limits),
+                };
+                let entry = self.state.entry(i);
+                let decision = decide_failure(
+                    policy,
+                    entry,
+                    signals,
+                    hints,
                     &mut self.rng,
-                ),
-                Some(floor) => {
-                    let before = u64::from(entry.total_delay_ms);
-                    if deadline.is_some_and(|limit| before.saturating_add(floor) > limit) {
-                        // The server asks for a wait that ends past the deadline.
-                        self.state.remove_hashed(hash, tool, request_id);
-                        return Outcome::Decided(Decision {
-                            delay_ms: 0,
-                            failures,
-                            reason: Reason::RetryAfter,
-                        });
+                    &mut self.budgets,
+                    id,
+                    key,
+                    now_ms,
+                );
+                match decision {
+                    Ok((decision, entry)) => {
+                        *self.state.entry_mut(i) = entry;
+                        (decision, Some(i))
                     }
-                    // The hint is a floor; the jitter spreads clients above it.
-                    let spread = backoff::spread_ms(curve, failures - 1, jitter, &mut self.rng);
-                    floor.saturating_add(spread).max(1)
-                }
-            };
-            let total = u64::from(entry.total_delay_ms).saturating_add(delay_ms);
-            if deadline.is_some_and(|limit| total > limit) {
-                // This retry would end past the key's deadline: give up now,
-                // and clear the key as exhaustion does.
-                self.state.remove_hashed(hash, tool, request_id);
-                return Outcome::Decided(Decision {
-                    delay_ms: 0,
-                    failures,
-                    reason: Reason::Deadline,
-                });
-            }
-            entry.last_delay_ms = u32::try_from(delay_ms).unwrap_or(u32::MAX);
-            entry.total_delay_ms = u32::try_from(total).unwrap_or(u32::MAX);
-            if let Some(budget) = policy.retry_budget() {
-                // Per (tool, identity) under key_scope tenant/user: one tenant's
-                // traffic cannot spend another's retries (issue 16).
-                let identity = self.config.key_scope().identity(request_id);
-                if !self.budgets.try_withdraw(tool, identity, budget, now_ms) {
-                    // The tool's retries are spent: give up, as on exhaustion.
-                    self.state.remove_hashed(hash, tool, request_id);
-                    return Outcome::Decided(Decision {
-                        delay_ms: 0,
-                        failures,
-                        reason: Reason::Budget,
-                    });
+                    Err(decision) => {
+                        self.state.remove(i);
+                        (decision, None)
+                    }
                 }
             }
-            Outcome::Decided(Decision {
-                delay_ms,
-                failures,
-                reason: Reason::Retry,
-            })
-        } else {
-            self.state.remove_hashed(hash, tool, request_id);
-            Outcome::Decided(Decision {
-                delay_ms: 0,
-                failures,
-                reason: Reason::Exhausted,
-            })
-        }
+        };
+        self.policies.touch(ix, now_ms);
+        self.state.sweep(now_ms, kept);
+        let handle = kept.map_or(NO_HANDLE, |i| i + 1);
+        Outcome::Decided(decision, handle)
     }
 
-    /// True when a result with no failure signal is, for any tool, a success that
-    /// changes nothing: no retry state is held and no policy inspects text
-    /// content. The host may then answer such results without calling in (the
-    /// `idle` bit of the wire format); any call can end it.
-    pub fn is_idle(&self) -> bool {
-        self.state.is_empty() && self.is_text_free()
+    /// Whether, for every tool of the policy `id`, a result with no failure
+    /// signal is a success that changes nothing for a key without state (no
+    /// tool inspects text content or keeps a retry budget).
+    pub fn stateless_successes(&self, id: PolicyId) -> bool {
+        self.config(id).is_some_and(Config::stateless_successes)
     }
 
-    /// True when, for every tool, a result with no failure signal is a success
-    /// that changes nothing for a key without state: no policy inspects text
-    /// content or keeps a retry budget (which counts successes). The
-    /// `text-free` bit of the wire format.
-    pub fn is_text_free(&self) -> bool {
-        self.text_free
-    }
-
-    /// Entries held (expired ones not yet swept included).
+    /// Entries held, of every policy (expired ones not yet swept included).
     pub fn state_count(&self) -> usize {
         self.state.len()
     }
 
-    /// Remove every expired entry; returns how many went.
+    /// Entries held by the policy `id`, if held.
+    pub fn policy_state_count(&self, id: PolicyId) -> Option<usize> {
+        self.policies.find(id).map(|_| self.state.policy_len(id))
+    }
+
+    /// Policies held.
+    pub fn policy_count(&self) -> usize {
+        self.policies.len()
+    }
+
+    /// Remove every expired entry and release every policy unused for its
+    /// `state_ttl_ms`; returns how many entries went.
     pub fn evict_expired(&mut self, now_ms: u64) -> usize {
-        self.state
-            .evict_all_expired(now_ms, self.config.state_ttl_ms())
+        let expired = self.state.evict_all_expired(now_ms);
+        let before = self.state.len();
+        self.release_unused(now_ms);
+        expired + (before - self.state.len())
     }
 
-    /// Put an entry restored from another instance's state as the newest.
-    pub fn restore_entry(&mut self, tool: &str, request_id: &str, entry: Entry) {
-        self.state.put(tool, request_id, entry);
+    /// Forget every policy, entry and budget.
+    pub fn clear(&mut self) {
+        self.policies = Registry::default();
+        self.state.clear();
+        self.budgets = Budgets::default();
     }
 
-    /// Read access to the state table (inspection, export).
+    /// The policies, for snapshots.
+    pub fn policies(&self) -> &Registry {
+        &self.policies
+    }
+
+    /// The retry state, for snapshots and inspection.
     pub fn state(&self) -> &StateTable {
         &self.state
     }
+
+    /// The retry budgets, for snapshots.
+    pub fn budgets(&self) -> &Budgets {
+        &self.budgets
+    }
+
+    /// Parts for restoring a snapshot: the registry, the table and the
+    /// budgets, to fill together.
+    pub fn parts_mut(&mut self) -> (&mut Registry, &mut StateTable, &mut Budgets) {
+        (&mut self.policies, &mut self.state, &mut self.budgets)
+    }
+}
+
+/// The decision for a retriable failure whose entry (this failure counted)
+/// is `entry`: `Ok` with the entry to keep for a retry, `Err` for a refusal
+/// that clears the key.
+#[allow(clippy::too_many_arguments)]
+fn decide_failure(
+    policy: &super::config::Policy,
+    entry: Entry,
+    signals: Signals,
+    hints: Hints,
+    rng: &mut Rng,
+    budgets: &mut Budgets,
+    id: PolicyId,
+    key: &KeyParts<'_>,
+    now_ms: u64,
+) -> Result<(Decision, Entry), Decision> {
+    let failures = entry.failures;
+    if failures > policy.max_retries {
+        return Err(Decision::refused(failures, Reason::Exhausted));
+    }
+    if !may_repeat(signals, hints, policy) {
+        // Running a non-idempotent tool again may repeat what the failed call
+        // already did: give up, as on exhaustion.
+        return Err(Decision::refused(failures, Reason::NonIdempotent));
+    }
+    let deadline = policy.max_total_delay_ms;
+    // The failure's class picks the curve: throttled (the server refused the
+    // load: a 429, or any failure carrying a delay hint) or transient.
+    let curve = policy.curve(is_throttled(signals, hints));
+    // A server delay hint, clamped, when this tool honours them.
+    let floor = hints
+        .retry_after_ms
+        .filter(|_| policy.honor_retry_after)
+        .map(|ms| u64::from(ms).min(policy.max_retry_after_ms));
+    let jitter = policy.jitter_kind();
+    let delay_ms = match floor {
+        None => backoff::delay_ms(
+            curve,
+            failures - 1,
+            jitter,
+            u64::from(entry.last_delay_ms),
+            rng,
+        ),
+        Some(floor) => {
+            let before = u64::from(entry.total_delay_ms);
+            if deadline.is_some_and(|limit| before.saturating_add(floor) > limit) {
+                // The server asks for a wait that ends past the deadline.
+                return Err(Decision::refused(failures, Reason::RetryAfter));
+            }
+            // The hint is a floor; the jitter spreads clients above it.
+            let spread = backoff::spread_ms(curve, failures - 1, jitter, rng);
+            floor.saturating_add(spread).max(1)
+        }
+    };
+    let total = u64::from(entry.total_delay_ms).saturating_add(delay_ms);
+    if deadline.is_some_and(|limit| total > limit) {
+        // This retry would end past the key's deadline: give up now, and
+        // clear the key as exhaustion does.
+        return Err(Decision::refused(failures, Reason::Deadline));
+    }
+    if let Some(budget) = policy.retry_budget() {
+        // Per (context, tool, identity): one tenant's or user's traffic cannot
+        // spend another's retries (issues 16, 23).
+        if !budgets.try_withdraw(id, key, budget, now_ms) {
+            return Err(Decision::refused(failures, Reason::Budget));
+        }
+    }
+    let kept = Entry {
+        last_delay_ms: u32::try_from(delay_ms).unwrap_or(u32::MAX),
+        total_delay_ms: u32::try_from(total).unwrap_or(u32::MAX),
+        ..entry
+    };
+    Ok((
+        Decision {
+            delay_ms,
+            failures,
+            reason: Reason::Retry,
+        },
+        kept,
+    ))
+}
+
+/// A problem with the document as a whole.
+fn document_error(message: &str) -> Vec<ConfigError> {
+    alloc::vec![ConfigError {
+        path: String::new(),
+        message: String::from(message),
+    }]
 }
 
 #[cfg(test)]
@@ -380,17 +549,13 @@ mod tests {
     use crate::policy::test_support::{engine, FAIL, NO_TEXT, OK};
     use crate::policy::Hints;
 
-    fn delays(
-        e: &mut Engine,
-        tool: &str,
-        rid: &str,
-        n: usize,
-        now: u64,
-    ) -> Vec<(u64, u32, Reason)> {
+    use crate::policy::test_support::One;
+
+    fn delays(e: &mut One, tool: &str, rid: &str, n: usize, now: u64) -> Vec<(u64, u32, Reason)> {
         (0..n)
             .map(|_| match e.decide(tool, rid, FAIL, NO_TEXT, now) {
-                Outcome::Decided(d) => (d.delay_ms, d.failures, d.reason),
-                Outcome::NeedText => panic!("unexpected NeedText"),
+                Outcome::Decided(d, _) => (d.delay_ms, d.failures, d.reason),
+                other => panic!("unexpected {other:?}"),
             })
             .collect()
     }
@@ -417,7 +582,7 @@ mod tests {
         delays(&mut e, "t", "r", 1, 0);
         assert_eq!(
             e.decide("t", "r", OK, NO_TEXT, 0),
-            Outcome::Decided(Decision::SUCCESS)
+            Outcome::Decided(Decision::SUCCESS, 0)
         );
         assert_eq!(e.state_count(), 0);
         assert_eq!(delays(&mut e, "t", "r", 1, 0)[0].0, 200);
@@ -456,21 +621,9 @@ mod tests {
         assert_eq!(e.state_count(), 1);
         let texts = [r#"{"status_code": 502}"#];
         match e.decide("t", "r", OK, Some(&texts[..]), 0) {
-            Outcome::Decided(d) => assert_eq!((d.delay_ms, d.failures), (400, 2)),
+            Outcome::Decided(d, _) => assert_eq!((d.delay_ms, d.failures), (400, 2)),
             other => panic!("{other:?}"),
         }
-    }
-
-    #[test]
-    fn test_engine_idle_only_without_state_and_text_checks() {
-        let mut e = engine("{}");
-        assert!(e.is_idle());
-        delays(&mut e, "t", "r", 1, 0);
-        assert!(!e.is_idle());
-        e.decide("t", "r", OK, NO_TEXT, 0);
-        assert!(e.is_idle());
-        let e = engine(r#"{"tool_overrides": {"x": {"check_text_content": true}}}"#);
-        assert!(!e.is_idle());
     }
 
     #[test]
@@ -485,7 +638,7 @@ mod tests {
         };
         assert_eq!(
             e.decide("t", "r", not_retriable, NO_TEXT, 0),
-            Outcome::Decided(Decision::NON_RETRYABLE)
+            Outcome::Decided(Decision::NON_RETRYABLE, 0)
         );
         assert_eq!(e.state_count(), 0);
     }
@@ -534,8 +687,8 @@ mod tests {
         let mut decide = |rid: &str, signals, hints| match e
             .decide_with_hints("t", rid, signals, hints, NO_TEXT, 0)
         {
-            Outcome::Decided(d) => d.delay_ms,
-            Outcome::NeedText => panic!("need text"),
+            Outcome::Decided(d, _) => d.delay_ms,
+            other => panic!("unexpected {other:?}"),
         };
         // 429: throttled, linear from 1000 capped at 2500.
         let throttled: Vec<u64> = (0..4)
@@ -595,9 +748,10 @@ mod tests {
                 r#"{{"jitter": false, "non_idempotent_retries": "{mode}"}}"#
             ));
             for (signals, hints, retried) in cases {
-                let Outcome::Decided(d) = e.decide_with_hints("t", "r", signals, hints, NO_TEXT, 0)
+                let Outcome::Decided(d, _) =
+                    e.decide_with_hints("t", "r", signals, hints, NO_TEXT, 0)
                 else {
-                    panic!("need text")
+                    panic!("not decided")
                 };
                 let expected = if retried[i] {
                     (200, 1, Reason::Retry)
@@ -628,8 +782,8 @@ mod tests {
         };
         let mut decide =
             |tool: &str, hints| match e.decide_with_hints(tool, "r", FAIL, hints, NO_TEXT, 0) {
-                Outcome::Decided(d) => d.reason,
-                Outcome::NeedText => panic!("need text"),
+                Outcome::Decided(d, _) => d.reason,
+                other => panic!("unexpected {other:?}"),
             };
         assert_eq!(decide("safe", Hints::NONE), Reason::Retry);
         assert_eq!(decide("unsafe", annotated), Reason::NonIdempotent);
@@ -656,8 +810,8 @@ mod tests {
         let mut decide = |rid: &str, signals, hints| match e
             .decide_with_hints("t", rid, signals, hints, NO_TEXT, 0)
         {
-            Outcome::Decided(d) => (d.delay_ms, d.failures, d.reason),
-            Outcome::NeedText => panic!("need text"),
+            Outcome::Decided(d, _) => (d.delay_ms, d.failures, d.reason),
+            other => panic!("unexpected {other:?}"),
         };
         assert_eq!(decide("a", throttled, Hints::NONE), (200, 1, Reason::Retry));
         assert_eq!(decide("a", FAIL, timeout), (0, 2, Reason::NonIdempotent));
@@ -677,11 +831,11 @@ mod tests {
             retry_after_ms: Some(ms),
             ..Hints::NONE
         };
-        let decide = |e: &mut Engine, rid: &str, h: Hints| match e
+        let decide = |e: &mut One, rid: &str, h: Hints| match e
             .decide_with_hints("t", rid, FAIL, h, NO_TEXT, 0)
         {
-            Outcome::Decided(d) => (d.delay_ms, d.failures, d.reason),
-            Outcome::NeedText => panic!("need text"),
+            Outcome::Decided(d, _) => (d.delay_ms, d.failures, d.reason),
+            other => panic!("unexpected {other:?}"),
         };
         use Reason::*;
         let mut off = engine(r#"{"jitter": false}"#);
@@ -731,39 +885,7 @@ mod tests {
         assert_eq!(delays(&mut e, "t", "z", 1, 0), vec![(0, 1, Budget)]);
         // Another tool has its own bucket; budgets make successes count.
         assert_eq!(delays(&mut e, "u", "y", 1, 0), vec![(200, 1, Retry)]);
-        assert!(!e.is_text_free());
-    }
-
-    #[test]
-    fn test_engine_retry_budget_per_tenant_under_tenant_scope() {
-        // Issue 16: one engine serves every tenant; a tenant that spends its
-        // budget leaves the others theirs.
-        let config = r#"{"jitter": false, "max_retries": 1, "retry_budget_percent": 50,
-            "retry_budget_min_per_sec": 1, "key_scope": "tenant"}"#;
-        let mut e = engine(config);
-        use Reason::*;
-        for k in 0..10 {
-            let rid = format!("4:acme{k}");
-            assert_eq!(delays(&mut e, "t", &rid, 1, 0), vec![(200, 1, Retry)]);
-        }
-        assert_eq!(delays(&mut e, "t", "4:acmex", 1, 0), vec![(0, 1, Budget)]);
-        assert_eq!(
-            delays(&mut e, "t", "6:globexr", 1, 0),
-            vec![(200, 1, Retry)]
-        );
-        // A success of acme refills acme's bucket, not globex's.
-        e.decide("t", "4:acmes1", OK, NO_TEXT, 0);
-        e.decide("t", "4:acmes2", OK, NO_TEXT, 0);
-        assert_eq!(delays(&mut e, "t", "4:acmey", 1, 0), vec![(200, 1, Retry)]);
-        // Under request scope the same keys share the tool's bucket (native).
-        let mut shared = engine(&config.replace("tenant", "request"));
-        for k in 0..10 {
-            delays(&mut shared, "t", &format!("4:acme{k}"), 1, 0);
-        }
-        assert_eq!(
-            delays(&mut shared, "t", "6:globexr", 1, 0),
-            vec![(0, 1, Budget)]
-        );
+        assert!(!e.e.stateless_successes(e.id));
     }
 
     #[test]
@@ -774,14 +896,208 @@ mod tests {
         assert_eq!(e.state_count(), 0);
     }
 
+    /// The key of `tool`/`rid` in a team's context.
+    fn team<'a>(tenant: &'a str, tool: &'a str, rid: &'a str) -> KeyParts<'a> {
+        KeyParts {
+            tenant,
+            ..KeyParts::new(tool, rid)
+        }
+    }
+
+    fn decided(outcome: Outcome) -> (u64, u32, Reason, Handle) {
+        match outcome {
+            Outcome::Decided(d, handle) => (d.delay_ms, d.failures, d.reason, handle),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
     #[test]
-    fn test_engine_reconfigure_keeps_and_trims_state() {
-        let mut e = engine(r#"{"jitter": false}"#);
-        delays(&mut e, "t", "a", 1, 0);
-        delays(&mut e, "t", "b", 1, 1);
-        e.configure(Config::from_json(r#"{"jitter": false, "max_state_entries": 1}"#).unwrap());
-        assert_eq!(e.state_count(), 1);
-        assert_eq!(delays(&mut e, "t", "b", 1, 2)[0], (400, 2, Reason::Retry));
+    fn test_engine_retry_budget_per_context_and_identity() {
+        // Issues 16 and 23: one engine serves every tenant and user; one that
+        // spends its budget leaves the others theirs, whatever the request ids.
+        let mut e = Engine::new((1, 2));
+        let p = e
+            .open_json(
+                "p",
+                r#"{"jitter": false, "max_retries": 1, "retry_budget_percent": 50,
+                    "retry_budget_min_per_sec": 1}"#,
+                None,
+                0,
+            )
+            .unwrap()
+            .id;
+        let mut fail =
+            |key: KeyParts<'_>| decided(e.decide(p, &key, FAIL, Hints::NONE, NO_TEXT, 0)).2;
+        use Reason::*;
+        for k in 0..10 {
+            assert_eq!(fail(team("acme", "t", &k.to_string())), Retry);
+        }
+        assert_eq!(fail(team("acme", "t", "x")), Budget);
+        assert_eq!(fail(team("globex", "t", "x")), Retry, "another context");
+        let user = |identity| KeyParts {
+            identity,
+            ..team("acme", "t", "y")
+        };
+        assert_eq!(fail(user("ann")), Retry, "another identity");
+        assert_eq!(fail(user("")), Budget);
+    }
+
+    #[test]
+    fn test_engine_contexts_never_share_a_key() {
+        // Issue 23 §5: team A's failures of `t` with request id corr-1 do not
+        // exhaust team B's first failure of its own `t` with the same id.
+        let mut e = Engine::new((1, 2));
+        let p = e
+            .open_json("p", r#"{"jitter": false}"#, None, 0)
+            .unwrap()
+            .id;
+        let mut fail =
+            |key: KeyParts<'_>| decided(e.decide(p, &key, FAIL, Hints::NONE, NO_TEXT, 0));
+        assert_eq!(fail(team("a", "t", "corr-1")).1, 1);
+        assert_eq!(fail(team("a", "t", "corr-1")).1, 2);
+        assert_eq!(fail(team("b", "t", "corr-1")).1, 1);
+        let server = KeyParts {
+            server: "s2",
+            ..team("a", "t", "corr-1")
+        };
+        assert_eq!(fail(server).1, 1, "another virtual server");
+    }
+
+    #[test]
+    fn test_engine_one_contexts_flood_keeps_anothers_backoff() {
+        // Issue 23 §1: two unbound teams (one configuration, one policy) with
+        // max_state_entries 1000; team A's 3,000 new failing keys leave team
+        // B's key in mid-backoff (its next delay is 100, not a fresh 50).
+        let mut e = Engine::new((1, 2));
+        e.set_memory_limit(64 << 20);
+        let p = e
+            .open_json(
+                "p",
+                r#"{"jitter": false, "backoff_base_ms": 50, "max_state_entries": 1000}"#,
+                None,
+                0,
+            )
+            .unwrap()
+            .id;
+        let mut fail =
+            |key: KeyParts<'_>, now| decided(e.decide(p, &key, FAIL, Hints::NONE, NO_TEXT, now));
+        assert_eq!(fail(team("b", "t", "victim"), 0).0, 50);
+        for i in 0..3000u64 {
+            fail(team("a", "t", &i.to_string()), 1 + i);
+        }
+        assert_eq!(fail(team("b", "t", "victim"), 4000).0, 100);
+        assert_eq!(e.state_count(), 1001);
+    }
+
+    #[test]
+    fn test_engine_policies_are_apart_and_shared_by_content() {
+        let mut e = Engine::new((1, 2));
+        let a = e
+            .open_json("p", r#"{"jitter": false, "max_retries": 1}"#, None, 0)
+            .unwrap();
+        // The same text: the same policy.
+        let again = e
+            .open_json("p", r#"{"jitter": false, "max_retries": 1}"#, None, 5)
+            .unwrap();
+        assert_eq!(again.id, a.id);
+        let b = e
+            .open_json("p", r#"{"jitter": false, "max_retries": 3}"#, None, 0)
+            .unwrap();
+        let other_stanza = e
+            .open_json("q", r#"{"jitter": false, "max_retries": 1}"#, None, 0)
+            .unwrap();
+        let capped = e
+            .open_json("p", r#"{"jitter": false, "max_retries": 1}"#, Some(0), 0)
+            .unwrap();
+        let ids = [a.id, b.id, other_stanza.id, capped.id];
+        for (i, x) in ids.iter().enumerate() {
+            for y in &ids[i + 1..] {
+                assert_ne!(x, y);
+            }
+        }
+        assert_eq!(e.policy_count(), 4);
+        let key = KeyParts::new("t", "r");
+        let mut fail = |id| decided(e.decide(id, &key, FAIL, Hints::NONE, NO_TEXT, 0));
+        assert_eq!(fail(a.id).2, Reason::Retry);
+        assert_eq!(fail(b.id).2, Reason::Retry, "its own state");
+        assert_eq!(fail(a.id).2, Reason::Exhausted);
+        assert_eq!(
+            fail(other_stanza.id).1,
+            1,
+            "a stanza counts its own failures"
+        );
+        assert_eq!(fail(capped.id).2, Reason::Exhausted, "ceiling 0");
+        assert_eq!(e.policy_state_count(b.id), Some(1));
+        assert_eq!(capped.warnings.len(), 1);
+        // An id this instance does not hold: nothing changes.
+        assert_eq!(
+            e.decide(7, &key, FAIL, Hints::NONE, NO_TEXT, 0),
+            Outcome::UnknownPolicy
+        );
+    }
+
+    #[test]
+    fn test_engine_unused_policies_are_released_with_their_state() {
+        let mut e = Engine::new((1, 2));
+        let short = e
+            .open_json("p", r#"{"state_ttl_ms": 100}"#, None, 0)
+            .unwrap()
+            .id;
+        let long = e
+            .open_json("p", r#"{"state_ttl_ms": 1000}"#, None, 0)
+            .unwrap()
+            .id;
+        let key = KeyParts::new("t", "r");
+        decided(e.decide(short, &key, FAIL, Hints::NONE, NO_TEXT, 50));
+        decided(e.decide(long, &key, FAIL, Hints::NONE, NO_TEXT, 50));
+        // Used at 50: held through 150, released after.
+        e.evict_expired(150);
+        assert_eq!(e.policy_count(), 2);
+        assert_eq!(e.evict_expired(151), 1, "its entry went with it");
+        assert_eq!(e.policy_count(), 1);
+        assert_eq!(
+            e.decide(short, &key, FAIL, Hints::NONE, NO_TEXT, 151),
+            Outcome::UnknownPolicy
+        );
+        // Opening it again makes it anew, under the same id.
+        assert_eq!(
+            e.open_json("p", r#"{"state_ttl_ms": 100}"#, None, 200)
+                .unwrap()
+                .id,
+            short
+        );
+        assert_eq!(
+            decided(e.decide(long, &key, FAIL, Hints::NONE, NO_TEXT, 200)).1,
+            2
+        );
+    }
+
+    #[test]
+    fn test_engine_refuses_past_the_policy_bound() {
+        let mut e = Engine::new((1, 2));
+        for i in 0..MAX_POLICIES {
+            e.open_json("p", &alloc::format!(r#"{{"n": {i}}}"#), None, 0)
+                .unwrap();
+        }
+        let err = e.open_json("p", r#"{"n": -1}"#, None, 1).unwrap_err();
+        assert!(err[0].message.contains("4096 configurations"), "{err:?}");
+        // Unused for their TTL, they make room.
+        assert!(e.open_json("p", r#"{"n": -1}"#, None, 300_001).is_ok());
+        assert_eq!(e.policy_count(), 1);
+    }
+
+    #[test]
+    fn test_engine_refuses_a_bound_the_memory_cannot_hold() {
+        let mut e = Engine::new((1, 2));
+        e.set_memory_limit(16 << 20);
+        let err = e
+            .open_json("p", r#"{"max_state_entries": 1000000}"#, None, 0)
+            .unwrap_err();
+        assert_eq!(err[0].path, "max_state_entries");
+        assert!(err[0].message.contains("wasm_max_memory_bytes"), "{err:?}");
+        assert!(e
+            .open_json("p", r#"{"max_state_entries": 10000}"#, None, 0)
+            .is_ok());
     }
 
     #[test]
@@ -790,45 +1106,50 @@ mod tests {
         let config = r#"{"max_retries": 3, "backoff_base_ms": 10, "max_backoff_ms": 70}"#;
         let (mut by_key, mut by_handle) = (engine(config), engine(config));
         let keys = [("t", "r1"), ("t", "r2"), ("search", "r1")];
+        let mut handles = [NO_HANDLE; 3];
         for step in 0..60u64 {
             let k = (step % 3) as usize;
             let (tool, rid) = keys[k];
             let signals = if step % 7 == 6 { OK } else { FAIL };
             let now = step * 10;
             let want = by_key.decide_with_hints(tool, rid, signals, Hints::NONE, NO_TEXT, now);
-            let handle = k as u32 + 1;
-            let got = match by_handle.decide_held(handle, signals, Hints::NONE, now) {
+            let got = match by_handle
+                .e
+                .decide_held(handles[k], signals, Hints::NONE, now)
+            {
                 Some(outcome) => outcome,
                 // Unknown (first failure, or the key's state was cleared): by key.
-                None => {
-                    by_handle.decide_naming(tool, rid, signals, Hints::NONE, NO_TEXT, now, handle)
-                }
+                None => by_handle.decide_with_hints(tool, rid, signals, Hints::NONE, NO_TEXT, now),
             };
             assert_eq!(got, want, "step {step}");
+            if let Outcome::Decided(_, handle) = got {
+                handles[k] = handle;
+            }
             assert_eq!(by_handle.state_count(), by_key.state_count());
         }
     }
 
     #[test]
-    fn test_engine_decide_held_is_none_once_the_key_is_cleared() {
+    fn test_engine_handles_name_a_key_while_it_holds_state() {
         let mut e = engine(r#"{"max_retries": 1}"#);
-        assert_eq!(e.decide_held(1, FAIL, Hints::NONE, 0), None);
-        e.decide_naming("t", "r", FAIL, Hints::NONE, NO_TEXT, 0, 1);
-        let exhausted = e.decide_held(1, FAIL, Hints::NONE, 0);
-        assert!(matches!(
-            exhausted,
-            Some(Outcome::Decided(Decision {
-                reason: Reason::Exhausted,
-                ..
-            }))
-        ));
-        assert_eq!(e.decide_held(1, FAIL, Hints::NONE, 0), None);
+        assert_eq!(e.e.decide_held(1, FAIL, Hints::NONE, 0), None);
+        let (_, _, reason, handle) = decided(e.decide("t", "r", FAIL, NO_TEXT, 0));
+        assert_eq!((reason, handle), (Reason::Retry, 1));
+        let (_, _, reason, after) = decided(e.e.decide_held(handle, FAIL, Hints::NONE, 0).unwrap());
+        assert_eq!((reason, after), (Reason::Exhausted, NO_HANDLE));
+        assert_eq!(e.e.decide_held(handle, FAIL, Hints::NONE, 0), None);
         // A success clears the key too.
-        e.decide_naming("t", "r", FAIL, Hints::NONE, NO_TEXT, 0, 1);
+        let (_, _, _, handle) = decided(e.decide("t", "r", FAIL, NO_TEXT, 0));
         assert_eq!(
-            e.decide_held(1, OK, Hints::NONE, 0),
-            Some(Outcome::Decided(Decision::SUCCESS))
+            e.e.decide_held(handle, OK, Hints::NONE, 0),
+            Some(Outcome::Decided(Decision::SUCCESS, NO_HANDLE))
         );
-        assert_eq!(e.decide_held(1, OK, Hints::NONE, 0), None);
+        assert_eq!(e.e.decide_held(handle, OK, Hints::NONE, 0), None);
+        // Refusals keep no state, so they give no handle.
+        let mut none = engine(r#"{"max_retries": 0}"#);
+        assert_eq!(
+            decided(none.decide("t", "r", FAIL, NO_TEXT, 0)).3,
+            NO_HANDLE
+        );
     }
 }

@@ -9,6 +9,8 @@ pub mod budget;
 pub mod classify;
 pub mod config;
 pub mod engine;
+pub mod key;
+pub mod registry;
 pub mod simulate;
 pub mod snapshot;
 pub mod state;
@@ -18,4 +20,6 @@ pub mod text_markers;
 
 pub use classify::{Hints, Signals};
 pub use config::{Config, ConfigError, Policy};
-pub use engine::{Decision, Engine, Outcome, Reason};
+pub use engine::{Decision, Engine, Opened, Outcome, Reason};
+pub use key::KeyParts;
+pub use registry::PolicyId;

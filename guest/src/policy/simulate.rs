@@ -6,8 +6,9 @@ use alloc::format;
 use alloc::vec::Vec;
 
 use super::classify::{hints_from_json, signals_from_json, Hints};
-use super::config::{Config, ConfigError};
+use super::config::ConfigError;
 use super::engine::{Decision, Engine, Outcome};
+use super::key::KeyParts;
 
 /// One step: a tool result for `(tool, request_id)`, `advance_ms` after the
 /// previous step.
@@ -27,13 +28,19 @@ pub struct Step<'a> {
     pub idempotent: bool,
 }
 
-/// Replay `steps`; a step whose `result_json` is not JSON is an error naming
-/// the step, and nothing is replayed.
+/// The stanza name a replay's policy is opened under.
+const SCOPE: &str = "simulate";
+
+/// Replay `steps` under the configuration `config_json`; a configuration
+/// error, or a step whose `result_json` is not JSON (an error naming the
+/// step), replays nothing.
 pub fn simulate(
-    config: Config,
+    config_json: &str,
     seed: u64,
     steps: &[Step<'_>],
 ) -> Result<Vec<Decision>, Vec<ConfigError>> {
+    let mut engine = Engine::new((seed, !seed));
+    let policy = engine.open_json(SCOPE, config_json, None, 0)?.id;
     let mut results = Vec::with_capacity(steps.len());
     let mut errors = Vec::new();
     for (i, step) in steps.iter().enumerate() {
@@ -49,16 +56,14 @@ pub fn simulate(
         return Err(errors);
     }
 
-    let mut engine = Engine::new((seed, !seed));
-    engine.configure(config);
     let mut now_ms = 0u64;
     let mut out = Vec::with_capacity(steps.len());
     for (step, result) in steps.iter().zip(&results) {
         now_ms = now_ms.saturating_add(step.advance_ms);
         let (signals, texts) = signals_from_json(result);
-        match engine.decide_with_hints(
-            step.tool,
-            step.request_id,
+        match engine.decide(
+            policy,
+            &KeyParts::new(step.tool, step.request_id),
             signals,
             Hints {
                 timeout: step.timeout,
@@ -68,9 +73,10 @@ pub fn simulate(
             Some(&texts[..]),
             now_ms,
         ) {
-            Outcome::Decided(d) => out.push(d),
-            // Texts were supplied, so classification cannot ask for them.
-            Outcome::NeedText => unreachable_need_text(),
+            Outcome::Decided(d, _) => out.push(d),
+            // Texts were supplied, so classification cannot ask for them; the
+            // policy was opened above.
+            Outcome::NeedText | Outcome::UnknownPolicy => unreachable_need_text(),
         }
     }
     Ok(out)
@@ -78,15 +84,15 @@ pub fn simulate(
 
 #[cold]
 fn unreachable_need_text() -> ! {
-    unreachable!("classify asked for texts that were supplied")
+    unreachable!("classify asked for texts that were supplied, or the policy went")
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn config(json: &str) -> Result<Config, Vec<ConfigError>> {
-        Config::from_json(json)
+    fn config(json: &str) -> Result<&str, Vec<ConfigError>> {
+        Ok(json)
     }
 
     /// Decisions compactly: `delay/failures/reason` per step.
@@ -150,6 +156,14 @@ mod tests {
             render(&got),
             "200/1/Retry 400/2/Retry 200/1/Retry 0/0/Success"
         );
+    }
+
+    #[test]
+    fn test_simulate_config_errors_replay_nothing() {
+        let errs = simulate(r#"{"max_retries": -1}"#, 1, &[step("r", "{}", 0)]).unwrap_err();
+        assert_eq!(errs[0].path, "max_retries");
+        let errs = simulate("{", 1, &[]).unwrap_err();
+        assert_eq!(errs[0].path, "");
     }
 
     #[test]

@@ -1,52 +1,85 @@
-//! Moving live retry state between instances (hot reload of the component).
+//! Moving an instance's policies and live retry state to another instance
+//! (hot reload of the component, a new build dropped in).
 //!
-//! Format 2 is a JSON document:
-//! `{"format": 2, "entries": [[tool, request_id, failures, age_ms, last_delay_ms, total_delay_ms], ...]}`,
-//! oldest last failure first (`last_delay_ms`, the key's previous retry delay,
-//! drives decorrelated jitter; `total_delay_ms`, its summed delays, the
-//! deadline). Format 1 (the same without the last two fields, written by
-//! earlier builds) is still read, with both at 0.
-//! Export writes format 1 unless some policy reads the delay history
-//! (decorrelated jitter or a deadline): the oldest format that carries what
-//! the configuration needs, so a hot reload back to a build that reads only
-//! format 1 keeps working for every other configuration. Ages rather than timestamps, so the document does
-//! not depend on where either instance's monotonic clock started. JSON rather
-//! than a WIT list of records: one string crosses the host boundary in
-//! microseconds, while a list of 100 000 records is lifted value by value.
+//! Format 3 is a JSON document:
+//!
+//! ```text
+//! {"format": 3,
+//!  "policies": [{"id": u64, "scope": str, "ceiling": u32 | null, "config": str,
+//!                "last_used_ms": u64}, ...],
+//!  "entries": [[policy_id, handle, tenant, server, identity, tool, request_id,
+//!               failures, last_failure_ms, last_delay_ms, total_delay_ms], ...],
+//!  "budgets": [[policy_id, tenant, server, tool, identity, milli_tokens, last_ms], ...]}
+//! ```
+//!
+//! Entries come context by context, oldest last failure first; expired ones
+//! are left out. Times are on the instance's clock, which the host sets to
+//! its process-wide clock (`init`), so an entry keeps its exact age across
+//! instances: it expires when it would have without the move. Each entry
+//! keeps its handle, and each policy its id, so the host's names for them
+//! stay valid. JSON rather than a WIT list of records: one string crosses the
+//! host boundary in microseconds, while a list of 100 000 records is lifted
+//! value by value. (Formats 1 and 2, of contracts before 0.5, carried one
+//! configuration's entries with ages; a 0.5 host loads only 0.5 builds.)
 
 use alloc::format;
-use alloc::string::String;
+use alloc::string::{String, ToString};
 use alloc::vec::Vec;
 
 use serde::ser::{Serialize, Serializer};
 use serde_json::Value;
 
+use super::budget::RetryBudget;
+use super::config::{parse_json, Config};
 use super::engine::Engine;
-use super::state::{expired, Entry};
+use super::key::KeyParts;
+use super::registry::{policy_id, PolicyId, Registered, MAX_POLICIES};
+use super::state::{expired, Entry, Limits};
 
-/// The format this build writes (it also reads [`FORMAT_V1`]).
-pub const FORMAT: u64 = 2;
-/// The earlier format, still read.
-pub const FORMAT_V1: u64 = 1;
+/// The format this build writes and reads.
+pub const FORMAT: u64 = 3;
 
-/// Serialize the live (unexpired) entries of `engine` at `now_ms`.
+/// Serialize the policies, live (unexpired) entries and budgets of `engine`
+/// at `now_ms`.
 pub fn export(engine: &Engine, now_ms: u64) -> String {
-    let delay_history = engine.config().uses_delay_history();
     let document = Document {
-        format: if delay_history { FORMAT } else { FORMAT_V1 },
-        entries: LiveEntries {
-            engine,
-            now_ms,
-            delay_history,
-        },
+        format: FORMAT,
+        policies: Policies(engine),
+        entries: LiveEntries { engine, now_ms },
+        budgets: BudgetRows(engine),
     };
-    serde_json::to_string(&document).expect("a snapshot holds only strings and integers")
+    serde_json::to_string(&document).expect("a snapshot holds only strings, numbers and JSON")
 }
 
 #[derive(serde::Serialize)]
 struct Document<'a> {
     format: u64,
+    policies: Policies<'a>,
     entries: LiveEntries<'a>,
+    budgets: BudgetRows<'a>,
+}
+
+struct Policies<'a>(&'a Engine);
+
+#[derive(serde::Serialize)]
+struct PolicyRow<'a> {
+    id: PolicyId,
+    scope: &'a str,
+    ceiling: Option<u32>,
+    config: &'a str,
+    last_used_ms: u64,
+}
+
+impl Serialize for Policies<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_seq(self.0.policies().iter().map(|(_, p)| PolicyRow {
+            id: p.id,
+            scope: &p.scope,
+            ceiling: p.ceiling,
+            config: &p.canonical,
+            last_used_ms: p.last_used_ms,
+        }))
+    }
 }
 
 /// The live entries as rows, written as they are read (no list of rows is
@@ -54,231 +87,401 @@ struct Document<'a> {
 struct LiveEntries<'a> {
     engine: &'a Engine,
     now_ms: u64,
-    /// Format 2: each row also carries the key's delay history.
-    delay_history: bool,
 }
 
 impl Serialize for LiveEntries<'_> {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let ttl = self.engine.config().state_ttl_ms();
-        let rows = self
-            .engine
-            .state()
+        let policies = self.engine.policies();
+        let state = self.engine.state();
+        // Policy by policy in id order, so that the document depends only on
+        // the content, not on the order policies were opened in.
+        let rows = policies
             .iter()
-            .filter(|(_, _, entry)| !expired(entry.last_failure_ms, self.now_ms, ttl))
-            .map(|(tool, request_id, entry)| Row {
-                tool,
-                request_id,
-                age_ms: self.now_ms.saturating_sub(entry.last_failure_ms),
-                entry,
-                delay_history: self.delay_history,
-            });
+            .flat_map(|(_, p)| state.iter_policy(p.id))
+            .filter(|&(handle, _, _, entry)| {
+                let ttl_ms = state.limits_of(handle - 1).ttl_ms;
+                !expired(entry.last_failure_ms, self.now_ms, ttl_ms)
+            })
+            .map(|(handle, id, k, e)| {
+                (
+                    id,
+                    handle,
+                    [k.tenant, k.server, k.identity, k.tool, k.request_id],
+                    e.failures,
+                    e.last_failure_ms,
+                    e.last_delay_ms,
+                    e.total_delay_ms,
+                )
+            })
+            .map(
+                |(id, handle, [t, s, i, tool, r], failures, at, last, total)| {
+                    (id, handle, t, s, i, tool, r, failures, at, last, total)
+                },
+            );
         serializer.collect_seq(rows)
     }
 }
 
-/// `[tool, request_id, failures, age_ms]`, then `last_delay_ms,
-/// total_delay_ms` in format 2.
-struct Row<'a> {
-    tool: &'a str,
-    request_id: &'a str,
-    age_ms: u64,
-    entry: Entry,
-    delay_history: bool,
-}
+struct BudgetRows<'a>(&'a Engine);
 
-impl Serialize for Row<'_> {
+impl Serialize for BudgetRows<'_> {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let e = &self.entry;
-        let (tool, request_id, age_ms) = (self.tool, self.request_id, self.age_ms);
-        if self.delay_history {
-            (
-                tool,
-                request_id,
-                e.failures,
-                age_ms,
-                e.last_delay_ms,
-                e.total_delay_ms,
-            )
-                .serialize(serializer)
-        } else {
-            (tool, request_id, e.failures, age_ms).serialize(serializer)
-        }
+        // In id order, as the entries: the buckets' own order.
+        serializer.collect_seq(self.0.budgets().iter().map(|(id, k, milli, last_ms)| {
+            (id, k.tenant, k.server, k.tool, k.identity, milli, last_ms)
+        }))
     }
 }
 
-/// Restore the entries of a format-2 (or format-1) document into `engine` at `now_ms`;
-/// returns how many were imported. Nothing is imported unless the whole
-/// document is readable.
+/// One entry row, read.
+struct EntryRow<'a> {
+    policy: PolicyId,
+    handle: u32,
+    key: KeyParts<'a>,
+    entry: Entry,
+}
+
+/// One budget row, read.
+struct BudgetRow<'a> {
+    policy: PolicyId,
+    key: KeyParts<'a>,
+    milli: u64,
+    last_ms: u64,
+}
+
+/// Restore a format-3 document into `engine`, which must hold no policy, at
+/// `now_ms`; returns how many entries were imported (expired ones are left
+/// out). All or nothing: on any error the engine is left empty.
 pub fn import(engine: &mut Engine, text: &str, now_ms: u64) -> Result<u32, String> {
+    if engine.policy_count() > 0 || engine.state_count() > 0 {
+        return Err(String::from(
+            "state can only be imported into an instance that holds no policy",
+        ));
+    }
     let doc: Value =
         serde_json::from_str(text).map_err(|e| format!("state is not valid JSON: {e}"))?;
     let format = doc.get("format").and_then(Value::as_u64);
-    if format != Some(FORMAT) && format != Some(FORMAT_V1) {
+    if format != Some(FORMAT) {
         let found = match (doc.get("format"), format) {
             (None, _) => String::from("(missing)"),
             (Some(_), Some(n)) => format!("{n}"),
             (Some(_), None) => String::from("(not an integer)"),
         };
         return Err(format!(
-            "state format {found} is not supported (this engine reads formats {FORMAT_V1} and {FORMAT})"
+            "state format {found} is not supported (this engine reads format {FORMAT})"
         ));
     }
-    let Some(Value::Array(entries)) = doc.get("entries") else {
-        return Err(String::from("state has no \"entries\" list"));
+    let list = |name: &str| match doc.get(name) {
+        Some(Value::Array(items)) => Ok(items),
+        _ => Err(format!("state has no \"{name}\" list")),
     };
-    let (width, shape) = if format == Some(FORMAT_V1) {
-        (4, "[tool, request_id, failures, age_ms]")
-    } else {
-        (
-            6,
-            "[tool, request_id, failures, age_ms, last_delay_ms, total_delay_ms]",
-        )
-    };
-    // Read every entry before importing any: a half-imported state would be
-    // worse than none.
-    let rows = entries
-        .iter()
-        .enumerate()
-        .map(|(i, item)| match item {
-            Value::Array(fields) if fields.len() == width => read_entry(fields, now_ms)
-                .ok_or_else(|| format!("entries[{i}] has a field of the wrong type")),
-            _ => Err(format!("entries[{i}] is not {shape}")),
-        })
-        .collect::<Result<Vec<_>, _>>()?;
-    let ttl = engine.config().state_ttl_ms();
+    // Read every row before importing any.
+    let mut policies = Vec::new();
+    for (i, row) in list("policies")?.iter().enumerate() {
+        policies.push(read_policy(row).map_err(|why| format!("policies[{i}] {why}"))?);
+    }
+    if policies.len() > MAX_POLICIES {
+        return Err(format!("state holds more than {MAX_POLICIES} policies"));
+    }
+    let mut entries = Vec::new();
+    for (i, row) in list("entries")?.iter().enumerate() {
+        entries.push(read_entry(row).ok_or_else(|| {
+            format!(
+                "entries[{i}] is not [policy, handle, tenant, server, identity, tool, \
+                 request_id, failures, last_failure_ms, last_delay_ms, total_delay_ms]"
+            )
+        })?);
+    }
+    let mut budgets = Vec::new();
+    for (i, row) in list("budgets")?.iter().enumerate() {
+        budgets.push(read_budget(row).ok_or_else(|| {
+            format!(
+                "budgets[{i}] is not [policy, tenant, server, tool, identity, milli_tokens, \
+                 last_ms]"
+            )
+        })?);
+    }
+    let result = restore(engine, policies, &entries, &budgets, now_ms);
+    if result.is_err() {
+        engine.clear();
+    }
+    result
+}
+
+fn restore(
+    engine: &mut Engine,
+    policies: Vec<Registered>,
+    entries: &[EntryRow<'_>],
+    budgets: &[BudgetRow<'_>],
+    now_ms: u64,
+) -> Result<u32, String> {
+    let (registry, state, buckets) = engine.parts_mut();
+    for policy in policies {
+        if registry.find(policy.id).is_some() {
+            return Err(format!("policy {} is listed twice", policy.id));
+        }
+        registry.insert(policy);
+    }
     let mut imported = 0u32;
-    for (tool, request_id, age_ms, entry) in rows {
-        if entry.failures == 0 || age_ms > ttl {
+    for (i, row) in entries.iter().enumerate() {
+        let ix = registry
+            .find(row.policy)
+            .ok_or_else(|| format!("entries[{i}] names policy {}, not listed", row.policy))?;
+        let config = &registry.get(ix).config;
+        let limits = Limits {
+            ttl_ms: config.state_ttl_ms(),
+            max_entries: config.max_state_entries(),
+        };
+        if row.entry.failures == 0 || expired(row.entry.last_failure_ms, now_ms, limits.ttl_ms) {
             continue;
         }
-        engine.restore_entry(tool, request_id, entry);
+        if !state.restore(row.handle, row.policy, &row.key, row.entry, limits) {
+            return Err(format!(
+                "entries[{i}]: handle {} is out of range or taken, or its key is listed twice",
+                row.handle
+            ));
+        }
         imported += 1;
+    }
+    state.finish_restore();
+    for (i, row) in budgets.iter().enumerate() {
+        let ix = registry
+            .find(row.policy)
+            .ok_or_else(|| format!("budgets[{i}] names policy {}, not listed", row.policy))?;
+        let budget: Option<RetryBudget> = registry
+            .get(ix)
+            .config
+            .policy_for(row.key.tool)
+            .retry_budget();
+        if let Some(b) = budget {
+            buckets.restore(row.policy, &row.key, b, row.milli, row.last_ms);
+        }
     }
     Ok(imported)
 }
 
-/// An entry's fields `[tool, request_id, failures, age_ms, last_delay_ms,
-/// total_delay_ms]` (the last two 0 when absent, as in format 1): the key,
-/// the age and the entry at `now_ms`; `None` if a field has the wrong type.
-fn read_entry(fields: &[Value], now_ms: u64) -> Option<(&str, &str, u64, Entry)> {
-    let u32_at = |at: usize| match fields.get(at) {
-        None => Some(0),
-        Some(v) => v.as_u64().and_then(|n| u32::try_from(n).ok()),
+/// A policy row: its id must be its content's.
+fn read_policy(row: &Value) -> Result<Registered, String> {
+    let field = |name: &str| row.get(name);
+    let id = field("id")
+        .and_then(Value::as_u64)
+        .ok_or("has no integer \"id\"")?;
+    let scope = field("scope")
+        .and_then(Value::as_str)
+        .ok_or("has no string \"scope\"")?;
+    let ceiling = match field("ceiling") {
+        None | Some(Value::Null) => None,
+        Some(v) => Some(
+            v.as_u64()
+                .and_then(|n| u32::try_from(n).ok())
+                .ok_or("has a \"ceiling\" that is not null or a u32")?,
+        ),
     };
-    let field = |at: usize| fields.get(at);
-    let tool = field(0)?.as_str()?;
-    let request_id = field(1)?.as_str()?;
-    let failures = u32_at(2)?;
-    let age_ms = field(3)?.as_u64()?;
-    let entry = Entry {
-        failures,
-        last_delay_ms: u32_at(4)?,
-        total_delay_ms: u32_at(5)?,
-        last_failure_ms: now_ms.saturating_sub(age_ms),
-    };
-    Some((tool, request_id, age_ms, entry))
+    let config = field("config")
+        .and_then(Value::as_str)
+        .ok_or("has no string \"config\"")?;
+    let last_used_ms = field("last_used_ms")
+        .and_then(Value::as_u64)
+        .ok_or("has no integer \"last_used_ms\"")?;
+    if policy_id(scope, config, ceiling) != id {
+        return Err(format!("has the id {id}, which is not its content's"));
+    }
+    let value =
+        parse_json(config).map_err(|_| String::from("has a \"config\" that is not JSON"))?;
+    let (parsed, warnings) = Config::from_value_capped(&value, ceiling).map_err(|errors| {
+        let joined: Vec<String> = errors.iter().map(ToString::to_string).collect();
+        format!(
+            "has a configuration this build refuses: {}",
+            joined.join("; ")
+        )
+    })?;
+    Ok(Registered {
+        id,
+        scope: scope.into(),
+        canonical: config.into(),
+        ceiling,
+        config: parsed,
+        warnings,
+        last_used_ms,
+    })
+}
+
+fn read_entry(row: &Value) -> Option<EntryRow<'_>> {
+    let fields = row.as_array().filter(|f| f.len() == 11)?;
+    let u32_at = |at: usize| fields[at].as_u64().and_then(|n| u32::try_from(n).ok());
+    let str_at = |at: usize| fields[at].as_str();
+    Some(EntryRow {
+        policy: fields[0].as_u64()?,
+        handle: u32_at(1)?,
+        key: KeyParts {
+            tenant: str_at(2)?,
+            server: str_at(3)?,
+            identity: str_at(4)?,
+            tool: str_at(5)?,
+            request_id: str_at(6)?,
+        },
+        entry: Entry {
+            failures: u32_at(7)?,
+            last_failure_ms: fields[8].as_u64()?,
+            last_delay_ms: u32_at(9)?,
+            total_delay_ms: u32_at(10)?,
+        },
+    })
+}
+
+fn read_budget(row: &Value) -> Option<BudgetRow<'_>> {
+    let fields = row.as_array().filter(|f| f.len() == 7)?;
+    let str_at = |at: usize| fields[at].as_str();
+    Some(BudgetRow {
+        policy: fields[0].as_u64()?,
+        key: KeyParts {
+            tenant: str_at(1)?,
+            server: str_at(2)?,
+            tool: str_at(3)?,
+            identity: str_at(4)?,
+            request_id: "",
+        },
+        milli: fields[5].as_u64()?,
+        last_ms: fields[6].as_u64()?,
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::policy::test_support::{engine, FAIL, NO_TEXT};
-    use crate::policy::{Config, Outcome};
+    use crate::policy::test_support::{FAIL, NO_TEXT};
+    use crate::policy::{Hints, Outcome};
 
-    fn fail(e: &mut Engine, tool: &str, rid: &str, now: u64) -> u32 {
-        match e.decide(tool, rid, FAIL, NO_TEXT, now) {
-            Outcome::Decided(d) => d.failures,
-            Outcome::NeedText => panic!("need text"),
+    fn fail(e: &mut Engine, policy: PolicyId, key: KeyParts<'_>, now: u64) -> (u32, u32) {
+        match e.decide(policy, &key, FAIL, Hints::NONE, NO_TEXT, now) {
+            Outcome::Decided(d, handle) => (d.failures, handle),
+            other => panic!("{other:?}"),
         }
     }
 
+    fn open(e: &mut Engine, config: &str) -> PolicyId {
+        e.open_json("p", config, None, 0).unwrap().id
+    }
+
     #[test]
-    fn test_snapshot_roundtrip_keeps_counts_ages_and_order() {
-        let config = r#"{"max_retries": 5, "state_ttl_ms": 1000, "jitter": false,
-                        "tool_overrides": {"d": {"jitter": "decorrelated"}}}"#;
-        let mut old = engine(config);
-        fail(&mut old, "t", "a", 100);
-        fail(&mut old, "t\"\\\n", "é✓", 200);
-        fail(&mut old, "t", "a", 300);
-        fail(&mut old, "t", "gone", 0);
+    fn test_snapshot_roundtrip_keeps_policies_handles_times_and_order() {
+        let config = r#"{"max_retries": 5, "state_ttl_ms": 1000, "jitter": false}"#;
+        let mut old = Engine::new((1, 2));
+        let a = open(&mut old, config);
+        let b = old.open_json("q", "{}", Some(1), 0).unwrap().id;
+        let team = KeyParts {
+            tenant: "team\"\\\n",
+            server: "srv",
+            identity: "é✓",
+            ..KeyParts::new("t", "r")
+        };
+        fail(&mut old, a, KeyParts::new("t", "x"), 100);
+        let (_, h_team) = fail(&mut old, a, team, 200);
+        fail(&mut old, a, KeyParts::new("t", "x"), 300);
+        fail(&mut old, a, KeyParts::new("t", "gone"), 0);
+        fail(&mut old, b, KeyParts::new("t", "x"), 300);
         let doc = export(&old, 1050);
+        let value: Value = serde_json::from_str(&doc).unwrap();
+        assert_eq!(value["format"], 3);
+        assert_eq!(value["policies"].as_array().unwrap().len(), 2);
         assert_eq!(
-            doc,
-            r#"{"format":2,"entries":[["t\"\\\n","é✓",1,850,200,200],["t","a",2,750,400,600]]}"#
+            value["entries"].as_array().unwrap().len(),
+            3,
+            "the expired one left out"
         );
 
-        // The new instance's clock started elsewhere: ages carry over.
-        let mut new = engine(config);
-        assert_eq!(import(&mut new, &doc, 50_000), Ok(2));
-        assert_eq!(fail(&mut new, "t", "a", 50_000), 3);
-        // "a" had 750 ms of age; 251 ms later its age is 1001 > TTL.
-        assert_eq!(fail(&mut new, "t\"\\\n", "é✓", 50_151), 1);
-        let order: alloc::vec::Vec<&str> = new.state().iter().map(|(_, r, _)| r).collect();
-        assert_eq!(order, ["a", "é✓"]);
+        let mut new = Engine::new((9, 9));
+        assert_eq!(import(&mut new, &doc, 1050), Ok(3));
+        // The same ids, handles and counts; ages exact: "x" failed at 300.
+        assert_eq!(new.open_json("p", config, None, 1050).unwrap().id, a);
+        assert_eq!(new.state().key_of(h_team).map(|(_, _, k)| k), Some(team));
+        assert_eq!(fail(&mut new, a, KeyParts::new("t", "x"), 1300).0, 3);
+        assert_eq!(
+            fail(&mut new, a, team, 1201).0,
+            1,
+            "1001 ms after 200: expired"
+        );
+        assert_eq!(new.policy_state_count(b), Some(1));
+        assert_eq!(export(&old, 1050), doc, "exporting changes nothing");
+    }
+
+    #[test]
+    fn test_snapshot_carries_budgets() {
+        let config = r#"{"retry_budget_percent": 10, "retry_budget_min_per_sec": 0}"#;
+        let mut old = Engine::new((1, 2));
+        let p = open(&mut old, config);
+        for i in 0..10 {
+            fail(&mut old, p, KeyParts::new("t", &format!("{i}")), 0);
+        }
+        let mut new = Engine::new((1, 2));
+        import(&mut new, &export(&old, 0), 0).unwrap();
+        match new.decide(p, &KeyParts::new("t", "z"), FAIL, Hints::NONE, NO_TEXT, 0) {
+            Outcome::Decided(d, _) => assert_eq!(d.reason, crate::policy::Reason::Budget),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]
     fn test_snapshot_import_is_all_or_nothing() {
-        let mut e = engine("{}");
+        let mut e = Engine::new((1, 2));
+        let id = crate::policy::registry::policy_id("p", "{}", None);
+        let policy = format!(
+            r#"{{"id": {id}, "scope": "p", "ceiling": null, "config": "{{}}", "last_used_ms": 0}}"#
+        );
         for (doc, why) in [
-            ("nope", "not valid JSON"),
+            (String::from("nope"), "not valid JSON"),
             (
-                r#"{"format": 3, "entries": []}"#,
-                "state format 3 is not supported (this engine reads formats 1 and 2)",
+                String::from(r#"{"format": 2, "entries": []}"#),
+                "state format 2 is not supported (this engine reads format 3)",
+            ),
+            (String::from(r#"{"entries": []}"#), "state format (missing)"),
+            (
+                String::from(r#"{"format": 3, "entries": [], "budgets": []}"#),
+                "no \"policies\"",
             ),
             (
-                r#"{"format": 2, "entries": [["t","r",1,0,5]]}"#,
-                "entries[0] is not [tool, request_id, failures, age_ms, last_delay_ms, total_delay_ms]",
+                String::from(
+                    r#"{"format": 3, "policies": [{"id": 5, "scope": "p", "config": "{}", "last_used_ms": 0}], "entries": [], "budgets": []}"#,
+                ),
+                "policies[0] has the id 5, which is not its content's",
             ),
             (
-                r#"{"format": 2, "entries": [["t","r",1,0,5,-5]]}"#,
-                "entries[0] has a field",
-            ),
-            (r#"{"entries": []}"#, "state format (missing)"),
-            (r#"{"format": 1}"#, "no \"entries\""),
-            (
-                r#"{"format": 1, "entries": [["t","r",1,0], ["t"]]}"#,
-                "entries[1] is not",
+                format!(
+                    r#"{{"format": 3, "policies": [{policy}], "entries": [[1]], "budgets": []}}"#
+                ),
+                "entries[0] is not",
             ),
             (
-                r#"{"format": 1, "entries": [["t","r",-1,0]]}"#,
-                "entries[0] has a field",
+                format!(
+                    r#"{{"format": 3, "policies": [{policy}], "entries": [[7, 1, "", "", "", "t", "r", 1, 0, 0, 0]], "budgets": []}}"#
+                ),
+                "names policy 7",
+            ),
+            (
+                format!(
+                    r#"{{"format": 3, "policies": [{policy}], "entries": [[{id}, 1, "", "", "", "t", "r", 1, 0, 0, 0], [{id}, 1, "", "", "", "t", "s", 1, 0, 0, 0]], "budgets": []}}"#
+                ),
+                "handle 1 is out of range or taken",
             ),
         ] {
-            let err = import(&mut e, doc, 0).unwrap_err();
+            let err = import(&mut e, &doc, 0).unwrap_err();
             assert!(err.contains(why), "{doc}: {err}");
+            assert_eq!((e.policy_count(), e.state_count()), (0, 0), "{doc}");
         }
-        assert!(e.state().is_empty());
-    }
-
-    #[test]
-    fn test_snapshot_reads_format_1_and_keeps_last_delay_of_format_2() {
-        let mut e = engine(r#"{"jitter": "decorrelated", "max_retries": 5}"#);
-        let doc = r#"{"format":1,"entries":[["t","v1",1,0]]}"#;
-        assert_eq!(import(&mut e, doc, 10), Ok(1));
-        let doc = r#"{"format":2,"entries":[["t","v2",1,0,4000,4000]]}"#;
-        assert_eq!(import(&mut e, doc, 10), Ok(1));
-        let entries: alloc::vec::Vec<(&str, Entry)> =
-            e.state().iter().map(|(_, r, en)| (r, en)).collect();
-        assert_eq!(entries[0].1.last_delay_ms, 0);
-        assert_eq!(entries[1].1.last_delay_ms, 4000);
-        assert!(export(&e, 10).contains(r#"["t","v2",1,0,4000,4000]"#));
-        // Without decorrelated jitter or a deadline nothing reads the delay
-        // history: format 1.
-        e.configure(Config::from_json("{}").unwrap());
-        assert_eq!(
-            export(&e, 10),
-            r#"{"format":1,"entries":[["t","v1",1,0],["t","v2",1,0]]}"#
+        // A config this build refuses names itself.
+        let bad_id = crate::policy::registry::policy_id("p", r#"{"max_retries":-1}"#, None);
+        let doc = format!(
+            r#"{{"format": 3, "policies": [{{"id": {bad_id}, "scope": "p", "config": "{{\"max_retries\":-1}}", "last_used_ms": 0}}], "entries": [], "budgets": []}}"#
         );
-    }
-
-    #[test]
-    fn test_snapshot_import_respects_ttl_and_capacity() {
-        let mut e = engine(r#"{"state_ttl_ms": 100, "max_state_entries": 2}"#);
-        let doc = r#"{"format":1,"entries":[["t","old",1,101],["t","a",1,5],["t","b",2,4],["t","c",1,3],["t","z",0,1]]}"#;
-        assert_eq!(import(&mut e, doc, 1000), Ok(3));
-        let order: alloc::vec::Vec<&str> = e.state().iter().map(|(_, r, _)| r).collect();
-        assert_eq!(order, ["b", "c"]);
+        let err = import(&mut e, &doc, 0).unwrap_err();
+        assert!(
+            err.contains("configuration this build refuses: max_retries"),
+            "{err}"
+        );
+        // Only into an empty instance.
+        open(&mut e, "{}");
+        let doc = export(&e, 0);
+        let err = import(&mut e, &doc, 0).unwrap_err();
+        assert!(err.contains("holds no policy"), "{err}");
     }
 }

@@ -21,7 +21,9 @@ use std::collections::HashMap;
 use proptest::prelude::*;
 use retry_engine::policy::backoff::Shape;
 use retry_engine::policy::config::MAX_RETRIES_LIMIT;
-use retry_engine::policy::{snapshot, Config, Decision, Engine, Outcome, Reason, Signals};
+use retry_engine::policy::{
+    snapshot, Config, Decision, Engine, Hints, KeyParts, Outcome, PolicyId, Reason, Signals,
+};
 
 use super::config_with;
 
@@ -369,15 +371,6 @@ impl Model {
         self.order.len()
     }
 
-    fn reconfigure(&mut self, spec: Spec, now: u64) {
-        self.spec = spec;
-        self.forget_expired(now);
-        while self.order.len() > self.spec.cap as usize {
-            let oldest = self.order.remove(0);
-            self.counts.remove(&oldest);
-        }
-    }
-
     /// `Some(Some(true))` a retriable failure, `Some(Some(false))` not a
     /// failure, `Some(None)` a non-retriable failure, `None` texts needed.
     fn is_failure(&self, p: &Pol, res: Res, texts: Option<&[Text]>) -> Option<Option<bool>> {
@@ -411,16 +404,15 @@ impl Model {
         res: Res,
         texts: Option<&[Text]>,
         now: u64,
-    ) -> Outcome {
+    ) -> Option<Decision> {
         let p = self.spec.policy(tool);
-        let Some(failure) = self.is_failure(&p, res, texts) else {
-            return Outcome::NeedText;
-        };
+        // `None`: texts needed.
+        let failure = self.is_failure(&p, res, texts)?;
         let key = (tool.to_string(), rid.to_string());
         self.forget_expired(now);
         if failure != Some(true) {
             self.remove(&key);
-            return Outcome::Decided(Decision {
+            return Some(Decision {
                 delay_ms: 0,
                 failures: 0,
                 reason: if failure.is_none() {
@@ -444,13 +436,13 @@ impl Model {
         if failures <= p.max_retries {
             self.counts.insert(key.clone(), (failures, now));
             self.order.push(key);
-            Outcome::Decided(Decision {
+            Some(Decision {
                 delay_ms: ceiling(&p, res, failures),
                 failures,
                 reason: Reason::Retry,
             })
         } else {
-            Outcome::Decided(Decision {
+            Some(Decision {
                 delay_ms: 0,
                 failures,
                 reason: Reason::Exhausted,
@@ -458,34 +450,36 @@ impl Model {
         }
     }
 
-    /// What `snapshot::export` must say: live entries, oldest first, with ages.
+    /// What `snapshot::export` must say of this policy's entries: live ones,
+    /// oldest first, with the time of their last failure.
     fn export(&mut self, now: u64) -> Vec<(String, String, u32, u64)> {
         self.forget_expired(now);
         self.order
             .iter()
             .map(|k| {
                 let (n, last) = self.counts[k];
-                (k.0.clone(), k.1.clone(), n, now - last)
+                (k.0.clone(), k.1.clone(), n, last)
             })
             .collect()
     }
 }
 
-fn parse_export(doc: &str) -> Vec<(String, String, u32, u64)> {
+/// The entries of `policy` in an exported document: (tool, request id,
+/// failures, last failure), in document order.
+fn parse_export(doc: &str, policy: PolicyId) -> Vec<(String, String, u32, u64)> {
     let v: serde_json::Value = serde_json::from_str(doc).expect("export is JSON");
-    // Format 1 here (no policy in these specs reads the delay history); format 2 only
-    // appends fields, so its first four are read the same way.
-    assert!(v["format"] == 1 || v["format"] == 2, "{doc}");
+    assert_eq!(v["format"], 3, "{doc}");
     v["entries"]
         .as_array()
         .expect("entries")
         .iter()
+        .filter(|e| e[0].as_u64() == Some(policy))
         .map(|e| {
             (
-                e[0].as_str().unwrap().to_string(),
-                e[1].as_str().unwrap().to_string(),
-                e[2].as_u64().unwrap() as u32,
-                e[3].as_u64().unwrap(),
+                e[5].as_str().unwrap().to_string(),
+                e[6].as_str().unwrap().to_string(),
+                e[7].as_u64().unwrap() as u32,
+                e[8].as_u64().unwrap(),
             )
         })
         .collect()
@@ -510,7 +504,8 @@ fn check_decision(
             let s = res.signals();
             prop_assert!(p.check_text && !supplied_texts && !s.is_error && !s.structured);
         }
-        Outcome::Decided(d) => match d.reason {
+        Outcome::UnknownPolicy => prop_assert!(false, "the policy in use went"),
+        Outcome::Decided(d, _) => match d.reason {
             Reason::Retry => {
                 prop_assert!(
                     d.failures >= 1 && d.failures <= p.max_retries,
@@ -556,11 +551,29 @@ fn max_budget(spec: &Spec) -> u32 {
     spec.max_retries.max(spec.b.map_or(0, |b| b.0))
 }
 
+/// The decision of an outcome (None: texts needed), for the model.
+fn decision_of(outcome: Outcome) -> Option<Decision> {
+    match outcome {
+        Outcome::Decided(d, _) => Some(d),
+        _ => None,
+    }
+}
+
+fn open(engine: &mut Engine, spec: &Spec, now: u64) -> PolicyId {
+    engine
+        .open_json("p", &spec.json(), None, now)
+        .expect("specs are valid")
+        .id
+}
+
 fn run(start: Spec, seed: (u64, u64), ops: &[Op], model: bool) -> Result<(), TestCaseError> {
     let mut engine = Engine::new(seed);
-    engine.configure(start.config());
+    let mut policy = open(&mut engine, &start, 1_000);
     let mut spec = start.clone();
-    let mut reference = Model::new(start);
+    // One model per policy: a configuration switched to is a policy of its own,
+    // with its own state (and the same one again when switched back).
+    let mut models: HashMap<PolicyId, Model> = HashMap::new();
+    models.insert(policy, Model::new(start));
     let mut now: u64 = 1_000;
     let mut max_budget_seen = max_budget(&spec);
     for op in ops {
@@ -573,7 +586,24 @@ fn run(start: Spec, seed: (u64, u64), ops: &[Op], model: bool) -> Result<(), Tes
             } => {
                 let (tool, rid) = (TOOLS[*tool], RIDS[*rid]);
                 let owned = texts_of(texts);
-                let got = engine.decide(tool, rid, res.signals(), owned.as_deref(), now);
+                let key = KeyParts::new(tool, rid);
+                let decide = |engine: &mut Engine| {
+                    engine.decide(
+                        policy,
+                        &key,
+                        res.signals(),
+                        Hints::NONE,
+                        owned.as_deref(),
+                        now,
+                    )
+                };
+                let mut got = decide(&mut engine);
+                if got == Outcome::UnknownPolicy {
+                    // Released, unused for its TTL (so its state had expired):
+                    // the host opens it again, under the same id, and decides.
+                    prop_assert_eq!(open(&mut engine, &spec, now), policy);
+                    got = decide(&mut engine);
+                }
                 check_decision(
                     got,
                     &spec.policy(tool),
@@ -582,8 +612,9 @@ fn run(start: Spec, seed: (u64, u64), ops: &[Op], model: bool) -> Result<(), Tes
                     max_budget_seen,
                 )?;
                 if model {
+                    let reference = models.get_mut(&policy).expect("a model per policy");
                     let want = reference.decide(tool, rid, *res, texts.as_deref(), now);
-                    prop_assert_eq!(got, want, "{}/{} at {}", tool, rid, now);
+                    prop_assert_eq!(decision_of(got), want, "{}/{} at {}", tool, rid, now);
                 }
             }
             Op::Forward(ms) => now = now.saturating_add(*ms),
@@ -591,36 +622,45 @@ fn run(start: Spec, seed: (u64, u64), ops: &[Op], model: bool) -> Result<(), Tes
             Op::Evict => {
                 engine.evict_expired(now);
                 if model {
-                    prop_assert_eq!(engine.state_count(), reference.live(now));
+                    let live = models.get_mut(&policy).expect("model").live(now);
+                    // A released policy held only expired entries.
+                    prop_assert_eq!(engine.policy_state_count(policy).unwrap_or(0), live);
                 }
             }
             Op::Reconfigure(next) => {
-                engine.configure(next.config());
+                policy = open(&mut engine, next, now);
                 spec = next.clone();
                 max_budget_seen = max_budget_seen.max(max_budget(&spec));
-                if model {
-                    reference.reconfigure(next.clone(), now);
-                }
+                // A policy released since (unused for its TTL) had only expired
+                // entries, which its model no longer counts either.
+                models
+                    .entry(policy)
+                    .or_insert_with(|| Model::new(next.clone()));
             }
             Op::Snapshot(new_seed) => {
                 let doc = snapshot::export(&engine, now);
-                let exported = parse_export(&doc);
+                let exported = parse_export(&doc, policy);
                 if model {
+                    let reference = models.get_mut(&policy).expect("model");
                     prop_assert_eq!(&exported, &reference.export(now));
                 }
                 let mut fresh = Engine::new(*new_seed);
-                fresh.configure(engine.config().clone());
+                let total = serde_json::from_str::<serde_json::Value>(&doc).unwrap()["entries"]
+                    .as_array()
+                    .unwrap()
+                    .len();
                 let imported = snapshot::import(&mut fresh, &doc, now);
-                prop_assert_eq!(imported, Ok(exported.len() as u32));
-                prop_assert_eq!(parse_export(&snapshot::export(&fresh, now)), exported);
+                prop_assert_eq!(imported, Ok(total as u32));
+                prop_assert_eq!(&snapshot::export(&fresh, now), &doc);
                 engine = fresh;
             }
         }
         prop_assert!(
-            engine.state_count() <= engine.config().max_state_entries() as usize,
-            "{} live entries over the bound {}",
-            engine.state_count(),
-            engine.config().max_state_entries()
+            engine.policy_state_count(policy).unwrap_or(0)
+                <= spec.config().max_state_entries() as usize,
+            "{:?} live entries over the bound {}",
+            engine.policy_state_count(policy),
+            spec.config().max_state_entries()
         );
     }
     Ok(())
@@ -654,19 +694,30 @@ proptest! {
 fn test_engine_unique_ids_keep_the_newest_within_the_bound() {
     const CAP: u32 = 1_000;
     let mut engine = Engine::new((7, 7));
-    engine.configure(
-        Config::from_json(&format!(
-            r#"{{"jitter": false, "max_state_entries": {CAP}}}"#
-        ))
-        .unwrap(),
-    );
+    let policy = engine
+        .open_json(
+            "p",
+            &format!(r#"{{"jitter": false, "max_state_entries": {CAP}}}"#),
+            None,
+            0,
+        )
+        .unwrap()
+        .id;
     let fail = Res::Fail.signals();
     let none: Option<&[&str]> = None;
     for i in 0..1_000_000u32 {
-        let got = engine.decide("tool", &format!("req-{i}"), fail, none, u64::from(i));
+        let rid = format!("req-{i}");
+        let got = engine.decide(
+            policy,
+            &KeyParts::new("tool", &rid),
+            fail,
+            Hints::NONE,
+            none,
+            u64::from(i),
+        );
         assert_eq!(
-            got,
-            Outcome::Decided(Decision {
+            decision_of(got),
+            Some(Decision {
                 delay_ms: 200,
                 failures: 1,
                 reason: Reason::Retry
@@ -677,7 +728,7 @@ fn test_engine_unique_ids_keep_the_newest_within_the_bound() {
     let ids: Vec<String> = engine
         .state()
         .iter()
-        .map(|(_, r, _)| r.to_string())
+        .map(|(_, _, key, _)| key.request_id.to_string())
         .collect();
     let want: Vec<String> = (1_000_000 - CAP..1_000_000)
         .map(|i| format!("req-{i}"))

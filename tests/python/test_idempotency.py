@@ -112,13 +112,13 @@ async def test_an_unannotated_tool_is_retried_only_when_the_call_was_refused(man
 
 async def test_the_timeout_mark_is_taken_as_it_is_read(manager_factory: Any) -> None:
     manager = await manager_factory(THROTTLED, hooks=HOOKS)
-    call = Call(manager, "t", "r", READ_ONLY)
+    call = Call(manager, "get", "r", READ_ONLY)
     assert await call.attempt(TIMED_OUT, timed_out=True) == 200
     assert all("cb_timeout_failure" not in ctx.state for ctx in call.contexts.values())
     # The next attempt of the call, through the same local contexts, is not a timeout: a 429
     # of a tool that is not idempotent (the record changed, so that the mark would matter) is a
     # refusal to retry, not a timeout to give up on.
-    call.global_context.metadata["tool"] = UNANNOTATED
+    call.global_context.metadata["tool"] = ToolRecord(name="get", annotations={})
     assert await call.attempt(err(429)) == 400
 
 
@@ -164,7 +164,9 @@ async def test_annotations_are_read_from_a_record_or_a_mapping(manager_factory: 
 
 
 class Hostile:
-    """A tool record whose annotations raise."""
+    """A tool record (of the tool decided) whose annotations raise."""
+
+    name = "get"
 
     @property
     def annotations(self) -> Any:
@@ -180,13 +182,13 @@ class Hostile:
         Hostile(),
         "get",
         42,
-        {"annotations": None},
-        {"annotations": ["readOnlyHint"]},
-        {"annotations": {"readOnlyHint": "true"}},
-        {"annotations": {"readOnlyHint": 1}},
-        {"annotations": {"idempotentHint": None}},
-        {"annotations": {"destructiveHint": True, "openWorldHint": True}},
-        {"annotations": {"destructiveHint": False, "openWorldHint": False}},
+        {"name": "get", "annotations": None},
+        {"name": "get", "annotations": ["readOnlyHint"]},
+        {"name": "get", "annotations": {"readOnlyHint": "true"}},
+        {"name": "get", "annotations": {"readOnlyHint": 1}},
+        {"name": "get", "annotations": {"idempotentHint": None}},
+        {"name": "get", "annotations": {"destructiveHint": True, "openWorldHint": True}},
+        {"name": "get", "annotations": {"destructiveHint": False, "openWorldHint": False}},
         ToolRecord(name="get"),
     ],
 )
@@ -217,7 +219,7 @@ def test_an_older_component_never_receives_the_call_facts() -> None:
     context.global_context.metadata["tool"] = READ_ONLY
     context.state["cb_timeout_failure"] = True
     hinted = err(503, structuredContent={"status_code": 503, "retry_after_ms": 1000})
-    assert engine.decide("t", "r", hinted, context) & DELAY_MASK == 1000
+    assert engine.decide("get", "r", hinted, context) & DELAY_MASK == 1000
     assert context.state["cb_timeout_failure"] is True, "read although no policy needs it"
 
 

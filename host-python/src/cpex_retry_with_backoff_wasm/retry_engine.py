@@ -211,7 +211,7 @@ class RetryEngine:
             if self._read_hints:
                 # Facts for safe classification, delay hints and idempotency; only a result
                 # with a failure signal can need them.
-                signals |= self._read_extras(result, context)
+                signals |= self._read_extras(result, context, tool)
             key = (tool, request_id)
         elif self._idle:
             return 0
@@ -263,15 +263,15 @@ class RetryEngine:
         if decision & NEED_TEXT:
             # Text content may make it a failure: the hints can matter now.
             if self._read_hints:
-                signals |= self._read_extras(result, context)
+                signals |= self._read_extras(result, context, tool)
             decision = self._decide_generic(key, signals, collect_texts(result))
         return decision
 
-    def _read_extras(self, result: Any, context: Any) -> int:
+    def _read_extras(self, result: Any, context: Any, tool: str) -> int:
         """Signal bits 4..31: the result's hints, and the call's facts where a policy reads them."""
         bits = read_hints(result, self._wall_clock)
         if self._read_facts:
-            bits |= read_call_facts(context)
+            bits |= read_call_facts(context, tool)
         return bits
 
     def _decide_by_key(

@@ -300,6 +300,10 @@ TIMEOUT_STATE_KEY: Final = "cb_timeout_failure"
 TOOL_METADATA_KEY: Final = "tool"
 #: MCP tool annotations that make a tool safe to run twice.
 IDEMPOTENT_ANNOTATIONS: Final = ("readOnlyHint", "idempotentHint")
+#: The fields of the tool's record the gateway resolves a call's name against (1.0.7 and 1.1.0):
+#: ``name`` always, ``original_name`` for a call scoped to a virtual server.  The record is the
+#: decided tool's only when one of them equals the call's name exactly.
+TOOL_NAME_FIELDS: Final = ("name", "original_name")
 
 
 def _member(obj: Any, name: str) -> Any:
@@ -309,16 +313,38 @@ def _member(obj: Any, name: str) -> Any:
     return getattr(obj, name, _MISSING)
 
 
-def read_call_facts(context: Any) -> int:
-    """The facts of the call (signal bits 30..31) from the plugin ``context``; never raises.
+def _names_tool(record: Any, tool: Any) -> bool:
+    """The record is ``tool``'s: its ``name`` or ``original_name`` is the str ``tool`` exactly."""
+    if not isinstance(tool, str) or not tool:
+        return False
+    for field in TOOL_NAME_FIELDS:
+        value = _member(record, field)
+        # str.__eq__ on two strs: a str subclass's own __eq__ is never called.
+        if isinstance(value, str) and str.__eq__(value, tool) is True:
+            return True
+    return False
+
+
+def read_call_facts(context: Any, tool: Any) -> int:
+    """The facts of the call of ``tool`` (signal bits 30..31) from the plugin ``context``; never
+    raises.
 
     - bit 30: the gateway marked this failure a timeout: the state ``cb_timeout_failure`` of
       this plugin's local context is True. It is taken out as it is read: the gateway sets it
       once per timeout, and the same local context reaches every later attempt of the call.
     - bit 31: the tool's MCP annotations (``global_context.metadata["tool"]``, a record or a
       mapping, its ``annotations`` a mapping or a record) say ``readOnlyHint`` or
-      ``idempotentHint`` is True. The gateway provides the record only where some plugin has
-      ``tool_pre_invoke``; without it, or when anything is not as expected, the bit is 0 (not
+      ``idempotentHint`` is True, and the record is the one of ``tool``, the name being decided
+      (``payload.name``): its ``name`` or its ``original_name`` is that str, exactly.  That is
+      how the gateway finds the tool for a call (1.0.7 and 1.1.0, ``ToolService.invoke_tool``,
+      which passes the caller's name unchanged to ``tool_post_invoke``): by ``name`` (the
+      prefixed ``<gateway-slug><sep><custom-name-slug>``), and, for a call scoped to a virtual
+      server, by ``original_name`` too (the upstream's own name; 1.0.7
+      ``_load_invocable_tools``, 1.1.0 ``_select_invocable_tool``).  ``custom_name``,
+      ``custom_name_slug`` and ``display_name`` are never lookup keys, so they never match.
+      The annotations of any other record (another tool's) are not read.
+      The gateway provides the record only where some plugin has ``tool_pre_invoke``; without
+      it, with a record of another tool, or when anything is not as expected, the bit is 0 (not
       idempotent, the MCP default).
 
     Whether they count is the engine's decision (``non_idempotent_retries``, ``idempotent``).
@@ -331,10 +357,11 @@ def read_call_facts(context: Any) -> int:
     except Exception:
         pass
     try:
-        tool = _member(context.global_context.metadata, TOOL_METADATA_KEY)
-        annotations = _member(tool, "annotations")
-        if any(_member(annotations, name) is True for name in IDEMPOTENT_ANNOTATIONS):
-            bits |= SIG_IDEMPOTENT
+        record = _member(context.global_context.metadata, TOOL_METADATA_KEY)
+        if _names_tool(record, tool):
+            annotations = _member(record, "annotations")
+            if any(_member(annotations, name) is True for name in IDEMPOTENT_ANNOTATIONS):
+                bits |= SIG_IDEMPOTENT
     except Exception:
         pass
     return bits

@@ -170,7 +170,9 @@ ruff:
 mypy:
 	$(VENV)/bin/mypy --strict host-python/src/cpex_retry_with_backoff_wasm
 
-bench: wasm ## Benchmarks (hook vs native, metrics cost, cold start, memory, throughput, size): writes docs/performance.md.
+# The bindings benchmark imports the gateway: it runs in the 1.1 e2e venv (with the wheel from dist/).
+bench: wasm dist ## Benchmarks (hook vs native, metrics cost, cold start, memory, memory per bound team, throughput, size): writes docs/performance.md.
+	tests/e2e/setup-venv.sh 1.1 $(call e2e_venv,1.1) $(DIST)
 	$(PY) -m pip install --quiet 'matplotlib>=3.8'  # bench only (host-python[bench])
 	$(PY) bench/report.py --out docs/performance.md
 

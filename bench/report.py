@@ -33,6 +33,9 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 PY = sys.executable
+#: The Python of the gateway's venv (1.1.0), which the bindings benchmark needs: `make bench` sets
+#: it up with tests/e2e/setup-venv.sh, as `make test-e2e` does.
+GATEWAY_PY = "target/e2e-venv-1.1/bin/python"
 HARNESS = ["cargo", "run", "-q", "--profile", "bench-host", "-p", "retry-engine-wasm-harness", "--example"]
 #: The hot-path cost the metrics may add to a hook call (issue 14).
 METRICS_TARGET_US = 0.2
@@ -95,6 +98,20 @@ def benches(hook_json: Path) -> list[Bench]:
             "engine and when each has its own (the host before issue 16).",
             [PY, "bench/bench_contexts.py"],
             ["--runs", "20", "--contexts", "50"],
+        ),
+        Bench(
+            "Memory per team bound through tool plugin bindings",
+            "The gateway builds a plugin manager per team and tool, merging the team's tool plugin "
+            "binding over the stanza (issue 23 §7). In process, with the gateway's own "
+            "`TenantPluginManagerFactory` over `ToolPluginBinding` rows in sqlite: 1000 teams "
+            "each bind one tool, each team's manager is built and its plugin decides 3 failing "
+            "results (each delay checked against the bound `backoff_base_ms`); the process's RSS "
+            "per further team when every team binds its own `max_retries`/`backoff_base_ms` "
+            "(`distinct`) and when all bind the same config (`same`), for this plugin and the "
+            "native one. `distinct - same` is the cost of one more distinct configuration (target "
+            "after contract 0.5: ≤ 16 KiB). Runs in the gateway 1.1.0 venv (Python 3.12).",
+            [GATEWAY_PY, "bench/bench_bindings.py"],
+            ["--teams", "100"],
         ),
         Bench(
             "Guest memory",
@@ -253,6 +270,14 @@ def main(argv: list[str] | None = None) -> int:
             print(f"== {bench.title}: {shown}", flush=True)
             if args.without_rust and bench.argv[0] == "cargo":
                 skipped = f"Not run (`--without-rust`): `{shown}`"
+                sections += [f"### {bench.title}", "", bench.measures, "", skipped, ""]
+                continue
+            if bench.argv[0] == GATEWAY_PY and not (REPO / GATEWAY_PY).is_file():
+                skipped = (
+                    f"Not run: no gateway venv at `{GATEWAY_PY}` (`make bench` sets it up: "
+                    f"`tests/e2e/setup-venv.sh 1.1 target/e2e-venv-1.1 dist`): `{shown}`"
+                )
+                print(skipped, file=sys.stderr)
                 sections += [f"### {bench.title}", "", bench.measures, "", skipped, ""]
                 continue
             t0 = time.monotonic()

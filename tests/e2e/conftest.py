@@ -62,12 +62,17 @@ GATEWAYS = {
 
 
 @pytest.fixture(scope="session")
-def gateways(workdir: Path, flaky_server: h.FlakyServer) -> Iterator[dict[str, h.Gateway]]:
+def database(workdir: Path) -> Path:
+    """One sqlite database migrated by the gateway's own runner; each gateway starts on a copy."""
+    return h.prepare_database(workdir / "database")
+
+
+@pytest.fixture(scope="session")
+def gateways(workdir: Path, database: Path, flaky_server: h.FlakyServer) -> Iterator[dict[str, h.Gateway]]:
     """All the GATEWAYS, launched at once (start-up dominates the run time) on copies of one
     migrated database, then registered.
 
     TOOL_TIMEOUT=1 (seconds) so that the timeout path is tested quickly."""
-    database = h.prepare_database(workdir / "database")
     started: dict[str, h.Gateway] = {}
     try:
         for name, (variant, max_retries, ceiling, non_idempotent) in GATEWAYS.items():

@@ -272,8 +272,21 @@ class PluginSetup:
     hooks: list[str] = field(default_factory=lambda: ["tool_post_invoke"])
     #: Written to the stanza only when set ("all", "throttled", "none").
     non_idempotent_retries: str | None = None
+    #: The stanza's cpex mode: "disabled" loads nothing until a tool plugin binding (gateway
+    #: 1.0.7 and 1.1.0) switches it on for a team's tool.
+    mode: str = "sequential"
 
-    def yaml(self) -> str:
+    @property
+    def name(self) -> str:
+        return PLUGINS[self.variant][0]
+
+    def ready_line(self) -> str:
+        """What cpex logs once it has handled this stanza at start-up."""
+        if self.mode == "disabled":
+            return f"Plugin: {self.name} is disabled"
+        return f"Registered plugin: {self.name}"
+
+    def stanza(self) -> dict[str, Any]:
         name, kind = PLUGINS[self.variant]
         config: dict[str, Any] = {
             "max_retries": self.max_retries,
@@ -286,27 +299,37 @@ class PluginSetup:
         }
         if self.non_idempotent_retries is not None:
             config["non_idempotent_retries"] = self.non_idempotent_retries
-        # JSON is valid YAML: no YAML library needed here.
-        doc = {
-            "plugins": [
-                {
-                    "name": name,
-                    "kind": kind,
-                    "hooks": self.hooks,
-                    "mode": "sequential",
-                    "priority": 170,
-                    "config": config,
-                }
-            ],
-            "plugin_dirs": [],
-            "plugin_settings": {
-                "parallel_execution_within_band": False,
-                "plugin_timeout": 30,
-                "fail_on_plugin_error": False,
-                "plugin_health_check_interval": 3600,
-            },
+        return {
+            "name": name,
+            "kind": kind,
+            "hooks": self.hooks,
+            "mode": self.mode,
+            "priority": PRIORITY,
+            "config": config,
         }
-        return json.dumps(doc, indent=2) + "\n"
+
+    def yaml(self) -> str:
+        return plugins_yaml([self])
+
+
+#: The stanzas' priority (the gateway's plugins/config.yaml gives the native plugin 170).
+PRIORITY = 170
+
+
+def plugins_yaml(setups: list[PluginSetup]) -> str:
+    """The gateway's plugin configuration file with one stanza per setup."""
+    doc = {
+        "plugins": [setup.stanza() for setup in setups],
+        "plugin_dirs": [],
+        "plugin_settings": {
+            "parallel_execution_within_band": False,
+            "plugin_timeout": 30,
+            "fail_on_plugin_error": False,
+            "plugin_health_check_interval": 3600,
+        },
+    }
+    # JSON is valid YAML: no YAML library needed here.
+    return json.dumps(doc, indent=2) + "\n"
 
 
 @dataclass
@@ -317,13 +340,16 @@ class Gateway:
     plugin: PluginSetup
     max_tool_retries: int
     client: httpx.Client
+    #: Further stanzas in the same configuration file (after plugin's).
+    extra_plugins: tuple[PluginSetup, ...] = ()
 
     @property
     def base(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
     def wait_ready(self, timeout: float = 300) -> None:
-        """Healthy, this variant's plugin registered by cpex, and an admin token in the client."""
+        """Healthy, every stanza handled by cpex (a plugin registered, a disabled one skipped), and
+        an admin token in the client."""
         deadline = time.monotonic() + timeout
         wait_until(
             f"{self.proc.name}'s /health",
@@ -331,25 +357,71 @@ class Gateway:
             timeout,
             self.proc,
         )
-        plugin_name = PLUGINS[self.plugin.variant][0]
-        wait_until(
-            f"{self.proc.name} to register {plugin_name}",
-            lambda: f"Registered plugin: {plugin_name}" in self.proc.log_path.read_text(errors="replace"),
-            max(1.0, deadline - time.monotonic()),
-            self.proc,
-        )
+        for setup in (self.plugin, *self.extra_plugins):
+            line = setup.ready_line()
+            wait_until(
+                f"{self.proc.name} to log {line!r}",
+                lambda line=line: line in self.proc.log_path.read_text(errors="replace"),
+                max(1.0, deadline - time.monotonic()),
+                self.proc,
+            )
         self.client.headers["Authorization"] = f"Bearer {mint_token()}"
 
     def stop(self) -> None:
         self.client.close()
         self.proc.stop()
 
-    def register(self, server: FlakyServer, name: str = SERVER_NAME) -> dict[str, Any]:
-        body = {"name": name, "url": server.url, "transport": "STREAMABLEHTTP"}
-        r = self.client.post("/gateways", json=body, timeout=60)
+    def post(self, path: str, body: dict[str, Any], headers: dict[str, str] | None = None) -> dict[str, Any]:
+        """POST a JSON body to the REST API; the JSON answer, or RuntimeError on an HTTP error."""
+        r = self.client.post(path, json=body, headers=headers, timeout=60)
         if r.status_code >= 300:
-            raise RuntimeError(f"POST /gateways -> {r.status_code}: {r.text}\n{self.proc.log_tail()}")
+            raise RuntimeError(f"POST {path} -> {r.status_code}: {r.text}\n{self.proc.log_tail()}")
         return dict(r.json())
+
+    def register(
+        self, server: FlakyServer, name: str = SERVER_NAME, team_id: str | None = None
+    ) -> dict[str, Any]:
+        """Register the flaky server (POST /gateways); with team_id, under that team (visibility
+        "team"): its tools are then team-scoped, and the gateway runs their plugins in the
+        context "<team_id>::<tool name>" that tool plugin bindings apply to."""
+        body: dict[str, Any] = {"name": name, "url": server.url, "transport": "STREAMABLEHTTP"}
+        if team_id is not None:
+            body |= {"team_id": team_id, "visibility": "team"}
+        return self.post("/gateways", body)
+
+    def create_team(self, name: str) -> str:
+        """POST /teams/ (a private team; the admin is its owner); returns the team id."""
+        body = {"name": name, "description": "retry e2e", "visibility": "private"}
+        return str(self.post("/teams/", body)["id"])
+
+    def tools_of(self, gateway_id: str) -> dict[str, str]:
+        """{tool name: tool id} of the tools the gateway synced from one registered server."""
+        r = self.client.get("/tools", timeout=30)
+        r.raise_for_status()
+        data = r.json()
+        items = data["items"] if isinstance(data, dict) and "items" in data else data
+        return {t["name"]: t["id"] for t in items if t.get("gatewayId") == gateway_id}
+
+    def create_server(self, name: str, tool_ids: list[str], team_id: str | None = None) -> str:
+        """POST /servers: a virtual server over tool_ids (under team_id when given); returns its id."""
+        body: dict[str, Any] = {"server": {"name": name, "associated_tools": tool_ids}}
+        if team_id is not None:
+            body |= {"team_id": team_id, "visibility": "team"}
+        return str(self.post("/servers", body)["id"])
+
+    def log_records(self, request_id: str) -> list[dict[str, Any]]:
+        """The gateway's JSON log records tagged with request_id (a call's X-Correlation-ID)."""
+        records = []
+        for line in self.proc.log_path.read_text(errors="replace").splitlines():
+            if request_id not in line:
+                continue
+            try:
+                rec = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(rec, dict) and rec.get("request_id") == request_id:
+                records.append(rec)
+        return records
 
     def tool_names(self) -> list[str]:
         r = self.client.get("/tools", timeout=30)
@@ -359,19 +431,23 @@ class Gateway:
         return sorted(t["name"] for t in items)
 
     def call(
-        self, tool: str, arguments: dict[str, Any], correlation_id: str, timeout: float = 60
+        self,
+        tool: str,
+        arguments: dict[str, Any],
+        correlation_id: str,
+        timeout: float = 60,
+        server_id: str | None = None,
     ) -> tuple[dict[str, Any], float]:
         """tools/call through POST /rpc; returns (JSON-RPC response, client-side seconds).
 
         correlation_id becomes the request id the plugin keys its retry state on, and tags the
-        gateway's log lines of this call (see retry_delays).
+        gateway's log lines of this call (see retry_delays). server_id scopes the call to a
+        virtual server's tools (how to name one of several teams' tools of the same name).
         """
-        body = {
-            "jsonrpc": "2.0",
-            "id": 1,
-            "method": "tools/call",
-            "params": {"name": tool, "arguments": arguments},
-        }
+        params: dict[str, Any] = {"name": tool, "arguments": arguments}
+        if server_id is not None:
+            params["server_id"] = server_id
+        body = {"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": params}
         headers = {"X-Correlation-ID": correlation_id}
         t0 = time.monotonic()
         r = self.client.post("/rpc", json=body, headers=headers, timeout=timeout)
@@ -382,33 +458,43 @@ class Gateway:
     def retry_delays(self, correlation_id: str) -> list[int]:
         """delay_ms of each "retry requested" the gateway logged (at DEBUG) for that request."""
         delays = []
-        for line in self.proc.log_path.read_text(errors="replace").splitlines():
-            if "retry requested" not in line or correlation_id not in line:
-                continue
-            try:
-                rec = json.loads(line)
-            except ValueError:
-                continue
+        for rec in self.log_records(correlation_id):
             m = _RETRY_RE.search(str(rec.get("message", "")))
-            if m and rec.get("request_id") == correlation_id:
+            if m:
                 delays.append(int(m.group(1)))
         return delays
 
 
 def record_call(
-    gw: Gateway, server: FlakyServer, scenario: str, tool: str, *, timeout: float = 60, **args: Any
+    gw: Gateway,
+    server: FlakyServer,
+    scenario: str,
+    tool: str,
+    *,
+    timeout: float = 60,
+    server_id: str | None = None,
+    variant: str | None = None,
+    **args: Any,
 ) -> dict[str, Any]:
     """Call tool (its name on the flaky server) under a fresh key and record what happened in
     RESULTS: the upstream answers, the delays the gateway logged as asked for, the gaps between
-    attempts at the server and the client's wall time. Returns that record plus "resp"."""
-    key = f"{gw.plugin.variant}-{tool}-{uuid.uuid4().hex[:12]}"
+    attempts at the server and the client's wall time. Returns that record plus "resp".
+
+    server_id: through that virtual server (Gateway.call); variant: the plugin that decides
+    (default the gateway's first stanza), for the key and the summary table."""
+    variant = variant or gw.plugin.variant
+    key = f"{variant}-{tool}-{uuid.uuid4().hex[:12]}"
     resp, elapsed = gw.call(
-        f"{SERVER_NAME}-{tool.replace('_', '-')}", {**args, "key": key}, correlation_id=key, timeout=timeout
+        f"{SERVER_NAME}-{tool.replace('_', '-')}",
+        {**args, "key": key},
+        correlation_id=key,
+        timeout=timeout,
+        server_id=server_id,
     )
     rows = server.attempts(key)
     gaps = [round((b["t"] - a["t"]) * 1000) for a, b in itertools.pairwise(rows)]
     out = {
-        "variant": gw.plugin.variant,
+        "variant": variant,
         "scenario": scenario,
         "resp": resp,
         "elapsed_ms": round(elapsed * 1000),
@@ -512,17 +598,19 @@ def launch_gateway(
     extra_env: dict[str, str] | None = None,
     *,
     database: Path | None = None,
+    extra_plugins: tuple[PluginSetup, ...] = (),
 ) -> Gateway:
     """Start the gateway in a clean working directory (it reads a .env from there); no wait.
 
-    database: a copy of it (see prepare_database) is the gateway's; else it migrates a fresh one."""
+    database: a copy of it (see prepare_database) is the gateway's; else it migrates a fresh one.
+    extra_plugins: more stanzas in the same configuration file, after plugin's."""
     workdir.mkdir(parents=True, exist_ok=True)
     if database is not None:
         shutil.copyfile(database, workdir / "mcp.db")
     port = free_port()
-    plugins_yaml = workdir / "plugins.yaml"
-    plugins_yaml.write_text(plugin.yaml())
-    env = {**gateway_env(workdir, port, plugins_yaml, max_tool_retries, log_level), **(extra_env or {})}
+    config_file = workdir / "plugins.yaml"
+    config_file.write_text(plugins_yaml([plugin, *extra_plugins]))
+    env = {**gateway_env(workdir, port, config_file, max_tool_retries, log_level), **(extra_env or {})}
     proc = start(
         f"gateway ({workdir.name})",
         [str(Path(PY).parent / "mcpgateway"), "--host", "127.0.0.1", "--port", str(port)],
@@ -531,7 +619,7 @@ def launch_gateway(
         log_path=workdir / "gateway.log",
     )
     base = f"http://127.0.0.1:{port}"
-    return Gateway(proc, port, workdir, plugin, max_tool_retries, httpx.Client(base_url=base))
+    return Gateway(proc, port, workdir, plugin, max_tool_retries, httpx.Client(base_url=base), extra_plugins)
 
 
 def start_gateway(

@@ -24,8 +24,8 @@ TARGET_WASM = REPO / "target" / "wasm" / "retry_engine.wasm"
 
 PLUGIN_KIND = "cpex_retry_with_backoff_wasm.RetryWithBackoffPlugin"
 PLUGIN_NAME = "RetryWithBackoffPlugin"
-#: The real release build of contract 0.2.1 (commit ec1e2f1), kept to test loading and hot
-#: reload across the contract's minors.
+#: The real release build of contract 0.2.1 (commit ec1e2f1), kept to test that a build of an
+#: older contract is refused with an error naming both versions.
 WASM_0_2 = REPO / "tests" / "fixtures" / "retry_engine-0.2.1.wasm"
 
 
@@ -76,14 +76,15 @@ def _no_gateway_ceiling(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.fixture(autouse=True)
-def _fresh_shared_engines() -> Iterator[None]:
-    """Each test starts with no shared engine: plugin objects of equal configuration share one
-    per process (``shared``), which would carry state from test to test."""
-    from cpex_retry_with_backoff_wasm.shared import ENGINES
+def _fresh_instances() -> Iterator[None]:
+    """Each test starts with no instance: every plugin object of a process uses one instance per
+    component and host limits (``instance.INSTANCES``), which would carry state from test to
+    test."""
+    from cpex_retry_with_backoff_wasm.instance import INSTANCES
 
-    ENGINES.clear()
+    INSTANCES.clear()
     yield
-    ENGINES.clear()
+    INSTANCES.clear()
 
 
 class VirtualClock:
@@ -102,10 +103,10 @@ class VirtualClock:
 
 
 class EngineCalls:
-    """Counts the calls into an adapter's component on the hot path (its lean callers)."""
+    """Counts the calls into an instance's component on the hot path (its lean callers)."""
 
-    def __init__(self, engine: Any) -> None:
-        lean = engine.sandbox.lean
+    def __init__(self, instance: Any) -> None:
+        lean = instance.sandbox.lean
         assert lean is not None
         decide, decide_held = lean
         self.count = 0
@@ -118,7 +119,7 @@ class EngineCalls:
             self.count += 1
             return int(decide_held(*args))
 
-        engine.sandbox.lean = (by_key, by_handle)
+        instance.sandbox.lean = (by_key, by_handle)
 
 
 @pytest.fixture

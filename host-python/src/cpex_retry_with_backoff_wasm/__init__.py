@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
+from .instance import INSTANCES, Instance, OpenPolicy
 from .model import ConfigError, ConfigurationError, Policy, RetryEngineLoadError
 from .plugin import RetryWithBackoffPlugin
-from .retry_engine import RetryEngine, WasmRetryEngine
 
 __all__ = [
+    "INSTANCES",
     "ConfigError",
     "ConfigurationError",
+    "Instance",
+    "OpenPolicy",
     "Policy",
-    "RetryEngine",
     "RetryEngineLoadError",
     "RetryWithBackoffPlugin",
-    "WasmRetryEngine",
 ]

@@ -1,35 +1,34 @@
-"""The gateway's retry ceiling (``max_tool_retries``) and clamping a plugin config to it.
+"""The gateway's retry ceiling (``max_tool_retries``), read for the engine.
 
 The gateway re-invokes a tool at most ``max_tool_retries`` times whatever the plugin asks for.
-A plugin budget above that ceiling leaves retry state behind that a later call sharing the
-request id (clients choose it through ``X-Correlation-ID``) would inherit, so the budget is
-clamped at start-up.  The native plugin reads the ceiling from cpex settings only, which never
-carry it; here the sources are, in order:
+The engine lowers every ``max_retries`` above the ceiling to it (a budget above it would leave
+retry state behind that a later call sharing the request id inherits): the host only reads the
+ceiling and passes it to ``open-policy``.  The native plugin reads it from cpex settings only,
+which never carry it; here the sources are, in order:
 
 1. ``mcpgateway.config.settings.max_tool_retries`` when ``mcpgateway`` is importable;
 2. the ``MAX_TOOL_RETRIES`` environment variable (what the gateway's settings read);
 3. a ``max_tool_retries`` attribute on cpex settings, should a cpex version carry one.
 
-With no source, nothing is clamped.
+With no source, there is no ceiling.
 """
 
 from __future__ import annotations
 
-import copy
 import importlib
 import logging
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from cpex.framework.settings import get_settings  # type: ignore[import-untyped, unused-ignore]
 
-from .model import override_path
-
 log = logging.getLogger(__name__)
 
 ENV_VAR = "MAX_TOOL_RETRIES"
+#: The largest ceiling the engine takes (a u32); a larger one means no ceiling in practice.
+_U32_MAX = (1 << 32) - 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,7 +41,7 @@ class Ceiling:
 
 def _as_count(value: Any) -> int | None:
     if isinstance(value, int) and not isinstance(value, bool):
-        return max(value, 0)
+        return min(max(value, 0), _U32_MAX)
     return None
 
 
@@ -71,7 +70,7 @@ def _from_env() -> Ceiling | None:
     except ValueError:
         log.warning("retry_with_backoff_wasm: ignoring %s=%r: not an integer", ENV_VAR, raw)
         return None
-    return Ceiling(max(value, 0), f"{ENV_VAR} environment variable")
+    return Ceiling(min(max(value, 0), _U32_MAX), f"{ENV_VAR} environment variable")
 
 
 def _from_cpex() -> Ceiling | None:
@@ -97,66 +96,4 @@ def read_ceiling() -> Ceiling | None:
     return None
 
 
-def _warn(key: str, value: object, ceiling: Ceiling) -> None:
-    log.warning(
-        "retry_with_backoff_wasm: %s=%s exceeds the gateway ceiling max_tool_retries=%d (%s); clamping to %d",
-        key,
-        value,
-        ceiling.value,
-        ceiling.source,
-        ceiling.value,
-    )
-
-
-def clamp_explicit(config: Mapping[str, Any], ceiling: Ceiling) -> dict[str, Any]:
-    """A deep copy of ``config`` whose explicit integer ``max_retries`` values are clamped.
-
-    Done before the engine validates, as the native plugin does, so ``max_retries: 20`` under
-    a ceiling of 3 loads as 3.  Values that are not plain ints are left for the engine to judge.
-    Logs one warning per clamped key.
-    """
-    clamped: dict[str, Any] = copy.deepcopy(dict(config))
-    value = _as_count(clamped.get("max_retries"))
-    if value is not None and value > ceiling.value:
-        _warn("max_retries", clamped["max_retries"], ceiling)
-        clamped["max_retries"] = ceiling.value
-    overrides = clamped.get("tool_overrides")
-    if isinstance(overrides, dict):
-        for tool, override in overrides.items():
-            if not isinstance(override, dict):
-                continue
-            value = _as_count(override.get("max_retries"))
-            if value is not None and value > ceiling.value:
-                _warn(f"{override_path(tool)}.max_retries", override["max_retries"], ceiling)
-                override["max_retries"] = ceiling.value
-    return clamped
-
-
-def clamp_effective(
-    config: dict[str, Any],
-    ceiling: Ceiling,
-    global_max_retries: int,
-    override_max_retries: Mapping[str, int],
-) -> bool:
-    """Clamp budgets the config does not spell out (e.g. the engine's default of 2).
-
-    ``global_max_retries`` and ``override_max_retries`` are the engine's effective values after
-    configuring ``config``.  Writes explicit values into ``config`` (in place) and returns True
-    when the engine must be configured again.
-    """
-    changed = False
-    if global_max_retries > ceiling.value:
-        _warn("max_retries", f"{global_max_retries} (effective)", ceiling)
-        config["max_retries"] = ceiling.value
-        changed = True
-    overrides = config.get("tool_overrides")
-    if isinstance(overrides, dict):
-        for tool, effective in override_max_retries.items():
-            override = overrides.get(tool)
-            if not isinstance(override, dict) or "max_retries" not in override:
-                continue  # inherits the (now clamped) global value
-            if effective > ceiling.value:
-                _warn(f"{override_path(tool)}.max_retries", f"{effective} (effective)", ceiling)
-                override["max_retries"] = ceiling.value
-                changed = True
-    return changed
+__all__ = ["ENV_VAR", "Ceiling", "read_ceiling"]

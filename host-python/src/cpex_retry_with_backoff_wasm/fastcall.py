@@ -1,4 +1,4 @@
-"""A lean call path for the hot calls ``decide(key, tool-len, signals, handle) -> u64`` and
+"""A lean call path for the hot calls ``decide(policy, key, parts, signals) -> u64`` and
 ``decide-held(handle, signals) -> u64``.
 
 wasmtime-py's generic ``Func.__call__`` reflects over the function's type on every call (a
@@ -162,8 +162,8 @@ def _error(err: Any) -> WasmtimeError:
     return WasmtimeError._from_ptr(ctypes.cast(address, _ERROR_PTR))
 
 
-#: ``decide(key, tool_len, signals, handle) -> decision`` of one instance (``lean_decide``).
-LeanDecide = Callable[[bytes, int, int, int], int]
+#: ``decide(policy, key, parts, signals) -> decision`` of one instance (``lean_decide``).
+LeanDecide = Callable[[int, bytes, int, int], int]
 #: ``decide-held(handle, signals) -> decision`` of one instance (``lean_decide_held``).
 LeanDecideHeld = Callable[[int, int], int]
 
@@ -238,25 +238,25 @@ class HeldFuel:
 def lean_decide(func: Func, store: Store, fuel: int, held_fuel: HeldFuel) -> LeanDecide | None:
     """A lean caller of ``func`` (``decide``) in ``store``, refuelled before every call.
 
-    The caller takes the UTF-8 key, the tool name's length, the signals and the handle, and
-    returns the decision; it raises ``WasmtimeError`` on a trap.  Each call gets ``fuel``
-    plus ``KEY_FUEL_PER_BYTE`` per byte of key.  Returns None when the lean path is
-    unavailable here (``UNAVAILABLE`` says why); raises ``TypeError`` when ``func`` is not
-    ``(string, u32, u64, u32) -> u64``.
+    The caller takes the policy id, the UTF-8 key, its ``parts`` and the signals, and returns
+    the decision; it raises ``WasmtimeError`` on a trap.  Each call gets ``fuel`` plus
+    ``KEY_FUEL_PER_BYTE`` per byte of key.  Returns None when the lean path is unavailable here
+    (``UNAVAILABLE`` says why); raises ``TypeError`` when ``func`` is not
+    ``(u64, string, u64, u64) -> u64``.
     """
     if UNAVAILABLE is not None:
         return None
-    prepared = _prepare(func, store, (String, U32, U64, U32), "(string, u32, u64, u32) -> u64")
+    prepared = _prepare(func, store, (U64, String, U64, U64), "(u64, string, u64, u64) -> u64")
     if prepared is None:
         return None
     # Everything the call needs is a local of this closure (cheaper to reach than attributes).
     params, out, c_func, c_ctx = prepared.params, prepared.out, prepared.func, prepared.ctx
-    key_arg, tool_len_arg, signals_arg, handle_arg = (params[i].of for i in range(4))
+    policy_arg, key_arg, parts_arg, signals_arg = (params[i].of for i in range(4))
     key_arg = key_arg.string
     result = out.of
     set_fuel, func_call, from_buffer = _set_fuel, _func_call, _from_buffer
 
-    def call(key: bytes, tool_len: int, signals: int, handle: int) -> int:
+    def call(policy: int, key: bytes, parts: int, signals: int) -> int:
         size = len(key)
         # The budget grows with the key (hashing and copying it), so a long key is bounded
         # by its size instead of failing at a fixed budget.
@@ -266,11 +266,11 @@ def lean_decide(func: Func, store: Store, fuel: int, held_fuel: HeldFuel) -> Lea
             raise _error(err)
         # `pinned` keeps the key's bytes where they are until the call returns.
         pinned = from_buffer(key)
+        policy_arg.u64 = policy
         key_arg.size = size
         key_arg.data = pinned
-        tool_len_arg.u32 = tool_len
+        parts_arg.u64 = parts
         signals_arg.u64 = signals
-        handle_arg.u32 = handle
         err = func_call(c_func, c_ctx, params, 4, out, 1)
         if err:
             _raise_call_error(err)

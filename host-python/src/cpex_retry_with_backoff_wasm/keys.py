@@ -1,9 +1,12 @@
-"""How a tool call becomes the engine's state key: key parts, identities, ``key_scope``.
+"""How a tool call becomes the engine's state key: key parts, contexts, identities.
 
-The engine's key is ``tool ++ request-part`` with the tool name's length beside it (WIT
-``decide``).  Each part crosses as **itself** when it is valid Unicode (encodable to UTF-8),
-at most ``KEY_PART_MAX_CHARS`` characters long and does not start with ``KEY_DIGEST_PREFIX``;
-otherwise as ``KEY_DIGEST_PREFIX`` + the hex SHA-256 of its ``surrogatepass`` UTF-8 bytes.
+The engine's key is five parts, ``tenant ++ server ++ identity ++ tool ++ request id``, with
+the first four lengths packed beside it (WIT ``decide``'s ``parts``): the gateway context's
+tenant and server (``global_context.tenant_id`` / ``server_id``), the identity ``key_scope``
+adds (the user under ``user``), the tool name and the request id.  Each part crosses as
+**itself** when it is valid Unicode (encodable to UTF-8), at most ``KEY_PART_MAX_CHARS``
+characters long and does not start with ``KEY_DIGEST_PREFIX``; otherwise as
+``KEY_DIGEST_PREFIX`` + the hex SHA-256 of its ``surrogatepass`` UTF-8 bytes.
 
 That is injective over every ``str``: a part that crosses as itself never starts with the
 prefix, a digested one always does, and ``surrogatepass`` is a one-to-one encoding of every
@@ -11,14 +14,9 @@ prefix, a digested one always does, and ``surrogatepass`` is a one-to-one encodi
 It also bounds what crosses: no key part is longer than ``KEY_PART_MAX_CHARS`` characters,
 however long the tool name or request id the gateway passes.
 
-Under ``key_scope: tenant`` / ``user`` the request part is ``f"{n}:{identity}{request_id}"``
-with both parts encoded as above and ``n`` the encoded identity's length, so the identity
-ends where ``n`` says and no two (identity, request id) pairs give the same string; the engine
-reads the identity back for retry budgets.  When that would exceed ``KEY_PART_MAX_CHARS``, the
-request id crosses as its digest, so the identity stays readable; only past that (an identity
-of more than about 170 characters) does the whole request part cross as its digest, and its
-budget is then the tool's identity-less one.  What each context value maps to is
-``user_identity_part``'s table; reading one never raises.
+Each part is its own field, whatever the others' lengths: a long identity or request id never
+runs into another part (issue 24 §4).  What each context value maps to is
+``user_identity_part``'s and ``context_part``'s; reading one never raises.
 
 The prefix is a host-only concept: the engine only sees strings (and refuses ``tool_overrides``
 names that could never match a tool name as it crosses).
@@ -28,6 +26,8 @@ from __future__ import annotations
 
 import hashlib
 from typing import Any, Final
+
+from .wire import IDENTITY_LEN_SHIFT, SERVER_LEN_SHIFT, TENANT_LEN_SHIFT, TOOL_LEN_SHIFT
 
 #: The longest key part (tool name, identity, request id) that crosses as itself, in
 #: characters (code points).
@@ -66,15 +66,37 @@ def key_part(part: str) -> str:
     return _digest(part.encode("utf-8", "surrogatepass"))
 
 
-def engine_key(tool: str, request_part: str) -> tuple[bytes, int]:
-    """The UTF-8 ``key`` and ``tool-len`` of WIT ``decide`` for two plain ``str`` parts."""
-    tool = key_part(tool)
-    return (tool + key_part(request_part)).encode(), len(tool)
+def wire_key(tenant: str, server: str, identity: str, tool: str, request_id: str) -> tuple[bytes, int]:
+    """The UTF-8 ``key`` and the ``parts`` of WIT ``decide`` for five plain ``str`` parts
+    (``identity`` already a key part: ``user_identity_part``)."""
+    joined = tenant + server + identity + tool + request_id
+    # Inline, the common case: short, ASCII, no "#": every part crosses as itself.
+    if len(joined) <= KEY_PART_MAX_CHARS and joined.isascii() and "#" not in joined:
+        return joined.encode(), _parts(len(tenant), len(server), len(identity), len(tool))
+    tenant, server, identity, tool, request_id = (
+        key_part(part) for part in (tenant, server, identity, tool, request_id)
+    )
+    parts = _parts(len(tenant), len(server), len(identity), len(tool))
+    return (tenant + server + identity + tool + request_id).encode(), parts
 
 
-def engine_key_parts(tool: str, request_part: str) -> tuple[str, str]:
-    """The two key parts as they cross (for the generic call path, which takes a ``str``)."""
-    return key_part(tool), key_part(request_part)
+def _parts(tenant: int, server: int, identity: int, tool: int) -> int:
+    return (
+        tenant << TENANT_LEN_SHIFT
+        | server << SERVER_LEN_SHIFT
+        | identity << IDENTITY_LEN_SHIFT
+        | tool << TOOL_LEN_SHIFT
+    )
+
+
+def context_part(value: Any) -> str:
+    """The key part naming a gateway context value (``tenant_id``, ``server_id``): a ``str``
+    as a key part, an ``int`` (not a bool) by its decimal form, anything else ``""`` (no
+    context); never raises."""
+    try:
+        return _identity(value)
+    except Exception:
+        return ""
 
 
 def _plain(text: str) -> str:
@@ -128,61 +150,13 @@ def user_identity_part(user: Any) -> str:
     return ""
 
 
-def tenant_identity_part(tenant: Any) -> str:
-    """The key part naming ``global_context.tenant_id``: a ``str`` as a key part, else ``""``;
-    never raises."""
-    try:
-        return key_part(_plain(tenant)) if isinstance(tenant, str) else ""
-    except Exception:
-        return ""
-
-
-def state_request_id(scope: str, global_context: Any) -> Any:
-    """The request part of the engine's state key under ``key_scope``.
-
-    ``request``: the request id as the gateway gave it (the native key; the engine encodes
-    it).  ``tenant``/``user``: ``f"{n}:{identity}{request_id}"`` with both encoded
-    (``key_part``) and ``n`` the encoded identity's length; when that is longer than
-    ``KEY_PART_MAX_CHARS``, the request id as its digest (the identity stays readable to the
-    engine, which keeps retry budgets per identity).  A request id that is not a
-    ``str`` is returned as is, for the engine to refuse it (it names
-    ``global_context.request_id``), as under ``request``.
-    """
-    request_id = global_context.request_id
-    if scope == "request" or not isinstance(request_id, str):
-        return request_id
-    if scope == "tenant":
-        try:
-            tenant = getattr(global_context, "tenant_id", None)
-        except Exception:
-            tenant = None
-        identity = tenant_identity_part(tenant)
-    else:
-        try:
-            user = getattr(global_context, "user", None)
-        except Exception:
-            user = None
-        identity = user_identity_part(user)
-    request_part = key_part(_plain(request_id))
-    scoped = f"{len(identity)}:{identity}{request_part}"
-    if len(scoped) > KEY_PART_MAX_CHARS and not request_part.startswith(KEY_DIGEST_PREFIX):
-        # Past the bound the whole part would cross as a digest, and the engine could no longer
-        # read the identity its retry budgets are kept by (a client choosing a long request id
-        # would leave its tenant's budget): the request id crosses as its digest instead.
-        # Still injective: a plain request id never starts with the digest prefix.
-        scoped = f"{len(identity)}:{identity}{_digest(_plain(request_id).encode('utf-8', 'surrogatepass'))}"
-    return scoped
-
-
 __all__ = [
     "KEY_DIGEST_PREFIX",
     "KEY_PART_MAX_CHARS",
     "USER_IDENTITY_FIELDS",
-    "engine_key",
-    "engine_key_parts",
+    "context_part",
     "is_unicode",
     "key_part",
-    "state_request_id",
-    "tenant_identity_part",
     "user_identity_part",
+    "wire_key",
 ]

@@ -40,26 +40,27 @@ from typing import Any
 from wasmtime import Config, Engine, WasmtimeError, _bindings, _ffi
 from wasmtime.component import Component, ComponentInstanceType, ExportIndex, FuncType, Linker
 
-from .model import CONTRACT_MINORS, CONTRACT_WANTED, MESSAGE_PREFIX, ConfigError, RetryEngineLoadError
+from .model import CONTRACT_MINOR, CONTRACT_WANTED, MESSAGE_PREFIX, ConfigError, RetryEngineLoadError
 
 log = logging.getLogger(__name__)
 
-#: Exported interface, matched on package, name and a contract minor this host loads.
+#: Exported interface, matched on package, name and the contract minor this host loads.
 INTERFACE_FAMILY = "contextforge:retry/retry-engine"
-INTERFACE_PREFIXES = tuple(f"{INTERFACE_FAMILY}@{minor}." for minor in CONTRACT_MINORS)
+INTERFACE_PREFIX = f"{INTERFACE_FAMILY}@{CONTRACT_MINOR}."
 #: The only imports a retry-engine component may have (matched without the patch version).
 CLOCK_INTERFACE_PREFIX = "wasi:clocks/monotonic-clock@0.2."
 SEED_INTERFACE_PREFIX = "wasi:random/insecure-seed@0.2."
 ALLOWED_IMPORT_PREFIXES = (CLOCK_INTERFACE_PREFIX, SEED_INTERFACE_PREFIX)
 #: Functions the host calls; their export indices are resolved once per component.
 EXPORTED_FUNCS = (
-    "configure",
+    "init",
+    "open-policy",
     "decide",
     "decide-text",
     "decide-held",
     "tool-policy",
-    "global-policy",
     "state-count",
+    "policy-count",
     "evict-expired",
     "export-state",
     "import-state",
@@ -331,7 +332,7 @@ def _describe(path: Path, engine: Engine, component: Component, sha256: str) -> 
     # The contract first: a build for another contract version is the likeliest mistake, and
     # its error should name both versions rather than whatever else differs.
     exports = ctype.exports(engine)
-    interface = next((name for name in exports if name.startswith(INTERFACE_PREFIXES)), None)
+    interface = next((name for name in exports if name.startswith(INTERFACE_PREFIX)), None)
     if interface is None:
         others = sorted(name for name in exports if name.startswith(INTERFACE_FAMILY))
         found = f"it exports {', '.join(others or sorted(exports)) or 'nothing'}"

@@ -59,7 +59,7 @@ from prometheus_client import Histogram as PromHistogram
 from prometheus_client.registry import Collector
 
 from .model import ConfigError
-from .wire import DELAY_MASK, REASON_SHIFT, REASONS
+from .wire import DELAY_MASK, REASON_MASK, REASON_SHIFT, REASONS
 
 log = logging.getLogger(__name__)
 
@@ -329,7 +329,7 @@ class _Exporter:
                 continue
             reasons: Counter[int] = Counter()
             for decision, count in batch.items():
-                reason = (decision >> REASON_SHIFT) & 0xFF
+                reason = (decision >> REASON_SHIFT) & REASON_MASK
                 reasons[reason] += count
                 if reason == _RETRY:
                     delays += [(decision & DELAY_MASK) / 1000] * count

@@ -1,7 +1,7 @@
 """Host-side value types: what the WIT records become once they cross the boundary.
 
-Nothing above ``engine.py`` ever sees a ``wasmtime.component.Record``; the adapter converts
-``policy`` and ``config-error`` into these frozen dataclasses.
+Nothing above ``sandbox.py`` ever sees a ``wasmtime.component.Record``; it converts ``policy``,
+``config-error`` and ``opened-policy`` into these dataclasses.
 """
 
 from __future__ import annotations
@@ -11,24 +11,13 @@ from typing import Any
 
 #: Name of the component's WIT interface and the contract version this host implements.
 COMPONENT_NAME = "retry-engine"
-CONTRACT_VERSION = "0.4.0"
-#: Contract minors this host loads, newest first: its own, and the older ones, whose components
-#: differ only in ``policy`` fields the host reads with their defaults, in configuration keys
-#: (``KEYS_SINCE``) and in signal bits the host sends only where those keys are in force.
-#: Loading an older build lets a hot reload carry live state from it into a newer one.
-CONTRACT_MINORS = ("0.4", "0.3", "0.2")
-#: Configuration keys (global and per tool) by the minor that introduced them: a component of
-#: an older minor would ignore them, so the host refuses them for it instead.
-KEYS_SINCE = {
-    "0.3": ("backoff", "throttle_backoff_base_ms", "throttle_max_backoff_ms"),
-    "0.4": ("non_idempotent_retries", "idempotent"),
-}
-#: Keys of ``KEYS_SINCE`` whose ``null`` is a valid value asking for what an older component does
-#: anyway (the transient bounds; no configured idempotency): not refused. Any other value of a
-#: newer key, ``null`` included, is.
-NULL_MEANS_OLD_BEHAVIOUR = frozenset({"throttle_backoff_base_ms", "throttle_max_backoff_ms", "idempotent"})
-#: How messages name the versions this host loads, e.g. ``0.4.x (or 0.3.x) (or 0.2.x)``.
-CONTRACT_WANTED = f"{CONTRACT_MINORS[0]}.x" + "".join(f" (or {m}.x)" for m in CONTRACT_MINORS[1:])
+CONTRACT_VERSION = "0.5.0"
+#: The contract minor this host loads (a newer patch of it loads too). Components of older
+#: minors are refused: 0.5 made one instance hold every configuration of the process, which
+#: older builds cannot.
+CONTRACT_MINOR = "0.5"
+#: How messages name the versions this host loads.
+CONTRACT_WANTED = f"{CONTRACT_MINOR}.x"
 #: Prefix for every message this package raises or logs about the component.
 MESSAGE_PREFIX = f"{COMPONENT_NAME}@{CONTRACT_VERSION}"
 
@@ -94,19 +83,6 @@ class Policy:
         if self.throttle_max_backoff_ms is None:
             object.__setattr__(self, "throttle_max_backoff_ms", self.max_backoff_ms)
 
-    @property
-    def throttle_differs(self) -> bool:
-        """Whether throttled failures (429 or a server delay hint) have bounds of their own."""
-        return (self.throttle_backoff_base_ms, self.throttle_max_backoff_ms) != (
-            self.backoff_base_ms,
-            self.max_backoff_ms,
-        )
-
-    @property
-    def reads_call_facts(self) -> bool:
-        """Whether decisions depend on the call's timeout mark and the tool's annotations."""
-        return self.non_idempotent_retries != "all"
-
     @classmethod
     def from_record(cls, record: Any) -> Policy:
         """Convert a ``wasmtime.component.Record`` (kebab-case fields) into a ``Policy``."""
@@ -139,6 +115,44 @@ class Policy:
             "max_backoff_ms": self.max_backoff_ms,
             "retry_on_status": list(self.retry_on_status),
         }
+
+
+@dataclass(frozen=True, slots=True)
+class Opened:
+    """What ``open-policy`` answered (WIT record ``opened-policy``)."""
+
+    #: The policy's id: the same for the same stanza, configuration text and ceiling in every
+    #: instance of the contract.
+    id: int
+    #: WIT ``policy-reads``: signal bits 4..29 matter for some tool.
+    reads_result_hints: bool
+    #: ... bits 30..31 matter for some tool.
+    reads_call_facts: bool
+    #: A result whose signals are 0 changes nothing for a key without state.
+    stateless_successes: bool
+    #: ``metrics_reason``: the trace metrics carry the reason.
+    metrics_reason: bool
+    #: WIT ``key-scope``: ``request``, ``tenant`` or ``user``.
+    key_scope: str
+    #: The global policy (what ``resource_post_fetch`` reports).
+    global_policy: Policy
+    #: One per ``max_retries`` lowered to the gateway's ceiling.
+    warnings: tuple[ConfigError, ...]
+
+    @classmethod
+    def from_record(cls, record: Any) -> Opened:
+        """Convert a ``wasmtime.component.Record`` (kebab-case fields; flags read as a set)."""
+        reads = {str(flag) for flag in record.reads}
+        return cls(
+            id=int(record.id),
+            reads_result_hints="result-hints" in reads,
+            reads_call_facts="call-facts" in reads,
+            stateless_successes="stateless-successes" in reads,
+            metrics_reason="metrics-reason" in reads,
+            key_scope=str(getattr(record, "key-scope")),
+            global_policy=Policy.from_record(getattr(record, "global")),
+            warnings=tuple(ConfigError.from_record(w) for w in record.warnings),
+        )
 
 
 @dataclass(frozen=True, slots=True)

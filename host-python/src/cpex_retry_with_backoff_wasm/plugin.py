@@ -2,13 +2,13 @@
 
 Switching from the native plugin changes only the ``kind:`` line of the gateway's stanza to
 ``cpex_retry_with_backoff_wasm.RetryWithBackoffPlugin``: same hooks, config keys and results.
-The class stays thin; every decision is made by the component behind ``RetryEngine``.
+The class stays thin: every decision is made by the component, in the process's one instance
+(``instance.Instance``), under the policy this object's configuration opened there.
 """
 
 from __future__ import annotations
 
 import logging
-import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -26,14 +26,13 @@ from cpex.framework import (  # type: ignore[import-untyped, unused-ignore]
 
 from . import metrics
 from .ceiling import read_ceiling
-from .keys import state_request_id
+from .instance import INSTANCES, Instance, OpenPolicy
 from .model import ConfigError, ConfigurationError
 from .results import continue_result_builder, delay_result_builder, result_builder
-from .retry_engine import RetryEngine
 from .sandbox import Clock, Seed
-from .shared import ENGINES
+from .settings import HostSettings
 from .signals import REASON_EXHAUSTED
-from .wire import DELAY_MASK, REASON_SHIFT, REASONS, RETRY_COUNT_SHIFT
+from .wire import DELAY_MASK, REASON_MASK, REASON_SHIFT, REASONS, RETRY_COUNT_MASK, RETRY_COUNT_SHIFT
 
 log = logging.getLogger(__name__)
 
@@ -65,9 +64,10 @@ class RetryWithBackoffPlugin(Plugin):  # type: ignore[misc, unused-ignore]  # cp
     seed, ``wall_clock`` (epoch seconds) the host's clock for absolute delay hints; they exist
     for deterministic tests and are never set by the plugin manager.
 
-    Plugin objects with the same name and an equal configuration share one engine, its
-    instance and its retry state (``shared``): the gateway builds one object per context and
-    rebuilds them every 30 s, and a rebuilt object continues every count and budget.
+    Every plugin object of the process uses one instance of the component (per component and
+    host limits); its configuration is a policy there, shared with every object of the same
+    stanza name, configuration and gateway ceiling: the gateway builds one object per context
+    and rebuilds them every 30 s, and a rebuilt object continues every count and budget.
     """
 
     def __init__(
@@ -79,16 +79,13 @@ class RetryWithBackoffPlugin(Plugin):  # type: ignore[misc, unused-ignore]  # cp
         wall_clock: Callable[[], float] | None = None,
     ) -> None:
         super().__init__(config)
-        self._engine = ENGINES.attach(
-            config.name,
-            dict(config.config or {}),
-            max_retries_ceiling=read_ceiling(),
-            clock=clock,
-            seed=seed,
-            wall_clock=wall_clock,
+        raw = dict(config.config or {})
+        settings = HostSettings.read(raw)
+        self._instance = INSTANCES.attach(settings, clock=clock, seed=seed, wall_clock=wall_clock)
+        self._policy = self._instance.open(
+            config.name, raw, read_ceiling(), settings.errors, prometheus_metrics=settings.prometheus_metrics
         )
-        if self._engine.reads_call_facts and PRE_INVOKE_HOOK not in _hook_names(config.hooks):
-            ENGINES.detach(self._engine)
+        if self._policy.reads_call_facts and PRE_INVOKE_HOOK not in _hook_names(config.hooks):
             raise ConfigurationError(
                 (
                     ConfigError(
@@ -99,44 +96,42 @@ class RetryWithBackoffPlugin(Plugin):  # type: ignore[misc, unused-ignore]  # cp
                     ),
                 )
             )
-        self._policy_metadata = self._engine.global_policy.metadata()
-        self._metrics_reason = self._engine.metrics_reason
-        self._key_scope = self._engine.key_scope
-        self._request_scoped = self._key_scope == "request"
+        self._policy_metadata = self._policy.global_policy.metadata()
         # Bound once: the hook runs on every tool result.
-        self._decide = self._engine.decide
+        self._decide = self._instance.decide
         self._result = result_builder()
         self._delay_result = delay_result_builder()
         self._continue = continue_result_builder()
-        self._metrics = metrics.attach(self, config.name, self._engine)
-        # `shutdown` detaches; an object dropped without it detaches when collected.
-        self._detach = weakref.finalize(self, ENGINES.detach, self._engine)
+        self._metrics = metrics.attach(self, config.name, self._policy)
         log.info(
             "retry_with_backoff_wasm: loaded %s (contract %s)",
-            self._engine.wasm_path,
-            self._engine.contract_version,
+            self._instance.wasm_path,
+            self._instance.contract_version,
         )
 
     @property
-    def engine(self) -> RetryEngine:
-        """The adapter to the component (state inspection, policies)."""
-        return self._engine
+    def policy(self) -> OpenPolicy:
+        """This object's policy in the instance (its id, what it reads, its global policy)."""
+        return self._policy
+
+    @property
+    def instance(self) -> Instance:
+        """The process's instance of the component this object decides with."""
+        return self._instance
 
     def reload(self, wasm_path: str | None = None, wasm_sha256: str | None = None) -> int:
         """Hot-swap the component (default: re-read ``wasm_path``), keeping live retry state.
 
         Returns the number of retry-state entries carried over.  On any problem with the new
         build (including a ``wasm_sha256`` pin it does not match) it raises
-        ``RetryEngineLoadError`` and the previous instance keeps serving.
+        ``RetryEngineLoadError`` and the previous instance keeps serving.  Plugin objects built
+        later from the same stanza attach to the reloaded instance and its state.
         """
-        moved = self._engine.reload(wasm_path, wasm_sha256)
-        ENGINES.reloaded(self._engine)
-        return moved
+        return self._instance.reload(wasm_path, wasm_sha256)
 
     async def shutdown(self) -> None:
-        """Detach from the shared engine; its state stays for the objects still attached and
-        for the next one, until nobody has used it for ``state_ttl_ms`` (``shared``)."""
-        self._detach()  # once: a finalizer runs at most once
+        """Nothing to release: the policy stays for the objects still using it and for the next
+        one, until nobody has used it for ``state_ttl_ms`` (the engine releases it then)."""
 
     async def tool_post_invoke(
         self,
@@ -146,33 +141,28 @@ class RetryWithBackoffPlugin(Plugin):  # type: ignore[misc, unused-ignore]  # cp
     ) -> ToolPostInvokeResult:
         """Ask for a retry (``retry_delay_ms`` > 0) when the tool result is a retriable failure."""
         global_context = context.global_context
-        request_id = (
-            global_context.request_id
-            if self._request_scoped
-            else state_request_id(self._key_scope, global_context)
-        )
         tool = payload.name
-        decision = self._decide(tool, request_id, payload.result, context)
+        decision = self._decide(self._policy, tool, global_context, payload.result, context)
         if self._metrics is not None:
             (self._metrics.queues.get(tool) or self._metrics.queue(tool))(decision)
         delay = decision & DELAY_MASK
-        if (decision >> REASON_SHIFT) & 0xFF == REASON_EXHAUSTED:
+        reason = (decision >> REASON_SHIFT) & REASON_MASK
+        if reason == REASON_EXHAUSTED:
             # The native plugin's warning, word for word.
             log.warning(
                 "tool_post_invoke: tool=%s request_id=%s exhausted after %d failure(s)",
                 payload.name,
                 global_context.request_id,
-                (decision >> RETRY_COUNT_SHIFT) & 0xFF,
+                (decision >> RETRY_COUNT_SHIFT) & RETRY_COUNT_MASK,
             )
         trace_id = None if extensions is None else read_trace_id(extensions)
         if trace_id is None:
             return self._delay_result(delay)
-        reason = (decision >> REASON_SHIFT) & 0xFF
         metrics: dict[str, Any] = {
-            "retry_count": (decision >> RETRY_COUNT_SHIFT) & 0xFF,
+            "retry_count": (decision >> RETRY_COUNT_SHIFT) & RETRY_COUNT_MASK,
             "retry_delay_ms": delay,
         }
-        if self._metrics_reason:
+        if self._policy.metrics_reason:
             metrics["reason"] = REASONS[reason] if reason < len(REASONS) else str(reason)
         return self._result({"retry_delay_ms": delay, "metadata": {"retry_with_backoff": metrics}})
 
@@ -203,4 +193,4 @@ def _hook_names(hooks: Any) -> tuple[str, ...]:
     return tuple(str(getattr(hook, "value", hook)) for hook in hooks or ())
 
 
-__all__ = ["RetryWithBackoffPlugin", "read_trace_id", "state_request_id"]
+__all__ = ["RetryWithBackoffPlugin", "read_trace_id"]

@@ -1,22 +1,23 @@
 """``Sandbox``: one instance of the retry-engine component, its Store, and its faults.
 
 It links the component (the production linker, or clock/seed substitutes for tests), checks
-its contract, meters every call with fuel and caps linear memory, caches the exported
-``Func`` objects and the lean callers of the hot calls (``fastcall``), and rebuilds or
-reloads the instance.  It keeps no retry state of its own and no lock: its owner
-(``retry_engine.RetryEngine``) holds one around every call, as a Store is not thread-safe.
+its contract, starts the instance on the process's monotonic clock (``init``), meters every
+call with fuel and caps linear memory, caches the exported ``Func`` objects and the lean
+callers of the hot calls (``fastcall``), and rebuilds or reloads the instance.  It keeps no
+retry state of its own and no lock: its owner (``instance.Instance``) holds one around every
+call, as a Store is not thread-safe.
 
 Faults: a trap, fuel exhaustion, memory exhaustion or any other error while calling into the
 instance leaves it unusable; ``fault`` logs the cause once and marks the sandbox broken, and
-``rebuild`` makes a fresh Store + instance, configures it, and imports the retry state its
-owner hands over.  If rebuilding fails too, the sandbox stays broken and the next call tries
-again.
+``rebuild`` makes a fresh Store + instance (its policies are opened again as their plugin
+objects next call; their retry state is lost: docs/reliability.md).  If rebuilding fails too,
+the sandbox stays broken and the next call tries again.
 """
 
 from __future__ import annotations
 
-import json
 import logging
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Final
@@ -36,29 +37,27 @@ from .loader import (
     production_linker,
 )
 from .model import (
-    CONTRACT_MINORS,
+    CONTRACT_MINOR,
     CONTRACT_WANTED,
-    KEYS_SINCE,
     MESSAGE_PREFIX,
-    NULL_MEANS_OLD_BEHAVIOUR,
     ConfigError,
-    ConfigurationError,
+    Opened,
     Policy,
     RetryEngineLoadError,
-    override_path,
 )
 
 log = logging.getLogger(__name__)
 
-#: ``configure`` parses and validates the whole config: it gets this much more fuel per byte
-#: of config JSON on top of the per-call budget.
+#: ``open-policy`` parses and validates the whole config: it gets this much more fuel per byte
+#: of config JSON on top of the cold-call budget.
 CONFIGURE_FUEL_PER_BYTE: Final = 1_000
 #: Fuel a call may spend per byte of text on top of ``wasm_fuel`` (and per byte of key:
 #: ``fastcall.KEY_FUEL_PER_BYTE``), so that a large input is bounded by its size rather than
 #: failing at a fixed budget (parsing deeply nested JSON is the dear end).
 TEXT_FUEL_PER_BYTE: Final = 1_000
-#: Cold calls (policies, state count, ``evict-expired``'s full sweep, state export and import)
-#: may do work proportional to the state table; they get this many times the per-call fuel.
+#: Cold calls (opening a policy, which may release unused ones, policies, state counts,
+#: ``evict-expired``'s full sweep, state export and import) may do work proportional to the
+#: state table; they get this many times the per-call fuel.
 COLD_FUEL_FACTOR: Final = 100
 
 Clock = Callable[[], int]
@@ -87,12 +86,11 @@ class Build:
 
 
 class Sandbox:
-    """One configured instance of the component.
+    """One instance of the component, started on the process's clock.
 
     Args:
         path: the ``.wasm`` to load; ``pin``: its required sha256 (or None).
         fuel: the most fuel one call may burn; ``max_memory``: the linear-memory cap.
-        config_json: what ``configure`` gets, now and after every rebuild or reload.
         clock: monotonic nanoseconds; replaces ``wasi:clocks/monotonic-clock`` (tests).
         seed: replaces ``wasi:random/insecure-seed`` with this fixed pair (tests).
 
@@ -123,7 +121,6 @@ class Sandbox:
         #: The pinned sha256 of the component (``wasm_sha256``), or None.
         self.pinned_sha256 = pin
         self.build = self.load(path, pin)
-        self.config_json = ""
         #: The Store and the exported functions by WIT name; None / empty while broken.
         self.store: Store | None = None
         self.funcs: dict[str, Func] = {}
@@ -141,6 +138,7 @@ class Sandbox:
         self.rebuild_count = 0
         self.contract_version = ""
         self._instantiate()
+        self._start()
 
     # ------------------------------------------------------------------ building
     def load(self, path: Path, pin: str | None) -> Build:
@@ -154,9 +152,19 @@ class Sandbox:
         return self.build.path
 
     @property
+    def sha256(self) -> str:
+        """The sha256 of the component in use."""
+        return self.build.loaded.sha256
+
+    @property
     def imports(self) -> dict[str, frozenset[str]]:
         """The component's imports: interface name -> imported function names."""
         return dict(self.build.loaded.imports)
+
+    def now_ns(self) -> int:
+        """The process's monotonic clock (the substitute, if any), which the instance keeps
+        its times on (``init``)."""
+        return int(self._clock()) if self._clock is not None else time.monotonic_ns()
 
     def _make_linker(self, loaded: LoadedComponent) -> Linker:
         clock, seed = self._clock, self._seed
@@ -213,6 +221,20 @@ class Sandbox:
         self.lean = lean
         self.broken = False
 
+    def _start(self) -> None:
+        """Check the new instance's contract and start it on the process's clock (``init``).
+        Raises RetryEngineLoadError."""
+        try:
+            self.check_contract()
+            self.cold_fuel()
+            self.funcs["init"](self.live_store(), self.now_ns(), self.max_memory)
+        except RetryEngineLoadError:
+            raise
+        except Exception as exc:
+            raise RetryEngineLoadError(
+                f"{MESSAGE_PREFIX}: cannot start {self.path}: {describe_fault(exc)}"
+            ) from exc
+
     def set_call_fuel(self, fuel: int) -> None:
         """Change ``wasm_fuel`` (the lean callers are rebuilt around it)."""
         self.fuel = fuel
@@ -245,13 +267,12 @@ class Sandbox:
                 f"{MESSAGE_PREFIX}: {self.path} answers contract-version with {version!r}"
             )
         minor = ".".join(version.split(".")[:2])
-        if minor not in CONTRACT_MINORS:
+        if minor != CONTRACT_MINOR:
             raise RetryEngineLoadError(
                 f"{MESSAGE_PREFIX}: {self.path} implements contract {version!r}, "
                 f"this host needs {CONTRACT_WANTED}"
             )
-        # The export name and the version must agree: which keys the component knows is read
-        # from its minor.
+        # The export name and the version must agree.
         interface = self.build.loaded.interface
         if not interface.startswith(f"{INTERFACE_FAMILY}@{minor}."):
             raise RetryEngineLoadError(
@@ -260,31 +281,29 @@ class Sandbox:
         self.contract_version = version
         return version
 
-    def configure(self, config_json: str) -> tuple[ConfigError, ...]:
-        """``configure`` the instance; the problems it found (none: it is configured)."""
-        minor = ".".join(self.contract_version.split(".")[:2])
-        unknown = _keys_unknown_to(minor, config_json, f"{self.path} implements {self.contract_version}")
-        self.set_fuel(self.fuel + CONFIGURE_FUEL_PER_BYTE * len(config_json.encode("utf-8", "replace")))
-        errors = self.funcs["configure"](self.live_store(), config_json)
-        if errors is None and not unknown:
-            self.config_json = config_json
-            return ()
-        # Refused keys join the component's own problems (all reported at once); the instance
-        # may now hold the refused configuration, but the caller then discards it or restores
-        # the previous instance.
-        return tuple(ConfigError.from_record(e) for e in errors or ()) + unknown
+    def open_policy(
+        self, scope: str, config_json: str, ceiling: int | None
+    ) -> Opened | tuple[ConfigError, ...]:
+        """``open-policy``: what it opened, or the problems it found (nothing opened)."""
+        size = len(config_json.encode("utf-8", "replace"))
+        self.set_fuel(self.fuel * COLD_FUEL_FACTOR + CONFIGURE_FUEL_PER_BYTE * size)
+        answer = self.funcs["open-policy"](self.live_store(), scope, config_json, ceiling)
+        if isinstance(answer, list):  # result<opened-policy, list<config-error>>: the error side
+            return tuple(ConfigError.from_record(e) for e in answer)
+        return Opened.from_record(answer)
 
-    def global_policy(self) -> Policy:
+    def tool_policy(self, policy: int, tool: str) -> Policy | None:
         self.cold_fuel()
-        return Policy.from_record(self.funcs["global-policy"](self.live_store()))
+        record = self.funcs["tool-policy"](self.live_store(), policy, tool)
+        return None if record is None else Policy.from_record(record)
 
-    def tool_policy(self, tool: str) -> Policy:
+    def state_count(self, policy: int | None = None) -> int:
         self.cold_fuel()
-        return Policy.from_record(self.funcs["tool-policy"](self.live_store(), tool))
+        return int(self.funcs["state-count"](self.live_store(), policy))
 
-    def state_count(self) -> int:
+    def policy_count(self) -> int:
         self.cold_fuel()
-        return int(self.funcs["state-count"](self.live_store()))
+        return int(self.funcs["policy-count"](self.live_store()))
 
     def evict_expired(self) -> int:
         self.cold_fuel()
@@ -303,7 +322,7 @@ class Sandbox:
             raise RetryEngineLoadError(f"{MESSAGE_PREFIX}: the instance refused the state: {imported}")
         return imported
 
-    def decide(self, key: str, tool_len: int, signals: int, handle: int, texts: list[str] | None) -> int:
+    def decide(self, policy: int, key: str, parts: int, signals: int, texts: list[str] | None) -> int:
         """The generic call: ``decide-text`` with ``texts``, else ``decide`` (no lean path).
 
         Fuel: the base budget plus a bound on the work the input can legitimately need
@@ -313,10 +332,10 @@ class Sandbox:
         fuel = self.fuel + KEY_FUEL_PER_BYTE * 4 * len(key)
         if texts is None:
             self.set_fuel(fuel)
-            decision: int = self.funcs["decide"](self.live_store(), key, tool_len, signals, handle)
+            decision: int = self.funcs["decide"](self.live_store(), policy, key, parts, signals)
             return decision
         self.set_fuel(fuel + TEXT_FUEL_PER_BYTE * 4 * sum(len(t) for t in texts))
-        decision = self.funcs["decide-text"](self.live_store(), key, tool_len, signals, texts, handle)
+        decision = self.funcs["decide-text"](self.live_store(), policy, key, parts, signals, texts)
         return decision
 
     # ------------------------------------------------------------------ faults
@@ -324,7 +343,8 @@ class Sandbox:
         """Log a fault of call ``what`` once and drop the unusable instance."""
         self.fault_count += 1
         log.error(
-            "%s: %s failed (%s); answering no-retry and rebuilding the instance",
+            "%s: %s failed (%s); answering no-retry and rebuilding the instance, which loses its "
+            "live retry state",
             MESSAGE_PREFIX,
             what,
             describe_fault(exc),
@@ -338,44 +358,30 @@ class Sandbox:
         self.lean = None
         self.broken = True
 
-    def rebuild(self, state_json: str | None) -> bool:
-        """Instantiate and configure again, then import ``state_json`` (the live retry state,
-        or None); False if that failed (the sandbox stays broken)."""
+    def rebuild(self) -> bool:
+        """A fresh instance of the same build, started (``init``); False if that failed (the
+        sandbox stays broken).  It holds no policy: each is opened again by its plugin objects
+        on their next call (``unknown-policy``)."""
         try:
             self._instantiate()
-            errors = self.configure(self.config_json)
-            if errors:  # pragma: no cover - the same config was accepted before
-                raise ConfigurationError(errors)
+            self._start()
         except Exception as exc:
             self.fault_count += 1
             self._drop_instance()
             log.error("%s: rebuilding the instance failed (%s)", MESSAGE_PREFIX, describe_fault(exc))
             return False
         self.rebuild_count += 1
-        if state_json is None:
-            return True
-        try:
-            moved = self.import_state(state_json)
-        except Exception as exc:
-            # One ERROR per fault: the fault itself was logged.  Typically the state that ran
-            # the memory out does not fit the new instance either.
-            log.warning(
-                "%s: the rebuilt instance did not take the live retry state (%s); it starts empty",
-                MESSAGE_PREFIX,
-                describe_fault(exc),
-            )
-            return self.rebuild(None)
-        log.warning("%s: %d retry-state entries restored after the fault", MESSAGE_PREFIX, moved)
         return True
 
     # ------------------------------------------------------------------ hot reload
     def reload(self, build: Build, pin: str | None) -> int:
-        """Swap in ``build`` (from ``load``), configured as now, with every live retry-state
-        entry moved across (``export-state`` -> ``import-state``); the number moved.
+        """Swap in ``build`` (from ``load``), started on the same clock, with every policy,
+        live retry-state entry and budget moved across (``export-state`` -> ``import-state``):
+        each keeps its id, handle and age.  Returns the number of entries moved.
 
         Raises:
-            RetryEngineLoadError: the new build is for another contract, rejects the config
-                or the state.  The previous instance keeps serving.
+            RetryEngineLoadError: the new build is for another contract or refuses the state.
+                The previous instance keeps serving.
         """
         previous = (self.build, self.store, self.funcs, self.lean, self.held_fuel, self.broken)
         previous_version = self.contract_version
@@ -383,10 +389,7 @@ class Sandbox:
         try:
             self.build = build
             self._instantiate()
-            version = self.check_contract()
-            errors = self.configure(self.config_json)
-            if errors:
-                raise ConfigurationError(errors)
+            self._start()
             moved = self.import_state(state) if state else 0
         except Exception as exc:
             self.build, self.store, self.funcs, self.lean, self.held_fuel, self.broken = previous
@@ -401,7 +404,7 @@ class Sandbox:
             "%s: reloaded %s (contract %s); %d retry-state entries carried over",
             MESSAGE_PREFIX,
             build.path,
-            version,
+            self.contract_version,
             moved,
         )
         return moved
@@ -436,51 +439,3 @@ def _define_seed(iface: Any, funcs: frozenset[str], seed: Seed) -> None:
 
 
 __all__ = ["COLD_FUEL_FACTOR", "Build", "Clock", "Sandbox", "Seed", "describe_fault"]
-
-
-def _minor_key(minor: str) -> tuple[int, ...]:
-    """``"0.3"`` as ``(0, 3)``, for ordering (a minor the host loads, so digits only)."""
-    return tuple(int(part) for part in minor.split(".") if part.isdigit())
-
-
-def _keys_unknown_to(minor: str, config_json: str, why: str) -> tuple[ConfigError, ...]:
-    """The keys of ``config_json`` that a component of contract ``minor`` would silently ignore,
-    as errors."""
-    newer = [
-        (since, key)
-        for since, keys in KEYS_SINCE.items()
-        if _minor_key(since) > _minor_key(minor)
-        for key in keys
-    ]
-    identity_budgets = minor == "0.2"
-    if not newer and not identity_budgets:
-        return ()
-    try:
-        raw = json.loads(config_json)
-    except ValueError:
-        return ()  # the component names that problem itself
-    if not isinstance(raw, dict):
-        return ()
-    mappings: list[tuple[str, Any]] = [("", raw)]
-    overrides = raw.get("tool_overrides")
-    if isinstance(overrides, dict):
-        mappings += [(f"{override_path(tool)}.", entry) for tool, entry in overrides.items()]
-    unknown = [
-        ConfigError(f"{prefix}{key}", f"needs a contract {since} component; {why}")
-        for prefix, mapping in mappings
-        if isinstance(mapping, dict)
-        for since, key in newer
-        if key in mapping and (mapping[key] is not None or key not in NULL_MEANS_OLD_BEHAVIOUR)
-    ]
-    # A 0.2 component keeps one budget per tool name, which every tenant of a shared engine
-    # would spend: a budget under an identity scope needs 0.3.
-    if identity_budgets and raw.get("key_scope") in ("tenant", "user"):
-        unknown += [
-            ConfigError(
-                f"{prefix}retry_budget_percent",
-                f"a budget per identity (key_scope {raw['key_scope']}) needs a contract 0.3 component; {why}",
-            )
-            for prefix, mapping in mappings
-            if isinstance(mapping, dict) and mapping.get("retry_budget_percent") is not None
-        ]
-    return tuple(unknown)

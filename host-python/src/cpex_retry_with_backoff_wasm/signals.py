@@ -27,10 +27,12 @@ from .keys import is_unicode
 from .wire import (
     DELAY_MASK,
     NEED_TEXT,
+    REASON_MASK,
     REASON_SHIFT,
     REASONS,
     RETRY_AFTER_MAX_MS,
     RETRY_AFTER_SHIFT,
+    RETRY_COUNT_MASK,
     RETRY_COUNT_SHIFT,
     SIG_IDEMPOTENT,
     SIG_INPUT_REQUIRED,
@@ -414,12 +416,12 @@ def decision_delay_ms(decision: int) -> int:
 
 def decision_retry_count(decision: int) -> int:
     """Consecutive failures of the key after this result (0 on success)."""
-    return (decision >> RETRY_COUNT_SHIFT) & 0xFF
+    return (decision >> RETRY_COUNT_SHIFT) & RETRY_COUNT_MASK
 
 
 def decision_reason(decision: int) -> str:
     """The ``decision-reason`` name: ``success``, ``retry``, ``exhausted``, ``non-retryable``, ..."""
-    ordinal = (decision >> REASON_SHIFT) & 0xFF
+    ordinal = (decision >> REASON_SHIFT) & REASON_MASK
     if ordinal >= len(REASONS):
         raise ValueError(f"unknown decision-reason ordinal {ordinal}")
     return REASONS[ordinal]

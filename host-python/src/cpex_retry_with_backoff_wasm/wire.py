@@ -37,19 +37,33 @@ SIG_TIMEOUT: Final = 1 << 30
 SIG_IDEMPOTENT: Final = 1 << 31
 STATUS_SHIFT: Final = 32
 
+# --- key parts (host -> engine) ----------------------------------------------------------
+#: ``decide``'s ``parts``: the lengths (code points) of the key's first four parts, each in a
+#: field of PART_LEN_BITS: tenant, server, identity, tool name; the request id is the rest.
+PART_LEN_BITS: Final = 16
+TENANT_LEN_SHIFT: Final = 0
+SERVER_LEN_SHIFT: Final = 16
+IDENTITY_LEN_SHIFT: Final = 32
+TOOL_LEN_SHIFT: Final = 48
+
 # --- decision (engine -> host) -----------------------------------------------------------
-DELAY_MASK: Final = (1 << 40) - 1
-RETRY_COUNT_SHIFT: Final = 40
-REASON_SHIFT: Final = 48
-#: bit 60, alone: ``decide-held`` got a handle that names no key (any more): call ``decide``.
-UNKNOWN_HANDLE: Final = 1 << 60
-#: bit 61: a result whose signals are 0 is a success for every tool, and changes nothing for a
-#: key that holds no retry state.
-TEXT_FREE: Final = 1 << 61
-#: bit 62: the engine is idle: until the next call into it, a result whose signals are 0 is a
-#: success that changes nothing.
-IDLE: Final = 1 << 62
-#: bit 63: the decision needs the result's text items (``decide-text``); nothing was changed.
+#: bits 0..31: the delay in ms (0: no retry).
+DELAY_MASK: Final = (1 << 32) - 1
+#: bits 32..35: the failure count after this result.
+RETRY_COUNT_SHIFT: Final = 32
+RETRY_COUNT_MASK: Final = 0xF
+#: bits 36..39: the ``decision-reason`` ordinal.
+REASON_SHIFT: Final = 36
+REASON_MASK: Final = 0xF
+#: bits 40..59: the handle naming the key while it holds state (0: none).
+HANDLE_SHIFT: Final = 40
+HANDLE_MASK: Final = (1 << 20) - 1
+#: bit 61, alone: the instance holds no such policy (released, or a new instance): open it
+#: again and call again; nothing changed.
+UNKNOWN_POLICY: Final = 1 << 61
+#: bit 62, alone: ``decide-held`` got a handle that names no key (any more): call ``decide``.
+UNKNOWN_HANDLE: Final = 1 << 62
+#: bit 63, alone: the decision needs the result's text items (``decide-text``); nothing changed.
 NEED_TEXT: Final = 1 << 63
 #: ``decision-reason`` names by ordinal, in WIT declaration order (new reasons are only appended).
 REASONS: Final = (
@@ -63,10 +77,9 @@ REASONS: Final = (
     "non-idempotent",
 )
 
-# --- handles and bounds -------------------------------------------------------------------
-#: Handles run 1..HANDLE_MAX and name keys of at most HANDLE_KEY_MAX_BYTES bytes of UTF-8.
-HANDLE_MAX: Final = 1 << 17
-HANDLE_KEY_MAX_BYTES: Final = 256
+# --- bounds -------------------------------------------------------------------------------
+#: The most keys an instance holds state for (handles run 1..MAX_ENTRIES).
+MAX_ENTRIES: Final = HANDLE_MASK
 #: ``decide-text`` reads at most this many text items ...
 TEXT_MAX_ITEMS: Final = 1024
 #: ... and at most this many characters (code points) of them in all; the item that reaches the

@@ -22,7 +22,7 @@ from cpex.framework.extensions.extensions import Extensions
 from cpex.framework.extensions.request import RequestExtension
 from cpex.framework.memory import CopyOnWriteDict
 
-from cpex_retry_with_backoff_wasm import RetryWithBackoffPlugin
+from cpex_retry_with_backoff_wasm import Instance, RetryWithBackoffPlugin
 from cpex_retry_with_backoff_wasm.plugin import read_trace_id
 from cpex_retry_with_backoff_wasm.settings import DEFAULT_FUEL
 
@@ -301,17 +301,19 @@ async def test_copy_on_write_results() -> None:
     assert (await call(plugin, "t", "r2", nested)).retry_delay_ms == 200
 
 
-async def test_manager_hands_the_plugin_copy_on_write_results(manager_factory: Any) -> None:
-    manager = await manager_factory(NO_JITTER)
-    plugin = manager.get_plugin(PLUGIN_NAME)
+async def test_manager_hands_the_plugin_copy_on_write_results(
+    manager_factory: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
     seen: list[type] = []
-    original = plugin.engine.decide
+    original = Instance.decide
 
-    def spy(tool: str, rid: str, result: Any, context: Any = None) -> int:
+    def spy(self: Instance, policy: Any, tool: Any, global_context: Any, result: Any, *rest: Any) -> int:
         seen.append(type(result))
-        return original(tool, rid, result, context)
+        return original(self, policy, tool, global_context, result, *rest)
 
-    plugin._decide = spy  # the hook's bound `engine.decide`
+    # Before the manager builds the plugin, which binds `instance.decide` once.
+    monkeypatch.setattr(Instance, "decide", spy)
+    manager = await manager_factory(NO_JITTER)
     assert (await post(manager, "t", "r", err())).retry_delay_ms == 200
     assert seen == [CopyOnWriteDict]
 
@@ -329,15 +331,22 @@ async def test_ceiling_from_env(
     manager_factory: Any, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     monkeypatch.setenv("MAX_TOOL_RETRIES", "1")
-    with caplog.at_level(logging.WARNING, logger="cpex_retry_with_backoff_wasm.ceiling"):
+    with caplog.at_level(logging.WARNING, logger="cpex_retry_with_backoff_wasm"):
         manager = await manager_factory(
             {"jitter": False, "max_retries": 5, "tool_overrides": {"t2": {"max_retries": 4}}}
         )
     assert await delays(manager, "t", "r", [err(), err(), err()]) == [200, 0, 200]
     assert await delays(manager, "t2", "r", [err(), err()]) == [200, 0]
+    # The engine lowers every max_retries above the ceiling, with a warning at its key path;
+    # the host logs each one naming where the ceiling came from.
     messages = [r.getMessage() for r in caplog.records]
-    assert any("max_retries=5 exceeds the gateway ceiling max_tool_retries=1" in m for m in messages)
-    assert any("tool_overrides.t2.max_retries=4" in m for m in messages)
+    ceiling = "exceeds the gateway's retry ceiling (max_tool_retries = 1); lowered to 1"
+    source = "(MAX_TOOL_RETRIES environment variable)"
+    assert any(f"max_retries: 5 {ceiling}" in m and source in m for m in messages)
+    assert any(f"tool_overrides.t2.max_retries: 4 {ceiling}" in m and source in m for m in messages)
+    plugin = manager.get_plugin(PLUGIN_NAME)
+    assert plugin.policy.global_policy.max_retries == 1
+    assert plugin.policy.tool_policy("t2").max_retries == 1
 
 
 async def test_ceiling_clamps_the_default_budget(
@@ -390,19 +399,19 @@ async def test_trap_mid_sequence_answers_no_retry_and_recovers(
     manager = await manager_factory(NO_JITTER)
     plugin = manager.get_plugin(PLUGIN_NAME)
     assert await delays(manager, "t", "r", [err()]) == [200]
-    plugin.engine.fuel_per_call = 50
+    plugin.instance.fuel_per_call = 50
     with caplog.at_level(logging.ERROR, logger="cpex_retry_with_backoff_wasm.sandbox"):
         res = await post(manager, "t", "r", err())
     assert res.retry_delay_ms == 0
     assert res.continue_processing
     assert res.modified_payload is None
     assert any("decide-held failed" in r.getMessage() for r in caplog.records)
-    plugin.engine.fuel_per_call = DEFAULT_FUEL
+    plugin.instance.fuel_per_call = DEFAULT_FUEL
     assert await delays(manager, "t", "r", [err(), err()]) == [200, 400]
 
 
 async def test_tiny_fuel_from_config_fails_at_construction() -> None:
-    with pytest.raises(RuntimeError, match=r"retry-engine@0\.4\.0: (cannot instantiate|configuring)"):
+    with pytest.raises(RuntimeError, match=r"retry-engine@0\.5\.0: (cannot instantiate|cannot start)"):
         direct_plugin({"wasm_fuel": 1})
 
 
@@ -458,9 +467,9 @@ async def test_concurrent_tasks_and_threads_match_a_sequential_run() -> None:
     config = {"jitter": False, "max_retries": 3}
     task_workers, thread_workers = range(8), range(8, 12)
 
-    # An equal configuration would share the engine (``shared``): the reference run gets its
-    # own by spelling out a default.
-    sequential = direct_plugin({**config, "max_state_entries": 100_000})
+    # The same stanza name and configuration would share the policy and its state: the
+    # reference run gets its own policy under another stanza name.
+    sequential = direct_plugin(config, name="Reference")
     expected: dict[int, dict[tuple[str, str], list[int]]] = {}
     for w in [*task_workers, *thread_workers]:
         expected[w] = per_key(await run_script(sequential, w))
@@ -485,7 +494,8 @@ async def test_concurrent_tasks_and_threads_match_a_sequential_run() -> None:
     for w, rows in zip(task_workers, results, strict=True):
         got[w] = per_key(rows)
     assert got == expected
-    assert shared.engine.fault_count == 0
+    assert sequential.policy.id != shared.policy.id
+    assert shared.instance.fault_count == 0
 
 
 # --------------------------------------------------------------------------- packaging
@@ -526,4 +536,6 @@ def test_manifest_matches_native_defaults() -> None:
 async def test_manifest_defaults_as_config_equal_empty_config() -> None:
     text = resources.files("cpex_retry_with_backoff_wasm").joinpath("plugin-manifest.yaml").read_text()
     from_manifest = direct_plugin(yaml.safe_load(text)["default_configs"])
-    assert from_manifest.engine.global_policy == direct_plugin({}).engine.global_policy
+    empty = direct_plugin({})
+    assert from_manifest.policy.global_policy == empty.policy.global_policy
+    assert from_manifest.policy.tool_policy("t") == empty.policy.tool_policy("t")

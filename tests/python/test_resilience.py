@@ -7,7 +7,6 @@ against the native plugin.  Jitter is off or the seed fixed, the clock virtual.
 from __future__ import annotations
 
 import logging
-import re
 from typing import Any
 
 import pytest
@@ -15,12 +14,10 @@ from cpex.framework import GlobalContext, PluginConfig, PluginContext, ToolPostI
 from cpex.framework.extensions.extensions import Extensions
 from cpex.framework.extensions.request import RequestExtension
 
-from cpex_retry_with_backoff_wasm import RetryWithBackoffPlugin, WasmRetryEngine
+from cpex_retry_with_backoff_wasm import OpenPolicy, RetryWithBackoffPlugin
 from cpex_retry_with_backoff_wasm.model import ConfigurationError, Policy
-from cpex_retry_with_backoff_wasm.plugin import state_request_id
-from cpex_retry_with_backoff_wasm.signals import decision_reason, read_hints, read_retry_after_ms
+from cpex_retry_with_backoff_wasm.signals import read_hints, read_retry_after_ms
 from cpex_retry_with_backoff_wasm.wire import (
-    REASONS,
     RETRY_AFTER_SHIFT,
     SIG_INPUT_REQUIRED,
     SIG_NOT_RETRYABLE,
@@ -28,9 +25,14 @@ from cpex_retry_with_backoff_wasm.wire import (
     SIG_VALIDATION_ERROR,
 )
 
-from .conftest import REPO, err, ok
+from .conftest import direct_plugin, err, ok
 
 NO_JITTER = {"jitter": False}
+
+
+def policy_of(config: dict[str, Any]) -> OpenPolicy:
+    """The policy a plugin object of ``config`` opens (its global and per-tool policies)."""
+    return direct_plugin(config).policy
 
 
 async def post(manager: Any, tool: str, rid: str, result: Any, trace_id: str | None = "trace-1") -> Any:
@@ -47,18 +49,7 @@ def metrics(res: Any) -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------- (a) reasons
-def test_reason_ordinals_follow_the_wit_enum() -> None:
-    # The contract itself, not wire.json (which test_wire checks): the enum's cases in order.
-    wit = (REPO / "wit" / "retry-engine.wit").read_text()
-    body = re.search(r"enum decision-reason \{(.*?)\n    \}", wit, re.S)
-    assert body, "wit/retry-engine.wit has no enum decision-reason"
-    cases = re.findall(r"^\s*([a-z][a-z-]*),\s*$", body.group(1), re.M)
-    assert tuple(cases) == REASONS
-    assert decision_reason(3 << 48) == "non-retryable"
-    with pytest.raises(ValueError, match=f"unknown decision-reason ordinal {len(REASONS)}"):
-        decision_reason(len(REASONS) << 48)
-
-
+# The reason ordinals against the WIT enum itself: test_wire.py.
 async def test_metrics_carry_no_reason_by_default(manager_factory: Any) -> None:
     manager = await manager_factory(NO_JITTER)
     assert metrics(await post(manager, "t", "r", err())) == {"retry_count": 1, "retry_delay_ms": 200}
@@ -94,14 +85,14 @@ async def test_exhaustion_logs_the_native_warning(
 
 # --------------------------------------------------------------------------- (b) jitter modes
 def test_policy_reports_the_jitter_mode() -> None:
-    engine = WasmRetryEngine(
+    policy = policy_of(
         {"jitter": "equal", "tool_overrides": {"a": {"jitter": False}, "b": {"jitter": "decorrelated"}}}
     )
-    assert engine.global_policy.jitter_mode == "equal"
-    assert engine.global_policy.jitter is True
-    assert engine.tool_policy("a") == Policy(2, 200, 5000, (429, 500, 502, 503, 504), False, False)
-    assert engine.tool_policy("a").jitter_mode == "none"
-    assert engine.tool_policy("b").jitter_mode == "decorrelated"
+    assert policy.global_policy.jitter_mode == "equal"
+    assert policy.global_policy.jitter is True
+    assert policy.tool_policy("a") == Policy(2, 200, 5000, (429, 500, 502, 503, 504), False, False)
+    assert policy.tool_policy("a").jitter_mode == "none"
+    assert policy.tool_policy("b").jitter_mode == "decorrelated"
 
 
 @pytest.mark.parametrize(
@@ -131,7 +122,7 @@ async def test_jitter_mode_errors_name_the_key(manager_factory: Any) -> None:
     with pytest.raises(
         ConfigurationError, match=r'tool_overrides\.t\.jitter: must be a boolean or one of "none"'
     ):
-        WasmRetryEngine({"tool_overrides": {"t": {"jitter": "sometimes"}}})
+        direct_plugin({"tool_overrides": {"t": {"jitter": "sometimes"}}})
     await manager_factory({"jitter": "sometimes"}, expect_plugins=0)
 
 
@@ -150,18 +141,17 @@ async def test_deadline_through_the_manager(manager_factory: Any) -> None:
 
 
 def test_deadline_in_the_policy_and_per_tool() -> None:
-    engine = WasmRetryEngine(
-        {"max_total_delay_ms": 5000, "tool_overrides": {"t": {"max_total_delay_ms": None}}}
-    )
-    assert engine.global_policy.max_total_delay_ms == 5000
-    assert engine.tool_policy("t").max_total_delay_ms is None
-    assert WasmRetryEngine({}).global_policy.max_total_delay_ms is None
+    policy = policy_of({"max_total_delay_ms": 5000, "tool_overrides": {"t": {"max_total_delay_ms": None}}})
+    assert policy.global_policy.max_total_delay_ms == 5000
+    assert policy.tool_policy("t").max_total_delay_ms is None
+    assert policy.tool_policy("u").max_total_delay_ms == 5000
+    assert policy_of({}).global_policy.max_total_delay_ms is None
 
 
 @pytest.mark.parametrize("bad", [0, -1, 2**32, "5s", 1.5, True])
 def test_deadline_must_be_a_positive_integer_or_null(bad: Any) -> None:
     with pytest.raises(ConfigurationError, match=r"max_total_delay_ms: must be null or an integer from 1"):
-        WasmRetryEngine({"max_total_delay_ms": bad})
+        direct_plugin({"max_total_delay_ms": bad})
 
 
 # --------------------------------------------------------------------------- (d) safe classification
@@ -235,13 +225,13 @@ async def test_safe_classification_with_text_content(manager_factory: Any) -> No
 
 
 def test_safe_classification_in_the_policy() -> None:
-    engine = WasmRetryEngine(
+    policy = policy_of(
         {"safe_classification": True, "tool_overrides": {"raw": {"safe_classification": False}}}
     )
-    assert engine.global_policy.safe_classification is True
-    assert engine.tool_policy("raw").safe_classification is False
+    assert policy.global_policy.safe_classification is True
+    assert policy.tool_policy("raw").safe_classification is False
     with pytest.raises(ConfigurationError, match="safe_classification: must be a boolean"):
-        WasmRetryEngine({"safe_classification": "on"})
+        direct_plugin({"safe_classification": "on"})
 
 
 # --------------------------------------------------------------------------- (e) server delay hints
@@ -350,24 +340,23 @@ async def test_retry_after_http_date_uses_the_hosts_wall_clock() -> None:
 
 
 def test_retry_after_keys_in_the_policy() -> None:
-    engine = WasmRetryEngine(
-        {"honor_retry_after": True, "tool_overrides": {"t": {"max_retry_after_ms": 5000}}}
-    )
-    assert engine.global_policy.honor_retry_after is True
-    assert engine.global_policy.max_retry_after_ms == 60_000
-    assert engine.tool_policy("t").max_retry_after_ms == 5000
+    policy = policy_of({"honor_retry_after": True, "tool_overrides": {"t": {"max_retry_after_ms": 5000}}})
+    assert policy.global_policy.honor_retry_after is True
+    assert policy.global_policy.max_retry_after_ms == 60_000
+    assert policy.tool_policy("t").max_retry_after_ms == 5000
     with pytest.raises(ConfigurationError, match=r"max_retry_after_ms: must be an integer from 1 to 4194303"):
-        WasmRetryEngine({"max_retry_after_ms": 2**22})
+        direct_plugin({"max_retry_after_ms": 2**22})
 
 
 # --------------------------------------------------------------------------- (f) retry budget
 async def test_retry_budget_through_the_manager(manager_factory: Any) -> None:
+    # No refill by time (min_per_sec 0): the count does not depend on how fast the test runs.
     manager = await manager_factory(
         {
             **NO_JITTER,
             "max_retries": 1,
             "metrics_reason": True,
-            "tool_overrides": {"b": {"retry_budget_percent": 50}},
+            "tool_overrides": {"b": {"retry_budget_percent": 50, "retry_budget_min_per_sec": 0}},
         }
     )
     reasons = [metrics(await post(manager, "b", f"r{k}", err()))["reason"] for k in range(11)]
@@ -382,30 +371,66 @@ async def test_retry_budget_through_the_manager(manager_factory: Any) -> None:
 
 
 def test_retry_budget_in_the_policy() -> None:
-    engine = WasmRetryEngine(
-        {"retry_budget_percent": 34, "tool_overrides": {"t": {"retry_budget_percent": None}}}
-    )
-    assert engine.global_policy.retry_budget_percent == 34
-    assert engine.global_policy.retry_budget_min_per_sec == 1
-    assert engine.tool_policy("t").retry_budget_percent is None
+    policy = policy_of({"retry_budget_percent": 34, "tool_overrides": {"t": {"retry_budget_percent": None}}})
+    assert policy.global_policy.retry_budget_percent == 34
+    assert policy.global_policy.retry_budget_min_per_sec == 1
+    assert policy.tool_policy("t").retry_budget_percent is None
     with pytest.raises(
         ConfigurationError, match=r"retry_budget_percent: must be null or an integer from 1 to 1000"
     ):
-        WasmRetryEngine({"retry_budget_percent": 0})
+        direct_plugin({"retry_budget_percent": 0})
 
 
-# --------------------------------------------------------------------------- (g) key scope
-async def post_as(manager: Any, rid: str, result: Any, *, tenant: str | None, user: Any = None) -> int:
-    payload = ToolPostInvokePayload(name="t", result=result)
-    context = GlobalContext(request_id=rid, tenant_id=tenant, user=user)
-    res, _ = await manager.invoke_hook("tool_post_invoke", payload, context)
-    return int(res.retry_delay_ms)
+# --------------------------------------------------------------------------- (g) contexts, key scope
+async def post_as(
+    manager: Any,
+    rid: str,
+    result: Any,
+    *,
+    tenant: str | None = None,
+    server: str | None = None,
+    user: Any = None,
+    tool: str = "t",
+) -> Any:
+    payload = ToolPostInvokePayload(name=tool, result=result)
+    context = GlobalContext(request_id=rid, tenant_id=tenant, server_id=server, user=user)
+    ext = Extensions(request=RequestExtension(request_id=rid, trace_id="trace-1"))
+    res, _ = await manager.invoke_hook("tool_post_invoke", payload, context, extensions=ext)
+    return res
 
 
-async def test_key_scope_request_shares_state_across_tenants(manager_factory: Any) -> None:
+async def delay_as(manager: Any, rid: str, result: Any, **caller: Any) -> int:
+    return int((await post_as(manager, rid, result, **caller)).retry_delay_ms)
+
+
+async def test_gateway_contexts_never_share_state(manager_factory: Any) -> None:
+    """Since 0.5 the tenant and server are the key's context under every ``key_scope``: a request
+    id sent in two contexts is two keys (before, tenant b continued tenant a's count)."""
     manager = await manager_factory(NO_JITTER)
-    assert await post_as(manager, "corr-1", err(), tenant="a") == 200
-    assert await post_as(manager, "corr-1", err(), tenant="b") == 400  # b continues a's budget
+    assert await delay_as(manager, "corr-1", err(), tenant="a") == 200
+    assert await delay_as(manager, "corr-1", err(), tenant="b") == 200
+    assert await delay_as(manager, "corr-1", err(), tenant="a") == 400
+    assert await delay_as(manager, "corr-1", err(), tenant="a", server="s1") == 200
+    assert await delay_as(manager, "corr-1", err(), tenant="a", server="s2") == 200
+    assert await delay_as(manager, "corr-1", err(), tenant="a", server="s1") == 400
+    # Within one context the request id alone is the key (the native plugin's): users share it.
+    assert await delay_as(manager, "corr-2", err(), tenant="a", user="x") == 200
+    assert await delay_as(manager, "corr-2", err(), tenant="a", user="y") == 400
+
+
+async def test_key_parts_never_run_into_each_other(manager_factory: Any) -> None:
+    """Each part is its own field: parts that concatenate alike are still different keys."""
+    manager = await manager_factory({**NO_JITTER, "key_scope": "user"})
+    assert await delay_as(manager, "c", err(), tenant="ab", server="") == 200
+    assert await delay_as(manager, "c", err(), tenant="a", server="bc") == 200
+    assert await delay_as(manager, "c", err(), tenant="a", server="b", user="c") == 200
+    assert await delay_as(manager, "bc", err(), tenant="a", user="") == 200
+    assert await delay_as(manager, "c", err(), tenant="a", user="b") == 200
+    assert await delay_as(manager, "cx", err(), tenant="a", user="b") == 200
+    assert await delay_as(manager, "x", err(), tenant="a", user="bc") == 200
+    # ... while the same parts again continue their key.
+    assert await delay_as(manager, "c", err(), tenant="ab", server="") == 400
+    assert await delay_as(manager, "x", err(), tenant="a", user="bc") == 400
 
 
 @pytest.mark.parametrize(
@@ -419,41 +444,127 @@ async def test_key_scope_separates_identities(
     manager_factory: Any, scope: str, first: dict[str, Any], second: dict[str, Any]
 ) -> None:
     manager = await manager_factory({**NO_JITTER, "key_scope": scope})
-    assert await post_as(manager, "corr-1", err(), **first) == 200
-    assert await post_as(manager, "corr-1", err(), **second) == 200
-    assert await post_as(manager, "corr-1", err(), **first) == 400
-    assert await post_as(manager, "corr-1", ok(), **first) == 0
-    assert await post_as(manager, "corr-1", err(), **second) == 400
+    assert await delay_as(manager, "corr-1", err(), **first) == 200
+    assert await delay_as(manager, "corr-1", err(), **second) == 200
+    assert await delay_as(manager, "corr-1", err(), **first) == 400
+    assert await delay_as(manager, "corr-1", ok(), **first) == 0
+    assert await delay_as(manager, "corr-1", err(), **second) == 400
+
+
+async def test_key_scope_tenant_adds_nothing_to_the_context(manager_factory: Any) -> None:
+    """``tenant`` names no identity of its own since 0.5: the tenant is in every key's context,
+    so within it users share a request id as under ``request``."""
+    manager = await manager_factory({**NO_JITTER, "key_scope": "tenant"})
+    assert await delay_as(manager, "corr-1", err(), tenant="a", user="x") == 200
+    assert await delay_as(manager, "corr-1", err(), tenant="a", user="y") == 400
 
 
 @pytest.mark.parametrize(
-    ("scope", "kwargs", "want"),
+    ("first", "second", "same"),
     [
-        ("request", {"tenant_id": "t"}, "r:1"),
-        ("tenant", {"tenant_id": "t:2"}, "3:t:2r:1"),
-        ("tenant", {}, "0:r:1"),
-        ("user", {"user": "bob"}, "3:bobr:1"),
-        ("user", {"user": {"email": "a@b", "id": 7}}, "3:a@br:1"),
-        ("user", {"user": {"id": 7}}, "1:7r:1"),
-        ("user", {}, "0:r:1"),
+        ("bob", "bob", True),
+        ("a@b", {"email": "a@b", "id": 7}, True),
+        ({"id": 7}, "7", True),
+        ({"sub": "s-1"}, {"email": None, "sub": "s-1"}, True),
+        (None, None, True),  # anonymous: the request id alone, as under `request`
+        ("bob", "alice", False),
+        ("bob", None, False),
+        ({"email": "a@b"}, {"id": "a@c"}, False),
     ],
+    ids=repr,
 )
-def test_state_request_id(scope: str, kwargs: dict[str, Any], want: str) -> None:
-    assert state_request_id(scope, GlobalContext(request_id="r:1", **kwargs)) == want
+async def test_user_scope_identity(manager_factory: Any, first: Any, second: Any, same: bool) -> None:
+    """Which ``global_context.user`` values are one identity under ``key_scope: user``: the
+    second caller continues the first's count only when they are."""
+    manager = await manager_factory({**NO_JITTER, "key_scope": "user"})
+    assert await delay_as(manager, "corr-1", err(), tenant="a", user=first) == 200
+    assert await delay_as(manager, "corr-1", err(), tenant="a", user=second) == (400 if same else 200)
 
 
 async def test_key_scope_is_validated(manager_factory: Any) -> None:
     await manager_factory({"key_scope": "session"}, expect_plugins=0)
-    assert WasmRetryEngine({"key_scope": "tenant"}).key_scope == "tenant"
+    assert policy_of({}).key_scope == "request"
+    assert policy_of({"key_scope": "tenant"}).key_scope == "tenant"
+    assert policy_of({"key_scope": "user"}).key_scope == "user"
 
 
-# --------------------------------------------------------------------------- hot reload, format 2
-def test_reload_carries_the_delay_history(wasm_path: Any) -> None:
-    """A deadline's summed delays survive ``reload`` (export-state format 2)."""
-    engine = WasmRetryEngine({"jitter": False, "max_retries": 5, "max_total_delay_ms": 1500}, seed=(1, 2))
-    delays = [engine.decide("t", "r", err()) & ((1 << 40) - 1) for _ in range(2)]
-    assert delays == [200, 400]
-    assert engine.reload(wasm_path) == 1
+# --------------------------------------------------------------------------- issue 24 §4
+#: A user's ~200-character email: under the old layout (identity length-prefixed into the request
+#: part, the whole part digested past 256 characters) such a caller's budget was the anonymous one.
+LONG_EMAIL = "a" * 188 + "@example.com"
+
+
+def request_id(prefix: str, k: int, length: int) -> str:
+    """A distinct request id of ``length`` characters (a client-chosen correlation id)."""
+    return f"{prefix}-{k}-".ljust(length, "x")
+
+
+def reason(res: Any) -> str:
+    return str(res.metadata["retry_with_backoff"]["reason"])
+
+
+@pytest.mark.parametrize("scope", ["user", "tenant"])
+@pytest.mark.parametrize(
+    ("identity", "rid_length"),
+    [(LONG_EMAIL, 80), ("b" * 300, 80), (LONG_EMAIL, 300), ("bob@example.com", 300)],
+    ids=["200-80", "300-80", "200-300", "15-300"],
+)
+async def test_a_long_identity_drains_only_its_own_budget(
+    manager_factory: Any, scope: str, identity: str, rid_length: int
+) -> None:
+    """Issue 24 §4: a long identity (a user under ``key_scope: user``, a tenant under
+    ``tenant``) sending long request ids never lands in another identity's, or the anonymous,
+    retry budget, whatever the lengths: it drains its own bucket, and the others' first failure
+    is still retried."""
+    manager = await manager_factory(
+        {
+            **NO_JITTER,
+            "key_scope": scope,
+            "metrics_reason": True,
+            "max_retries": 1,
+            "retry_budget_percent": 50,
+            "retry_budget_min_per_sec": 0,  # no refill by time: the bucket holds 10 tokens
+        }
+    )
+
+    def caller(who: str | None) -> dict[str, Any]:
+        return {"tenant": "team", "user": who} if scope == "user" else {"tenant": who}
+
+    drained = [
+        reason(await post_as(manager, request_id("long", k, rid_length), err(), **caller(identity)))
+        for k in range(11)
+    ]
+    assert drained == ["retry"] * 10 + ["budget"]
+    others = {"anonymous": None, "short": "carol", "another long": identity[:-1] + "z"}
+    for k, (who, other) in enumerate(others.items()):
+        res = await post_as(manager, request_id("other", k, rid_length), err(), **caller(other))
+        assert reason(res) == "retry", who
+    # The drained identity stays drained.
+    res = await post_as(manager, request_id("long", 11, rid_length), err(), **caller(identity))
+    assert reason(res) == "budget"
+
+
+# --------------------------------------------------------------------------- hot reload, format 3
+async def call(plugin: RetryWithBackoffPlugin, rid: str, result: Any) -> Any:
+    payload = ToolPostInvokePayload(name="t", result=result)
+    context = PluginContext(global_context=GlobalContext(request_id=rid))
+    ext = Extensions(request=RequestExtension(request_id=rid, trace_id="trace-1"))
+    return await plugin.tool_post_invoke(payload, context, ext)
+
+
+async def test_reload_carries_the_delay_history(wasm_path: Any) -> None:
+    """A deadline's summed delays survive ``reload`` (export-state format 3)."""
+    plugin = direct_plugin(
+        {"jitter": False, "max_retries": 5, "max_total_delay_ms": 1500, "metrics_reason": True}, seed=(1, 2)
+    )
+    assert [(await call(plugin, "r", err())).retry_delay_ms for _ in range(2)] == [200, 400]
+    assert plugin.reload(wasm_path) == 1
+    assert plugin.instance.reload_count == 1
+    assert plugin.policy.state_count() == 1
     # 600 ms already spent: 800 more fits 1500, the next 1600 would not.
-    assert engine.decide("t", "r", err()) & ((1 << 40) - 1) == 800
-    assert decision_reason(engine.decide("t", "r", err())) == "deadline"
+    assert (await call(plugin, "r", err())).retry_delay_ms == 800
+    assert metrics(await call(plugin, "r", err())) == {
+        "retry_count": 4,
+        "retry_delay_ms": 0,
+        "reason": "deadline",
+    }

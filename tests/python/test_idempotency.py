@@ -21,11 +21,10 @@ from cpex.framework.extensions.extensions import Extensions
 from cpex.framework.extensions.request import RequestExtension
 from pydantic import BaseModel
 
-from cpex_retry_with_backoff_wasm import RetryWithBackoffPlugin, WasmRetryEngine
+from cpex_retry_with_backoff_wasm import RetryWithBackoffPlugin
 from cpex_retry_with_backoff_wasm.model import ConfigurationError
-from cpex_retry_with_backoff_wasm.wire import DELAY_MASK
 
-from .conftest import PLUGIN_KIND, PLUGIN_NAME, WASM_0_2, direct_plugin, err, ok
+from .conftest import PLUGIN_KIND, PLUGIN_NAME, direct_plugin, err, ok
 
 HOOKS = ("tool_pre_invoke", "tool_post_invoke")
 THROTTLED = {"jitter": False, "non_idempotent_retries": "throttled", "metrics_reason": True}
@@ -105,7 +104,7 @@ async def test_an_unannotated_tool_is_retried_only_when_the_call_was_refused(man
     assert await Call(manager, "send", "r", UNANNOTATED).attempt(hinted) == 200
     assert await Call(manager, "send", "r", UNANNOTATED).attempt(ok()) == 0
     # Refused: the key is cleared, as on exhaustion.
-    assert manager.get_plugin(PLUGIN_NAME).engine.state_count() == 0
+    assert manager.get_plugin(PLUGIN_NAME).policy.state_count() == 0
     for result in (err(), err(500), ok(isError=True)):
         assert await Call(manager, "send", "other", None).attempt(result) == 0
 
@@ -212,36 +211,25 @@ async def test_a_text_content_failure_reads_the_call_facts_too(manager_factory: 
     assert await Call(manager, "send", "r", UNANNOTATED).attempt(texty) == 0
 
 
-def test_an_older_component_never_receives_the_call_facts() -> None:
-    # A 0.2 component reads bits 8..31 as the delay hint: bits 30..31 would add hours to it.
-    engine = WasmRetryEngine({"jitter": False, "honor_retry_after": True, "wasm_path": str(WASM_0_2)})
+@pytest.mark.parametrize(
+    "config",
+    [{"jitter": False, "honor_retry_after": True}, {"jitter": False, "safe_classification": True}],
+    ids=["honor_retry_after", "safe_classification"],
+)
+async def test_a_policy_that_reads_no_call_facts_leaves_the_timeout_mark(config: dict[str, Any]) -> None:
+    """The call facts are read only for a policy that reads them (WIT ``policy-reads``): one that
+    reads the result's hints only never takes the gateway's timeout mark, which another plugin of
+    the stanza may still need."""
+    plugin = direct_plugin(config)
+    assert plugin.policy.reads_hints
+    assert not plugin.policy.reads_call_facts
     context = PluginContext(global_context=GlobalContext(request_id="r"))
     context.global_context.metadata["tool"] = READ_ONLY
     context.state["cb_timeout_failure"] = True
     hinted = err(503, structuredContent={"status_code": 503, "retry_after_ms": 1000})
-    assert engine.decide("get", "r", hinted, context) & DELAY_MASK == 1000
+    res = await plugin.tool_post_invoke(ToolPostInvokePayload(name="get", result=hinted), context)
+    assert res.retry_delay_ms == (1000 if config.get("honor_retry_after") else 200)
     assert context.state["cb_timeout_failure"] is True, "read although no policy needs it"
-
-
-@pytest.mark.parametrize(
-    ("config", "refused"),
-    [
-        ({"non_idempotent_retries": "throttled"}, ["non_idempotent_retries"]),
-        ({"non_idempotent_retries": None}, ["non_idempotent_retries"]),  # invalid in 0.4 too
-        ({"idempotent": None, "tool_overrides": {"t": {"idempotent": None}}}, []),  # the default
-        ({"tool_overrides": {"t": {"idempotent": False}}}, ["tool_overrides.t.idempotent"]),
-    ],
-)
-def test_an_older_component_is_refused_the_keys_it_would_ignore(
-    config: dict[str, Any], refused: list[str]
-) -> None:
-    if not refused:
-        WasmRetryEngine({**config, "wasm_path": str(WASM_0_2)})
-        return
-    with pytest.raises(ConfigurationError) as info:
-        WasmRetryEngine({**config, "wasm_path": str(WASM_0_2)})
-    assert [e.path for e in info.value.errors] == refused
-    assert all("needs a contract 0.4 component" in e.message for e in info.value.errors)
 
 
 def test_a_config_that_needs_annotations_without_the_pre_invoke_hook_is_refused() -> None:
@@ -254,5 +242,5 @@ def test_a_config_that_needs_annotations_without_the_pre_invoke_hook_is_refused(
     assert "['tool_post_invoke']" in error.message
     # With the hook it loads; so does the default config without it.
     hooked = PluginConfig(name=PLUGIN_NAME, kind=PLUGIN_KIND, hooks=list(HOOKS), config=config)
-    assert RetryWithBackoffPlugin(hooked).engine.reads_call_facts
-    assert not direct_plugin({}).engine.reads_call_facts
+    assert RetryWithBackoffPlugin(hooked).policy.reads_call_facts
+    assert not direct_plugin({}).policy.reads_call_facts

@@ -1,5 +1,6 @@
-"""Backoff shapes and failure classes (issue 15 §2) through the real cpex PluginManager, the
-policy the host mirrors, and loading a real 0.2 build beside the 0.3 contract (§4).
+"""Backoff shapes and failure classes (issue 15 §2) through the real cpex PluginManager and the
+policy the engine reports (``tool-policy``); builds of another contract are refused (since 0.5,
+§4's loading of older builds is gone: one instance holds every policy, which they cannot).
 
 The decisions are the component's; these tests check that the host carries what it needs to
 the component (a delay hint where the throttle class differs) and reports the effective values.
@@ -7,18 +8,18 @@ the component (a delay hint where the throttle class differs) and reports the ef
 
 from __future__ import annotations
 
+import logging
 import re
 from pathlib import Path
 from typing import Any
 
 import pytest
-from cpex.framework import GlobalContext, ToolPostInvokePayload
+from cpex.framework import GlobalContext, PluginContext, ToolPostInvokePayload
 
-from cpex_retry_with_backoff_wasm import RetryEngineLoadError, WasmRetryEngine
-from cpex_retry_with_backoff_wasm.model import ConfigurationError
-from cpex_retry_with_backoff_wasm.wire import DELAY_MASK
+from cpex_retry_with_backoff_wasm import RetryEngineLoadError, RetryWithBackoffPlugin
+from cpex_retry_with_backoff_wasm.model import CONTRACT_VERSION, ConfigurationError
 
-from .conftest import WASM_0_2, VirtualClock, err, ok
+from .conftest import WASM_0_2, direct_plugin, err, ok
 
 THROTTLE = {
     "jitter": False,
@@ -67,128 +68,115 @@ async def test_shapes_per_tool(manager_factory: Any) -> None:
     assert await delays(manager, "flat", "r", [err()] * 3 + [ok()]) == [300, 300, 300, 0]
 
 
-def test_policy_mirror_reports_shape_and_effective_throttle_bounds() -> None:
-    engine = WasmRetryEngine(
+def test_the_policy_reports_shape_and_effective_throttle_bounds() -> None:
+    policy = direct_plugin(
         {
             "backoff": "constant",
             "throttle_max_backoff_ms": 9000,
             "tool_overrides": {"t": {"backoff_base_ms": 50}},
         }
-    )
-    g = engine.global_policy
+    ).policy
+    g = policy.global_policy
     assert (g.backoff, g.throttle_backoff_base_ms, g.throttle_max_backoff_ms) == ("constant", 200, 9000)
-    assert g.throttle_differs
-    t = engine.tool_policy("t")
-    assert (t.throttle_backoff_base_ms, t.throttle_max_backoff_ms) == (50, 9000)
-    assert not WasmRetryEngine({}).global_policy.throttle_differs
+    assert (g.backoff_base_ms, g.max_backoff_ms) == (200, 5000)
+    t = policy.tool_policy("t")
+    assert (t.backoff, t.throttle_backoff_base_ms, t.throttle_max_backoff_ms) == ("constant", 50, 9000)
+    # Unconfigured, the throttle class has the transient bounds.
+    default = direct_plugin({}).policy.global_policy
+    assert (default.backoff, default.throttle_backoff_base_ms, default.throttle_max_backoff_ms) == (
+        "exponential",
+        200,
+        5000,
+    )
 
 
 def test_shape_errors_name_their_key_paths() -> None:
     with pytest.raises(ConfigurationError) as info:
-        WasmRetryEngine({"backoff": "fib", "tool_overrides": {"t": {"throttle_max_backoff_ms": 1}}})
+        direct_plugin({"backoff": "fib", "tool_overrides": {"t": {"throttle_max_backoff_ms": 1}}})
     paths = [e.path for e in info.value.errors]
     assert paths == ["backoff", "tool_overrides.t.throttle_max_backoff_ms"]
 
 
-# --------------------------------------------------------------------------- contract 0.2 builds
-def decide_all(engine: WasmRetryEngine, tool: str, rid: str, results: list[Any]) -> list[int]:
-    return [engine.decide(tool, rid, r) & DELAY_MASK for r in results]
-
-
-def test_a_0_2_build_loads_and_decides_as_before() -> None:
-    engine = WasmRetryEngine({"jitter": False, "wasm_path": str(WASM_0_2)})
-    assert engine.contract_version == "0.2.1"
-    policy = engine.global_policy
-    assert (policy.backoff, policy.throttle_differs) == ("exponential", False)
-    assert decide_all(engine, "t", "r", [err(429), err(503), err()]) == [200, 400, 0]
-
-
-def test_keys_a_0_2_build_would_ignore_are_refused_naming_the_build() -> None:
+def test_host_key_problems_join_the_components_own_with_their_paths() -> None:
     with pytest.raises(ConfigurationError) as info:
-        WasmRetryEngine(
-            {
-                "backoff": "linear",
-                "tool_overrides": {"t": {"throttle_backoff_base_ms": 9}},
-                "wasm_path": str(WASM_0_2),
-            }
-        )
-    messages = [str(e) for e in info.value.errors]
-    assert [e.path for e in info.value.errors] == ["backoff", "tool_overrides.t.throttle_backoff_base_ms"]
-    assert all("needs a contract 0.3 component" in m and "0.2.1" in m for m in messages), messages
-
-
-def test_refused_keys_join_the_components_own_problems_with_its_paths() -> None:
-    with pytest.raises(ConfigurationError) as info:
-        WasmRetryEngine(
+        direct_plugin(
             {
                 "max_retries": 99,
-                "throttle_max_backoff_ms": None,  # null: what a 0.2 component does anyway
-                "tool_overrides": {"a.b": {"backoff": "constant"}},
-                "wasm_path": str(WASM_0_2),
+                "wasm_fuel": -1,
+                "throttle_max_backoff_ms": None,  # null: the transient max, valid
+                "tool_overrides": {"a.b": {"backoff": "fib"}},
             }
         )
     paths = [e.path for e in info.value.errors]
-    assert paths == ["max_retries", 'tool_overrides["a.b"].backoff']
+    assert paths == ["wasm_fuel", "max_retries", 'tool_overrides["a.b"].backoff']
 
 
-def test_a_0_2_build_refuses_a_budget_under_an_identity_scope() -> None:
-    # Its budgets are per tool name: tenants sharing the engine would spend each other's.
-    with pytest.raises(ConfigurationError) as info:
-        WasmRetryEngine({"key_scope": "tenant", "retry_budget_percent": 10, "wasm_path": str(WASM_0_2)})
-    assert [e.path for e in info.value.errors] == ["retry_budget_percent"]
-    WasmRetryEngine({"key_scope": "request", "retry_budget_percent": 10, "wasm_path": str(WASM_0_2)})
+# --------------------------------------------------------------------------- other contracts
+#: What a refusal of a build of another contract names: the host's.
+WANTED = re.escape("0.5.x")
 
 
-def test_a_component_whose_export_and_version_disagree_is_refused(tmp_path: Path) -> None:
-    # The 0.2.1 build answering contract-version "0.3.1" while it exports @0.2.1: the host
-    # would take it for a component that knows the 0.3 keys.
-    data = WASM_0_2.read_bytes()
-    literal = re.compile(rb"(?<![\d.@])0\.2\.1(?!\d)")
-    assert len(literal.findall(data)) == 1, "the fixture rename no longer finds the version literal"
-    lying = tmp_path / "lying.wasm"
-    lying.write_bytes(literal.sub(b"0.3.1", data))
-    with pytest.raises(RetryEngineLoadError, match=r"implements contract '0\.3\.1' but exports .*@0\.2\.1"):
-        WasmRetryEngine({"wasm_path": str(lying)})
+def test_a_0_2_build_is_refused_naming_both_versions() -> None:
+    with pytest.raises(RetryEngineLoadError) as info:
+        direct_plugin({"jitter": False, "wasm_path": str(WASM_0_2)})
+    message = str(info.value)
+    assert str(WASM_0_2) in message
+    assert "@0.2.1" in message, "the version the build has"
+    assert "0.5.x" in message, "the version the host needs"
 
 
-def test_hot_reload_from_a_0_2_build_carries_live_state_into_the_current_one(wasm_path: Path) -> None:
-    clock = VirtualClock()
-    config = {"jitter": "decorrelated", "max_retries": 5, "wasm_path": str(WASM_0_2)}
-    engine = WasmRetryEngine(config, clock=clock, seed=(1, 2))
-    for i in range(20):
-        assert all(d > 0 for d in decide_all(engine, "t", f"r{i}", [err(), err()]))
-    assert engine.reload(wasm_path) == 20
-    assert engine.contract_version.startswith("0.4.")
-    # Every key continues its count: three more retries, then exhaustion (5 in all).
-    for i in range(20):
-        tail = decide_all(engine, "t", f"r{i}", [err()] * 4)
-        assert all(d > 0 for d in tail[:3]), (i, tail)
-        assert tail[3] == 0, (i, tail)
-    # And back: a 0.4 instance's state moves into the 0.2 build too.
-    for i in range(5):
-        decide_all(engine, "t", f"back{i}", [err()])
-    assert engine.reload(WASM_0_2) == 5
-    assert engine.contract_version == "0.2.1"
-    assert decide_all(engine, "t", "back0", [err()] * 5)[-1] == 0
-
-
-@pytest.mark.parametrize(
-    ("config", "refused"),
-    [
-        ({"backoff": "linear"}, r"backoff: needs a contract 0\.3 component"),
-        (
-            {"tool_overrides": {"send": {"non_idempotent_retries": "none"}}},
-            r"tool_overrides\.send\.non_idempotent_retries: needs a contract 0\.4 component",
-        ),
-        ({"idempotent": True}, r"idempotent: needs a contract 0\.4 component"),
-    ],
-)
-def test_reload_to_a_0_2_build_is_refused_while_the_config_uses_newer_keys(
-    wasm_path: Path, config: dict[str, Any], refused: str
+async def test_a_0_2_build_skips_the_plugin_in_the_manager(
+    manager_factory: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
-    engine = WasmRetryEngine({"jitter": False, **config})
-    assert decide_all(engine, "t", "r", [err()]) == [200]
-    with pytest.raises(RetryEngineLoadError, match=refused):
-        engine.reload(WASM_0_2)
-    assert engine.contract_version.startswith("0.4.")
-    assert decide_all(engine, "t", "r", [err()]) == [400]
+    with caplog.at_level(logging.ERROR):
+        await manager_factory({"wasm_path": str(WASM_0_2)}, expect_plugins=0)
+    assert any("@0.2.1" in r.getMessage() and "0.5.x" in r.getMessage() for r in caplog.records)
+
+
+def patched_version(tmp_path: Path, wasm_path: Path, version: str) -> Path:
+    """The current build answering ``version`` from ``contract-version`` while it still exports
+    the interface at its own version."""
+    data = wasm_path.read_bytes()
+    literal = re.compile(rb"(?<![\d.@])" + re.escape(CONTRACT_VERSION.encode()) + rb"(?![\d])")
+    assert len(literal.findall(data)) == 1, "the rename no longer finds the version literal"
+    assert len(version) == len(CONTRACT_VERSION)
+    patched = tmp_path / f"retry_engine-{version}.wasm"
+    patched.write_bytes(literal.sub(version.encode(), data))
+    return patched
+
+
+@pytest.mark.parametrize("version", ["0.4.9", "0.6.0", "1.5.0"])
+def test_a_component_answering_another_contract_is_refused(
+    tmp_path: Path, wasm_path: Path, version: str
+) -> None:
+    lying = patched_version(tmp_path, wasm_path, version)
+    with pytest.raises(
+        RetryEngineLoadError, match=rf"implements contract '{re.escape(version)}', this host needs {WANTED}"
+    ):
+        direct_plugin({"wasm_path": str(lying)})
+
+
+def test_a_newer_patch_of_the_contract_loads(tmp_path: Path, wasm_path: Path) -> None:
+    patch = patched_version(tmp_path, wasm_path, "0.5.7")
+    plugin = direct_plugin({"jitter": False, "wasm_path": str(patch)})
+    assert plugin.instance.contract_version == "0.5.7"
+
+
+async def call(plugin: RetryWithBackoffPlugin, rid: str, result: Any) -> int:
+    payload = ToolPostInvokePayload(name="t", result=result)
+    context = PluginContext(global_context=GlobalContext(request_id=rid))
+    return int((await plugin.tool_post_invoke(payload, context)).retry_delay_ms)
+
+
+async def test_reload_to_a_0_2_build_is_refused_and_the_instance_keeps_serving() -> None:
+    plugin = direct_plugin({"jitter": False, "max_retries": 3})
+    assert await call(plugin, "r", err()) == 200
+    with pytest.raises(RetryEngineLoadError) as info:
+        plugin.reload(str(WASM_0_2))
+    assert "@0.2.1" in str(info.value)
+    assert "0.5.x" in str(info.value)
+    assert plugin.instance.contract_version == CONTRACT_VERSION
+    assert plugin.instance.reload_count == 0
+    # Nothing was lost: the key continues its count.
+    assert await call(plugin, "r", err()) == 400
+    assert plugin.policy.state_count() == 1

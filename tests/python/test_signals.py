@@ -25,6 +25,8 @@ from cpex_retry_with_backoff_wasm.wire import (
     SIG_STATUS,
     SIG_STRUCTURED,
     SIG_STRUCTURED_IS_ERROR,
+    UNKNOWN_HANDLE,
+    UNKNOWN_POLICY,
 )
 
 
@@ -256,14 +258,22 @@ def test_collect_texts_propagates_broken_item() -> None:
         collect_texts({"content": [Exploding()]})
 
 
+#: Bits 40..59: the key's handle (WIT ``decide``); it never reads as any other field.
+HANDLES = 0xFFFFF << 40
+
+
 @pytest.mark.parametrize(
     ("decision", "delay", "count", "reason", "need_text"),
     [
         (0, 0, 0, "success", False),
-        (400 | (2 << 40) | (1 << 48), 400, 2, "retry", False),
-        ((3 << 40) | (2 << 48), 0, 3, "exhausted", False),
-        (((1 << 40) - 1) | (1 << 40) | (1 << 48), (1 << 40) - 1, 1, "retry", False),
+        (400 | (2 << 32) | (1 << 36) | (7 << 40), 400, 2, "retry", False),
+        ((3 << 32) | (2 << 36), 0, 3, "exhausted", False),
+        (((1 << 32) - 1) | (1 << 32) | (1 << 36) | HANDLES, (1 << 32) - 1, 1, "retry", False),
+        ((15 << 32) | (7 << 36), 0, 15, "non-idempotent", False),
+        ((4 << 36) | HANDLES, 0, 0, "budget", False),
         (NEED_TEXT, 0, 0, "success", True),
+        (UNKNOWN_POLICY, 0, 0, "success", False),
+        (UNKNOWN_HANDLE, 0, 0, "success", False),
     ],
 )
 def test_decision_unpack(decision: int, delay: int, count: int, reason: str, need_text: bool) -> None:
@@ -273,6 +283,7 @@ def test_decision_unpack(decision: int, delay: int, count: int, reason: str, nee
     assert decision_needs_text(decision) is need_text
 
 
-def test_decision_reason_rejects_unknown_ordinal() -> None:
-    with pytest.raises(ValueError, match="ordinal 8"):
-        decision_reason(8 << 48)
+@pytest.mark.parametrize("ordinal", [8, 15])
+def test_decision_reason_rejects_unknown_ordinal(ordinal: int) -> None:
+    with pytest.raises(ValueError, match=f"ordinal {ordinal}"):
+        decision_reason(ordinal << 36)

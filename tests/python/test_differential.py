@@ -4,6 +4,11 @@ Both plugins get identical randomized sequences of tool results (jitter off, sev
 request ids, random valid configs) and must return identical ``retry_delay_ms`` and metadata at
 every step.  Skipped where the native plugin is not installed (it needs cpex >= 0.1.4).
 
+Gateway contexts: the gateway builds one plugin object per context (team and tool, virtual
+server, global), so the native plugin keeps each context's state apart by object; here every
+object of one stanza and configuration shares one policy, which keeps state per context (tenant,
+server) instead.  Both must decide alike.
+
 Constraints of the native plugin the generators respect:
 * it validates ``tool_overrides`` lazily (on first use of the tool) - only configs valid for
   both are generated;
@@ -190,4 +195,49 @@ async def test_identical_decisions_and_metrics(seed: int) -> None:
         assert got == want, (
             f"seed={seed} step={step} tool={tool!r} rid={rid!r} result={result!r} config={config}"
         )
-    assert ours.engine.fault_count == 0
+    assert ours.instance.fault_count == 0
+
+
+#: (tenant_id, server_id) of the gateway contexts the per-context test spreads calls over.
+CONTEXTS = [(None, None), ("team-a", None), ("team-b", None), ("team-a", "srv-1"), (None, "srv-1")]
+
+
+@pytest.mark.parametrize("seed", range(10))
+async def test_one_policy_decides_as_one_native_object_per_context(seed: int) -> None:
+    rng = random.Random(1000 + seed)
+    config = random_config(rng)
+    natives = {
+        ctx: native_module.RetryWithBackoffPlugin(
+            plugin_config("cpex_retry_with_backoff.RetryWithBackoffPlugin", config)
+        )
+        for ctx in CONTEXTS
+    }
+    ours = {
+        ctx: RetryWithBackoffPlugin(
+            plugin_config("cpex_retry_with_backoff_wasm.RetryWithBackoffPlugin", config)
+        )
+        for ctx in CONTEXTS
+    }
+    assert len({plugin.policy.id for plugin in ours.values()}) == 1, "one stanza and config: one policy"
+
+    tools = rng.sample(TOOLS, rng.randint(2, 4))
+    # The same request ids in every context: only the context tells their keys apart.
+    rids = rng.sample(REQUEST_IDS, 2)
+    for step in range(300):
+        ctx = rng.choice(CONTEXTS)
+        tool, rid = rng.choice(tools), rng.choice(rids)
+        result = rng.choice(RESULTS[2:]) if rng.random() < 0.8 else rng.choice(RESULTS[:2])
+        trace_id = rng.choice([None, "trace-abc"])
+        ext = Extensions(request=RequestExtension(request_id=rid, trace_id=trace_id))
+        payload = ToolPostInvokePayload(name=tool, result=result)
+        global_context = GlobalContext(request_id=rid, tenant_id=ctx[0], server_id=ctx[1])
+        want = observed(
+            await natives[ctx].tool_post_invoke(payload, PluginContext(global_context=global_context), ext)
+        )
+        got = observed(
+            await ours[ctx].tool_post_invoke(payload, PluginContext(global_context=global_context), ext)
+        )
+        assert got == want, (
+            f"seed={seed} step={step} context={ctx} tool={tool!r} rid={rid!r} result={result!r}"
+        )
+    assert ours[CONTEXTS[0]].instance.fault_count == 0

@@ -18,97 +18,142 @@ from typing import Any
 import pytest
 from wasmtime import WasmtimeError
 
-from cpex_retry_with_backoff_wasm import WasmRetryEngine, fastcall
+from cpex_retry_with_backoff_wasm import Instance, fastcall
 from cpex_retry_with_backoff_wasm.fastcall import HeldFuel, lean_decide, lean_decide_held
+from cpex_retry_with_backoff_wasm.handles import HeldKeys
+from cpex_retry_with_backoff_wasm.keys import wire_key
 from cpex_retry_with_backoff_wasm.sandbox import Sandbox
+from cpex_retry_with_backoff_wasm.settings import HostSettings
 from cpex_retry_with_backoff_wasm.signals import pack_signals
-from cpex_retry_with_backoff_wasm.wire import UNKNOWN_HANDLE
+from cpex_retry_with_backoff_wasm.wire import (
+    DELAY_MASK,
+    HANDLE_MASK,
+    HANDLE_SHIFT,
+    NEED_TEXT,
+    UNKNOWN_HANDLE,
+    UNKNOWN_POLICY,
+)
 
-from .conftest import err, ok
+from .conftest import PLUGIN_NAME, direct_plugin, err, ok
+
+FAIL = pack_signals(is_error=True)
+
+
+def handle_of(decision: int) -> int:
+    return (decision >> HANDLE_SHIFT) & HANDLE_MASK
 
 
 def test_lean_path_is_active_on_the_tested_wasmtime() -> None:
     """A silent fallback to the generic path would cost ~4x per call: fail loudly instead."""
     assert fastcall.UNAVAILABLE is None
-    engine = WasmRetryEngine({})
-    assert engine.sandbox.lean is not None
-    assert all(callable(call) for call in engine.sandbox.lean)
+    plugin = direct_plugin({})
+    assert plugin.instance.sandbox.lean is not None
+    assert all(callable(call) for call in plugin.instance.sandbox.lean)
 
 
 def test_lean_and_generic_calls_agree_step_by_step() -> None:
-    """Two instances with the same seed, one driven lean and one generic, stay identical:
-    ``decide`` with and without handles, and ``decide-held`` for keys that have one."""
+    """Two instances with the same seed and clock, one driven lean and one generic, stay
+    identical word for word (handles included): ``decide`` by key, and ``decide-held`` for the
+    keys the lean one's decisions said hold state (``HeldKeys``, as the host keeps them)."""
     config = {"max_retries": 4, "backoff_base_ms": 7, "max_backoff_ms": 90, "retry_on_status": [500, 503]}
-    lean = WasmRetryEngine(config, seed=(3, 4), clock=lambda: 0)
-    generic = WasmRetryEngine(config, seed=(3, 4), clock=lambda: 0)
-    assert lean.sandbox.lean is not None
-    decide, decide_held = lean.sandbox.lean
+    settings = HostSettings.read({})
+    lean_instance = Instance(settings, seed=(3, 4), clock=lambda: 0)
+    generic_instance = Instance(settings, seed=(3, 4), clock=lambda: 0)
+    lean_policy = lean_instance.open("scope", config)
+    generic_policy = generic_instance.open("scope", config)
+    assert lean_policy.id == generic_policy.id, "a policy's id is its content's"
+    assert lean_instance.sandbox.lean is not None
+    decide, decide_held = lean_instance.sandbox.lean
+    generic = generic_instance.sandbox
     rng = random.Random(20261128)
     statuses = [None, 200, 404, 500, 503, -1, 2**31 - 1]
-    handles: dict[tuple[str, str], int] = {}
+    held = HeldKeys()
     held_calls = 0
     for _ in range(3000):
-        tool = rng.choice(["a", "ab", "é✓", ""])
-        rid = rng.choice(["", "b", "1", "x" * 300])
+        parts = (
+            rng.choice(["", "team-a", "é✓"]),  # tenant
+            rng.choice(["", "srv"]),  # server
+            rng.choice(["", "bob"]),  # identity
+            rng.choice(["a", "ab", "é✓", ""]),  # tool
+            rng.choice(["", "b", "1", "x" * 300]),  # request id
+        )
+        key, lengths = wire_key(*parts)
         signals = pack_signals(
             is_error=rng.random() < 0.5,
             has_structured=rng.random() < 0.5,
             structured_is_error=rng.random() < 0.2,
             status_code=rng.choice(statuses),
         )
-        store = generic.sandbox.live_store()
-        store.set_fuel(generic.fuel_per_call)
-        want = generic.sandbox.funcs["decide"](store, tool + rid, len(tool), signals, 0)
-        handle = handles.get((tool, rid), 0)
+        store = generic.live_store()
+        store.set_fuel(generic_instance.fuel_per_call)
+        want = generic.funcs["decide"](store, generic_policy.id, key.decode(), lengths, signals)
+        handle = held.handles.get(parts, 0)
         got = decide_held(handle, signals) if handle else UNKNOWN_HANDLE
         if got == UNKNOWN_HANDLE:
-            # Handle 1..4 per tool: a handle given to another key moves to it.
-            handle = ["a", "ab", "é✓", ""].index(tool) + 1
-            got = decide((tool + rid).encode(), len(tool), signals, handle)
-            handles = {k: h for k, h in handles.items() if h != handle}
-            handles[(tool, rid)] = handle
+            got = decide(lean_policy.id, key, lengths, signals)
         else:
             held_calls += 1
-        assert got == want, (tool, rid, signals)
+        assert got == want, (parts, signals)
+        assert not got & (UNKNOWN_POLICY | UNKNOWN_HANDLE | NEED_TEXT)
+        held.note(parts, got)
     assert held_calls > 100, "the walk should exercise decide-held"
+    assert lean_instance.state_count() == generic_instance.state_count() > 0
 
 
 def test_decide_held_of_an_unknown_handle_changes_nothing() -> None:
-    engine = WasmRetryEngine({"jitter": False})
-    assert engine.sandbox.lean is not None
-    decide, decide_held = engine.sandbox.lean
-    fail = pack_signals(is_error=True)
-    assert decide_held(1, fail) == UNKNOWN_HANDLE
-    assert decide_held(0, fail) == UNKNOWN_HANDLE
-    assert engine.state_count() == 0
-    first = decide(b"toolrequest", 4, fail, 1)
-    assert first & ((1 << 40) - 1) == 200
-    second = decide_held(1, fail)
-    assert second & ((1 << 40) - 1) == 400
-    assert decide_held(2, fail) == UNKNOWN_HANDLE
-    assert engine.state_count() == 1
+    plugin = direct_plugin({"jitter": False})
+    assert plugin.instance.sandbox.lean is not None
+    decide, decide_held = plugin.instance.sandbox.lean
+    assert decide_held(1, FAIL) == UNKNOWN_HANDLE
+    assert decide_held(0, FAIL) == UNKNOWN_HANDLE
+    assert plugin.policy.state_count() == 0
+    key, parts = wire_key("", "", "", "tool", "request")
+    first = decide(plugin.policy.id, key, parts, FAIL)
+    assert first & DELAY_MASK == 200
+    handle = handle_of(first)
+    assert handle, "a retry names its key by a handle"
+    second = decide_held(handle, FAIL)
+    assert second & DELAY_MASK == 400
+    assert handle_of(second) == handle
+    assert decide_held(handle % HANDLE_MASK + 1, FAIL) == UNKNOWN_HANDLE
+    assert plugin.policy.state_count() == 1
+
+
+def test_decide_under_an_unknown_policy_changes_nothing() -> None:
+    plugin = direct_plugin({"jitter": False})
+    assert plugin.instance.sandbox.lean is not None
+    decide, _ = plugin.instance.sandbox.lean
+    key, parts = wire_key("", "", "", "tool", "request")
+    other = plugin.policy.id % (2**64 - 1) + 1
+    assert decide(other, key, parts, FAIL) == UNKNOWN_POLICY
+    assert plugin.instance.state_count() == 0
+    assert decide(plugin.policy.id, key, parts, FAIL) & DELAY_MASK == 200
 
 
 def test_lean_call_raises_on_a_trap() -> None:
-    engine = WasmRetryEngine({})
-    assert engine.sandbox.store is not None
-    starved = lean_decide(engine.sandbox.funcs["decide"], engine.sandbox.store, 1, HeldFuel(1))
-    starved_held = lean_decide_held(engine.sandbox.funcs["decide-held"], engine.sandbox.store, 1, HeldFuel(1))
+    plugin = direct_plugin({})
+    sandbox = plugin.instance.sandbox
+    assert sandbox.store is not None
+    starved = lean_decide(sandbox.funcs["decide"], sandbox.store, 1, HeldFuel(1))
+    starved_held = lean_decide_held(sandbox.funcs["decide-held"], sandbox.store, 1, HeldFuel(1))
     assert starved is not None
     assert starved_held is not None
+    key, parts = wire_key("", "", "", "tool", "request")
     with pytest.raises(WasmtimeError):
-        starved(b"toolrequest", 4, 1, 0)
+        starved(plugin.policy.id, key, parts, FAIL)
     with pytest.raises(WasmtimeError):
-        starved_held(1, 1)
+        starved_held(1, FAIL)
 
 
 def test_lean_build_refuses_another_signature() -> None:
-    engine = WasmRetryEngine({})
-    assert engine.sandbox.store is not None
-    with pytest.raises(TypeError, match=r"is not \(string, u32, u64, u32\) -> u64"):
-        lean_decide(engine.sandbox.funcs["state-count"], engine.sandbox.store, 1000, HeldFuel(1000))
+    sandbox = direct_plugin({}).instance.sandbox
+    assert sandbox.store is not None
+    with pytest.raises(TypeError, match=r"is not \(u64, string, u64, u64\) -> u64"):
+        lean_decide(sandbox.funcs["state-count"], sandbox.store, 1000, HeldFuel(1000))
+    with pytest.raises(TypeError, match=r"is not \(u64, string, u64, u64\) -> u64"):
+        lean_decide(sandbox.funcs["decide-held"], sandbox.store, 1000, HeldFuel(1000))
     with pytest.raises(TypeError, match=r"is not \(u32, u64\) -> u64"):
-        lean_decide_held(engine.sandbox.funcs["decide"], engine.sandbox.store, 1000, HeldFuel(1000))
+        lean_decide_held(sandbox.funcs["decide"], sandbox.store, 1000, HeldFuel(1000))
 
 
 # ------------------------------------------------------- the lean path's private surface
@@ -225,17 +270,27 @@ class Keep(logging.Handler):
         records.append(record.getMessage())
 logging.getLogger().addHandler(Keep())
 
+import asyncio
+from cpex.framework import GlobalContext, PluginContext, ToolPostInvokePayload
 from cpex_retry_with_backoff_wasm import fastcall
-from cpex_retry_with_backoff_wasm import WasmRetryEngine
-from cpex_retry_with_backoff_wasm.wire import DELAY_MASK
-from tests.python.conftest import err, ok
+from tests.python.conftest import direct_plugin, err, ok
 
-engines = [WasmRetryEngine({"jitter": False}) for _ in range(2)]
-results = (err(), err(), err(), ok(), err())
-delays = [engine.decide("search", "r1", r) & DELAY_MASK for engine in engines for r in results]
+# Two instances (other host limits): each is built without the lean path, one warning in all.
+plugins = [direct_plugin({"jitter": False, "wasm_fuel": 10_000_000 + i}) for i in range(2)]
+
+async def run(plugin):
+    out = []
+    for result in (err(), err(), err(), ok(), err()):
+        payload = ToolPostInvokePayload(name="search", result=result)
+        context = PluginContext(global_context=GlobalContext(request_id="r1"))
+        out.append((await plugin.tool_post_invoke(payload, context)).retry_delay_ms)
+    return out
+
+delays = [d for plugin in plugins for d in asyncio.run(run(plugin))]
 print(json.dumps({
     "unavailable": fastcall.UNAVAILABLE,
-    "lean": [engine.sandbox.lean is not None for engine in engines],
+    "lean": [plugin.instance.sandbox.lean is not None for plugin in plugins],
+    "instances": len({id(plugin.instance) for plugin in plugins}),
     "delays": delays,
     "warnings": [m for m in records if "lean decide call is unavailable" in m],
 }))
@@ -257,6 +312,7 @@ def test_another_c_signature_at_import_falls_back_with_one_warning(tmp_path: Pat
     seen = json.loads(proc.stdout.strip().splitlines()[-1])
     assert "argument 3 is c_uint in this wasmtime-py, not size_t" in seen["unavailable"]
     assert seen["lean"] == [False, False]
+    assert seen["instances"] == 2
     assert seen["delays"] == [200, 400, 0, 0, 200] * 2
     (warning,) = seen["warnings"]
     assert "argument 3 is c_uint" in warning
@@ -281,17 +337,17 @@ class RenamedFunc:
 async def test_renamed_private_attribute_falls_back_with_one_warning(
     manager_factory: Any, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    from wasmtime.component import Instance
+    from wasmtime.component import Instance as ComponentInstance
 
     from .test_plugin import delays
 
-    real_get_func = Instance.get_func
+    real_get_func = ComponentInstance.get_func
 
     def get_func(self: Any, store: Any, index: Any) -> Any:
         func = real_get_func(self, store, index)
         return None if func is None else RenamedFunc(func)
 
-    monkeypatch.setattr(Instance, "get_func", get_func)
+    monkeypatch.setattr(ComponentInstance, "get_func", get_func)
     # Whatever this test does to the process-wide switches is undone afterwards.
     monkeypatch.setattr(fastcall, "UNAVAILABLE", None)
     monkeypatch.setattr(Sandbox, "_warned_slow_path", False)
@@ -305,8 +361,14 @@ async def test_renamed_private_attribute_falls_back_with_one_warning(
             0,
             200,
         ]
-        second = await manager_factory({"jitter": False, "max_retries": 3})
+        first_instance = first.get_plugin(PLUGIN_NAME).instance
+        # Other host limits: a second instance, built without the lean path too.
+        second = await manager_factory({"jitter": False, "max_retries": 3, "wasm_fuel": 20_000_000})
         assert await delays(second, "search", "r1", [err(), err(), err(), err()]) == [200, 400, 800, 0]
+        second_instance = second.get_plugin(PLUGIN_NAME).instance
+    assert second_instance is not first_instance
+    assert first_instance.sandbox.lean is None
+    assert second_instance.sandbox.lean is None
     assert fastcall.UNAVAILABLE is not None
     assert "preparing the lean call failed: AttributeError" in fastcall.UNAVAILABLE
     warnings = [r.getMessage() for r in caplog.records if "lean decide call is unavailable" in r.getMessage()]

@@ -400,3 +400,122 @@ def test_a_forked_worker_exports_only_its_own_decisions(tmp_path: Path) -> None:
     )
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["child", "0", "1.0", "parent", "3.0"]
+
+
+BROKEN_DIR = textwrap.dedent(
+    """
+    import gc, json, logging, os, weakref
+    from prometheus_client import CollectorRegistry, generate_latest, multiprocess
+    from prometheus_client.parser import text_string_to_metric_families
+    from cpex_retry_with_backoff_wasm import metrics
+    from cpex_retry_with_backoff_wasm.wire import REASON_SHIFT, REASONS
+
+    class Engine:  # what the metrics read from an engine (EngineCounters), nothing else
+        prometheus_metrics = True
+        fault_count = rebuild_count = reload_count = 0
+
+        def state_count(self):
+            return 0
+
+    class Owner:  # stands for a plugin object
+        pass
+
+    records = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    logging.getLogger(metrics.__name__).addHandler(handler)
+
+    def flush():
+        try:
+            metrics.flush()
+        except Exception as exc:
+            return type(exc).__name__
+        return None
+
+    def record(recorder, tool, decision):
+        (recorder.queues.get(tool) or recorder.queue(tool))(decision)  # the hook's line
+
+    RETRY = (REASONS.index("retry") << REASON_SHIFT) | 200
+    owners = [Owner() for _ in range(10)]
+    engines = [Engine() for _ in range(10)]
+    recorders = [metrics.attach(o, "BrokenDir", e) for o, e in zip(owners, engines)]
+    for recorder in recorders:
+        for tool in ("a", "b", "c"):
+            for decision in [0] * 60 + [RETRY] * 40:
+                record(recorder, tool, decision)
+    raised = [flush(), flush()]
+    queued = sum(len(q) for r in recorders for q in r.pending.values())
+
+    # The plugin objects go (the gateway drops its managers every 30 s).
+    refs = [weakref.ref(e) for e in engines]
+    del owners, engines, recorders, recorder
+    gc.collect()
+    raised.append(flush())
+    gc.collect()
+    kept = sum(ref() is not None for ref in refs)
+
+    # The directory is repaired: new decisions are exported, and so is the count of the dropped.
+    path = os.environ["PROMETHEUS_MULTIPROC_DIR"]
+    if os.path.isfile(path):
+        os.remove(path)
+    os.makedirs(path, exist_ok=True)
+    owner = Owner()
+    record(metrics.attach(owner, "BrokenDir", Engine()), "a", 0)
+    raised.append(flush())
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry)
+    text = generate_latest(registry).decode()
+
+    def total(name):
+        return sum(
+            s.value
+            for f in text_string_to_metric_families(text)
+            for s in f.samples
+            if s.name == "cpex_retry_wasm_" + name and s.labels.get("plugin") == "BrokenDir"
+        )
+
+    print(json.dumps({
+        "raised": raised,
+        "queued": queued,
+        "kept": kept,
+        "warnings": [r.getMessage() for r in records if r.levelno >= logging.WARNING],
+        "tracebacks": sum(r.exc_info is not None for r in records),
+        "decisions": total("decisions_total"),
+        "dropped": total("dropped_decisions_total"),
+    }))
+    """
+)
+
+
+@pytest.mark.parametrize(
+    ("broken", "problem"), [("missing", "does not exist"), ("file", "is not a directory")]
+)
+def test_a_broken_multiprocess_dir_drops_and_counts_and_warns_once(
+    tmp_path: Path, broken: str, problem: str
+) -> None:
+    """Issue 24 (2): with PROMETHEUS_MULTIPROC_DIR missing or a regular file, the first label
+    whose file could not be opened made every flush raise: later queues were never drained,
+    recorders of plugin objects already gone kept their engines, and the flush thread logged a
+    traceback a second.  The flushes here are driven explicitly (the thread only adds more)."""
+    multiproc = tmp_path / "prometheus"
+    if broken == "file":
+        multiproc.write_text("not a directory")
+    env = {
+        **os.environ,
+        "PROMETHEUS_MULTIPROC_DIR": str(multiproc),
+        "XDG_CACHE_HOME": str(tmp_path / "cache"),
+    }
+    out = subprocess.run(
+        [sys.executable, "-c", BROKEN_DIR], env=env, capture_output=True, text=True, timeout=120, check=False
+    )
+    assert out.returncode == 0, out.stderr
+    report = json.loads(out.stdout.strip().splitlines()[-1])
+    assert report["raised"] == [None] * 4, "a flush never raises"
+    assert report["queued"] == 0, "every queue is drained, exported or not"
+    assert report["kept"] == 0, "recorders of plugin objects that are gone are released"
+    assert report["tracebacks"] == 0
+    [warning] = report["warnings"]
+    assert f"PROMETHEUS_MULTIPROC_DIR={str(multiproc)!r} {problem}" in warning
+    assert "dropped_decisions_total" in warning
+    assert report["decisions"] == 1, "exports resume once the directory works"
+    assert report["dropped"] == 10 * 3 * 100, "every decision not exported is counted"

@@ -14,6 +14,7 @@ exports, under the prefix ``cpex_retry_wasm_``:
                                                             rebuilds
 ``cpex_retry_wasm_rebuilds_total{plugin}``                  fresh instances after a fault
 ``cpex_retry_wasm_reloads_total{plugin}``                   hot reloads that succeeded
+``cpex_retry_wasm_dropped_decisions_total{plugin}``         decisions that could not be exported
 ==========================================================  =======================================
 
 ``plugin`` is the plugin's name in the gateway's YAML; ``reason`` a ``wire.REASONS`` name (a
@@ -37,6 +38,16 @@ plugin object of the process shares them):
 
 Fault, rebuild and reload counts are read from the engine's public counters at each flush.
 The ``prometheus_metrics`` setting (default true) turns all of it off for a plugin.
+
+A flush never raises and one failing export never stops the others.  The usual cause is a
+broken ``PROMETHEUS_MULTIPROC_DIR`` (missing, not a directory, not writable): each metric
+file is opened at its first series, so new series fail while the open ones go on.  A batch of
+decisions whose ``decisions_total`` increment fails is dropped and its size added to
+``dropped_decisions_total`` (exported as soon as that works again); unexported engine events
+stay counted and are retried; a failing gauge sample waits for the next.  The queues are
+therefore drained at every flush whatever happens, recorders of plugin objects that are gone
+are released, and one warning per process and problem names the directory and what is wrong
+with it.
 """
 
 from __future__ import annotations
@@ -73,6 +84,8 @@ OTHER_TOOL: Final = "other"
 #: Tool names a plugin object remembers the queue of (those beyond it find the ``other`` queue
 #: again on every call): bounds its memory whatever names arrive.
 MAX_TOOL_NAMES: Final = 10_000
+#: The environment variable naming the directory of multiprocess mode's files.
+MULTIPROC_DIR: Final = "PROMETHEUS_MULTIPROC_DIR"
 #: How often the daemon thread flushes the queues (seconds).
 FLUSH_INTERVAL_S: Final = 1.0
 #: Upper bounds of the retry-delay histogram (seconds): the default backoff range, then the
@@ -112,7 +125,7 @@ def read_setting(config: Mapping[str, Any], errors: list[ConfigError]) -> bool:
 
 def multiprocess_mode() -> bool:
     """Whether ``prometheus_client`` writes per-process files (the gateway's own test)."""
-    return "PROMETHEUS_MULTIPROC_DIR" in os.environ
+    return MULTIPROC_DIR in os.environ
 
 
 class _ToolLabels:
@@ -216,6 +229,11 @@ class _Metrics:
             PREFIX + "rebuilds", "Instances rebuilt after a sandbox fault", ("plugin",)
         )
         self.reloads = PromCounter(PREFIX + "reloads", "Hot reloads of the component", ("plugin",))
+        self.dropped = PromCounter(
+            PREFIX + "dropped_decisions",
+            "Decisions that could not be exported (e.g. a broken PROMETHEUS_MULTIPROC_DIR)",
+            ("plugin",),
+        )
 
 
 class _FlushOnScrape(Collector):
@@ -241,6 +259,12 @@ class _Exporter:
         self._gauged: set[str] = set()
         #: Engine -> its counters already exported (shared by its recorders).
         self._exported: weakref.WeakKeyDictionary[Any, list[int]] = weakref.WeakKeyDictionary()
+        #: Plugin name -> decisions dropped because their export failed, not yet exported.
+        self._dropped: Counter[str] = Counter()
+        #: Problems already warned about in this process (one warning each).
+        self._warned: set[str] = set()
+        #: Whether an export of the running flush failed (the problem is diagnosed once a flush).
+        self._failing = False
         self._thread_pid: int | None = None
 
     def attach(self, owner: object, plugin: str, engine: EngineCounters) -> PluginMetrics | None:
@@ -283,27 +307,39 @@ class _Exporter:
             labels.after_fork()
         for recorder in self._recorders:
             recorder.discard_pending()
+        self._dropped.clear()
+        self._warned.clear()  # each worker says once what it cannot write
         self._thread_pid = None
         if self._recorders:
             self._ensure_thread()
 
     def flush(self, *, sample_state: bool = False) -> None:
-        """Export every queued decision and engine event; with ``sample_state``, set the gauge."""
+        """Export every queued decision and engine event; with ``sample_state``, set the gauge.
+
+        Never raises: a failing export is warned about once, and what it could not export is
+        dropped and counted (decisions) or kept for the next flush (engine events, gauge).
+        """
         metrics = self._metrics
         if metrics is None:
             return
         with self._lock:
-            live: dict[str, int] = {}
+            self._failing = False
             for recorder in list(self._recorders):
-                self._flush_one(metrics, recorder)
+                try:
+                    self._flush_one(metrics, recorder)
+                except Exception as exc:  # a bug or a broken engine: never stop the others
+                    self._failed(exc)
                 if recorder.retired:
                     self._recorders.discard(recorder)
+            for plugin, count in list(self._dropped.items()):
+                if self._inc(metrics.dropped, (plugin,), count):
+                    del self._dropped[plugin]
             if sample_state:
                 live = self._live_entries()
                 for plugin in self._gauged - live.keys():
-                    metrics.state_entries.labels(plugin).set(0)
+                    self._set(metrics.state_entries, plugin, 0)
                 for plugin, entries in live.items():
-                    metrics.state_entries.labels(plugin).set(entries)
+                    self._set(metrics.state_entries, plugin, entries)
                 self._gauged |= live.keys()
 
     def _live_entries(self) -> dict[str, int]:
@@ -324,36 +360,83 @@ class _Exporter:
         # A copy: the hot path may add a label's queue meanwhile.
         for label, pending in list(recorder.pending.items()):
             # Exactly the decisions queued so far; later appends wait for the next flush.
+            # Taken out of the queue whether or not their export succeeds: the queue stays
+            # bounded by what arrives between two flushes.
             batch = Counter(islice(iter(pending.popleft, None), len(pending)))
             if not batch:
                 continue
             reasons: Counter[int] = Counter()
             for decision, count in batch.items():
-                reason = (decision >> REASON_SHIFT) & REASON_MASK
-                reasons[reason] += count
-                if reason == _RETRY:
-                    delays += [(decision & DELAY_MASK) / 1000] * count
+                reasons[(decision >> REASON_SHIFT) & REASON_MASK] += count
             for reason, count in reasons.items():
                 name = REASONS[reason] if reason < len(REASONS) else str(reason)
-                metrics.decisions.labels(plugin, label, name).inc(count)
-                if reason == _BUDGET:
-                    metrics.budget_refusals.labels(plugin, label).inc(count)
+                if not self._inc(metrics.decisions, (plugin, label, name), count):
+                    self._dropped[plugin] += count
+                elif reason == _BUDGET:
+                    self._inc(metrics.budget_refusals, (plugin, label), count)
+                elif reason == _RETRY:
+                    for decision, n in batch.items():
+                        if (decision >> REASON_SHIFT) & REASON_MASK == _RETRY:
+                            delays += [(decision & DELAY_MASK) / 1000] * n
         if delays:
-            observe = metrics.delays.labels(plugin).observe
-            for seconds in delays:
-                observe(seconds)
-        engine = recorder.engine
-        now = _counters(engine)
-        if now != recorder.exported:
-            faults, rebuilds, reloads = (a - b for a, b in zip(now, recorder.exported, strict=True))
-            recorder.exported[:] = now
-            for counter, delta in (
-                (metrics.faults, faults),
-                (metrics.rebuilds, rebuilds),
-                (metrics.reloads, reloads),
-            ):
-                if delta > 0:
-                    counter.labels(plugin).inc(delta)
+            try:
+                observe = metrics.delays.labels(plugin).observe
+                for seconds in delays:
+                    observe(seconds)
+            except Exception as exc:
+                self._failed(exc)
+        exported = recorder.exported
+        now = _counters(recorder.engine)
+        counters = (metrics.faults, metrics.rebuilds, metrics.reloads)
+        for i, (counter, count, before) in enumerate(zip(counters, now, exported, strict=True)):
+            # An event not exported stays pending in ``exported`` until its export works.
+            if count <= before or self._inc(counter, (plugin,), count - before):
+                exported[i] = count
+
+    def _inc(self, counter: PromCounter, labels: tuple[str, ...], amount: int) -> bool:
+        """Add ``amount`` to ``counter``'s series; False when that fails (warned about)."""
+        try:
+            counter.labels(*labels).inc(amount)
+        except Exception as exc:
+            self._failed(exc)
+            return False
+        return True
+
+    def _set(self, gauge: PromGauge, plugin: str, value: int) -> None:
+        try:
+            gauge.labels(plugin).set(value)
+        except Exception as exc:
+            self._failed(exc)
+
+    def _failed(self, exc: Exception) -> None:
+        """Warn, once per process and problem, that exports fail: a clear line naming the
+        cause, not a traceback every flush."""
+        if self._failing:
+            return  # diagnosed already in this flush
+        self._failing = True
+        path = os.environ.get(MULTIPROC_DIR)
+        problem = None if path is None else _directory_problem(path)
+        key = problem or type(exc).__name__
+        if key in self._warned:
+            return
+        self._warned.add(key)
+        if problem is not None:
+            log.warning(
+                "retry metrics: %s=%r %s, so this process cannot write its metric files (%s); "
+                "decisions it cannot export are dropped and counted in %sdropped_decisions_total",
+                MULTIPROC_DIR,
+                path,
+                problem,
+                _describe(exc),
+                PREFIX,
+            )
+        else:
+            log.warning(
+                "retry metrics: exporting failed (%s); decisions that cannot be exported are "
+                "dropped and counted in %sdropped_decisions_total",
+                _describe(exc),
+                PREFIX,
+            )
 
 
 def _counters(engine: EngineCounters) -> list[int]:
@@ -368,6 +451,21 @@ def _label_value(text: str) -> str:
     except UnicodeEncodeError:
         return text.encode("utf-8", "backslashreplace").decode("utf-8")
     return text
+
+
+def _directory_problem(path: str) -> str | None:
+    """What is wrong with ``PROMETHEUS_MULTIPROC_DIR`` for writing files in it, if anything."""
+    if not os.path.exists(path):
+        return "does not exist"
+    if not os.path.isdir(path):
+        return "is not a directory"
+    if not os.access(path, os.W_OK | os.X_OK):
+        return "is not writable"
+    return None
+
+
+def _describe(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"
 
 
 def _state_count(engine: EngineCounters) -> int:

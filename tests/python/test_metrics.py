@@ -9,6 +9,7 @@ mode.  Multiprocess mode runs in subprocesses with their own ``PROMETHEUS_MULTIP
 from __future__ import annotations
 
 import gc
+import hashlib
 import itertools
 import json
 import os
@@ -27,6 +28,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from cpex_retry_with_backoff_wasm import ConfigurationError, RetryWithBackoffPlugin
 from cpex_retry_with_backoff_wasm import metrics as m
+from cpex_retry_with_backoff_wasm.keys import KEY_PART_MAX_CHARS, key_part
 
 from .conftest import PLUGIN_KIND, err, ok
 
@@ -55,6 +57,29 @@ def value(samples: Samples, name: str, **labels: str) -> float | None:
 
 def of_plugin(samples: Samples, plugin: str) -> Samples:
     return {k: v for k, v in samples.items() if ("plugin", plugin) in k[1]}
+
+
+def digest(name: str) -> str:
+    """The label value of a tool name that is not its own (written out, not taken from the code)."""
+    return "#sha256:" + hashlib.sha256(name.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def tool_labels(samples: Samples) -> set[str]:
+    return {dict(labels)["tool"] for (n, labels) in samples if n == m.PREFIX + "decisions_total"}
+
+
+class StubEngine:
+    """What the metrics read from an engine (``EngineCounters``), nothing else."""
+
+    prometheus_metrics = True
+    fault_count = rebuild_count = reload_count = 0
+
+    def state_count(self) -> int:
+        return 0
+
+
+class Owner:
+    """Stands for a plugin object: ``attach`` only watches it."""
 
 
 def stanza(name: str, config: dict[str, Any]) -> str:
@@ -144,8 +169,7 @@ async def test_tool_label_values_are_bounded(manager: Manager) -> None:
     await post(mgr, "tool-late", "r", ok())
 
     samples = of_plugin(scrape(), name)
-    tools = {dict(labels)["tool"] for (n, labels) in samples if n == m.PREFIX + "decisions_total"}
-    assert tools == {f"tool-{i}" for i in range(m.MAX_TOOL_LABELS)} | {m.OTHER_TOOL}
+    assert tool_labels(samples) == {f"tool-{i}" for i in range(m.MAX_TOOL_LABELS)} | {m.OTHER_TOOL}
     assert value(samples, "decisions_total", plugin=name, tool="tool-0", reason="success") == 2
     assert value(samples, "decisions_total", plugin=name, tool=m.OTHER_TOOL, reason="success") == extra + 1
 
@@ -173,12 +197,73 @@ async def test_live_retry_state_entries_gauge(manager: Manager) -> None:
     assert value(scrape(), "retry_state_entries", plugin=name) == 1
 
 
+async def test_a_tool_named_other_is_not_the_overflow_series(manager: Manager) -> None:
+    """Issue 24 (3): the overflow label was ``other``, so a tool of that name shared its series."""
+    name = unique_name()
+    mgr = await manager(name, NO_JITTER)
+    first = ["other", "#other", *(f"tool-{i}" for i in range(m.MAX_TOOL_LABELS - 2))]
+    for tool in first:
+        await post(mgr, tool, "r", ok())
+    for i in range(3):
+        await post(mgr, f"late-{i}", "r", ok())
+
+    samples = of_plugin(scrape(), name)
+    assert value(samples, "decisions_total", plugin=name, tool=m.OTHER_TOOL, reason="success") == 3
+    assert value(samples, "decisions_total", plugin=name, tool="other", reason="success") == 1
+    assert value(samples, "decisions_total", plugin=name, tool=digest("#other"), reason="success") == 1
+    labels = {*first[2:], "other", digest("#other"), m.OTHER_TOOL}
+    assert tool_labels(samples) == labels, "a name starting with # is digested, like a long one"
+
+
+async def test_long_tool_names_are_digested_in_labels(manager: Manager) -> None:
+    """Issue 24 (3): 20 tool names of 1 MB gave 40 MB of exposition.  A name over
+    KEY_PART_MAX_CHARS is exported as the digest the engine's key part is."""
+    name = unique_name()
+    mgr = await manager(name, NO_JITTER)
+    longest = "x" * KEY_PART_MAX_CHARS
+    huge = ["y" * 1_000_000, "y" * 999_999 + "z"]  # differing only in the last character
+    for tool in [longest, *huge]:
+        assert await post(mgr, tool, "r", err(503)) == 200
+
+    samples = of_plugin(scrape(), name)
+    assert tool_labels(samples) == {longest, digest(huge[0]), digest(huge[1])}
+    assert digest(huge[0]) == key_part(huge[0]), "the same digest as the engine's key part"
+    assert value(samples, "decisions_total", plugin=name, tool=digest(huge[1]), reason="retry") == 1
+    text = generate_latest(REGISTRY).decode()
+    mine = [line for line in text.splitlines() if f'plugin="{name}"' in line]
+    assert sum(map(len, mine)) < 10 * 1024, "a label value is at most KEY_PART_MAX_CHARS characters"
+
+
 async def test_surrogate_tool_name_does_not_break_the_exposition(manager: Manager) -> None:
     name = unique_name()
     mgr = await manager(name, NO_JITTER)
     assert await post(mgr, "bad\udc80tool", "r", err(503)) == 200
     samples = of_plugin(scrape(), name)
-    assert value(samples, "decisions_total", plugin=name, tool="bad\\udc80tool", reason="retry") == 1
+    assert value(samples, "decisions_total", plugin=name, tool=digest("bad\udc80tool"), reason="retry") == 1
+
+
+def test_the_tool_name_table_is_bounded_in_bytes() -> None:
+    """Issue 24 (3): a plugin object kept up to MAX_TOOL_NAMES names of any size (2,000 names
+    of 50 kB kept 93 MiB).  Now no name over KEY_PART_MAX_CHARS, and MAX_TOOL_NAME_BYTES in
+    all; the names it has no room for are still counted, just found again on every call."""
+    name = unique_name()
+    owner = Owner()
+    recorder = m.attach(owner, name, StubEngine())
+    assert recorder is not None
+
+    def record(tool: str) -> None:
+        (recorder.queues.get(tool) or recorder.queue(tool))(0)  # the hook's line
+
+    too_long = [f"{i:04d}".ljust(KEY_PART_MAX_CHARS + 1, "l") for i in range(20)]
+    longest = [f"{i:05d}".ljust(KEY_PART_MAX_CHARS, "n") for i in range(m.MAX_TOOL_NAMES)]
+    for tool in too_long + longest + too_long:
+        record(tool)
+    assert not recorder.queues.keys() & set(too_long)
+    assert sum(map(sys.getsizeof, recorder.queues)) <= m.MAX_TOOL_NAME_BYTES
+    assert len(recorder.queues) > m.MAX_TOOL_NAME_BYTES // (4 * KEY_PART_MAX_CHARS), "room for many"
+    samples = of_plugin(scrape(), name)
+    total = sum(v for (n, _), v in samples.items() if n == m.PREFIX + "decisions_total")
+    assert total == 2 * len(too_long) + len(longest)
 
 
 # --------------------------------------------------------------------------- faults, rebuilds, reloads

@@ -19,9 +19,18 @@ exports, under the prefix ``cpex_retry_wasm_``:
 
 ``plugin`` is the plugin's name in the gateway's YAML; ``reason`` a ``wire.REASONS`` name (a
 decision answered "no retry" because the sandbox faulted counts as ``success``; the fault is in
-``sandbox_faults``).  ``tool`` is bounded: per plugin name the first ``MAX_TOOL_LABELS`` distinct
-tool names get their own label value and every later one is ``other``, so tool names (chosen by
-whoever registers servers) cannot grow the series without bound.
+``sandbox_faults``).  ``tool`` is bounded, since tool names are chosen by whoever registers
+servers:
+
+- in bytes: a tool's label value is its name when that is at most ``KEY_PART_MAX_CHARS``
+  characters of valid Unicode and does not start with ``#``; otherwise ``KEY_DIGEST_PREFIX`` +
+  the hex SHA-256 of the name, the same digest as the engine's key part (``keys.key_part``);
+- in number: per plugin name the first ``MAX_TOOL_LABELS`` distinct label values are given out
+  and every later tool shares ``OTHER_TOOL`` (``#other``).  Every label value starting with ``#``
+  is a digest or ``#other``, so no tool's series is the overflow series.
+
+Each plugin object remembers, for the hot path, the queue of at most ``MAX_TOOL_NAMES`` tool
+names and ``MAX_TOOL_NAME_BYTES`` bytes of them, none longer than ``KEY_PART_MAX_CHARS``.
 
 The hook only appends the decision to its plugin object's queue for the tool's label value,
 found by one dict lookup by tool name (``deque.append`` is atomic, so no lock is taken on the
@@ -53,8 +62,10 @@ with it.
 from __future__ import annotations
 
 import atexit
+import hashlib
 import logging
 import os
+import sys
 import threading
 import time
 import weakref
@@ -69,6 +80,7 @@ from prometheus_client import Gauge as PromGauge
 from prometheus_client import Histogram as PromHistogram
 from prometheus_client.registry import Collector
 
+from .keys import KEY_DIGEST_PREFIX, KEY_PART_MAX_CHARS, is_unicode
 from .model import ConfigError
 from .wire import DELAY_MASK, REASON_MASK, REASON_SHIFT, REASONS
 
@@ -80,10 +92,16 @@ KEY_PROMETHEUS_METRICS: Final = "prometheus_metrics"
 PREFIX: Final = "cpex_retry_wasm_"
 #: Distinct tool label values per plugin name; later tools share ``OTHER_TOOL``.
 MAX_TOOL_LABELS: Final = 50
-OTHER_TOOL: Final = "other"
-#: Tool names a plugin object remembers the queue of (those beyond it find the ``other`` queue
-#: again on every call): bounds its memory whatever names arrive.
+#: What every ``tool`` label value that is not a tool name itself starts with: digests
+#: (``KEY_DIGEST_PREFIX`` starts with it) and ``OTHER_TOOL``.  A name starting with it is digested.
+RESERVED_LABEL_PREFIX: Final = KEY_DIGEST_PREFIX[:1]
+#: The ``tool`` label of the tools past ``MAX_TOOL_LABELS``: no tool's own label value.
+OTHER_TOOL: Final = RESERVED_LABEL_PREFIX + "other"
+#: Tool names a plugin object remembers the queue of, and their size in bytes (``sys.getsizeof``);
+#: names beyond either bound, and longer ones than ``KEY_PART_MAX_CHARS``, find their label again
+#: on every call.  Bounds its memory whatever names arrive.
 MAX_TOOL_NAMES: Final = 10_000
+MAX_TOOL_NAME_BYTES: Final = 1 << 20
 #: The environment variable naming the directory of multiprocess mode's files.
 MULTIPROC_DIR: Final = "PROMETHEUS_MULTIPROC_DIR"
 #: How often the daemon thread flushes the queues (seconds).
@@ -129,22 +147,23 @@ def multiprocess_mode() -> bool:
 
 
 class _ToolLabels:
-    """Per plugin name: tool name -> label value, the first ``MAX_TOOL_LABELS`` tools first."""
+    """Per plugin name: the tool label values given out, the first ``MAX_TOOL_LABELS`` first."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._labels: dict[str, str] = {}
+        self._labels: set[str] = set()
 
     def after_fork(self) -> None:
         self._lock = threading.Lock()
 
     def label(self, tool: str) -> str:
+        label = tool_label(tool)
         with self._lock:
-            label = self._labels.get(tool)
-            if label is None:
-                if len(self._labels) >= MAX_TOOL_LABELS:
-                    return OTHER_TOOL
-                label = self._labels[tool] = _label_value(tool)
+            if label in self._labels:
+                return label
+            if len(self._labels) >= MAX_TOOL_LABELS:
+                return OTHER_TOOL
+            self._labels.add(label)
             return label
 
 
@@ -164,6 +183,10 @@ class PluginMetrics:
         self.queues: dict[str, Append] = {}
         #: Label value -> queue of decisions not yet exported.
         self.pending: dict[str, deque[int]] = {}
+        #: Label value -> its queue's ``append`` (one bound method per label, not per name).
+        self._appends: dict[str, Append] = {}
+        #: Bytes of the tool names in ``queues``.
+        self._name_bytes = 0
         #: Engine counters already exported: faults, rebuilds, reloads.  One list per engine,
         #: shared by the recorders of the plugin objects attached to it, so that an engine's
         #: event is exported once however many objects share it.
@@ -172,14 +195,23 @@ class PluginMetrics:
         self.retired = False
 
     def queue(self, tool: str) -> Append:
-        """The queue ``append`` of a tool not in ``queues`` yet (first sight of the tool)."""
+        """The queue ``append`` of a tool not in ``queues`` (first sight of the tool, or one
+        the table has no room for)."""
         label = self._labels.label(tool)
-        pending = self.pending.get(label)
-        if pending is None:
+        append = self._appends.get(label)
+        if append is None:
+            # setdefault: two threads seeing a label first share one queue.
             pending = self.pending.setdefault(label, deque())
-        if len(self.queues) < MAX_TOOL_NAMES:
-            self.queues[tool] = pending.append
-        return pending.append
+            append = self._appends.setdefault(label, pending.append)
+        size = sys.getsizeof(tool)
+        if (
+            len(tool) <= KEY_PART_MAX_CHARS
+            and len(self.queues) < MAX_TOOL_NAMES
+            and self._name_bytes + size <= MAX_TOOL_NAME_BYTES
+        ):
+            self.queues[tool] = append
+            self._name_bytes += size
+        return append
 
     def retire(self) -> None:
         # Runs from a finalizer (any thread, at any point): only a flag, no lock.
@@ -443,14 +475,18 @@ def _counters(engine: EngineCounters) -> list[int]:
     return [engine.fault_count, engine.rebuild_count, engine.reload_count]
 
 
-def _label_value(text: str) -> str:
-    """``text``, with what UTF-8 cannot encode (lone surrogates) escaped: one such tool name
-    must not make the whole exposition fail."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return text.encode("utf-8", "backslashreplace").decode("utf-8")
-    return text
+def tool_label(tool: str) -> str:
+    """The ``tool`` label value of a tool name (before the ``MAX_TOOL_LABELS`` bound).
+
+    The name itself when it is at most ``KEY_PART_MAX_CHARS`` characters of valid Unicode and
+    does not start with ``RESERVED_LABEL_PREFIX``; otherwise its digest as ``keys.key_part``
+    makes it (``KEY_DIGEST_PREFIX`` + hex SHA-256 of its ``surrogatepass`` UTF-8), so a label
+    value is at most ``KEY_PART_MAX_CHARS`` characters, always encodable (one bad name must not
+    break the whole exposition), and two names share one only in a SHA-256 collision.
+    """
+    if len(tool) <= KEY_PART_MAX_CHARS and not tool.startswith(RESERVED_LABEL_PREFIX) and is_unicode(tool):
+        return tool
+    return KEY_DIGEST_PREFIX + hashlib.sha256(tool.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 def _directory_problem(path: str) -> str | None:
@@ -498,12 +534,17 @@ __all__ = [
     "DELAY_BUCKETS_S",
     "KEY_PROMETHEUS_METRICS",
     "MAX_TOOL_LABELS",
+    "MAX_TOOL_NAMES",
+    "MAX_TOOL_NAME_BYTES",
+    "MULTIPROC_DIR",
     "OTHER_TOOL",
     "PREFIX",
+    "RESERVED_LABEL_PREFIX",
     "EngineCounters",
     "PluginMetrics",
     "attach",
     "flush",
     "multiprocess_mode",
     "read_setting",
+    "tool_label",
 ]

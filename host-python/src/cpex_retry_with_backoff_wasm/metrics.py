@@ -398,8 +398,12 @@ class _Exporter:
             if not batch:
                 continue
             reasons: Counter[int] = Counter()
+            retries: list[float] = []
             for decision, count in batch.items():
-                reasons[(decision >> REASON_SHIFT) & REASON_MASK] += count
+                reason = (decision >> REASON_SHIFT) & REASON_MASK
+                reasons[reason] += count
+                if reason == _RETRY:
+                    retries += [(decision & DELAY_MASK) / 1000] * count
             for reason, count in reasons.items():
                 name = REASONS[reason] if reason < len(REASONS) else str(reason)
                 if not self._inc(metrics.decisions, (plugin, label, name), count):
@@ -407,9 +411,7 @@ class _Exporter:
                 elif reason == _BUDGET:
                     self._inc(metrics.budget_refusals, (plugin, label), count)
                 elif reason == _RETRY:
-                    for decision, n in batch.items():
-                        if (decision >> REASON_SHIFT) & REASON_MASK == _RETRY:
-                            delays += [(decision & DELAY_MASK) / 1000] * n
+                    delays += retries
         if delays:
             try:
                 observe = metrics.delays.labels(plugin).observe

@@ -49,8 +49,10 @@ Fault, rebuild and reload counts are read from the engine's public counters at e
 The ``prometheus_metrics`` setting (default true) turns all of it off for a plugin.
 
 A flush never raises and one failing export never stops the others.  The usual cause is a
-broken ``PROMETHEUS_MULTIPROC_DIR`` (missing, not a directory, not writable): each metric
-file is opened at its first series, so new series fail while the open ones go on.  A batch of
+broken ``PROMETHEUS_MULTIPROC_DIR`` (missing, not a directory, not writable): each process
+opens one file per metric type (counter, histogram, gauge) at the first series of that type
+and keeps it open, so a directory broken from the start fails every export, and one broken
+later only the types not opened yet.  A batch of
 decisions whose ``decisions_total`` increment fails is dropped and its size added to
 ``dropped_decisions_total`` (exported as soon as that works again); unexported engine events
 stay counted and are retried; a failing gauge sample waits for the next.  The queues are

@@ -9,6 +9,7 @@ mode.  Multiprocess mode runs in subprocesses with their own ``PROMETHEUS_MULTIP
 from __future__ import annotations
 
 import gc
+import hashlib
 import itertools
 import json
 import os
@@ -27,6 +28,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from cpex_retry_with_backoff_wasm import ConfigurationError, RetryWithBackoffPlugin
 from cpex_retry_with_backoff_wasm import metrics as m
+from cpex_retry_with_backoff_wasm.keys import KEY_PART_MAX_CHARS, key_part
 
 from .conftest import PLUGIN_KIND, err, ok
 
@@ -55,6 +57,29 @@ def value(samples: Samples, name: str, **labels: str) -> float | None:
 
 def of_plugin(samples: Samples, plugin: str) -> Samples:
     return {k: v for k, v in samples.items() if ("plugin", plugin) in k[1]}
+
+
+def digest(name: str) -> str:
+    """The label value of a tool name that is not its own (written out, not taken from the code)."""
+    return "#sha256:" + hashlib.sha256(name.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def tool_labels(samples: Samples) -> set[str]:
+    return {dict(labels)["tool"] for (n, labels) in samples if n == m.PREFIX + "decisions_total"}
+
+
+class StubEngine:
+    """What the metrics read from an engine (``EngineCounters``), nothing else."""
+
+    prometheus_metrics = True
+    fault_count = rebuild_count = reload_count = 0
+
+    def state_count(self) -> int:
+        return 0
+
+
+class Owner:
+    """Stands for a plugin object: ``attach`` only watches it."""
 
 
 def stanza(name: str, config: dict[str, Any]) -> str:
@@ -144,8 +169,7 @@ async def test_tool_label_values_are_bounded(manager: Manager) -> None:
     await post(mgr, "tool-late", "r", ok())
 
     samples = of_plugin(scrape(), name)
-    tools = {dict(labels)["tool"] for (n, labels) in samples if n == m.PREFIX + "decisions_total"}
-    assert tools == {f"tool-{i}" for i in range(m.MAX_TOOL_LABELS)} | {m.OTHER_TOOL}
+    assert tool_labels(samples) == {f"tool-{i}" for i in range(m.MAX_TOOL_LABELS)} | {m.OTHER_TOOL}
     assert value(samples, "decisions_total", plugin=name, tool="tool-0", reason="success") == 2
     assert value(samples, "decisions_total", plugin=name, tool=m.OTHER_TOOL, reason="success") == extra + 1
 
@@ -173,12 +197,73 @@ async def test_live_retry_state_entries_gauge(manager: Manager) -> None:
     assert value(scrape(), "retry_state_entries", plugin=name) == 1
 
 
+async def test_a_tool_named_other_is_not_the_overflow_series(manager: Manager) -> None:
+    """Issue 24 (3): the overflow label was ``other``, so a tool of that name shared its series."""
+    name = unique_name()
+    mgr = await manager(name, NO_JITTER)
+    first = ["other", "#other", *(f"tool-{i}" for i in range(m.MAX_TOOL_LABELS - 2))]
+    for tool in first:
+        await post(mgr, tool, "r", ok())
+    for i in range(3):
+        await post(mgr, f"late-{i}", "r", ok())
+
+    samples = of_plugin(scrape(), name)
+    assert value(samples, "decisions_total", plugin=name, tool=m.OTHER_TOOL, reason="success") == 3
+    assert value(samples, "decisions_total", plugin=name, tool="other", reason="success") == 1
+    assert value(samples, "decisions_total", plugin=name, tool=digest("#other"), reason="success") == 1
+    labels = {*first[2:], "other", digest("#other"), m.OTHER_TOOL}
+    assert tool_labels(samples) == labels, "a name starting with # is digested, like a long one"
+
+
+async def test_long_tool_names_are_digested_in_labels(manager: Manager) -> None:
+    """Issue 24 (3): 20 tool names of 1 MB gave 40 MB of exposition.  A name over
+    KEY_PART_MAX_CHARS is exported as the digest the engine's key part is."""
+    name = unique_name()
+    mgr = await manager(name, NO_JITTER)
+    longest = "x" * KEY_PART_MAX_CHARS
+    huge = ["y" * 1_000_000, "y" * 999_999 + "z"]  # differing only in the last character
+    for tool in [longest, *huge]:
+        assert await post(mgr, tool, "r", err(503)) == 200
+
+    samples = of_plugin(scrape(), name)
+    assert tool_labels(samples) == {longest, digest(huge[0]), digest(huge[1])}
+    assert digest(huge[0]) == key_part(huge[0]), "the same digest as the engine's key part"
+    assert value(samples, "decisions_total", plugin=name, tool=digest(huge[1]), reason="retry") == 1
+    text = generate_latest(REGISTRY).decode()
+    mine = [line for line in text.splitlines() if f'plugin="{name}"' in line]
+    assert sum(map(len, mine)) < 10 * 1024, "a label value is at most KEY_PART_MAX_CHARS characters"
+
+
 async def test_surrogate_tool_name_does_not_break_the_exposition(manager: Manager) -> None:
     name = unique_name()
     mgr = await manager(name, NO_JITTER)
     assert await post(mgr, "bad\udc80tool", "r", err(503)) == 200
     samples = of_plugin(scrape(), name)
-    assert value(samples, "decisions_total", plugin=name, tool="bad\\udc80tool", reason="retry") == 1
+    assert value(samples, "decisions_total", plugin=name, tool=digest("bad\udc80tool"), reason="retry") == 1
+
+
+def test_the_tool_name_table_is_bounded_in_bytes() -> None:
+    """Issue 24 (3): a plugin object kept up to MAX_TOOL_NAMES names of any size (2,000 names
+    of 50 kB kept 93 MiB).  Now no name over KEY_PART_MAX_CHARS, and MAX_TOOL_NAME_BYTES in
+    all; the names it has no room for are still counted, just found again on every call."""
+    name = unique_name()
+    owner = Owner()
+    recorder = m.attach(owner, name, StubEngine())
+    assert recorder is not None
+
+    def record(tool: str) -> None:
+        (recorder.queues.get(tool) or recorder.queue(tool))(0)  # the hook's line
+
+    too_long = [f"{i:04d}".ljust(KEY_PART_MAX_CHARS + 1, "l") for i in range(20)]
+    longest = [f"{i:05d}".ljust(KEY_PART_MAX_CHARS, "n") for i in range(m.MAX_TOOL_NAMES)]
+    for tool in too_long + longest + too_long:
+        record(tool)
+    assert not recorder.queues.keys() & set(too_long)
+    assert sum(map(sys.getsizeof, recorder.queues)) <= m.MAX_TOOL_NAME_BYTES
+    assert len(recorder.queues) > m.MAX_TOOL_NAME_BYTES // (4 * KEY_PART_MAX_CHARS), "room for many"
+    samples = of_plugin(scrape(), name)
+    total = sum(v for (n, _), v in samples.items() if n == m.PREFIX + "decisions_total")
+    assert total == 2 * len(too_long) + len(longest)
 
 
 # --------------------------------------------------------------------------- faults, rebuilds, reloads
@@ -400,3 +485,122 @@ def test_a_forked_worker_exports_only_its_own_decisions(tmp_path: Path) -> None:
     )
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["child", "0", "1.0", "parent", "3.0"]
+
+
+BROKEN_DIR = textwrap.dedent(
+    """
+    import gc, json, logging, os, weakref
+    from prometheus_client import CollectorRegistry, generate_latest, multiprocess
+    from prometheus_client.parser import text_string_to_metric_families
+    from cpex_retry_with_backoff_wasm import metrics
+    from cpex_retry_with_backoff_wasm.wire import REASON_SHIFT, REASONS
+
+    class Engine:  # what the metrics read from an engine (EngineCounters), nothing else
+        prometheus_metrics = True
+        fault_count = rebuild_count = reload_count = 0
+
+        def state_count(self):
+            return 0
+
+    class Owner:  # stands for a plugin object
+        pass
+
+    records = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    logging.getLogger(metrics.__name__).addHandler(handler)
+
+    def flush():
+        try:
+            metrics.flush()
+        except Exception as exc:
+            return type(exc).__name__
+        return None
+
+    def record(recorder, tool, decision):
+        (recorder.queues.get(tool) or recorder.queue(tool))(decision)  # the hook's line
+
+    RETRY = (REASONS.index("retry") << REASON_SHIFT) | 200
+    owners = [Owner() for _ in range(10)]
+    engines = [Engine() for _ in range(10)]
+    recorders = [metrics.attach(o, "BrokenDir", e) for o, e in zip(owners, engines)]
+    for recorder in recorders:
+        for tool in ("a", "b", "c"):
+            for decision in [0] * 60 + [RETRY] * 40:
+                record(recorder, tool, decision)
+    raised = [flush(), flush()]
+    queued = sum(len(q) for r in recorders for q in r.pending.values())
+
+    # The plugin objects go (the gateway drops its managers every 30 s).
+    refs = [weakref.ref(e) for e in engines]
+    del owners, engines, recorders, recorder
+    gc.collect()
+    raised.append(flush())
+    gc.collect()
+    kept = sum(ref() is not None for ref in refs)
+
+    # The directory is repaired: new decisions are exported, and so is the count of the dropped.
+    path = os.environ["PROMETHEUS_MULTIPROC_DIR"]
+    if os.path.isfile(path):
+        os.remove(path)
+    os.makedirs(path, exist_ok=True)
+    owner = Owner()
+    record(metrics.attach(owner, "BrokenDir", Engine()), "a", 0)
+    raised.append(flush())
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry)
+    text = generate_latest(registry).decode()
+
+    def total(name):
+        return sum(
+            s.value
+            for f in text_string_to_metric_families(text)
+            for s in f.samples
+            if s.name == "cpex_retry_wasm_" + name and s.labels.get("plugin") == "BrokenDir"
+        )
+
+    print(json.dumps({
+        "raised": raised,
+        "queued": queued,
+        "kept": kept,
+        "warnings": [r.getMessage() for r in records if r.levelno >= logging.WARNING],
+        "tracebacks": sum(r.exc_info is not None for r in records),
+        "decisions": total("decisions_total"),
+        "dropped": total("dropped_decisions_total"),
+    }))
+    """
+)
+
+
+@pytest.mark.parametrize(
+    ("broken", "problem"), [("missing", "does not exist"), ("file", "is not a directory")]
+)
+def test_a_broken_multiprocess_dir_drops_and_counts_and_warns_once(
+    tmp_path: Path, broken: str, problem: str
+) -> None:
+    """Issue 24 (2): with PROMETHEUS_MULTIPROC_DIR missing or a regular file, the first label
+    whose file could not be opened made every flush raise: later queues were never drained,
+    recorders of plugin objects already gone kept their engines, and the flush thread logged a
+    traceback a second.  The flushes here are driven explicitly (the thread only adds more)."""
+    multiproc = tmp_path / "prometheus"
+    if broken == "file":
+        multiproc.write_text("not a directory")
+    env = {
+        **os.environ,
+        "PROMETHEUS_MULTIPROC_DIR": str(multiproc),
+        "XDG_CACHE_HOME": str(tmp_path / "cache"),
+    }
+    out = subprocess.run(
+        [sys.executable, "-c", BROKEN_DIR], env=env, capture_output=True, text=True, timeout=120, check=False
+    )
+    assert out.returncode == 0, out.stderr
+    report = json.loads(out.stdout.strip().splitlines()[-1])
+    assert report["raised"] == [None] * 4, "a flush never raises"
+    assert report["queued"] == 0, "every queue is drained, exported or not"
+    assert report["kept"] == 0, "recorders of plugin objects that are gone are released"
+    assert report["tracebacks"] == 0
+    [warning] = report["warnings"]
+    assert f"PROMETHEUS_MULTIPROC_DIR={str(multiproc)!r} {problem}" in warning
+    assert "dropped_decisions_total" in warning
+    assert report["decisions"] == 1, "exports resume once the directory works"
+    assert report["dropped"] == 10 * 3 * 100, "every decision not exported is counted"

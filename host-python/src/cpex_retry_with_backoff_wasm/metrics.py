@@ -14,13 +14,23 @@ exports, under the prefix ``cpex_retry_wasm_``:
                                                             rebuilds
 ``cpex_retry_wasm_rebuilds_total{plugin}``                  fresh instances after a fault
 ``cpex_retry_wasm_reloads_total{plugin}``                   hot reloads that succeeded
+``cpex_retry_wasm_dropped_decisions_total{plugin}``         decisions that could not be exported
 ==========================================================  =======================================
 
 ``plugin`` is the plugin's name in the gateway's YAML; ``reason`` a ``wire.REASONS`` name (a
 decision answered "no retry" because the sandbox faulted counts as ``success``; the fault is in
-``sandbox_faults``).  ``tool`` is bounded: per plugin name the first ``MAX_TOOL_LABELS`` distinct
-tool names get their own label value and every later one is ``other``, so tool names (chosen by
-whoever registers servers) cannot grow the series without bound.
+``sandbox_faults``).  ``tool`` is bounded, since tool names are chosen by whoever registers
+servers:
+
+- in bytes: a tool's label value is its name when that is at most ``KEY_PART_MAX_CHARS``
+  characters of valid Unicode and does not start with ``#``; otherwise ``KEY_DIGEST_PREFIX`` +
+  the hex SHA-256 of the name, the same digest as the engine's key part (``keys.key_part``);
+- in number: per plugin name the first ``MAX_TOOL_LABELS`` distinct label values are given out
+  and every later tool shares ``OTHER_TOOL`` (``#other``).  Every label value starting with ``#``
+  is a digest or ``#other``, so no tool's series is the overflow series.
+
+Each plugin object remembers, for the hot path, the queue of at most ``MAX_TOOL_NAMES`` tool
+names and ``MAX_TOOL_NAME_BYTES`` bytes of them, none longer than ``KEY_PART_MAX_CHARS``.
 
 The hook only appends the decision to its plugin object's queue for the tool's label value,
 found by one dict lookup by tool name (``deque.append`` is atomic, so no lock is taken on the
@@ -37,13 +47,27 @@ plugin object of the process shares them):
 
 Fault, rebuild and reload counts are read from the engine's public counters at each flush.
 The ``prometheus_metrics`` setting (default true) turns all of it off for a plugin.
+
+A flush never raises and one failing export never stops the others.  The usual cause is a
+broken ``PROMETHEUS_MULTIPROC_DIR`` (missing, not a directory, not writable): each process
+opens one file per metric type (counter, histogram, gauge) at the first series of that type
+and keeps it open, so a directory broken from the start fails every export, and one broken
+later only the types not opened yet.  A batch of
+decisions whose ``decisions_total`` increment fails is dropped and its size added to
+``dropped_decisions_total`` (exported as soon as that works again); unexported engine events
+stay counted and are retried; a failing gauge sample waits for the next.  The queues are
+therefore drained at every flush whatever happens, recorders of plugin objects that are gone
+are released, and one warning per process and problem names the directory and what is wrong
+with it.
 """
 
 from __future__ import annotations
 
 import atexit
+import hashlib
 import logging
 import os
+import sys
 import threading
 import time
 import weakref
@@ -58,6 +82,7 @@ from prometheus_client import Gauge as PromGauge
 from prometheus_client import Histogram as PromHistogram
 from prometheus_client.registry import Collector
 
+from .keys import KEY_DIGEST_PREFIX, KEY_PART_MAX_CHARS, is_unicode
 from .model import ConfigError
 from .wire import DELAY_MASK, REASON_MASK, REASON_SHIFT, REASONS
 
@@ -69,10 +94,18 @@ KEY_PROMETHEUS_METRICS: Final = "prometheus_metrics"
 PREFIX: Final = "cpex_retry_wasm_"
 #: Distinct tool label values per plugin name; later tools share ``OTHER_TOOL``.
 MAX_TOOL_LABELS: Final = 50
-OTHER_TOOL: Final = "other"
-#: Tool names a plugin object remembers the queue of (those beyond it find the ``other`` queue
-#: again on every call): bounds its memory whatever names arrive.
+#: What every ``tool`` label value that is not a tool name itself starts with: digests
+#: (``KEY_DIGEST_PREFIX`` starts with it) and ``OTHER_TOOL``.  A name starting with it is digested.
+RESERVED_LABEL_PREFIX: Final = KEY_DIGEST_PREFIX[:1]
+#: The ``tool`` label of the tools past ``MAX_TOOL_LABELS``: no tool's own label value.
+OTHER_TOOL: Final = RESERVED_LABEL_PREFIX + "other"
+#: Tool names a plugin object remembers the queue of, and their size in bytes (``sys.getsizeof``);
+#: names beyond either bound, and longer ones than ``KEY_PART_MAX_CHARS``, find their label again
+#: on every call.  Bounds its memory whatever names arrive.
 MAX_TOOL_NAMES: Final = 10_000
+MAX_TOOL_NAME_BYTES: Final = 1 << 20
+#: The environment variable naming the directory of multiprocess mode's files.
+MULTIPROC_DIR: Final = "PROMETHEUS_MULTIPROC_DIR"
 #: How often the daemon thread flushes the queues (seconds).
 FLUSH_INTERVAL_S: Final = 1.0
 #: Upper bounds of the retry-delay histogram (seconds): the default backoff range, then the
@@ -112,26 +145,27 @@ def read_setting(config: Mapping[str, Any], errors: list[ConfigError]) -> bool:
 
 def multiprocess_mode() -> bool:
     """Whether ``prometheus_client`` writes per-process files (the gateway's own test)."""
-    return "PROMETHEUS_MULTIPROC_DIR" in os.environ
+    return MULTIPROC_DIR in os.environ
 
 
 class _ToolLabels:
-    """Per plugin name: tool name -> label value, the first ``MAX_TOOL_LABELS`` tools first."""
+    """Per plugin name: the tool label values given out, the first ``MAX_TOOL_LABELS`` first."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._labels: dict[str, str] = {}
+        self._labels: set[str] = set()
 
     def after_fork(self) -> None:
         self._lock = threading.Lock()
 
     def label(self, tool: str) -> str:
+        label = tool_label(tool)
         with self._lock:
-            label = self._labels.get(tool)
-            if label is None:
-                if len(self._labels) >= MAX_TOOL_LABELS:
-                    return OTHER_TOOL
-                label = self._labels[tool] = _label_value(tool)
+            if label in self._labels:
+                return label
+            if len(self._labels) >= MAX_TOOL_LABELS:
+                return OTHER_TOOL
+            self._labels.add(label)
             return label
 
 
@@ -151,6 +185,10 @@ class PluginMetrics:
         self.queues: dict[str, Append] = {}
         #: Label value -> queue of decisions not yet exported.
         self.pending: dict[str, deque[int]] = {}
+        #: Label value -> its queue's ``append`` (one bound method per label, not per name).
+        self._appends: dict[str, Append] = {}
+        #: Bytes of the tool names in ``queues``.
+        self._name_bytes = 0
         #: Engine counters already exported: faults, rebuilds, reloads.  One list per engine,
         #: shared by the recorders of the plugin objects attached to it, so that an engine's
         #: event is exported once however many objects share it.
@@ -159,14 +197,23 @@ class PluginMetrics:
         self.retired = False
 
     def queue(self, tool: str) -> Append:
-        """The queue ``append`` of a tool not in ``queues`` yet (first sight of the tool)."""
+        """The queue ``append`` of a tool not in ``queues`` (first sight of the tool, or one
+        the table has no room for)."""
         label = self._labels.label(tool)
-        pending = self.pending.get(label)
-        if pending is None:
+        append = self._appends.get(label)
+        if append is None:
+            # setdefault: two threads seeing a label first share one queue.
             pending = self.pending.setdefault(label, deque())
-        if len(self.queues) < MAX_TOOL_NAMES:
-            self.queues[tool] = pending.append
-        return pending.append
+            append = self._appends.setdefault(label, pending.append)
+        size = sys.getsizeof(tool)
+        if (
+            len(tool) <= KEY_PART_MAX_CHARS
+            and len(self.queues) < MAX_TOOL_NAMES
+            and self._name_bytes + size <= MAX_TOOL_NAME_BYTES
+        ):
+            self.queues[tool] = append
+            self._name_bytes += size
+        return append
 
     def retire(self) -> None:
         # Runs from a finalizer (any thread, at any point): only a flag, no lock.
@@ -216,6 +263,11 @@ class _Metrics:
             PREFIX + "rebuilds", "Instances rebuilt after a sandbox fault", ("plugin",)
         )
         self.reloads = PromCounter(PREFIX + "reloads", "Hot reloads of the component", ("plugin",))
+        self.dropped = PromCounter(
+            PREFIX + "dropped_decisions",
+            "Decisions that could not be exported (e.g. a broken PROMETHEUS_MULTIPROC_DIR)",
+            ("plugin",),
+        )
 
 
 class _FlushOnScrape(Collector):
@@ -241,6 +293,12 @@ class _Exporter:
         self._gauged: set[str] = set()
         #: Engine -> its counters already exported (shared by its recorders).
         self._exported: weakref.WeakKeyDictionary[Any, list[int]] = weakref.WeakKeyDictionary()
+        #: Plugin name -> decisions dropped because their export failed, not yet exported.
+        self._dropped: Counter[str] = Counter()
+        #: Problems already warned about in this process (one warning each).
+        self._warned: set[str] = set()
+        #: Whether an export of the running flush failed (the problem is diagnosed once a flush).
+        self._failing = False
         self._thread_pid: int | None = None
 
     def attach(self, owner: object, plugin: str, engine: EngineCounters) -> PluginMetrics | None:
@@ -283,27 +341,39 @@ class _Exporter:
             labels.after_fork()
         for recorder in self._recorders:
             recorder.discard_pending()
+        self._dropped.clear()
+        self._warned.clear()  # each worker says once what it cannot write
         self._thread_pid = None
         if self._recorders:
             self._ensure_thread()
 
     def flush(self, *, sample_state: bool = False) -> None:
-        """Export every queued decision and engine event; with ``sample_state``, set the gauge."""
+        """Export every queued decision and engine event; with ``sample_state``, set the gauge.
+
+        Never raises: a failing export is warned about once, and what it could not export is
+        dropped and counted (decisions) or kept for the next flush (engine events, gauge).
+        """
         metrics = self._metrics
         if metrics is None:
             return
         with self._lock:
-            live: dict[str, int] = {}
+            self._failing = False
             for recorder in list(self._recorders):
-                self._flush_one(metrics, recorder)
+                try:
+                    self._flush_one(metrics, recorder)
+                except Exception as exc:  # a bug or a broken engine: never stop the others
+                    self._failed(exc)
                 if recorder.retired:
                     self._recorders.discard(recorder)
+            for plugin, count in list(self._dropped.items()):
+                if self._inc(metrics.dropped, (plugin,), count):
+                    del self._dropped[plugin]
             if sample_state:
                 live = self._live_entries()
                 for plugin in self._gauged - live.keys():
-                    metrics.state_entries.labels(plugin).set(0)
+                    self._set(metrics.state_entries, plugin, 0)
                 for plugin, entries in live.items():
-                    metrics.state_entries.labels(plugin).set(entries)
+                    self._set(metrics.state_entries, plugin, entries)
                 self._gauged |= live.keys()
 
     def _live_entries(self) -> dict[str, int]:
@@ -324,50 +394,118 @@ class _Exporter:
         # A copy: the hot path may add a label's queue meanwhile.
         for label, pending in list(recorder.pending.items()):
             # Exactly the decisions queued so far; later appends wait for the next flush.
+            # Taken out of the queue whether or not their export succeeds: the queue stays
+            # bounded by what arrives between two flushes.
             batch = Counter(islice(iter(pending.popleft, None), len(pending)))
             if not batch:
                 continue
             reasons: Counter[int] = Counter()
+            retries: list[float] = []
             for decision, count in batch.items():
                 reason = (decision >> REASON_SHIFT) & REASON_MASK
                 reasons[reason] += count
                 if reason == _RETRY:
-                    delays += [(decision & DELAY_MASK) / 1000] * count
+                    retries += [(decision & DELAY_MASK) / 1000] * count
             for reason, count in reasons.items():
                 name = REASONS[reason] if reason < len(REASONS) else str(reason)
-                metrics.decisions.labels(plugin, label, name).inc(count)
-                if reason == _BUDGET:
-                    metrics.budget_refusals.labels(plugin, label).inc(count)
+                if not self._inc(metrics.decisions, (plugin, label, name), count):
+                    self._dropped[plugin] += count
+                elif reason == _BUDGET:
+                    self._inc(metrics.budget_refusals, (plugin, label), count)
+                elif reason == _RETRY:
+                    delays += retries
         if delays:
-            observe = metrics.delays.labels(plugin).observe
-            for seconds in delays:
-                observe(seconds)
-        engine = recorder.engine
-        now = _counters(engine)
-        if now != recorder.exported:
-            faults, rebuilds, reloads = (a - b for a, b in zip(now, recorder.exported, strict=True))
-            recorder.exported[:] = now
-            for counter, delta in (
-                (metrics.faults, faults),
-                (metrics.rebuilds, rebuilds),
-                (metrics.reloads, reloads),
-            ):
-                if delta > 0:
-                    counter.labels(plugin).inc(delta)
+            try:
+                observe = metrics.delays.labels(plugin).observe
+                for seconds in delays:
+                    observe(seconds)
+            except Exception as exc:
+                self._failed(exc)
+        exported = recorder.exported
+        now = _counters(recorder.engine)
+        counters = (metrics.faults, metrics.rebuilds, metrics.reloads)
+        for i, (counter, count, before) in enumerate(zip(counters, now, exported, strict=True)):
+            # An event not exported stays pending in ``exported`` until its export works.
+            if count <= before or self._inc(counter, (plugin,), count - before):
+                exported[i] = count
+
+    def _inc(self, counter: PromCounter, labels: tuple[str, ...], amount: int) -> bool:
+        """Add ``amount`` to ``counter``'s series; False when that fails (warned about)."""
+        try:
+            counter.labels(*labels).inc(amount)
+        except Exception as exc:
+            self._failed(exc)
+            return False
+        return True
+
+    def _set(self, gauge: PromGauge, plugin: str, value: int) -> None:
+        try:
+            gauge.labels(plugin).set(value)
+        except Exception as exc:
+            self._failed(exc)
+
+    def _failed(self, exc: Exception) -> None:
+        """Warn, once per process and problem, that exports fail: a clear line naming the
+        cause, not a traceback every flush."""
+        if self._failing:
+            return  # diagnosed already in this flush
+        self._failing = True
+        path = os.environ.get(MULTIPROC_DIR)
+        problem = None if path is None else _directory_problem(path)
+        key = problem or type(exc).__name__
+        if key in self._warned:
+            return
+        self._warned.add(key)
+        if problem is not None:
+            log.warning(
+                "retry metrics: %s=%r %s, so this process cannot write its metric files (%s); "
+                "decisions it cannot export are dropped and counted in %sdropped_decisions_total",
+                MULTIPROC_DIR,
+                path,
+                problem,
+                _describe(exc),
+                PREFIX,
+            )
+        else:
+            log.warning(
+                "retry metrics: exporting failed (%s); decisions that cannot be exported are "
+                "dropped and counted in %sdropped_decisions_total",
+                _describe(exc),
+                PREFIX,
+            )
 
 
 def _counters(engine: EngineCounters) -> list[int]:
     return [engine.fault_count, engine.rebuild_count, engine.reload_count]
 
 
-def _label_value(text: str) -> str:
-    """``text``, with what UTF-8 cannot encode (lone surrogates) escaped: one such tool name
-    must not make the whole exposition fail."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return text.encode("utf-8", "backslashreplace").decode("utf-8")
-    return text
+def tool_label(tool: str) -> str:
+    """The ``tool`` label value of a tool name (before the ``MAX_TOOL_LABELS`` bound).
+
+    The name itself when it is at most ``KEY_PART_MAX_CHARS`` characters of valid Unicode and
+    does not start with ``RESERVED_LABEL_PREFIX``; otherwise its digest as ``keys.key_part``
+    makes it (``KEY_DIGEST_PREFIX`` + hex SHA-256 of its ``surrogatepass`` UTF-8), so a label
+    value is at most ``KEY_PART_MAX_CHARS`` characters, always encodable (one bad name must not
+    break the whole exposition), and two names share one only in a SHA-256 collision.
+    """
+    if len(tool) <= KEY_PART_MAX_CHARS and not tool.startswith(RESERVED_LABEL_PREFIX) and is_unicode(tool):
+        return tool
+    return KEY_DIGEST_PREFIX + hashlib.sha256(tool.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def _directory_problem(path: str) -> str | None:
+    """What is wrong with ``PROMETHEUS_MULTIPROC_DIR`` for writing files in it, if anything."""
+    if not os.path.exists(path):
+        return "does not exist"
+    if not os.path.isdir(path):
+        return "is not a directory"
+    if not os.access(path, os.W_OK | os.X_OK):
+        return "is not writable"
+    return None
+
+
+def _describe(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"
 
 
 def _state_count(engine: EngineCounters) -> int:
@@ -400,12 +538,17 @@ __all__ = [
     "DELAY_BUCKETS_S",
     "KEY_PROMETHEUS_METRICS",
     "MAX_TOOL_LABELS",
+    "MAX_TOOL_NAMES",
+    "MAX_TOOL_NAME_BYTES",
+    "MULTIPROC_DIR",
     "OTHER_TOOL",
     "PREFIX",
+    "RESERVED_LABEL_PREFIX",
     "EngineCounters",
     "PluginMetrics",
     "attach",
     "flush",
     "multiprocess_mode",
     "read_setting",
+    "tool_label",
 ]

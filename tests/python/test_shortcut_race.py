@@ -1,12 +1,14 @@
 """The lock-free success shortcut against a writer that changes the listed keys (issue 12 §5).
 
 The shortcut answers a plain success itself when the key is not listed as holding retry
-state; it reads one attribute, ``HeldKeys.shortcut``, without the lock.  Earlier, the writer's
-overflow branch emptied the listed keys before it turned the shortcut off: in that gap a
-success for a key that held state was answered without the component, its state was not
-cleared, and its next failure got the second retry's delay.  Here the writer is paused inside
-the one place that drops listed keys while the component still runs (``HeldKeys.drop``, at the
-``max_state_entries`` bound), before and after the change, and a reader runs meanwhile.
+state: it reads ``HeldKeys.handles`` (one attribute, one dict lookup) without the instance's
+lock.  Earlier, a writer emptied the listed keys before it turned the shortcut off: in that
+gap a success for a key that held state was answered without the component, its state was
+not cleared, and its next failure got the second retry's delay.  Now the writers only add or
+remove one key after the engine decided for it (``HeldKeys.note``), or replace the whole dict
+(``HeldKeys.clear``, after a fault).  Here the writer is paused inside ``note`` while the
+engine drops another key at the ``max_state_entries`` bound and gives its handle to the new
+one, before and after the change, and what a lock-free reader would read is checked then.
 """
 
 from __future__ import annotations
@@ -16,75 +18,78 @@ from typing import Any
 
 import pytest
 
-from cpex_retry_with_backoff_wasm import RetryEngine
-from cpex_retry_with_backoff_wasm.handles import Key
-from cpex_retry_with_backoff_wasm.wire import DELAY_MASK
+from cpex_retry_with_backoff_wasm.handles import HeldKeys, Key
+from cpex_retry_with_backoff_wasm.wire import DELAY_MASK, HANDLE_SHIFT
 
-from .conftest import VirtualClock, err, ok
+from .conftest import EngineCalls, VirtualClock, err, ok
+from .test_instance import decide, open_policy
 
-#: How long the reader gets while the writer is paused: a shortcut answers in microseconds.
-READER_WINDOW_S = 0.5
+#: Bounds a wait on the other thread so that a deadlock fails the test instead of hanging it;
+#: nothing is timed.
+DEADLOCK_GUARD_S = 60
 
 
 @pytest.mark.parametrize("pause", ["before", "after"])
-def test_a_held_keys_success_reaches_the_component_while_the_writer_drops_keys(
+def test_a_held_keys_success_reaches_the_component_while_the_writer_changes_the_keys(
     monkeypatch: pytest.MonkeyPatch, pause: str
 ) -> None:
-    engine = RetryEngine({"jitter": False, "max_state_entries": 2}, clock=VirtualClock(), seed=(1, 2))
-    assert engine.decide("t", "oldest", err()) & DELAY_MASK == 200
-    assert engine.decide("t", "victim", err()) & DELAY_MASK == 200
+    policy = open_policy({"jitter": False, "max_state_entries": 2}, clock=VirtualClock(), seed=(1, 2))
+    instance = policy.instance
+    assert decide(policy, "t", "oldest", err()) & DELAY_MASK == 200
+    assert decide(policy, "t", "victim", err()) & DELAY_MASK == 200
 
-    held = engine.held
-    real_drop = held.drop
+    def key(rid: str) -> Key:
+        return (policy.id, "", "", "", "t", rid)
+
+    real_note = HeldKeys.note
     paused, resume = threading.Event(), threading.Event()
+    seen: dict[str, Any] = {}
 
-    def pausing_drop(key: Key) -> None:
-        if pause == "before":
-            paused.set()
-            resume.wait(10)
-        real_drop(key)
+    def pausing_note(self: HeldKeys, noted: Key, decision: int) -> None:
+        if noted != key("new"):
+            real_note(self, noted, decision)
+            return
         if pause == "after":
-            paused.set()
-            resume.wait(10)
+            real_note(self, noted, decision)
+        # What a lock-free reader reads while the writer holds the lock mid-change.
+        seen["listed"] = {k[5] for k in self.handles}
+        paused.set()
+        assert resume.wait(DEADLOCK_GUARD_S)
+        if pause == "before":
+            real_note(self, noted, decision)
 
-    monkeypatch.setattr(held, "drop", pausing_drop)
-    answers: dict[str, Any] = {}
-    # A third key's first failure: the table is full, the oldest key is dropped.
-    writer = threading.Thread(target=lambda: answers.setdefault("new", engine.decide("t", "new", err())))
+    monkeypatch.setattr(HeldKeys, "note", pausing_note)
+    answers: dict[str, int] = {}
+    # A third key's first failure: the context is full, the engine drops the oldest key and
+    # gives its handle to the new one.
+    writer = threading.Thread(target=lambda: answers.setdefault("new", decide(policy, "t", "new", err())))
     writer.start()
-    assert paused.wait(10), "the writer never dropped a key"
-
-    reader_done = threading.Event()
-
-    def read() -> None:
-        answers["victim"] = engine.decide("t", "victim", ok())
-        reader_done.set()
-
-    reader = threading.Thread(target=read)
-    reader.start()
-    answered_while_paused = reader_done.wait(READER_WINDOW_S)
+    assert paused.wait(DEADLOCK_GUARD_S), "the writer never noted the new key"
     resume.set()
-    writer.join(10)
-    reader.join(10)
+    writer.join(DEADLOCK_GUARD_S)
+    assert not writer.is_alive()
 
-    assert not answered_while_paused, "the victim's success was answered without the component"
-    assert answers["victim"] & DELAY_MASK == 0
+    assert "victim" in seen["listed"], "the victim's success would have been answered without the engine"
+    assert seen["listed"] == ({"oldest", "victim"} if pause == "before" else {"new", "victim"})
     assert answers["new"] & DELAY_MASK == 200
-    # The success reached the component and cleared the victim: its next failure is a first one.
-    assert engine.decide("t", "victim", err()) & DELAY_MASK == 200
-    assert list(held.entries) == [("t", "new"), ("t", "victim")]
+    assert instance.held_count == 2
+    calls = EngineCalls(instance)
+    assert decide(policy, "t", "victim", ok()) & DELAY_MASK == 0
+    assert calls.count == 1, "the victim's success did not reach the engine"
+    # The success cleared the victim: its next failure is a first one.
+    assert decide(policy, "t", "victim", err()) & DELAY_MASK == 200
 
 
-def test_forget_replaces_the_listed_keys_rather_than_emptying_them() -> None:
-    """A reader that took the listed keys before ``forget`` keeps a dict that was never
-    emptied under it; the shortcut then reads the new one."""
-    engine = RetryEngine({"jitter": False}, clock=VirtualClock(), seed=(1, 2))
-    engine.decide("t", "a", err())
-    held = engine.held
-    taken = held.shortcut
-    assert taken is not None
-    assert ("t", "a") in taken
-    held.forget()
-    assert ("t", "a") in taken, "forget emptied a dict a reader may still hold"
-    assert held.shortcut is not taken
-    assert held.shortcut == {}
+def test_clear_replaces_the_listed_keys_rather_than_emptying_them() -> None:
+    """A reader that took the listed keys before ``clear`` (a fault) keeps a dict that was
+    never emptied under it; the shortcut then reads the new one."""
+    held = HeldKeys()
+    listed: Key = (1, "", "", "", "t", "a")
+    held.note(listed, 3 << HANDLE_SHIFT | 200)
+    taken = held.handles
+    assert listed in taken
+    held.clear()
+    assert listed in taken, "clear emptied a dict a reader may still hold"
+    assert held.handles is not taken
+    assert held.handles == {}
+    assert len(held) == 0

@@ -3,8 +3,8 @@
 Faults mid-sequence -- a guest that traps, a runaway guest stopped by fuel, a guest that hits
 the memory cap -- never fail the tool call: the hook returns normally with
 ``retry_delay_ms == 0``, the cause is logged once (one ERROR record per fault), and the next
-call runs on a rebuilt instance with the same configuration and the live retry state of every
-other key (the host's mirror, imported into the new instance).
+call runs on a rebuilt instance with the same configuration (its policy opened again) and no
+live retry state: every key starts over (``test_fault_state.py``).
 
 The guest faults come from the deliberately faulting build (``make wasm-faulty``,
 ``target/wasm/retry_engine_faulty.wasm``: the release component plus magic tool names in
@@ -14,7 +14,7 @@ with the release build, by real state growth under a small cap.
 Bad components fail at load with a clear error naming the file: truncated at any point, or a
 component of another world (the right export name with the wrong function types, or missing
 functions).  Corrupt files, foreign imports and components exporting nothing are covered in
-``test_loader.py``; fuel exhaustion by a small budget in ``test_engine.py``/``test_plugin.py``.
+``test_loader.py``; fuel exhaustion by a small budget in ``test_instance.py``/``test_plugin.py``.
 """
 
 from __future__ import annotations
@@ -28,11 +28,11 @@ import pytest
 import wasmtime
 from cpex.framework import GlobalContext, ToolPostInvokePayload
 
-from cpex_retry_with_backoff_wasm import RetryEngineLoadError, WasmRetryEngine
+from cpex_retry_with_backoff_wasm import RetryEngineLoadError
 from cpex_retry_with_backoff_wasm.keys import KEY_PART_MAX_CHARS
 from cpex_retry_with_backoff_wasm.loader import EXPORTED_FUNCS
 
-from .conftest import PLUGIN_NAME, err, ok
+from .conftest import PLUGIN_NAME, direct_plugin, err, ok
 
 ENGINE_LOGGER = "cpex_retry_with_backoff_wasm.sandbox"
 NO_JITTER: dict[str, Any] = {"jitter": False}
@@ -68,8 +68,8 @@ async def test_guest_fault_mid_sequence_is_answered_logged_once_and_rebuilt(
     manager_factory: Any, faulty_wasm: Path, caplog: pytest.LogCaptureFixture, magic: str, cause: str
 ) -> None:
     manager = await manager_factory({**NO_JITTER, "wasm_path": str(faulty_wasm)})
-    engine = manager.get_plugin(PLUGIN_NAME).engine
-    assert engine.wasm_path == faulty_wasm
+    instance = manager.get_plugin(PLUGIN_NAME).instance
+    assert instance.wasm_path == faulty_wasm
     assert [await delay(manager, "search", "r1", err()) for _ in range(2)] == [200, 400]
     assert await delay(manager, "fetch", "r2", err(503)) == 200
 
@@ -79,36 +79,38 @@ async def test_guest_fault_mid_sequence_is_answered_logged_once_and_rebuilt(
     assert "decide failed" in record
     assert cause in record
     assert "\n" not in record
-    assert engine.fault_count == 1
+    assert instance.fault_count == 1
 
-    # Rebuilt with the same configuration and the other keys' state: search/r1 had failed
-    # twice, so its third failure runs its budget out; jitter still off.
+    # Rebuilt with the same configuration (jitter still off, the default budget of two) and no
+    # live state: search/r1 starts over.
     caplog.clear()
     with caplog.at_level(logging.DEBUG, logger=ENGINE_LOGGER):
-        assert [await delay(manager, "search", "r1", err()) for _ in range(3)] == [0, 200, 400]
+        assert [await delay(manager, "search", "r1", err()) for _ in range(4)] == [200, 400, 0, 200]
         assert await delay(manager, "fetch", "r2", ok()) == 0
         assert await delay(manager, "fetch", "r2", err(503)) == 200
     assert fault_records(caplog) == []
-    assert engine.fault_count == 1
-    assert engine.state_count() == 2  # search/r1 after two failures, fetch/r2 after one
+    assert instance.fault_count == 1
+    assert instance.state_count() == 2  # search/r1 after one failure, fetch/r2 after one
 
 
 async def test_every_fault_in_a_burst_is_answered_and_logged_once(
     manager_factory: Any, faulty_wasm: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     manager = await manager_factory({**NO_JITTER, "wasm_path": str(faulty_wasm)})
-    engine = manager.get_plugin(PLUGIN_NAME).engine
+    instance = manager.get_plugin(PLUGIN_NAME).instance
     magics = list(FAULTS) * 10
     with caplog.at_level(logging.ERROR, logger=ENGINE_LOGGER):
         for i, magic in enumerate(magics):
             assert await delay(manager, "t", f"r{i}", err()) == 200
             assert await delay(manager, magic, f"r{i}", err(503)) == 0
-            assert await delay(manager, "t", f"r{i}", err()) == 400, "not rebuilt, or state lost"
+            # Rebuilt, the policy opened again; the key starts over.
+            assert [await delay(manager, "t", f"r{i}", err()) for _ in range(2)] == [200, 400]
     records = fault_records(caplog)
     assert len(records) == len(magics)
     for magic, record in zip(magics, records, strict=True):
         assert FAULTS[magic] in record
-    assert engine.fault_count == len(magics)
+    assert instance.fault_count == len(magics)
+    assert instance.rebuild_count == len(magics)
 
 
 async def test_faulty_build_text_path_and_other_tools_behave_normally(
@@ -117,12 +119,12 @@ async def test_faulty_build_text_path_and_other_tools_behave_normally(
     manager = await manager_factory(
         {"jitter": False, "check_text_content": True, "wasm_path": str(faulty_wasm)}
     )
-    engine = manager.get_plugin(PLUGIN_NAME).engine
+    instance = manager.get_plugin(PLUGIN_NAME).instance
     marker = {"content": [{"type": "text", "text": '{"status_code": 503}'}], "isError": False}
     assert await delay(manager, "t", "r", marker) == 200
     assert await delay(manager, "__fault_trap__", "r", marker) == 0  # decide-text path
     assert await delay(manager, "__fault_trap__x", "r", marker) == 200  # only the exact name
-    assert engine.fault_count == 1
+    assert instance.fault_count == 1
 
 
 # --------------------------------------------------------------------------- memory cap, release build
@@ -130,17 +132,22 @@ async def test_memory_limit_hit_mid_sequence_through_the_hook(
     manager_factory: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Unique request ids as long as a key part crosses as itself (a longer one crosses as a
-    fixed-size digest), under a 2 MiB cap: state grows until the cap refuses memory."""
-    manager = await manager_factory({**NO_JITTER, "wasm_max_memory_bytes": 2 * 1024 * 1024})
-    engine = manager.get_plugin(PLUGIN_NAME).engine
+    fixed-size digest), under a 2 MiB cap: state grows until the cap refuses memory.  (The
+    engine's byte budget under such a cap is its 1 MiB floor, more than the instance has left
+    after its stack; a bound of entries that floor could not hold is refused, hence the
+    explicit ``max_state_entries``.)"""
+    manager = await manager_factory(
+        {**NO_JITTER, "wasm_max_memory_bytes": 2 * 1024 * 1024, "max_state_entries": 7_000}
+    )
+    instance = manager.get_plugin(PLUGIN_NAME).instance
     long_rid = "x" * (KEY_PART_MAX_CHARS - 8)
     with caplog.at_level(logging.ERROR, logger=ENGINE_LOGGER):
-        answers = [await delay(manager, "t", f"{i:08d}{long_rid}", err()) for i in range(2_000)]
-    assert engine.fault_count >= 1
+        answers = [await delay(manager, "t", f"{i:08d}{long_rid}", err()) for i in range(4_000)]
+    assert instance.fault_count >= 1
     assert set(answers) == {0, 200}
-    assert answers.count(0) == engine.fault_count, "a call answered no-retry without a fault"
+    assert answers.count(0) == instance.fault_count, "a call answered no-retry without a fault"
     records = fault_records(caplog)
-    assert len(records) == engine.fault_count
+    assert len(records) == instance.fault_count
     assert all("unreachable" in r or "memory" in r for r in records), records
     # After each fault the instance is fresh and keeps serving.
     assert [await delay(manager, "t", "fresh", err()) for _ in range(3)] == [200, 400, 0]
@@ -165,13 +172,13 @@ async def test_truncated_component_is_a_clear_error_at_load(
     # The first 8 bytes alone are a valid, empty component: it exports nothing.
     message = r"truncated\.wasm (is not a valid WebAssembly component|is not for this host's contract)"
     with pytest.raises(RetryEngineLoadError, match=message):
-        WasmRetryEngine({"wasm_path": str(path)})
+        direct_plugin({"wasm_path": str(path)})
     with caplog.at_level(logging.ERROR):
         await manager_factory({"wasm_path": str(path)}, expect_plugins=0)
     assert any(re.search(message, r.getMessage()) for r in caplog.records)
 
 
-def wrong_world(funcs: tuple[str, ...], *, version: str = "0.4.0") -> str:
+def wrong_world(funcs: tuple[str, ...], *, version: str = "0.5.0") -> str:
     """A component exporting the retry-engine name with ``funcs``, each typed ``() -> u32``."""
     exports = " ".join(f'(export "{name}" (func $f))' for name in funcs)
     return f"""
@@ -190,10 +197,10 @@ def wrong_world(funcs: tuple[str, ...], *, version: str = "0.4.0") -> str:
     [
         pytest.param(
             wrong_world(EXPORTED_FUNCS),
-            r"wrong-world\.wasm.*is not \(string, u32, u64, u32\) -> u64",
+            r"wrong-world\.wasm.*is not \(u64, string, u64, u64\) -> u64",
         ),
         (wrong_world(tuple(f for f in EXPORTED_FUNCS if f != "decide")), r"has no function 'decide'"),
-        (wrong_world(EXPORTED_FUNCS, version="0.5.0"), r"not for this host's contract.*retry-engine@0\.5\.0"),
+        (wrong_world(EXPORTED_FUNCS, version="0.6.0"), r"not for this host's contract.*retry-engine@0\.6\.0"),
     ],
     ids=["wrong-types", "missing-decide", "other-contract"],
 )
@@ -203,7 +210,7 @@ async def test_component_of_another_world_is_a_clear_error_at_load(
     path = tmp_path / "wrong-world.wasm"
     path.write_bytes(bytes(wasmtime.wat2wasm(wat)))
     with pytest.raises(RetryEngineLoadError, match=message):
-        WasmRetryEngine({"wasm_path": str(path)})
+        direct_plugin({"wasm_path": str(path)})
     with caplog.at_level(logging.ERROR):
         await manager_factory({"wasm_path": str(path)}, expect_plugins=0)
     assert any("wrong-world.wasm" in r.getMessage() for r in caplog.records)
@@ -216,4 +223,4 @@ async def test_component_with_wrong_function_types_is_skipped_by_the_manager(
     path.write_bytes(bytes(wasmtime.wat2wasm(wrong_world(EXPORTED_FUNCS))))
     with caplog.at_level(logging.ERROR):
         await manager_factory({"wasm_path": str(path)}, expect_plugins=0)
-    assert any("is not (string, u32, u64, u32) -> u64" in r.getMessage() for r in caplog.records)
+    assert any("is not (u64, string, u64, u64) -> u64" in r.getMessage() for r in caplog.records)

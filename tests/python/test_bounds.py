@@ -2,7 +2,7 @@
 another key's retry state.
 
 ``collect_texts`` reads at most ``wire.TEXT_MAX_ITEMS`` text items and ``wire.TEXT_MAX_CHARS``
-characters of them (the item reaching the bound is cut there); a key part crosses as itself
+characters of them (the item reaching the bound is cut there); each key part crosses as itself
 or as a fixed-size digest (``keys``).  Through the real cpex PluginManager and the real .wasm: a
 victim key with two failures keeps its count across each hostile result on another key (on
 17a8224 each of them faulted the instance and the victim's next failure started over).
@@ -24,7 +24,7 @@ import pytest
 from cpex.framework import GlobalContext, PluginContext, ToolPostInvokePayload
 
 from cpex_retry_with_backoff_wasm import RetryWithBackoffPlugin
-from cpex_retry_with_backoff_wasm.keys import KEY_PART_MAX_CHARS, engine_key
+from cpex_retry_with_backoff_wasm.keys import KEY_PART_MAX_CHARS, wire_key
 from cpex_retry_with_backoff_wasm.signals import collect_texts
 from cpex_retry_with_backoff_wasm.wire import TEXT_MAX_CHARS, TEXT_MAX_ITEMS
 
@@ -114,14 +114,21 @@ def test_a_huge_str_subclass_is_cut_without_its_overrides() -> None:
 
 # --------------------------------------------------------------------------- key parts
 @pytest.mark.parametrize(
-    ("tool", "rid"),
-    [("t" * 16 * MIB, "r"), ("t", "r" * 16 * MIB), ("é" * MIB, "\ud800" * MIB)],
-    ids=["16MiB-tool", "16MiB-rid", "1M-chars-each"],
+    "parts",
+    [
+        ("", "", "", "t" * 16 * MIB, "r"),
+        ("", "", "", "t", "r" * 16 * MIB),
+        ("", "", "", "é" * MIB, "\ud800" * MIB),
+        ("a" * 16 * MIB, "s" * 16 * MIB, "u" * 16 * MIB, "t", "r"),
+    ],
+    ids=["16MiB-tool", "16MiB-rid", "1M-chars-each", "16MiB-context-and-identity"],
 )
-def test_a_key_crosses_in_bounded_size(tool: str, rid: str) -> None:
-    key, tool_len = engine_key(tool, rid)
-    assert tool_len <= KEY_PART_MAX_CHARS
-    assert len(key) <= 2 * 4 * KEY_PART_MAX_CHARS
+def test_a_key_crosses_in_bounded_size(parts: tuple[str, str, str, str, str]) -> None:
+    key, packed = wire_key(*parts)
+    lengths = [(packed >> shift) & 0xFFFF for shift in (0, 16, 32, 48)]
+    assert all(n <= KEY_PART_MAX_CHARS for n in lengths)
+    assert len(key.decode()) - sum(lengths) <= KEY_PART_MAX_CHARS
+    assert len(key) <= 5 * 4 * KEY_PART_MAX_CHARS
 
 
 # --------------------------------------------------------------------------- a victim's state
@@ -185,10 +192,10 @@ async def post(manager: Any, tool: str, rid: str, res: Any, *, direct: bool = Fa
     return int(out.retry_delay_ms)
 
 
-def engine_of(manager: Any) -> Any:
+def instance_of(manager: Any) -> Any:
     plugin = manager.get_plugin(PLUGIN_NAME)
     assert isinstance(plugin, RetryWithBackoffPlugin)
-    return plugin.engine
+    return plugin.instance
 
 
 @pytest.mark.parametrize("name", HOSTILE)
@@ -200,7 +207,7 @@ async def test_a_hostile_input_gets_its_answer_and_the_victim_keeps_its_count(
     for tool, rid, res, decision in hostile[name]():
         assert await post(manager, tool, rid, res, direct=name in PAST_THE_MANAGER) == decision
     assert await post(manager, "t", "victim", err()) == 800, "the victim's retry state was lost"
-    assert engine_of(manager).fault_count == 0
+    assert instance_of(manager).fault_count == 0
 
 
 async def test_a_huge_key_keeps_its_own_budget(manager_factory: Any) -> None:
@@ -209,4 +216,4 @@ async def test_a_huge_key_keeps_its_own_budget(manager_factory: Any) -> None:
     for tool, rid in ((big, "r"), ("t", big)):
         assert [await post(manager, tool, rid, err()) for _ in range(3)] == [200, 400, 800]
         assert await post(manager, tool, rid + "x", err()) == 200, "a longer request id is another key"
-    assert engine_of(manager).fault_count == 0
+    assert instance_of(manager).fault_count == 0

@@ -1,15 +1,16 @@
 """Issue 12 §3 and §4: the state key is injective for every ``str``, and no context value makes
 the hook raise.
 
-Unit tests of ``keys`` (what each tool name, identity and request id crosses as), then the
-same through the real cpex PluginManager and the real .wasm: keys that collided on 17a8224 get
-separate budgets, and odd identities under ``key_scope`` get a defined key instead of an
-exception.
+Unit tests of ``keys`` (what each tenant, server, identity, tool name and request id crosses
+as, each in its own field of the key), then the same through the real cpex PluginManager and
+the real .wasm: keys that collided on 17a8224 get separate budgets, and odd identities under
+``key_scope`` get a defined key instead of an exception.
 """
 
 from __future__ import annotations
 
 import hashlib
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -18,14 +19,15 @@ from cpex.framework import GlobalContext, ToolPostInvokePayload
 from cpex_retry_with_backoff_wasm.keys import (
     KEY_DIGEST_PREFIX,
     KEY_PART_MAX_CHARS,
-    engine_key,
+    context_part,
     key_part,
-    state_request_id,
-    tenant_identity_part,
     user_identity_part,
+    wire_key,
 )
+from cpex_retry_with_backoff_wasm.wire import IDENTITY_LEN_SHIFT, SERVER_LEN_SHIFT, TOOL_LEN_SHIFT
 
 from .conftest import PLUGIN_NAME, err, ok
+from .test_instance import decide, open_policy
 
 NO_JITTER = {"jitter": False}
 
@@ -128,12 +130,18 @@ def test_different_parts_never_cross_alike(a: str, b: str) -> None:
     assert key_part(a) != key_part(b)
 
 
-def test_engine_key_is_the_layout_of_decide() -> None:
-    assert engine_key("tool", "req") == (b"toolreq", 4)
-    assert engine_key("é", "✓") == ("é✓".encode(), 1)
+def parts(tenant: int, server: int, identity: int, tool: int) -> int:
+    """``decide``'s ``parts`` for these lengths."""
+    return server << SERVER_LEN_SHIFT | identity << IDENTITY_LEN_SHIFT | tool << TOOL_LEN_SHIFT | tenant
+
+
+def test_wire_key_is_the_layout_of_decide() -> None:
+    assert wire_key("", "", "", "tool", "req") == (b"toolreq", parts(0, 0, 0, 4))
+    assert wire_key("acme", "srv", "bob", "tool", "req") == (b"acmesrvbobtoolreq", parts(4, 3, 3, 4))
+    assert wire_key("", "", "", "é", "✓") == ("é✓".encode(), parts(0, 0, 0, 1))
     long_tool = "t" * 1000
-    key, tool_len = engine_key(long_tool, "\ud800")
-    assert tool_len == len(digest(long_tool))
+    key, packed = wire_key("", "", "", long_tool, "\ud800")
+    assert packed == parts(0, 0, 0, len(digest(long_tool)))
     assert key == (digest(long_tool) + digest("\ud800")).encode()
 
 
@@ -168,8 +176,9 @@ def test_str_subclasses_are_read_as_plain_str() -> None:
     assert user_identity_part(RaisingStr("bob")) == "bob"
     assert user_identity_part({"email": RaisingStr("bob")}) == "bob"
     assert user_identity_part({"email": LyingStr("bob")}) == "bob"
-    assert tenant_identity_part(RaisingStr("acme")) == "acme"
+    assert context_part(RaisingStr("acme")) == "acme"
     assert type(user_identity_part(LyingStr("bob"))) is str
+    assert type(context_part(LyingStr("acme"))) is str
 
 
 def test_int_identities_never_raise() -> None:
@@ -187,8 +196,20 @@ def test_int_identities_never_raise() -> None:
 
 def test_unreadable_identities_are_no_identity() -> None:
     assert user_identity_part(RaisingDict(id=7)) == ""
-    assert tenant_identity_part(7) == ""
-    assert tenant_identity_part(None) == ""
+    assert context_part(None) == ""
+    assert context_part(["acme"]) == ""
+    assert context_part(True) == ""
+
+
+def test_context_parts() -> None:
+    """A tenant or server id: a str as a key part, an int by its decimal form (as the str of its
+    digits), anything else no context."""
+    assert context_part("acme") == "acme"
+    assert context_part("\ud800") == digest("\ud800")
+    assert context_part("s" * 1000) == digest("s" * 1000)
+    assert context_part(7) == context_part("7") == "7"
+    assert context_part(RaisingInt(42)) == "42"
+    assert context_part(10**5000).startswith(KEY_DIGEST_PREFIX)
 
 
 class Context:
@@ -205,41 +226,96 @@ class Context:
         raise RuntimeError("tenant_id")
 
 
-@pytest.mark.parametrize(
-    ("scope", "kwargs", "want"),
-    [
-        ("user", {"user": {"id": 10**300}}, f"72:{user_identity_part({'id': 10**300})}r:1"),
-        ("user", {"user": "\ud800"}, f"72:{digest(chr(0xD800))}r:1"),
-        ("user", {"user": "\\"}, "1:\\r:1"),
-        ("tenant", {"tenant_id": "\ud800"}, f"72:{digest(chr(0xD800))}r:1"),
-        ("user", {"user": {"email": RaisingStr("bob")}}, "3:bobr:1"),
-    ],
-    ids=["huge-int", "surrogate-user", "backslash-user", "surrogate-tenant", "raising-str"],
+#: wire_key takes the identity as ``user_identity_part`` made it (a key part), but digests a
+#: digested one again; injective still, so no two identities meet, but not what it documents.
+DOUBLE_DIGEST = pytest.mark.xfail(
+    strict=True,
+    reason="host bug: keys.wire_key applies key_part again to an identity user_identity_part "
+    "already made a key part, so a digested identity crosses as the digest of its digest",
 )
-def test_state_request_id_encodes_each_part(scope: str, kwargs: dict[str, Any], want: str) -> None:
-    assert state_request_id(scope, GlobalContext(request_id="r:1", **kwargs)) == want
 
 
-def test_state_request_id_keeps_the_identity_readable_past_the_bound() -> None:
-    """Issue 16: the engine reads the identity for per-tenant budgets; a long request id must
-    not hide it (the whole part would otherwise cross as one digest)."""
-    context = GlobalContext(request_id="r" * 251, tenant_id="acme")
-    assert state_request_id("tenant", context) == f"4:acme{digest('r' * 251)}"
-    at_the_bound = GlobalContext(request_id="r" * 250, tenant_id="acme")  # 256 characters in all
-    assert state_request_id("tenant", at_the_bound) == f"4:acme{'r' * 250}"
-    huge = GlobalContext(request_id="r" * 300, tenant_id="acme")
-    assert state_request_id("tenant", huge) == f"4:acme{digest('r' * 300)}"
+@pytest.mark.parametrize(
+    ("tenant", "identity", "want"),
+    [
+        pytest.param(
+            "",
+            user_identity_part({"id": 10**300}),
+            (f"{user_identity_part({'id': 10**300})}tr:1", (0, 72)),
+            marks=DOUBLE_DIGEST,
+            id="huge-int",
+        ),
+        pytest.param(
+            "",
+            user_identity_part("\ud800"),
+            (f"{digest(chr(0xD800))}tr:1", (0, 72)),
+            marks=DOUBLE_DIGEST,
+            id="surrogate-user",
+        ),
+        pytest.param("", user_identity_part("\\"), ("\\tr:1", (0, 1)), id="backslash-user"),
+        # A str tenant crosses as the instance reads it, plain (wire_key makes it a key part).
+        pytest.param("\ud800", "", (f"{digest(chr(0xD800))}tr:1", (72, 0)), id="surrogate-tenant"),
+        pytest.param(
+            "", user_identity_part({"email": RaisingStr("bob")}), ("bobtr:1", (0, 3)), id="raising-str"
+        ),
+    ],
+)
+def test_each_part_crosses_in_its_own_field(
+    tenant: str, identity: str, want: tuple[str, tuple[int, int]]
+) -> None:
+    """The tenant and the identity are fields of their own, never length-prefixed into the
+    request id: an odd value of either crosses as a key part, and the request id is kept."""
+    text, (tenant_len, identity_len) = want
+    assert wire_key(tenant, "", identity, "t", "r:1") == (
+        text.encode(),
+        parts(tenant_len, 0, identity_len, 1),
+    )
 
 
-def test_state_request_id_encodes_the_request_id() -> None:
-    context = GlobalContext(request_id="\ud800", user="u")
-    assert state_request_id("user", context) == f"1:u{digest(chr(0xD800))}"
-    assert state_request_id("request", context) == "\ud800"  # the engine encodes it
+def test_a_long_request_id_never_hides_the_tenant() -> None:
+    """Issue 16: the engine reads the tenant for per-tenant budgets; a long request id must not
+    hide it.  Each part has its own bound, so the tenant crosses as itself however long the
+    request id."""
+    key, packed = wire_key("acme", "", "", "t", "r" * 257)
+    assert (key, packed) == (f"acmet{digest('r' * 257)}".encode(), parts(4, 0, 0, 1))
+    at_the_bound = wire_key("acme", "", "", "t", "r" * KEY_PART_MAX_CHARS)
+    assert at_the_bound == (f"acmet{'r' * KEY_PART_MAX_CHARS}".encode(), parts(4, 0, 0, 1))
 
 
-@pytest.mark.parametrize("scope", ["user", "tenant"])
-def test_state_request_id_survives_raising_context_attributes(scope: str) -> None:
-    assert state_request_id(scope, Context()) == "0:r:1"
+def test_the_request_id_crosses_as_a_key_part() -> None:
+    assert wire_key("", "", "u", "t", "\ud800") == (f"ut{digest(chr(0xD800))}".encode(), parts(0, 0, 1, 1))
+    assert wire_key("", "", "", "t", "r:1") == (b"tr:1", parts(0, 0, 0, 1))
+
+
+@pytest.mark.parametrize("scope", ["user", "tenant", "request"])
+def test_raising_context_attributes_are_no_identity_and_no_context(scope: str) -> None:
+    """A global context whose ``user`` and ``tenant_id`` raise is decided as one with neither."""
+    policy = open_policy({**NO_JITTER, "key_scope": scope, "max_retries": 5})
+    assert decide(policy, "t", "r:1", err()) & 0xFFFF_FFFF == 200
+    assert policy.instance.decide(policy, "t", Context(), err()) & 0xFFFF_FFFF == 400
+    assert policy.instance.decide(policy, "t", Context(), err()) & 0xFFFF_FFFF == 800
+    assert decide(policy, "t", "r:1", err(), tenant_id="acme") & 0xFFFF_FFFF == 200
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="host bug: instance._context_of passes a str tenant to wire_key plain but an int one "
+    "through context_part, and wire_key applies key_part to both: a huge int tenant (its digest D, "
+    "digested again) and the str tenant D (digested once) cross alike",
+)
+def test_a_huge_int_tenant_and_the_str_spelling_its_digest_are_two_contexts() -> None:
+    """``context_part`` gives a huge int its own digest, unlike any str's; a duck-typed global
+    context may carry an int tenant (cpex's own GlobalContext only a str)."""
+    policy = open_policy({**NO_JITTER, "max_retries": 5})
+    huge = 10**300
+    spelled = context_part(huge)
+    assert spelled.startswith(KEY_DIGEST_PREFIX)
+
+    def context(tenant: Any) -> SimpleNamespace:
+        return SimpleNamespace(request_id="r", tenant_id=tenant, server_id=None, user=None)
+
+    assert policy.instance.decide(policy, "t", context(huge), err()) & 0xFFFF_FFFF == 200
+    assert policy.instance.decide(policy, "t", context(spelled), err()) & 0xFFFF_FFFF == 200
 
 
 # --------------------------------------------------------------------------- through cpex
@@ -333,5 +409,5 @@ async def test_an_override_applies_only_to_the_tool_it_names(manager_factory: An
     assert await post(manager, "\\ud800", "r", err()) == 1000
     assert await post(manager, "\ud800", "r", err()) == 200
     plugin = manager.get_plugin(PLUGIN_NAME)
-    assert plugin.engine.tool_policy("\ud800").backoff_base_ms == 200
-    assert plugin.engine.tool_policy("\\ud800").backoff_base_ms == 1000
+    assert plugin.policy.tool_policy("\ud800").backoff_base_ms == 200
+    assert plugin.policy.tool_policy("\\ud800").backoff_base_ms == 1000

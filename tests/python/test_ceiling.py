@@ -1,4 +1,9 @@
-"""ceiling.py: where the gateway ceiling comes from and how a config is clamped to it."""
+"""ceiling.py: where the gateway ceiling comes from; the engine lowers a configuration to it.
+
+The host only reads the ceiling and passes it to ``open-policy``; the engine lowers every
+effective ``max_retries`` above it, before validating, and returns one warning per key path,
+which the host logs with the stanza and the ceiling's source.
+"""
 
 from __future__ import annotations
 
@@ -9,8 +14,11 @@ from typing import Any
 
 import pytest
 
-from cpex_retry_with_backoff_wasm import ceiling
-from cpex_retry_with_backoff_wasm.ceiling import Ceiling, clamp_effective, clamp_explicit, read_ceiling
+from cpex_retry_with_backoff_wasm import ConfigurationError, ceiling
+from cpex_retry_with_backoff_wasm.ceiling import Ceiling, read_ceiling
+
+from .conftest import PLUGIN_NAME, direct_plugin
+from .test_instance import open_policy
 
 
 def install_gateway(monkeypatch: pytest.MonkeyPatch, max_tool_retries: Any) -> None:
@@ -104,68 +112,84 @@ C3 = Ceiling(3, "test")
 @pytest.mark.parametrize(
     ("config", "expected"),
     [
-        ({}, {}),
-        ({"max_retries": 2}, {"max_retries": 2}),
-        ({"max_retries": 3}, {"max_retries": 3}),
-        ({"max_retries": 9}, {"max_retries": 3}),
-        ({"max_retries": 50}, {"max_retries": 3}),
-        # not a plain int: left for the engine to reject
-        ({"max_retries": "9"}, {"max_retries": "9"}),
-        ({"max_retries": True}, {"max_retries": True}),
-        ({"max_retries": 9.0}, {"max_retries": 9.0}),
+        ({}, (2, {})),
+        ({"max_retries": 2}, (2, {})),
+        ({"max_retries": 3}, (3, {})),
+        ({"max_retries": 9}, (3, {})),
+        ({"max_retries": 50}, (3, {})),
         (
             {"tool_overrides": {"a": {"max_retries": 8}, "b": {"max_retries": 1}, "c": {}}},
-            {"tool_overrides": {"a": {"max_retries": 3}, "b": {"max_retries": 1}, "c": {}}},
+            (2, {"a": 3, "b": 1, "c": 2}),
         ),
-        ({"tool_overrides": {"a": "nonsense"}}, {"tool_overrides": {"a": "nonsense"}}),
-        ({"tool_overrides": ["a"]}, {"tool_overrides": ["a"]}),
+        # An override that inherits the global budget is lowered with it.
+        ({"max_retries": 9, "tool_overrides": {"a": {}}}, (3, {"a": 3})),
     ],
 )
-def test_clamp_explicit(config: dict[str, Any], expected: dict[str, Any]) -> None:
-    assert clamp_explicit(config, C3) == expected
-
-
-def test_clamp_explicit_copies_and_warns_per_key(caplog: pytest.LogCaptureFixture) -> None:
-    config = {"max_retries": 7, "tool_overrides": {"search": {"max_retries": 10}}}
-    with caplog.at_level(logging.WARNING, logger="cpex_retry_with_backoff_wasm.ceiling"):
-        clamped = clamp_explicit(config, Ceiling(3, "MAX_TOOL_RETRIES environment variable"))
-    assert config == {"max_retries": 7, "tool_overrides": {"search": {"max_retries": 10}}}
-    assert clamped == {"max_retries": 3, "tool_overrides": {"search": {"max_retries": 3}}}
-    messages = [r.getMessage() for r in caplog.records]
-    assert len(messages) == 2
-    assert "max_retries=7 exceeds the gateway ceiling max_tool_retries=3" in messages[0]
-    assert "MAX_TOOL_RETRIES environment variable" in messages[0]
-    assert "tool_overrides.search.max_retries=10" in messages[1]
+def test_the_engine_lowers_every_budget_above_the_ceiling(
+    config: dict[str, Any], expected: tuple[int, dict[str, int]]
+) -> None:
+    policy = open_policy(config, ceiling=C3)
+    global_max, per_tool = expected
+    assert policy.global_policy.max_retries == global_max
+    assert {tool: policy.tool_policy(tool).max_retries for tool in per_tool} == per_tool
 
 
 @pytest.mark.parametrize(
-    ("config", "global_max", "overrides", "changed", "expected"),
+    ("config", "path"),
     [
-        ({}, 2, {}, False, {}),
-        ({}, 4, {}, True, {"max_retries": 3}),
+        # not a plain int: refused by the engine, ceiling or not
+        ({"max_retries": "9"}, "max_retries"),
+        ({"max_retries": True}, "max_retries"),
+        ({"max_retries": 9.0}, "max_retries"),
+        ({"tool_overrides": {"a": {"max_retries": True}}}, "tool_overrides.a.max_retries"),
+        ({"tool_overrides": {"a": "nonsense"}}, "tool_overrides.a"),
+        ({"tool_overrides": ["a"]}, "tool_overrides"),
+    ],
+)
+def test_the_ceiling_rescues_no_malformed_budget(config: dict[str, Any], path: str) -> None:
+    with pytest.raises(ConfigurationError) as info:
+        open_policy(config, ceiling=C3)
+    assert [e.path for e in info.value.errors] == [path]
+
+
+@pytest.mark.parametrize(
+    ("config", "ceiling_value", "paths"),
+    [
+        ({}, 3, []),
+        ({}, 1, ["max_retries"]),
+        ({"max_retries": 3, "tool_overrides": {"a": {}}}, 3, []),
+        ({"max_retries": 9, "tool_overrides": {"a": {}}}, 3, ["max_retries"]),
         (
-            {"tool_overrides": {"a": {"max_retries": True}}},
+            {"max_retries": 1, "tool_overrides": {"a": {"max_retries": 5}, "b": {"max_retries": 2}}},
             2,
-            {"a": 5},
-            True,
-            {"tool_overrides": {"a": {"max_retries": 3}}},
-        ),
-        # an override that inherits the global budget is fixed by clamping the global one
-        (
-            {"max_retries": 9, "tool_overrides": {"a": {}}},
-            9,
-            {"a": 9},
-            True,
-            {"max_retries": 3, "tool_overrides": {"a": {}}},
+            ["tool_overrides.a.max_retries"],
         ),
     ],
 )
-def test_clamp_effective(
-    config: dict[str, Any],
-    global_max: int,
-    overrides: dict[str, int],
-    changed: bool,
-    expected: dict[str, Any],
+def test_one_warning_per_key_path_lowered(
+    caplog: pytest.LogCaptureFixture, config: dict[str, Any], ceiling_value: int, paths: list[str]
 ) -> None:
-    assert clamp_effective(config, C3, global_max, overrides) is changed
-    assert config == expected
+    with caplog.at_level(logging.WARNING):
+        open_policy(config, ceiling=Ceiling(ceiling_value, "test"))
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert [w.split(": ")[2] for w in warnings] == paths
+
+
+def test_the_plugin_reads_the_ceiling_and_logs_each_lowering_with_its_source(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setenv("MAX_TOOL_RETRIES", "3")
+    config = {"max_retries": 7, "tool_overrides": {"search": {"max_retries": 10}}}
+    with caplog.at_level(logging.WARNING, logger="cpex_retry_with_backoff_wasm"):
+        plugin = direct_plugin(config)
+    assert config == {"max_retries": 7, "tool_overrides": {"search": {"max_retries": 10}}}
+    assert plugin.policy.global_policy.max_retries == 3
+    assert plugin.policy.tool_policy("search").max_retries == 3
+    messages = sorted(r.getMessage() for r in caplog.records if r.levelno == logging.WARNING)
+    assert len(messages) == 2
+    assert (
+        f"{PLUGIN_NAME}: max_retries: 7 exceeds the gateway's retry ceiling (max_tool_retries = 3)"
+        in (messages[0])
+    )
+    assert f"{PLUGIN_NAME}: tool_overrides.search.max_retries: 10 exceeds" in messages[1]
+    assert all(m.endswith("lowered to 3 (MAX_TOOL_RETRIES environment variable)") for m in messages)

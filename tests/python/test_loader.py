@@ -9,9 +9,10 @@ from typing import Any
 import pytest
 import wasmtime
 
-from cpex_retry_with_backoff_wasm import WasmRetryEngine, loader
+from cpex_retry_with_backoff_wasm import loader
 from cpex_retry_with_backoff_wasm.loader import (
     CACHE_DIR_NAME,
+    EXPORTED_FUNCS,
     cache_dir,
     clear_memory_cache,
     get_engine,
@@ -20,6 +21,8 @@ from cpex_retry_with_backoff_wasm.loader import (
     wasmtime_build_id,
 )
 from cpex_retry_with_backoff_wasm.model import RetryEngineLoadError
+
+from .conftest import REPO, WASM_0_2, direct_plugin
 
 
 @pytest.fixture
@@ -62,7 +65,7 @@ def test_imports_are_exactly_clock_and_seed(wasm_path: Path) -> None:
         "wasi:clocks/monotonic-clock": frozenset({"now"}),
         "wasi:random/insecure-seed": frozenset({"insecure-seed"}),
     }
-    assert loaded.interface.startswith("contextforge:retry/retry-engine@0.4.")
+    assert loaded.interface.startswith("contextforge:retry/retry-engine@0.5.")
 
 
 def test_same_content_is_compiled_once_per_process(wasm_path: Path, tmp_path: Path) -> None:
@@ -172,8 +175,7 @@ def test_component_that_is_not_a_retry_engine(tmp_path: Path) -> None:
     path.write_bytes(bytes(wasmtime.wat2wasm("(component)")))
     expected = (
         r"empty-component\.wasm is not for this host's contract: "
-        r"the host needs contextforge:retry/retry-engine@0\.4\.x \(or 0\.3\.x\) \(or 0\.2\.x\), "
-        r"it exports nothing"
+        r"the host needs contextforge:retry/retry-engine@0\.5\.x, it exports nothing"
     )
     with pytest.raises(RetryEngineLoadError, match=expected):
         load_component(path)
@@ -184,7 +186,7 @@ def test_component_with_foreign_imports_is_rejected(tmp_path: Path) -> None:
     (component
       (import "wasi:cli/environment@0.2.0" (instance))
       (instance $e)
-      (export "contextforge:retry/retry-engine@0.4.0" (instance $e))
+      (export "contextforge:retry/retry-engine@0.5.0" (instance $e))
     )
     """
     path = tmp_path / "foreign.wasm"
@@ -196,19 +198,75 @@ def test_component_with_foreign_imports_is_rejected(tmp_path: Path) -> None:
 def test_wasmtime_py_api_mismatch_is_a_load_error_naming_version_and_cause(
     wasm_path: Path, fresh_cache: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """What wasmtime-py 39-48 do to the loader (their ``imports()`` items have no ``.ty``),
-    simulated: the plugin's construction fails with a load error naming the wasmtime-py in
-    use and the cause, not with a bare ``AttributeError``."""
+    """What wasmtime-py 39-48 do to the loader, simulated through their public API: their
+    ``ComponentType.imports()`` gives the types themselves (no ``ComponentExtern`` with a
+    ``.ty``).  The plugin's construction fails with a load error naming the wasmtime-py in use
+    and the cause, not with a bare ``AttributeError``."""
     from importlib.metadata import version
 
-    def old_api(engine: Any, item: object) -> frozenset[str]:
-        raise AttributeError("'ComponentInstanceType' object has no attribute 'ty'")
+    from wasmtime.component import ComponentType
 
-    monkeypatch.setattr(loader, "_imported_funcs", old_api)
+    real_imports = ComponentType.imports
+
+    def old_api(self: Any, engine: Any) -> dict[str, Any]:
+        return {name: extern.ty for name, extern in real_imports(self, engine).items()}
+
+    monkeypatch.setattr(ComponentType, "imports", old_api)
     expected = (
         rf"cannot load .*retry_engine\.wasm with wasmtime-py {re.escape(version('wasmtime'))} "
         r"\(this plugin needs wasmtime.*\): "
         r"AttributeError: 'ComponentInstanceType' object has no attribute 'ty'"
     )
     with pytest.raises(RetryEngineLoadError, match=expected):
-        WasmRetryEngine({})
+        direct_plugin({})
+
+
+# --------------------------------------------------------------------------- other contracts
+def test_a_0_2_build_is_refused_naming_both_versions() -> None:
+    """Since 0.5 the host loads only builds of its own contract minor: one instance holds every
+    policy of the process, which older builds cannot."""
+    expected = (
+        r"retry_engine-0\.2\.1\.wasm is not for this host's contract: "
+        r"the host needs contextforge:retry/retry-engine@0\.5\.x, "
+        r"it exports contextforge:retry/retry-engine@0\.2\.1"
+    )
+    with pytest.raises(RetryEngineLoadError, match=expected):
+        load_component(WASM_0_2)
+
+
+@pytest.mark.parametrize("version", ["0.4.0", "0.6.0", "1.0.0"])
+def test_an_interface_of_another_minor_is_refused_naming_it(tmp_path: Path, version: str) -> None:
+    wat = f"""
+    (component
+      (instance $e)
+      (export "contextforge:retry/retry-engine@{version}" (instance $e))
+    )
+    """
+    path = tmp_path / "other.wasm"
+    path.write_bytes(bytes(wasmtime.wat2wasm(wat)))
+    expected = rf"needs contextforge:retry/retry-engine@0\.5\.x, it exports .*@{re.escape(version)}$"
+    with pytest.raises(RetryEngineLoadError, match=expected):
+        load_component(path)
+
+
+def test_an_interface_without_the_hosts_functions_is_refused(tmp_path: Path) -> None:
+    wat = """
+    (component
+      (instance $e)
+      (export "contextforge:retry/retry-engine@0.5.0" (instance $e))
+    )
+    """
+    path = tmp_path / "hollow.wasm"
+    path.write_bytes(bytes(wasmtime.wat2wasm(wat)))
+    with pytest.raises(RetryEngineLoadError, match=r"hollow\.wasm: .*@0\.5\.0 has no function 'init'"):
+        load_component(path)
+
+
+def test_the_functions_the_host_calls_are_the_contracts() -> None:
+    """``EXPORTED_FUNCS`` against ``wit/retry-engine.wit``: every function the host resolves is
+    declared there, and the only one it does not call is the CLI's ``simulate``."""
+    wit = (REPO / "wit" / "retry-engine.wit").read_text(encoding="utf-8")
+    declared = set(re.findall(r"^    ([a-z][a-z-]*): func\(", wit, re.M))
+    assert set(EXPORTED_FUNCS) <= declared
+    assert declared - set(EXPORTED_FUNCS) == {"simulate"}
+    assert len(set(EXPORTED_FUNCS)) == len(EXPORTED_FUNCS)

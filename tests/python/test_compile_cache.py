@@ -9,6 +9,7 @@ tests run as root; other owners are simulated with ``os.chown``.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import re
@@ -19,7 +20,6 @@ from typing import Any
 
 import pytest
 
-from cpex_retry_with_backoff_wasm import WasmRetryEngine, loader
 from cpex_retry_with_backoff_wasm.loader import (
     CACHE_DIR_NAME,
     KEY_COMPILE_CACHE,
@@ -28,8 +28,8 @@ from cpex_retry_with_backoff_wasm.loader import (
 )
 from cpex_retry_with_backoff_wasm.model import CONTRACT_VERSION, ConfigurationError
 
+from .conftest import direct_plugin
 from .test_loader import CompileSpy
-from .test_reload import contract_variant, sha256_of
 
 #: A uid that is not the test's (the tests run as root, so chown to it works).
 OTHER_UID = 4242
@@ -39,13 +39,30 @@ needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="chown to another uid 
 
 @pytest.fixture
 def cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
-    """An empty cache directory (not yet created), no in-process components, no refusal
-    logged yet."""
+    """An empty cache directory (not yet created) and no in-process components.  Every refusal
+    the loader logs (once per process) names the test's own paths, so none was logged yet."""
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
-    monkeypatch.setattr(loader, "_warned", set())
     clear_memory_cache()
     yield tmp_path / "xdg" / CACHE_DIR_NAME
     clear_memory_cache()
+
+
+def sha256_of(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def other_build(wasm_path: Path, tmp_path: Path, version: str) -> Path:
+    """Another well-formed build: the real component renamed to contract ``version`` (its
+    export name and its ``contract-version`` literal)."""
+    data = wasm_path.read_bytes()
+    current = CONTRACT_VERSION.encode()
+    assert len(version) == len(current)
+    data = data.replace(b"retry-engine@" + current, b"retry-engine@" + version.encode())
+    literal = re.compile(rb"(?<![\d.])" + re.escape(current) + rb"(?!\d)")
+    assert len(literal.findall(data)) == 1, "the rename no longer finds the version literal"
+    out = tmp_path / f"retry_engine-{version}.wasm"
+    out.write_bytes(literal.sub(version.encode(), data))
+    return out
 
 
 def the_entry(cache: Path) -> Path:
@@ -83,16 +100,16 @@ def test_swapped_entry_under_the_release_name_is_not_run(
 ) -> None:
     """Another build's compiled artifact, well-formed, written under the release's cache
     name: a plugin pinned to the release must run the release, not the other build."""
-    other = contract_variant(wasm_path, tmp_path, "0.4.7")
-    assert load_component(other).interface.endswith("@0.4.7")
+    other = other_build(wasm_path, tmp_path, "0.5.7")
+    assert load_component(other).interface.endswith("@0.5.7")
     other_entry = the_entry(cache)
     release_name = other_entry.name.replace(sha256_of(other), sha256_of(wasm_path))
     other_entry.rename(cache / release_name)
     clear_memory_cache()
 
     spy = CompileSpy(monkeypatch)
-    engine = WasmRetryEngine({"wasm_sha256": sha256_of(wasm_path)})
-    assert engine.contract_version == CONTRACT_VERSION
+    plugin = direct_plugin({"wasm_sha256": sha256_of(wasm_path)})
+    assert plugin.instance.contract_version == CONTRACT_VERSION
     assert spy.compiles == 1
     assert warnings_about(caplog, f"compiled from a .wasm with sha256 {sha256_of(other)}")
     # The swapped entry was replaced by the release's own compilation.
@@ -195,18 +212,19 @@ def test_cache_off_neither_reads_nor_writes(
     assert load_component(wasm_path, compile_cache=False) is compiled
 
 
-def test_engine_setting_turns_the_cache_off(
+def test_plugin_setting_turns_the_cache_off(
     wasm_path: Path, cache: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     spy = CompileSpy(monkeypatch)
-    engine = WasmRetryEngine({KEY_COMPILE_CACHE: False})
-    engine.reload(wasm_path)
+    plugin = direct_plugin({KEY_COMPILE_CACHE: False})
+    plugin.reload(wasm_path)
     assert spy.compiles == 1
+    assert plugin.instance.reload_count == 1
     assert not cache.exists()
 
 
 @pytest.mark.parametrize("value", ["false", 0, None, [], "yes"])
-def test_engine_setting_must_be_a_bool(value: Any, cache: Path) -> None:
+def test_plugin_setting_must_be_a_bool(value: Any, cache: Path) -> None:
     expected = re.escape(f"{KEY_COMPILE_CACHE}: must be true or false, got {value!r}")
     with pytest.raises(ConfigurationError, match=expected):
-        WasmRetryEngine({KEY_COMPILE_CACHE: value})
+        direct_plugin({KEY_COMPILE_CACHE: value})

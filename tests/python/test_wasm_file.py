@@ -8,18 +8,20 @@ fails instead of hanging the suite.
 
 from __future__ import annotations
 
+import logging
 import os
+import shutil
 import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
+from cpex.framework import GlobalContext, PluginContext, ToolPostInvokePayload
 
-from cpex_retry_with_backoff_wasm import WasmRetryEngine
+from cpex_retry_with_backoff_wasm import RetryWithBackoffPlugin
 from cpex_retry_with_backoff_wasm.loader import MAX_WASM_BYTES, load_component, read_wasm_file
 from cpex_retry_with_backoff_wasm.model import RetryEngineLoadError
-from cpex_retry_with_backoff_wasm.wire import DELAY_MASK
 
 from .conftest import direct_plugin, err
 
@@ -50,6 +52,12 @@ def finishes(call: Callable[[], Any], *, unblock: Callable[[], None]) -> BaseExc
     return outcome[0]
 
 
+async def delay(plugin: RetryWithBackoffPlugin, result: Any) -> int:
+    payload = ToolPostInvokePayload(name="tool", result=result)
+    context = PluginContext(global_context=GlobalContext(request_id="r1"))
+    return int((await plugin.tool_post_invoke(payload, context)).retry_delay_ms)
+
+
 @pytest.fixture
 def fifo(tmp_path: Path) -> tuple[Path, Callable[[], None]]:
     """A named pipe nobody writes to, and how to release a reader stuck opening it."""
@@ -72,35 +80,57 @@ def test_fifo_is_refused_at_once(fifo: tuple[Path, Callable[[], None]]) -> None:
 
 def test_fifo_as_wasm_path_fails_construction_at_once(fifo: tuple[Path, Callable[[], None]]) -> None:
     path, unblock = fifo
-    raised = finishes(lambda: WasmRetryEngine({"wasm_path": str(path)}), unblock=unblock)
+    raised = finishes(lambda: direct_plugin({"wasm_path": str(path)}), unblock=unblock)
     assert isinstance(raised, RetryEngineLoadError)
     assert str(path) in str(raised)
     assert "FIFO" in str(raised)
 
 
-def test_reload_to_a_fifo_fails_at_once_and_the_old_instance_serves(
+async def test_reload_to_a_fifo_fails_at_once_and_the_old_instance_serves(
     fifo: tuple[Path, Callable[[], None]],
 ) -> None:
     path, unblock = fifo
-    engine = WasmRetryEngine({"jitter": False})
-    assert engine.decide("tool", "r1", err()) & DELAY_MASK == 200
-    raised = finishes(lambda: engine.reload(path), unblock=unblock)
+    plugin = direct_plugin({"jitter": False})
+    assert await delay(plugin, err()) == 200
+    raised = finishes(lambda: plugin.reload(str(path)), unblock=unblock)
     assert isinstance(raised, RetryEngineLoadError)
     assert "FIFO" in str(raised)
-    assert engine.decide("tool", "r1", err()) & DELAY_MASK == 400
+    assert plugin.instance.reload_count == 0
+    assert await delay(plugin, err()) == 400
 
 
-def test_fifo_or_device_as_a_plugin_objects_wasm_path_fails_at_once(
-    fifo: tuple[Path, Callable[[], None]],
-) -> None:
-    # The plugin object first looks for a shared engine of its configuration, which names the
-    # component by its sha256: that read must be the loader's bounded one too.
-    path, unblock = fifo
-    raised = finishes(lambda: direct_plugin({"wasm_path": str(path)}), unblock=unblock)
-    assert isinstance(raised, RetryEngineLoadError)
-    assert "FIFO" in str(raised)
-    with pytest.raises(RetryEngineLoadError, match="character device"):
+def test_device_as_wasm_path_fails_construction() -> None:
+    with pytest.raises(RetryEngineLoadError, match="/dev/zero: it is a character device"):
         direct_plugin({"wasm_path": "/dev/zero"})
+
+
+async def test_a_fifo_dropped_at_a_served_wasm_path_is_refused_at_once_and_the_build_stays(
+    wasm_path: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A plugin object attaching to the instance of its ``wasm_path`` first checks whether a new
+    build was dropped there: a FIFO put in its place is read by the loader's bounded read too,
+    so the construction neither blocks nor fails, and the running build keeps serving."""
+    served = tmp_path / "served.wasm"
+    shutil.copyfile(wasm_path, served)
+    config = {"jitter": False, "wasm_path": str(served)}
+    first = direct_plugin(config)
+    assert await delay(first, err()) == 200
+    served.unlink()
+    os.mkfifo(served)
+
+    def unblock() -> None:
+        os.close(os.open(served, os.O_RDWR | os.O_NONBLOCK))
+
+    built: list[RetryWithBackoffPlugin] = []
+    with caplog.at_level(logging.WARNING, logger="cpex_retry_with_backoff_wasm"):
+        raised = finishes(lambda: built.append(direct_plugin(config)), unblock=unblock)
+    assert raised is None
+    (later,) = built
+    assert later.instance is first.instance
+    warnings = [r.getMessage() for r in caplog.records if "changed but is not loaded" in r.getMessage()]
+    assert len(warnings) == 1
+    assert "FIFO" in warnings[0]
+    assert await delay(later, err()) == 400, "the running build and its state"
 
 
 def test_dev_zero_is_refused_without_reading_it() -> None:
@@ -130,13 +160,14 @@ def test_file_of_exactly_the_bound_is_read(tmp_path: Path) -> None:
     assert len(read_wasm_file(path)) == MAX_WASM_BYTES
 
 
-def test_symlink_to_a_good_file_loads(wasm_path: Path, tmp_path: Path) -> None:
+async def test_symlink_to_a_good_file_loads(wasm_path: Path, tmp_path: Path) -> None:
     """Operators point ``wasm_path`` at a release through a symlink: the link is followed
     and its target checked."""
     link = tmp_path / "current.wasm"
     link.symlink_to(wasm_path)
-    engine = WasmRetryEngine({"wasm_path": str(link), "jitter": False})
-    assert engine.decide("tool", "r1", err()) & DELAY_MASK == 200
+    plugin = direct_plugin({"wasm_path": str(link), "jitter": False})
+    assert plugin.instance.wasm_path == link
+    assert await delay(plugin, err()) == 200
 
 
 def test_symlink_to_a_fifo_is_refused(fifo: tuple[Path, Callable[[], None]], tmp_path: Path) -> None:

@@ -382,6 +382,29 @@ async def test_config_errors_skip_the_plugin(
         direct_plugin(config)
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason="host bug: Instance.open (instance.py:236) and the plugin's hooks check (plugin.py) raise "
+    "after open-policy succeeded, so a refused configuration stays open in the engine until its "
+    "state_ttl_ms",
+)
+@pytest.mark.parametrize(
+    "config",
+    [
+        {"wasm_fuel": -1, "max_retries": 3},
+        {"prometheus_metrics": "yes", "max_retries": 4},
+        {"tool_overrides": {"send": {"non_idempotent_retries": "none"}}},  # without tool_pre_invoke
+    ],
+    ids=["host-key", "metrics-key", "hooks"],
+)
+def test_a_refused_configuration_opens_no_policy(config: dict[str, Any]) -> None:
+    plugin = direct_plugin(NO_JITTER)
+    assert plugin.instance.policy_count() == 1
+    with pytest.raises(ValueError, match="invalid configuration"):
+        direct_plugin(config)
+    assert plugin.instance.policy_count() == 1
+
+
 async def test_corrupt_wasm_skips_the_plugin(
     manager_factory: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

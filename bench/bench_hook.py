@@ -51,7 +51,7 @@ from cpex.framework.memory import CopyOnWriteDict
 
 from cpex_retry_with_backoff_wasm import RetryWithBackoffPlugin
 from cpex_retry_with_backoff_wasm import metrics as retry_metrics
-from cpex_retry_with_backoff_wasm.shared import ENGINES
+from cpex_retry_with_backoff_wasm.instance import INSTANCES
 
 Call = tuple[Any, Any]  # (payload, context)
 #: The variant timed with both hooks, as the gateway calls a plugin that has tool_pre_invoke.
@@ -59,9 +59,9 @@ THROTTLED = "wasm-throttled"
 
 
 def fresh(config: Any) -> RetryWithBackoffPlugin:
-    """A plugin object with an engine of its own: objects of one configuration share one
-    (``shared``), and each workload starts from an empty state, as the native plugin's does."""
-    ENGINES.clear()
+    """A plugin object in an instance of its own: every object of a process shares one
+    (``instance``), and each workload starts from an empty state, as the native plugin's does."""
+    INSTANCES.clear()
     return RetryWithBackoffPlugin(config)
 
 
@@ -251,9 +251,10 @@ def metrics_alone(workloads: dict[str, list[Call]], rounds: int) -> dict[str, di
     out: dict[str, dict[str, float]] = {}
     for label, calls in workloads.items():
         # The decisions the hook makes on this workload, from a fresh plugin.
-        engine = fresh(plugin_config(kind, {"prometheus_metrics": False})).engine
-        decisions = [(p.name, engine.decide(p.name, c.global_context.request_id, p.result)) for p, c in calls]
-        on = _HookLines(retry_metrics.attach(owner, f"bench-{label}", owner.engine))
+        plugin = fresh(plugin_config(kind, {"prometheus_metrics": False}))
+        decide, policy = plugin.instance.decide, plugin.policy
+        decisions = [(p.name, decide(policy, p.name, c.global_context, p.result, c)) for p, c in calls]
+        on = _HookLines(retry_metrics.attach(owner, f"bench-{label}", owner.policy))
         off = _HookLines(None)
         record_us, flush_us = [], []
         for _ in range(rounds):

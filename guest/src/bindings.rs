@@ -94,6 +94,10 @@ impl api::Guest for Component {
         })
     }
 
+    fn close_policy(policy: u64) {
+        with_engine(|e| e.close(policy));
+    }
+
     fn decide(policy: u64, key: String, parts: u64, signals: u64) -> u64 {
         decide(policy, &key, parts, signals, None)
     }

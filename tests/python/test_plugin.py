@@ -382,12 +382,6 @@ async def test_config_errors_skip_the_plugin(
         direct_plugin(config)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="host bug: Instance.open (instance.py:236) and the plugin's hooks check (plugin.py) raise "
-    "after open-policy succeeded, so a refused configuration stays open in the engine until its "
-    "state_ttl_ms",
-)
 @pytest.mark.parametrize(
     "config",
     [

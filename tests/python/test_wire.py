@@ -118,11 +118,6 @@ def test_the_decision_word_is_laid_out_as_the_wit_documents() -> None:
         assert value == 1 << bit, name
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="contract doc bug: the decision-reason enum's doc says its ordinals are bits 48..55 of a "
-    "decide result (the 0.4 layout); decide's own doc and wire.json say 36..39",
-)
 def test_the_reason_enum_doc_names_the_reason_bits() -> None:
     lo, hi = documented(r"Ordinals \(bits (\d+)\.\.(\d+) of a `decide` result\)")
     assert field(lo, hi) == (wire.REASON_SHIFT, wire.REASON_MASK)

@@ -21,6 +21,8 @@ pub const RESERVED_BYTES: u64 = 4 << 20;
 /// Bytes a typical entry takes (a tool name and a UUID request id), for
 /// refusing a `max_state_entries` that could never fit the instance.
 pub const TYPICAL_ENTRY_BYTES: u64 = ENTRY_BYTES + 64;
+/// How many policies each open looks at for release.
+const RELEASE_PER_OPEN: usize = 2;
 /// The share of the instance's state budget policies may take (one in this
 /// many): the rest is for retry state.
 const POLICY_SHARE: u64 = 4;
@@ -136,10 +138,11 @@ impl Engine {
     }
 
     /// Bound everything by the instance's linear-memory cap: retry state and
-    /// policies share what [`RESERVED_BYTES`] leaves of it.
+    /// policies share what [`RESERVED_BYTES`] leaves of it, and at least a
+    /// quarter of a cap too small for that (the stack alone takes 1 MiB).
     pub fn set_memory_limit(&mut self, bytes: u64) {
         self.state
-            .set_budget(bytes.saturating_sub(RESERVED_BYTES).max(1 << 20));
+            .set_budget(bytes.saturating_sub(RESERVED_BYTES).max(bytes / 4));
     }
 
     /// Open the policy of `config` (JSON text; `null`: the defaults) for the
@@ -172,7 +175,13 @@ impl Engine {
         };
         let (parsed, warnings) = Config::from_value_capped(&parse_json(config)?, ceiling)?;
         self.check_fits(&parsed, config.len())?;
-        self.release_unused(now_ms);
+        // A few in turn each time, all of them at the bound: unused policies go at the pace
+        // new ones come, without a scan of every policy per open.
+        let unused = self.policies.some_unused(now_ms, RELEASE_PER_OPEN);
+        self.release(&unused);
+        if self.policies.len() >= MAX_POLICIES {
+            self.release_unused(now_ms);
+        }
         if self.policies.len() >= MAX_POLICIES {
             return Err(document_error(&alloc::format!(
                 "this instance holds {MAX_POLICIES} configurations in use, its bound: \
@@ -223,17 +232,32 @@ impl Engine {
         Ok(())
     }
 
+    /// Release the policy `id` now, with its state and budgets (a host that
+    /// refused the configuration after opening it); false when not held.
+    pub fn close(&mut self, id: PolicyId) -> bool {
+        let Some(ix) = self.policies.find(id) else {
+            return false;
+        };
+        self.release(&[ix]);
+        true
+    }
+
     /// Release every policy unused for its `state_ttl_ms` (its state and
     /// budgets with it); returns how many went.
     pub fn release_unused(&mut self, now_ms: u64) -> usize {
         let unused = self.policies.unused(now_ms);
-        for &ix in &unused {
+        self.release(&unused);
+        unused.len()
+    }
+
+    /// Release the policies in registry slots `slots`, with their state and budgets.
+    fn release(&mut self, slots: &[u32]) {
+        for &ix in slots {
             if let Some(policy) = self.policies.remove(ix) {
                 self.state.remove_policy(policy.id);
                 self.budgets.remove_policy(policy.id);
             }
         }
-        unused.len()
     }
 
     /// The configuration of the policy `id`, if held.
@@ -293,7 +317,8 @@ impl Engine {
         ] {
             text.push_str(part);
         }
-        let hash = self.state.key_hash(id, &key);
+        // The hash stored with the entry: the key is not hashed again.
+        let hash = self.state.hash_of(slot);
         let (tenant, rest) = text.split_at(lens[0]);
         let (server, rest) = rest.split_at(lens[1]);
         let (identity, rest) = rest.split_at(lens[2]);
@@ -1081,8 +1106,11 @@ mod tests {
         }
         let err = e.open_json("p", r#"{"n": -1}"#, None, 1).unwrap_err();
         assert!(err[0].message.contains("4096 configurations"), "{err:?}");
-        // Unused for their TTL, they make room.
+        // Unused for their TTL, they make room: a few in turn at each open...
         assert!(e.open_json("p", r#"{"n": -1}"#, None, 300_001).is_ok());
+        assert_eq!(e.policy_count(), MAX_POLICIES - 1);
+        // ... and all of them at an eviction.
+        e.evict_expired(300_001);
         assert_eq!(e.policy_count(), 1);
     }
 

@@ -417,6 +417,11 @@ impl StateTable {
         Some((i, c.policy, key))
     }
 
+    /// The key hash stored with slot `i` (a live slot).
+    pub fn hash_of(&self, i: u32) -> u32 {
+        self.slot(i).hash
+    }
+
     /// The bounds of slot `i`'s context (a live slot).
     pub fn limits_of(&self, i: u32) -> Limits {
         self.context(self.slot(i).context).limits

@@ -83,11 +83,10 @@ def _context_of(global_context: Any) -> tuple[str, str]:
     except Exception:
         tenant = _attribute(global_context, "tenant_id")
         server = _attribute(global_context, "server_id")
-    if type(tenant) is not str:
-        tenant = context_part(tenant)
-    if type(server) is not str:
-        server = context_part(server)
-    return tenant, server
+    return (
+        "" if tenant is None else context_part(tenant),
+        "" if server is None else context_part(server),
+    )
 
 
 def _attribute(obj: Any, name: str) -> Any:
@@ -215,12 +214,18 @@ class Instance:
         host_errors: tuple[ConfigError, ...] = (),
         *,
         prometheus_metrics: bool = True,
+        refuse: Callable[[Opened], tuple[ConfigError, ...]] | None = None,
     ) -> OpenPolicy:
         """The policy of ``config`` for the stanza ``scope`` under the gateway's ``ceiling``.
 
+        ``host_errors`` are the problems the host found in the host keys, and ``refuse``
+        those it finds in what the engine opened (e.g. a policy that needs a hook the stanza
+        lacks): with either, the configuration is refused and the policy the engine opened
+        for it closed again, so that a refused configuration holds no policy.
+
         Raises:
-            ConfigurationError: the component (or the host, ``host_errors``) refused the
-                configuration; every problem at once, with its key path.
+            ConfigurationError: the component or the host refused the configuration; every
+                problem at once, with its key path.
             RetryEngineLoadError: the instance is unavailable.
         """
         text = config_json(config)
@@ -233,9 +238,13 @@ class Instance:
             except Exception as exc:
                 self._fault("open-policy", exc)
                 raise RetryEngineLoadError(f"{MESSAGE_PREFIX}: open-policy failed: {exc}") from exc
-            if not isinstance(answer, Opened) or host_errors:
-                problems = () if isinstance(answer, Opened) else answer
-                raise ConfigurationError((*host_errors, *problems))
+            if not isinstance(answer, Opened):
+                raise ConfigurationError((*host_errors, *answer))
+            refused = (*host_errors, *(refuse(answer) if refuse is not None else ()))
+            if refused:
+                if answer.id not in self._policies:  # no plugin object uses it
+                    self._sandbox.close_policy(answer.id)
+                raise ConfigurationError(refused)
             policy = self._policies.get(answer.id)
             if policy is None:
                 policy = OpenPolicy(self, scope, text, limit, answer, metrics=prometheus_metrics)

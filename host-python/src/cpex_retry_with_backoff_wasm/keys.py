@@ -67,15 +67,14 @@ def key_part(part: str) -> str:
 
 
 def wire_key(tenant: str, server: str, identity: str, tool: str, request_id: str) -> tuple[bytes, int]:
-    """The UTF-8 ``key`` and the ``parts`` of WIT ``decide`` for five plain ``str`` parts
-    (``identity`` already a key part: ``user_identity_part``)."""
+    """The UTF-8 ``key`` and the ``parts`` of WIT ``decide``: ``tenant``, ``server`` and
+    ``identity`` already key parts (``context_part``, ``user_identity_part``), ``tool`` and
+    ``request_id`` plain ``str`` parts, encoded here.  Each part is encoded exactly once."""
     joined = tenant + server + identity + tool + request_id
     # Inline, the common case: short, ASCII, no "#": every part crosses as itself.
     if len(joined) <= KEY_PART_MAX_CHARS and joined.isascii() and "#" not in joined:
         return joined.encode(), _parts(len(tenant), len(server), len(identity), len(tool))
-    tenant, server, identity, tool, request_id = (
-        key_part(part) for part in (tenant, server, identity, tool, request_id)
-    )
+    tool, request_id = key_part(tool), key_part(request_id)
     parts = _parts(len(tenant), len(server), len(identity), len(tool))
     return (tenant + server + identity + tool + request_id).encode(), parts
 
@@ -91,8 +90,10 @@ def _parts(tenant: int, server: int, identity: int, tool: int) -> int:
 
 def context_part(value: Any) -> str:
     """The key part naming a gateway context value (``tenant_id``, ``server_id``): a ``str``
-    as a key part, an ``int`` (not a bool) by its decimal form, anything else ``""`` (no
-    context); never raises."""
+    as a key part (inline when it crosses as itself: the hot path reads two per call), an
+    ``int`` (not a bool) by its decimal form, anything else ``""`` (no context); never raises."""
+    if type(value) is str and len(value) <= KEY_PART_MAX_CHARS and value.isascii() and value[:1] != "#":
+        return value
     try:
         return _identity(value)
     except Exception:

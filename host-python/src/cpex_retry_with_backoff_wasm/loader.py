@@ -55,6 +55,7 @@ ALLOWED_IMPORT_PREFIXES = (CLOCK_INTERFACE_PREFIX, SEED_INTERFACE_PREFIX)
 EXPORTED_FUNCS = (
     "init",
     "open-policy",
+    "close-policy",
     "decide",
     "decide-text",
     "decide-held",

@@ -27,7 +27,7 @@ from cpex.framework import (  # type: ignore[import-untyped, unused-ignore]
 from . import metrics
 from .ceiling import read_ceiling
 from .instance import INSTANCES, Instance, OpenPolicy
-from .model import ConfigError, ConfigurationError
+from .model import ConfigError, Opened
 from .results import continue_result_builder, delay_result_builder, result_builder
 from .sandbox import Clock, Seed
 from .settings import HostSettings
@@ -82,20 +82,28 @@ class RetryWithBackoffPlugin(Plugin):  # type: ignore[misc, unused-ignore]  # cp
         raw = dict(config.config or {})
         settings = HostSettings.read(raw)
         self._instance = INSTANCES.attach(settings, clock=clock, seed=seed, wall_clock=wall_clock)
-        self._policy = self._instance.open(
-            config.name, raw, read_ceiling(), settings.errors, prometheus_metrics=settings.prometheus_metrics
-        )
-        if self._policy.reads_call_facts and PRE_INVOKE_HOOK not in _hook_names(config.hooks):
-            raise ConfigurationError(
-                (
-                    ConfigError(
-                        "hooks",
-                        f"must include {PRE_INVOKE_HOOK}: non_idempotent_retries reads the tool's "
-                        "annotations and the timeout mark, which the gateway gives only to a "
-                        f"plugin with that hook (got {list(_hook_names(config.hooks))})",
-                    ),
-                )
+        hooks = _hook_names(config.hooks)
+
+        def missing_hook(opened: Opened) -> tuple[ConfigError, ...]:
+            if not opened.reads_call_facts or PRE_INVOKE_HOOK in hooks:
+                return ()
+            return (
+                ConfigError(
+                    "hooks",
+                    f"must include {PRE_INVOKE_HOOK}: non_idempotent_retries reads the tool's "
+                    "annotations and the timeout mark, which the gateway gives only to a "
+                    f"plugin with that hook (got {list(hooks)})",
+                ),
             )
+
+        self._policy = self._instance.open(
+            config.name,
+            raw,
+            read_ceiling(),
+            settings.errors,
+            prometheus_metrics=settings.prometheus_metrics,
+            refuse=missing_hook,
+        )
         self._policy_metadata = self._policy.global_policy.metadata()
         # Bound once: the hook runs on every tool result.
         self._decide = self._instance.decide

@@ -292,6 +292,10 @@ class Sandbox:
             return tuple(ConfigError.from_record(e) for e in answer)
         return Opened.from_record(answer)
 
+    def close_policy(self, policy: int) -> None:
+        self.cold_fuel()
+        self.funcs["close-policy"](self.live_store(), policy)
+
     def tool_policy(self, policy: int, tool: str) -> Policy | None:
         self.cold_fuel()
         record = self.funcs["tool-policy"](self.live_store(), policy, tool)

@@ -10,12 +10,12 @@ comparable with each other but not a sum: the hook's own line is the figure that
   coroutine             driving an empty ``async def`` with the same arguments
   result object         ``ToolPostInvokeResult(retry_delay_ms=...)`` (both plugins pay it)
   read_signals          reading the result mapping into the signals word
-  engine.decide         the adapter: signals, lock, key, the Wasm call, bookkeeping
+  instance.decide       the instance: signals, lock, key, the Wasm call, bookkeeping
   wasm calls            the Wasm calls alone (fuel, arguments, the component call): a
                         round makes one ``decide`` with the key per (tool, request id)
                         and ``decide-held`` by handle for its later results
   wasm empty call       a component call that takes nothing and does nothing
-                        (``state-count`` of an empty engine): the boundary's floor
+                        (``policy-count``): the boundary's floor
 
 Usage: python bench/bench_breakdown.py [--rounds 9]
 """
@@ -36,7 +36,7 @@ from cpex.framework import ToolPostInvokeResult
 
 from bench_hook import drive, plugin_config, workload_exhaustion
 from cpex_retry_with_backoff_wasm import RetryWithBackoffPlugin
-from cpex_retry_with_backoff_wasm.shared import ENGINES
+from cpex_retry_with_backoff_wasm.instance import INSTANCES
 from cpex_retry_with_backoff_wasm.signals import read_signals
 
 CALLS = 4000
@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
 
     calls = workload_exhaustion(CALLS, 2)
     plugin = RetryWithBackoffPlugin(plugin_config("cpex_retry_with_backoff_wasm.RetryWithBackoffPlugin", {}))
-    engine = plugin.engine
+    engine = plugin.instance
     # The Wasm calls one round of hooks makes (decide with the key, or decide-held), recorded
     # from a real round so that replaying them leaves the engine as the round does.
     assert engine.sandbox.lean is not None
@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     for payload, context in calls:
         drive(plugin.tool_post_invoke(payload, context, None))
     engine.sandbox.lean = (decide, decide_held)
-    ENGINES.clear()  # an engine of its own: objects of one configuration share one (``shared``)
+    INSTANCES.clear()  # an instance of its own: every object of a process shares one (``instance``)
     empty = RetryWithBackoffPlugin(plugin_config("cpex_retry_with_backoff_wasm.RetryWithBackoffPlugin", {}))
 
     def hook_of(instance: Any) -> Callable[[], None]:
@@ -108,9 +108,9 @@ def main(argv: list[str] | None = None) -> int:
             read_signals(payload.result)
 
     def adapter() -> None:
-        decide = engine.decide
+        decide, policy = engine.decide, plugin.policy
         for payload, context in calls:
-            decide(payload.name, context.global_context.request_id, payload.result)
+            decide(policy, payload.name, context.global_context, payload.result, context)
 
     def wasm_call() -> None:
         for call, args in wasm_calls:
@@ -136,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
         ("coroutine", coroutine),
         ("result object", result_object),
         ("read_signals", signals),
-        ("engine.decide", adapter),
+        ("instance.decide", adapter),
         ("wasm calls", wasm_call),
         ("wasm empty call", wasm_empty_call),
     ]
@@ -147,25 +147,25 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def empty_call(plugin: RetryWithBackoffPlugin) -> Callable[[], None]:
-    """``state-count`` (no arguments, a u32 back) called the way the lean ``decide`` is:
+    """``policy-count`` (no arguments, a u32 back) called the way the lean ``decide`` is:
     refuel, then ``wasmtime_component_func_call`` through cffi."""
     import ctypes
 
     from cpex_retry_with_backoff_wasm import fastcall
 
-    engine = plugin.engine
+    engine = plugin.instance
     store = engine.sandbox.store
     assert store is not None
     ffi = fastcall._ffi_cffi
     out = ffi.new(fastcall._RESULT_TYPE)
-    func_raw = engine.sandbox.funcs["state-count"]._func
+    func_raw = engine.sandbox.funcs["policy-count"]._func
     c_func = ffi.cast(fastcall._VOID_PTR, ctypes.addressof(func_raw))
     c_ctx = ffi.cast(fastcall._VOID_PTR, ctypes.cast(store._context(), ctypes.c_void_p).value)
     set_fuel, func_call, fuel = fastcall._set_fuel, fastcall._func_call, engine.fuel_per_call
 
     def call() -> None:
         if set_fuel(c_ctx, fuel) or func_call(c_func, c_ctx, ffi.NULL, 0, out, 1):
-            raise RuntimeError("state-count failed")
+            raise RuntimeError("policy-count failed")
 
     call.keepalive = (func_raw, store, out)  # type: ignore[attr-defined]
     return call

@@ -1,17 +1,17 @@
-"""Plugin objects per gateway context: construction time and memory, shared engine vs not.
+"""Plugin objects per gateway context: construction time and memory, one instance vs one each.
 
 The gateway builds one plugin manager, hence one plugin object, per context (``<team>::<tool>``
-for team-scoped tools) and rebuilds each every 30 s (issue 16).  Plugin objects of one
-configuration share one engine (``shared``); the baseline is what the host did before, one
-engine per plugin object (the registry is cleared after each construction, so each object
-keeps its own).
+for team-scoped tools) and rebuilds each every 30 s (issue 16).  Every plugin object of the
+process uses one instance (``instance``), and objects of one configuration share its policy;
+the baseline is one instance per plugin object (the registry is cleared after each
+construction, so each object keeps its own).
 
 * construction: the first object of a configuration in a warm process (compiled component
-  already loaded: it builds an instance and configures it) against an object that attaches to
-  the live engine; median of ``--runs`` constructions each;
+  already loaded: it starts an instance and opens its policy) against an object whose policy
+  is open already; median of ``--runs`` constructions each;
 * memory: the resident set size (VmRSS) of a fresh process after building N contexts' plugin
   objects and deciding ``--keys`` failing results in each (so every instance has allocated its
-  state tables), for N = 1 and N = ``--contexts``, shared and one engine per object.
+  state tables), for N = 1 and N = ``--contexts``, one instance and one per object.
 
 Usage: python bench/bench_contexts.py [--contexts 200] [--keys 20] [--runs 200]
 """
@@ -29,7 +29,7 @@ import asyncio, json, logging, sys
 logging.disable(logging.CRITICAL)
 from cpex.framework import GlobalContext, PluginConfig, PluginContext, ToolPostInvokePayload
 from cpex_retry_with_backoff_wasm import RetryWithBackoffPlugin
-from cpex_retry_with_backoff_wasm.shared import ENGINES
+from cpex_retry_with_backoff_wasm.instance import INSTANCES
 
 contexts, keys, shared = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3] == "shared"
 
@@ -45,14 +45,14 @@ async def main():
                               config={"key_scope": "tenant"})
         plugins.append(RetryWithBackoffPlugin(config))
         if not shared:
-            ENGINES.clear()  # the baseline: this object keeps an engine of its own
+            INSTANCES.clear()  # the baseline: this object keeps an instance of its own
         plugin = plugins[-1]
         for k in range(keys):
             payload = ToolPostInvokePayload(name=f"tool{c % 7}", result={"content": [], "isError": True})
             context = PluginContext(global_context=GlobalContext(request_id=f"{c}-{k}", tenant_id=f"team{c}"))
             await plugin.tool_post_invoke(payload, context)
     print(json.dumps({"before_kib": before, "after_kib": rss_kib(),
-                      "engines": len({id(p.engine) for p in plugins})}))
+                      "instances": len({id(p.instance) for p in plugins})}))
 
 asyncio.run(main())
 """
@@ -62,12 +62,12 @@ import json, logging, sys, time
 logging.disable(logging.CRITICAL)
 from cpex.framework import PluginConfig
 from cpex_retry_with_backoff_wasm import RetryWithBackoffPlugin
-from cpex_retry_with_backoff_wasm.shared import ENGINES
+from cpex_retry_with_backoff_wasm.instance import INSTANCES
 
 runs = int(sys.argv[1])
 config = PluginConfig(name="RetryWithBackoffWasmPlugin", kind="x", hooks=["tool_post_invoke"], config={})
 RetryWithBackoffPlugin(config)  # loads the compiled component into the process
-ENGINES.clear()
+INSTANCES.clear()
 first, attach = [], []
 for _ in range(runs):
     t0 = time.perf_counter()
@@ -77,7 +77,7 @@ for _ in range(runs):
     t2 = time.perf_counter()
     first.append((t1 - t0) * 1000)
     attach.append((t2 - t1) * 1000)
-    ENGINES.clear()
+    INSTANCES.clear()
 print(json.dumps({"first": first, "attach": attach}))
 """
 
@@ -103,16 +103,16 @@ def main() -> None:
     attach = statistics.median(timing["attach"])  # type: ignore[arg-type]
     print(f"plugin construction in a warm process, median of {args.runs} (ms)")
     print(f"  first object of a configuration (new instance): {first:8.3f}")
-    print(f"  attaching to the live engine:                   {attach:8.3f}")
+    print(f"  attaching to an open policy:                    {attach:8.3f}")
     print()
     print(f"process RSS after N team-scoped contexts, {args.keys} failing keys each (MiB)")
-    print(f"  {'contexts':>8}  {'engines':>7}  {'shared':>9}  {'engines':>7}  {'one per object':>14}")
+    print(f"  {'contexts':>8}  {'instances':>9}  {'shared':>9}  {'instances':>9}  {'one per object':>14}")
     for n in (1, args.contexts):
         shared = child(CHILD, n, args.keys, "shared")
         alone = child(CHILD, n, args.keys, "alone")
         print(
-            f"  {n:>8}  {shared['engines']:>7}  {int(shared['after_kib']) / 1024:9.1f}  "  # type: ignore[call-overload]
-            f"{alone['engines']:>7}  {int(alone['after_kib']) / 1024:14.1f}"  # type: ignore[call-overload]
+            f"  {n:>8}  {shared['instances']:>9}  {int(shared['after_kib']) / 1024:9.1f}  "  # type: ignore[call-overload]
+            f"{alone['instances']:>9}  {int(alone['after_kib']) / 1024:14.1f}"  # type: ignore[call-overload]
         )
 
 

@@ -32,7 +32,7 @@ from cpex.framework import GlobalContext, PluginContext, ToolPostInvokePayload
 
 from bench_hook import drive, plugin_config
 from cpex_retry_with_backoff_wasm import RetryWithBackoffPlugin
-from cpex_retry_with_backoff_wasm.shared import ENGINES
+from cpex_retry_with_backoff_wasm.instance import INSTANCES
 
 MIB = 1024 * 1024
 CONFIG = {"jitter": False, "check_text_content": True, "max_retries": 5}
@@ -42,9 +42,9 @@ Input = tuple[str, str, Any]  # (tool, request id, result)
 
 
 def fresh(config: Any) -> RetryWithBackoffPlugin:
-    """A plugin object with an engine of its own, so each round's victim starts from no state
+    """A plugin object with an instance of its own, so each round's victim starts from no state
     (objects of one configuration otherwise share one: ``shared``)."""
-    ENGINES.clear()
+    INSTANCES.clear()
     return RetryWithBackoffPlugin(config)
 
 

@@ -10,7 +10,7 @@ Right: load amplification (total attempts / first attempts) against the upstream
 failure rate, with and without a retry budget (``retry_budget_percent``), from the same
 simulation as ``tests/wasm-harness/examples/budget.rs``.
 
-Everything runs through ``WasmRetryEngine`` (the built component) on a virtual clock with a
+Everything runs through the plugin's ``Instance`` (the built component) on a virtual clock with a
 fixed seed, so the picture is reproducible.  Needs matplotlib (bench only:
 ``pip install 'host-python[bench]'``).
 
@@ -22,20 +22,37 @@ from __future__ import annotations
 import argparse
 import heapq
 import random
+from collections.abc import Callable
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
-from cpex_retry_with_backoff_wasm import WasmRetryEngine
+from cpex_retry_with_backoff_wasm.instance import Instance
+from cpex_retry_with_backoff_wasm.settings import HostSettings
+from cpex_retry_with_backoff_wasm.wire import DELAY_MASK
 
 CLIENTS = 100
 SLOT_MS = 10
 MODES = ("none", "full", "equal", "decorrelated")
 FAIL = {"isError": True, "structuredContent": {"status_code": 503}}
 OK = {"isError": False}
+
+
+class Engine:
+    """One policy of a fresh instance: the plugin's decision for a tool and a request id."""
+
+    def __init__(self, config: dict[str, Any], clock: Callable[[], int], seed: tuple[int, int]) -> None:
+        self.instance = Instance(HostSettings.read(config), clock=clock, seed=seed)
+        self.policy = self.instance.open("picture", config)
+
+    def decide(self, tool: str, request_id: str, result: dict[str, Any]) -> int:
+        context = SimpleNamespace(request_id=request_id, tenant_id=None, server_id=None, user=None)
+        return self.instance.decide(self.policy, tool, context, result)
 
 
 class Clock:
@@ -51,7 +68,7 @@ class Clock:
 def contention(mode: str, seed: int) -> tuple[int, int]:
     """(total calls, completion ms) of ``CLIENTS`` clients contending with ``mode`` jitter."""
     clock = Clock()
-    engine = WasmRetryEngine(
+    engine = Engine(
         {"jitter": mode, "max_retries": 10, "backoff_base_ms": SLOT_MS, "max_backoff_ms": 60_000},
         clock=clock,
         seed=(seed, seed + 1),
@@ -74,7 +91,7 @@ def contention(mode: str, seed: int) -> tuple[int, int]:
                 engine.decide("write", f"c{client}", OK)
                 done_at = max(done_at, at)
                 continue
-            delay = engine.decide("write", f"c{client}", FAIL) & ((1 << 40) - 1)
+            delay = engine.decide("write", f"c{client}", FAIL) & DELAY_MASK
             # Exhausted (delay 0): the engine cleared the key; the client tries again next slot.
             heapq.heappush(queue, (at + max(delay, SLOT_MS if delay == 0 else 0), client))
     return calls, done_at
@@ -86,7 +103,7 @@ def amplification(fail_rate: float, budget: bool, requests: int, seed: int) -> f
     config = {"jitter": False, "max_retries": 4}
     if budget:
         config |= {"retry_budget_percent": 34, "retry_budget_min_per_sec": 1}
-    engine = WasmRetryEngine(config, clock=clock, seed=(seed, seed))
+    engine = Engine(config, clock=clock, seed=(seed, seed))
     rng = random.Random(seed)
     attempts = 0
     for r in range(requests):
@@ -96,7 +113,7 @@ def amplification(fail_rate: float, budget: bool, requests: int, seed: int) -> f
             if rng.random() >= fail_rate:
                 engine.decide("tool", f"r{r}", OK)
                 break
-            if not engine.decide("tool", f"r{r}", FAIL) & ((1 << 40) - 1):
+            if not engine.decide("tool", f"r{r}", FAIL) & DELAY_MASK:
                 break
     return attempts / requests
 

@@ -223,7 +223,7 @@ async def main(args: argparse.Namespace) -> int:
             print("the plugin did not load (see the log above)", file=sys.stderr)
             return 1
         plugin = manager.get_plugin(NAME)
-        engine = plugin.engine
+        engine = plugin.policy  # its state count and the instance's fault count
         stats = Stats()
         soak = Soak(manager, stats)
         start_state, start_rss = engine.state_count(), rss_mib()

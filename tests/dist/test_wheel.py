@@ -107,6 +107,6 @@ def assert_inside_the_installed_wheel(wasm_path: Path) -> None:
 
 async def test_the_loaded_wasm_is_the_one_inside_the_installed_wheel(manager: Any) -> None:
     plugin = manager.get_plugin(PLUGIN_NAME)
-    assert_inside_the_installed_wheel(plugin.engine.wasm_path)
+    assert_inside_the_installed_wheel(plugin.instance.wasm_path)
     package = re.search(r"package contextforge:retry@([^;]+);", (REPO / "wit" / "world.wit").read_text())
-    assert plugin.engine.contract_version == package[1]
+    assert plugin.instance.contract_version == package[1]

@@ -130,8 +130,8 @@ def test_retries_span_a_plugin_manager_rebuild(
 ) -> None:
     """Issue 16: the gateway rebuilds its plugin manager (new plugin objects) on first use after
     30 s.  An always-failing tool with delays of 11 s and 22 s spans 33 s, so a rebuild lands
-    between two of one call's decisions.  This plugin's objects share the engine: exactly the
-    planned 3 attempts.  The native plugin's state is per object: it is recorded beside
+    between two of one call's decisions.  This plugin's objects share one instance and policy:
+    exactly the planned 3 attempts.  The native plugin's state is per object: it is recorded beside
     (expected 4 — its count restarts, and only MAX_TOOL_RETRIES=3 stops it)."""
     scenario = "spans a manager rebuild (11 s, 22 s)"
     with ThreadPoolExecutor(max_workers=2) as pool:

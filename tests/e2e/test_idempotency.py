@@ -1,4 +1,4 @@
-"""``non_idempotent_retries: "throttled"`` through the real gateway (contract 0.4).
+"""``non_idempotent_retries: "throttled"`` through the real gateway (since contract 0.4).
 
 Both plugins run with ``non_idempotent_retries: "throttled"`` and
 ``tool_overrides.flaky-slow-overridden.idempotent: true``; this plugin with ``hooks:

@@ -3,7 +3,9 @@
 The gateway keeps a plugin manager per context and rebuilds it on its first use after
 ``cache_ttl`` (30 s; 1 s here), shutting the old one down; each manager constructs its own
 plugin objects.  A key's retry count and a tool's retry budget must continue across that
-rebuild (the plugin objects share one engine per process), and two contexts share it too.
+rebuild (every plugin object of the process uses one instance, and objects of one
+configuration one policy in it); another context's objects decide under the same policy, and
+keep their own state when the gateway's context says it is another tenant.
 No gateway server is started: only the factory, as the tool service uses it.
 """
 
@@ -63,9 +65,10 @@ def write_config(path: Path) -> None:
     path.write_text(yaml.safe_dump(doc, sort_keys=False))
 
 
-async def delay(manager: Any, tool: str, request_id: str) -> int:
+async def delay(manager: Any, tool: str, request_id: str, tenant: str | None = None) -> int:
     payload = ToolPostInvokePayload(name=tool, result={"content": [], "isError": True})
-    result, _ = await manager.invoke_hook("tool_post_invoke", payload, GlobalContext(request_id=request_id))
+    context = GlobalContext(request_id=request_id, tenant_id=tenant)
+    result, _ = await manager.invoke_hook("tool_post_invoke", payload, context)
     return int(result.retry_delay_ms)
 
 
@@ -77,10 +80,12 @@ async def scenario(config: Path) -> None:
         assert await delay(first, "t", "r") == 100
         for i in range(10):  # the whole burst of "b"'s bucket
             assert await delay(first, "b", f"k{i}") == 100
-        # Another context shares the engine too.
+        # Another manager context decides under the same policy: with the same global context
+        # it spends the same bucket; the gateway's tenant (the tool's team) has a bucket of its own.
         other = await factory.get_manager(factory_module.make_context_id("team-b", "t"))
         assert other is not first
-        assert await delay(other, "b", "k-other") == 0, "the budget is one per tool, not per context"
+        assert await delay(other, "b", "k-other") == 0, "the same gateway context: one bucket"
+        assert await delay(other, "b", "k-team-b", tenant="team-b") == 100, "team-b's own bucket"
         await asyncio.sleep(CACHE_TTL_S + 0.2)
         second = await factory.get_manager(context)
         assert second is not first, "the factory did not rebuild the manager"

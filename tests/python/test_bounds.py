@@ -24,9 +24,17 @@ import pytest
 from cpex.framework import GlobalContext, PluginContext, ToolPostInvokePayload
 
 from cpex_retry_with_backoff_wasm import RetryWithBackoffPlugin
-from cpex_retry_with_backoff_wasm.keys import KEY_PART_MAX_CHARS, wire_key
+from cpex_retry_with_backoff_wasm.keys import KEY_PART_MAX_CHARS, context_part, user_identity_part, wire_key
 from cpex_retry_with_backoff_wasm.signals import collect_texts
-from cpex_retry_with_backoff_wasm.wire import TEXT_MAX_CHARS, TEXT_MAX_ITEMS
+from cpex_retry_with_backoff_wasm.wire import (
+    IDENTITY_LEN_SHIFT,
+    PART_LEN_BITS,
+    SERVER_LEN_SHIFT,
+    TENANT_LEN_SHIFT,
+    TEXT_MAX_CHARS,
+    TEXT_MAX_ITEMS,
+    TOOL_LEN_SHIFT,
+)
 
 from .conftest import PLUGIN_NAME, err
 
@@ -119,13 +127,21 @@ def test_a_huge_str_subclass_is_cut_without_its_overrides() -> None:
         ("", "", "", "t" * 16 * MIB, "r"),
         ("", "", "", "t", "r" * 16 * MIB),
         ("", "", "", "é" * MIB, "\ud800" * MIB),
-        ("a" * 16 * MIB, "s" * 16 * MIB, "u" * 16 * MIB, "t", "r"),
+        # As the instance reads them: the context's parts and the identity already key parts.
+        (
+            context_part("a" * 16 * MIB),
+            context_part("s" * 16 * MIB),
+            user_identity_part("u" * 16 * MIB),
+            "t",
+            "r",
+        ),
     ],
     ids=["16MiB-tool", "16MiB-rid", "1M-chars-each", "16MiB-context-and-identity"],
 )
 def test_a_key_crosses_in_bounded_size(parts: tuple[str, str, str, str, str]) -> None:
     key, packed = wire_key(*parts)
-    lengths = [(packed >> shift) & 0xFFFF for shift in (0, 16, 32, 48)]
+    shifts = (TENANT_LEN_SHIFT, SERVER_LEN_SHIFT, IDENTITY_LEN_SHIFT, TOOL_LEN_SHIFT)
+    lengths = [(packed >> shift) & ((1 << PART_LEN_BITS) - 1) for shift in shifts]
     assert all(n <= KEY_PART_MAX_CHARS for n in lengths)
     assert len(key.decode()) - sum(lengths) <= KEY_PART_MAX_CHARS
     assert len(key) <= 5 * 4 * KEY_PART_MAX_CHARS

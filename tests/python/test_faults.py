@@ -128,29 +128,25 @@ async def test_faulty_build_text_path_and_other_tools_behave_normally(
 
 
 # --------------------------------------------------------------------------- memory cap, release build
-async def test_memory_limit_hit_mid_sequence_through_the_hook(
+async def test_state_growth_stays_within_a_small_memory_cap_through_the_hook(
     manager_factory: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Unique request ids as long as a key part crosses as itself (a longer one crosses as a
-    fixed-size digest), under a 2 MiB cap: state grows until the cap refuses memory.  (The
-    engine's byte budget under such a cap is its 1 MiB floor, more than the instance has left
-    after its stack; a bound of entries that floor could not hold is refused, hence the
-    explicit ``max_state_entries``.)"""
+    fixed-size digest), under a 2 MiB cap: the engine bounds its state in bytes within the cap
+    (issue 23: a quarter of a cap too small for its 4 MiB reserve), dropping the oldest entries,
+    so state growth never runs the instance out of memory."""
     manager = await manager_factory(
-        {**NO_JITTER, "wasm_max_memory_bytes": 2 * 1024 * 1024, "max_state_entries": 7_000}
+        {**NO_JITTER, "wasm_max_memory_bytes": 2 * 1024 * 1024, "max_state_entries": 3_000}
     )
-    instance = manager.get_plugin(PLUGIN_NAME).instance
+    plugin = manager.get_plugin(PLUGIN_NAME)
     long_rid = "x" * (KEY_PART_MAX_CHARS - 8)
     with caplog.at_level(logging.ERROR, logger=ENGINE_LOGGER):
         answers = [await delay(manager, "t", f"{i:08d}{long_rid}", err()) for i in range(4_000)]
-    assert instance.fault_count >= 1
-    assert set(answers) == {0, 200}
-    assert answers.count(0) == instance.fault_count, "a call answered no-retry without a fault"
-    records = fault_records(caplog)
-    assert len(records) == instance.fault_count
-    assert all("unreachable" in r or "memory" in r for r in records), records
-    # After each fault the instance is fresh and keeps serving.
-    assert [await delay(manager, "t", "fresh", err()) for _ in range(3)] == [200, 400, 0]
+    assert set(answers) == {200}
+    assert plugin.instance.fault_count == 0 and not fault_records(caplog)
+    assert 0 < plugin.policy.state_count() < 3_000, "the byte bound, not the entry bound, held"
+    # The newest keys kept their state.
+    assert await delay(manager, "t", f"{3_999:08d}{long_rid}", err()) == 400
 
 
 # --------------------------------------------------------------------------- bad components at load

@@ -65,6 +65,10 @@ pub const SWEEP_PER_CALL: usize = 8;
 pub const ENTRY_BYTES: u64 = core::mem::size_of::<Slot>() as u64 + 12;
 /// Bytes a context is counted for besides its tenant and server.
 pub const CONTEXT_BYTES: u64 = core::mem::size_of::<Context>() as u64 + 24;
+/// Contexts holding no entry are kept (a context whose keys keep clearing is not made
+/// again for every new key) until there are more of them than this beyond those holding
+/// entries; then all of them go.
+const EMPTY_CONTEXTS_KEPT: u32 = 64;
 
 /// A name for a key that holds state: its slot's number + 1 (1..=
 /// [`MAX_ENTRIES`]); 0 names nothing.
@@ -254,6 +258,8 @@ pub struct StateTable {
     /// Bytes counted for the live entries and contexts, and their bound.
     bytes: u64,
     budget_bytes: u64,
+    /// Contexts holding no entry (kept for the next key, up to a bound).
+    empty: u32,
     /// The next context the sweep looks at.
     cursor: u32,
     /// The context last found holding the most entries.
@@ -279,6 +285,7 @@ impl StateTable {
             hash_key,
             bytes: 0,
             budget_bytes: u64::MAX,
+            empty: 0,
             cursor: 0,
             largest: NIL,
         }
@@ -329,7 +336,7 @@ impl StateTable {
 
     /// Contexts holding state.
     pub fn context_count(&self) -> usize {
-        self.sorted.len()
+        self.live_contexts() as usize
     }
 
     fn slot(&self, i: u32) -> &Slot {
@@ -521,9 +528,6 @@ impl StateTable {
             }
             let head = self.context(victim).head;
             self.remove_slot(head);
-            if victim != c {
-                self.drop_if_empty(victim);
-            }
         }
         let i = match at {
             Some(i) => i,
@@ -549,6 +553,9 @@ impl StateTable {
         };
         self.link_index(i);
         self.push_tail(c, i);
+        if self.context(c).len == 0 {
+            self.empty -= 1;
+        }
         self.context_mut(c).len += 1;
         self.len += 1;
         self.bytes += need;
@@ -579,6 +586,10 @@ impl StateTable {
         });
         match at {
             Ok(pos) => self.sorted[pos],
+            Err(_) if self.empty > EMPTY_CONTEXTS_KEPT + self.live_contexts() => {
+                self.drop_empty_contexts();
+                self.context_for(policy, tenant, server, limits)
+            }
             Err(pos) => {
                 let ctx = Context {
                     policy,
@@ -601,9 +612,35 @@ impl StateTable {
                     }
                 };
                 self.sorted.insert(pos, c);
+                self.empty += 1;
                 c
             }
         }
+    }
+
+    /// Contexts holding entries.
+    fn live_contexts(&self) -> u32 {
+        self.sorted.len() as u32 - self.empty
+    }
+
+    /// Forget every context that holds nothing. O(contexts), once per
+    /// [`EMPTY_CONTEXTS_KEPT`] contexts emptied at least.
+    fn drop_empty_contexts(&mut self) {
+        let mut kept = Vec::with_capacity(self.sorted.len());
+        for &c in &self.sorted {
+            let ctx = self.contexts[c as usize]
+                .as_ref()
+                .expect("a sorted context is live");
+            if ctx.len > 0 {
+                kept.push(c);
+            } else {
+                self.bytes -= ctx.bytes();
+                self.contexts[c as usize] = None;
+                self.free_contexts.push(c);
+            }
+        }
+        self.sorted = kept;
+        self.empty = 0;
     }
 
     /// Forget context `c` once it holds nothing.
@@ -615,6 +652,7 @@ impl StateTable {
             return;
         }
         self.bytes -= ctx.bytes();
+        self.empty -= 1;
         if let Ok(pos) = self.sorted.binary_search_by(|&other| {
             self.contexts[other as usize]
                 .as_ref()
@@ -632,7 +670,7 @@ impl StateTable {
     /// most entries. The last one found is kept while it still holds at least
     /// a fair share (the average), so a flood pays without a scan per entry.
     fn fair_share_victim(&mut self) -> Option<u32> {
-        let live = self.sorted.len() as u32;
+        let live = self.live_contexts();
         if live == 0 || self.len == 0 {
             return None;
         }
@@ -648,12 +686,11 @@ impl StateTable {
         Some(self.largest)
     }
 
-    /// Remove the entry in slot `i` (a live slot), if it holds one.
+    /// Remove the entry in slot `i` (a live slot), if it holds one. Its context
+    /// stays, maybe empty, for the next key (see [`EMPTY_CONTEXTS_KEPT`]).
     pub fn remove(&mut self, i: u32) {
-        let c = self.slot(i).context;
-        if c != NIL {
+        if self.slot(i).context != NIL {
             self.remove_slot(i);
-            self.drop_if_empty(c);
         }
     }
 
@@ -662,7 +699,11 @@ impl StateTable {
         self.unlink_index(i);
         self.unlink(i);
         let slot = core::mem::replace(self.slot_mut(i), Slot::free());
-        self.context_mut(slot.context).len -= 1;
+        let ctx = self.context_mut(slot.context);
+        ctx.len -= 1;
+        if ctx.len == 0 {
+            self.empty += 1;
+        }
         self.len -= 1;
         self.bytes -= slot.bytes();
         self.free.push(i);
@@ -706,7 +747,6 @@ impl StateTable {
             self.remove_slot(head);
             swept += 1;
         }
-        self.drop_if_empty(c);
         swept
     }
 
@@ -1010,6 +1050,16 @@ mod tests {
         }
     }
 
+    fn ctx_text_bytes(t: &StateTable) -> u64 {
+        t.sorted
+            .iter()
+            .map(|&c| {
+                let ctx = t.context(c);
+                (ctx.tenant.len() + ctx.server.len()) as u64
+            })
+            .sum()
+    }
+
     fn rids(t: &StateTable) -> Vec<String> {
         t.iter()
             .map(|(_, _, key, _)| String::from(key.request_id))
@@ -1115,6 +1165,37 @@ mod tests {
             swept += t.sweep(2 * TTL, None);
         }
         assert_eq!((swept, t.len(), t.context_count()), (3, 0, 0));
+    }
+
+    #[test]
+    fn test_state_empty_contexts_are_kept_then_dropped_in_bulk() {
+        let mut t = StateTable::new((1, 2));
+        // One context whose keys keep clearing: kept, not made again per key.
+        for i in 0..10u64 {
+            let rid = i.to_string();
+            let key = k("t", &rid);
+            fail(&mut t, key, 0);
+            let slot = t.find(t.key_hash(P, &key), P, &key).unwrap();
+            t.remove(slot);
+        }
+        assert_eq!((t.len(), t.context_count(), t.sorted.len()), (0, 0, 1));
+        // Many contexts emptied: past the bound they all go at the next new context.
+        for n in 0..=EMPTY_CONTEXTS_KEPT + 1 {
+            let tenant = n.to_string();
+            let key = in_tenant(&tenant, "r");
+            fail(&mut t, key, 0);
+            let slot = t.find(t.key_hash(P, &key), P, &key).unwrap();
+            t.remove(slot);
+        }
+        assert!(
+            t.sorted.len() <= EMPTY_CONTEXTS_KEPT as usize + 2,
+            "{}",
+            t.sorted.len()
+        );
+        assert_eq!(
+            t.bytes(),
+            t.sorted.len() as u64 * CONTEXT_BYTES + ctx_text_bytes(&t)
+        );
     }
 
     #[test]

@@ -19,8 +19,7 @@ use alloc::boxed::Box;
 use alloc::vec::Vec;
 use core::cmp::Ordering;
 
-use super::key::KeyParts;
-use super::registry::PolicyId;
+use super::key::{KeyParts, PolicyId};
 
 /// The most buckets kept (memory bound: tool names and identities come
 /// from the gateway, but nothing stops clients inventing them). A new bucket

@@ -1,4 +1,8 @@
-//! A retry-state key: the parts the host sends for one tool call.
+//! A retry-state key: the parts the host sends for one tool call, and the id
+//! of the policy it is decided under.
+
+/// A policy's id: the [`super::registry::policy_id`] of its content.
+pub type PolicyId = u64;
 
 /// The parts of one tool call's retry-state key, as the host sends them
 /// (`decide`'s `key` and `parts`).

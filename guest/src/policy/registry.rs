@@ -24,8 +24,7 @@ use siphasher::sip::SipHasher13;
 use super::config::{Config, ConfigError};
 use super::state::expired;
 
-/// A policy's id: the [`policy_id`] of its content.
-pub type PolicyId = u64;
+pub use super::key::PolicyId;
 /// The most policies an instance holds. Opening another first releases the
 /// unused ones; if all are in use, it is refused.
 pub const MAX_POLICIES: usize = 4096;

@@ -45,8 +45,7 @@ use core::hash::Hasher;
 
 use siphasher::sip::SipHasher13;
 
-use super::key::KeyParts;
-use super::registry::PolicyId;
+use super::key::{KeyParts, PolicyId};
 use crate::wire::MAX_ENTRIES;
 
 const NIL: u32 = u32::MAX;

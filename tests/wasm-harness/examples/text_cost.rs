@@ -50,14 +50,14 @@ fn main() -> Result<()> {
             vec![format!(r#"{{"status_code": 200, "pad": "{}"}}"#, pad(70)); 100_000],
         ),
     ];
-    let (key, tool_len) = harness::key("server-tool", "req-1");
+    let (key, parts) = harness::key("server-tool", "req-1");
     let ok = Signals::OK.pack();
     println!("retry-engine decide-text() through wasmtime 48, median of {rounds} calls");
     for (name, texts) in &shapes {
         let mut times = Vec::with_capacity(rounds);
         for _ in 0..rounds + 2 {
             let start = Instant::now();
-            black_box(h.decide_text_raw(&key, tool_len, ok, texts)?);
+            black_box(h.decide_text_raw(&key, parts, ok, texts)?);
             times.push(start.elapsed().as_secs_f64());
         }
         // The first two calls warm up (memory growth, page faults).

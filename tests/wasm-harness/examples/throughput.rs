@@ -27,7 +27,7 @@ fn main() -> Result<()> {
     h.configure_ok(r#"{"max_retries": 3, "jitter": true}"#)?;
 
     // Pre-built keys, as a host would pass them: 1 000 request ids over 10 tools.
-    let keys: Vec<(String, u32)> = (0..1_000)
+    let keys: Vec<(String, u64)> = (0..1_000)
         .map(|i| harness::key(&format!("server-tool-{}", i % 10), &format!("req-{i:08}")))
         .collect();
     let ok = Signals::OK.pack();
@@ -66,10 +66,10 @@ fn main() -> Result<()> {
     Ok(())
 }
 
-fn run(h: &mut Harness, keys: &[(String, u32)], pattern: &[u64; 4], calls: u64) -> Result<()> {
+fn run(h: &mut Harness, keys: &[(String, u64)], pattern: &[u64; 4], calls: u64) -> Result<()> {
     for i in 0..calls as usize {
-        let (key, tool_len) = &keys[(i / 4) % keys.len()];
-        black_box(h.decide_raw(key, *tool_len, pattern[i % 4])?);
+        let (key, parts) = &keys[(i / 4) % keys.len()];
+        black_box(h.decide_raw(key, *parts, pattern[i % 4])?);
     }
     Ok(())
 }

@@ -2,10 +2,11 @@
 //! through wasmtime, the way a production host does, but with a virtual
 //! monotonic clock and a fixed `insecure-seed` so every run is deterministic.
 //!
-//! The integration tests (`tests/all`) and the throughput example share this
-//! library: loading the component, a host with exactly the two WASI imports the
-//! contract allows, and the bit layouts of `decide`'s `signals` argument and
-//! its `decision` result (see `wit/retry-engine.wit`).
+//! The integration tests (`tests/all`) and the examples share this library:
+//! loading the component, a host with exactly the two WASI imports the contract
+//! allows, the bit layouts of `decide`'s `key` parts, `signals` argument and
+//! `decision` result (see `wit/retry-engine.wit`), and a [`Harness`] that keeps
+//! the policy it opened last, so a test reads "configure, then decide".
 
 pub mod budget_sim;
 
@@ -35,14 +36,16 @@ wasmtime::component::bindgen!({
 });
 
 pub use exports::contextforge::retry::retry_engine::{
-    BackoffShape, CallFacts, ConfigError, DecisionReason, JitterMode, NonIdempotentRetries, Policy,
-    SimDecision, SimStep,
+    BackoffShape, CallFacts, ConfigError, DecisionReason, JitterMode, KeyScope,
+    NonIdempotentRetries, OpenedPolicy, Policy, PolicyReads, SimDecision, SimStep,
 };
 
 /// The contract version the harness is written against (the guest's).
 pub const CONTRACT_VERSION: &str = retry_engine::CONTRACT_VERSION;
 /// The seed every harness instance gets unless a test asks for another.
 pub const DEFAULT_SEED: u128 = 0x5eed_0000_0000_0000_0000_0000_0000_0001;
+/// The stanza (`open-policy`'s `scope`) [`Harness::configure`] opens under.
+pub const SCOPE: &str = "harness";
 /// The environment variable that overrides where the component is read from.
 pub const WASM_ENV: &str = "RETRY_ENGINE_WASM";
 
@@ -199,27 +202,28 @@ pub fn minimal_linker(engine: &Engine) -> Result<Linker<HostState>> {
 /// `wit/retry-engine.wit`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Decision {
-    /// Bits 0..39: milliseconds before the retry; 0 = do not retry.
+    /// Bits 0..31: milliseconds before the retry; 0 = do not retry.
     pub delay_ms: u64,
-    /// Bits 40..47: consecutive failures of the key after this result.
+    /// Bits 32..35: consecutive failures of the key after this result.
     pub retry_count: u8,
-    /// Bits 48..55: the `decision-reason` ordinal.
+    /// Bits 36..39: the `decision-reason` ordinal.
     pub reason: u8,
-    /// Bit 61: no policy checks text, so `signals == 0` is a success for any
-    /// tool and a no-op for a key without state.
-    pub text_free: bool,
-    /// Bit 62: the engine holds no retry state and no policy checks text, so
-    /// until the next call a result with `signals == 0` is a no-op success.
-    pub idle: bool,
-    /// Bit 63: the host must call `decide-text` instead.
-    pub need_text: bool,
-    /// Bits 56..60, reserved: must be 0.
+    /// Bits 40..59: the key's handle while it holds state (a retry); 0 on
+    /// every other decision.
+    pub handle: u32,
+    /// Bit 60, reserved: must be 0.
     pub reserved: u8,
+    /// Bit 61 alone: the instance holds no such policy; nothing changed.
+    pub unknown_policy: bool,
+    /// Bit 62 alone: `decide-held` got a handle that names no key.
+    pub unknown_handle: bool,
+    /// Bit 63 alone: the host must call `decide-text` instead.
+    pub need_text: bool,
     /// The raw value.
     pub raw: u64,
 }
 
-/// `decision-reason` ordinals as packed in bits 48..55.
+/// `decision-reason` ordinals as packed in bits 36..39.
 pub mod reason {
     pub const SUCCESS: u8 = 0;
     pub const RETRY: u8 = 1;
@@ -233,30 +237,37 @@ pub mod reason {
 
 impl Decision {
     pub const DELAY_MASK: u64 = wire::DELAY_MASK;
-    pub const TEXT_FREE: u64 = wire::TEXT_FREE;
-    pub const IDLE: u64 = wire::IDLE;
     pub const NEED_TEXT: u64 = wire::NEED_TEXT;
+    pub const UNKNOWN_HANDLE: u64 = wire::UNKNOWN_HANDLE;
+    pub const UNKNOWN_POLICY: u64 = wire::UNKNOWN_POLICY;
+    /// Bit 60: between the handle and the special words, never set.
+    pub const RESERVED: u64 = 1 << 60;
 
     pub fn unpack(raw: u64) -> Self {
         Decision {
             delay_ms: raw & Self::DELAY_MASK,
-            retry_count: (raw >> wire::RETRY_COUNT_SHIFT) as u8,
-            reason: (raw >> wire::REASON_SHIFT) as u8,
-            text_free: raw & wire::TEXT_FREE != 0,
-            idle: raw & wire::IDLE != 0,
+            retry_count: (raw >> wire::RETRY_COUNT_SHIFT & wire::RETRY_COUNT_MASK) as u8,
+            reason: (raw >> wire::REASON_SHIFT & wire::REASON_MASK) as u8,
+            handle: (raw >> wire::HANDLE_SHIFT & wire::HANDLE_MASK) as u32,
+            reserved: u8::from(raw & Self::RESERVED != 0),
+            unknown_policy: raw & wire::UNKNOWN_POLICY != 0,
+            unknown_handle: raw & wire::UNKNOWN_HANDLE != 0,
             need_text: raw & wire::NEED_TEXT != 0,
-            reserved: ((raw >> 56) & 0x1f) as u8,
             raw,
         }
     }
     pub fn is_success(&self) -> bool {
-        self.reason == reason::SUCCESS
+        self.is_decision() && self.reason == reason::SUCCESS
     }
     pub fn is_retry(&self) -> bool {
-        self.reason == reason::RETRY
+        self.is_decision() && self.reason == reason::RETRY
     }
     pub fn is_exhausted(&self) -> bool {
-        self.reason == reason::EXHAUSTED
+        self.is_decision() && self.reason == reason::EXHAUSTED
+    }
+    /// Whether it is a decision rather than one of the three special words.
+    pub fn is_decision(&self) -> bool {
+        !(self.need_text || self.unknown_handle || self.unknown_policy)
     }
 }
 
@@ -336,22 +347,97 @@ impl Signals {
     }
 }
 
-/// `decide`'s key: the tool name immediately followed by the request id, and
-/// the tool name's length in Unicode scalar values.
-pub fn key(tool: &str, request_id: &str) -> (String, u32) {
-    let key = format!("{tool}{request_id}");
-    (key, tool.chars().count() as u32)
+/// The five parts of `decide`'s key, as a host sends them: the gateway
+/// context (tenant, server), the identity `key_scope` adds, the tool name and
+/// the request id.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Key<'a> {
+    pub tenant: &'a str,
+    pub server: &'a str,
+    pub identity: &'a str,
+    pub tool: &'a str,
+    pub request_id: &'a str,
 }
 
-/// One instance of the component with its own store, clock and seed.
+impl<'a> Key<'a> {
+    /// `(tool, request_id)` in the empty context, without an identity (the
+    /// native plugin's key).
+    pub fn new(tool: &'a str, request_id: &'a str) -> Self {
+        Key {
+            tool,
+            request_id,
+            ..Key::default()
+        }
+    }
+
+    /// The same key in the gateway context `(tenant, server)`.
+    pub fn context(self, tenant: &'a str, server: &'a str) -> Self {
+        Key {
+            tenant,
+            server,
+            ..self
+        }
+    }
+
+    /// The same key with `identity` in its identity part.
+    pub fn identity(self, identity: &'a str) -> Self {
+        Key { identity, ..self }
+    }
+
+    /// The `key` string and `parts` word `decide` takes. Panics when a part
+    /// is longer than its 16-bit length field (a host digests such names).
+    pub fn pack(&self) -> (String, u64) {
+        let joined = [
+            self.tenant,
+            self.server,
+            self.identity,
+            self.tool,
+            self.request_id,
+        ]
+        .concat();
+        (
+            joined,
+            parts(self.tenant, self.server, self.identity, self.tool),
+        )
+    }
+}
+
+/// `decide`'s `parts`: the four leading parts' lengths in Unicode scalar
+/// values, each in its 16-bit field.
+pub fn parts(tenant: &str, server: &str, identity: &str, tool: &str) -> u64 {
+    let len = |part: &str| {
+        let n = part.chars().count() as u64;
+        assert!(
+            n < 1 << wire::PART_LEN_BITS,
+            "a key part of {n} characters does not fit its length field"
+        );
+        n
+    };
+    len(tenant) << wire::TENANT_LEN_SHIFT
+        | len(server) << wire::SERVER_LEN_SHIFT
+        | len(identity) << wire::IDENTITY_LEN_SHIFT
+        | len(tool) << wire::TOOL_LEN_SHIFT
+}
+
+/// `decide`'s key and parts for `(tool, request_id)` in the empty context.
+pub fn key(tool: &str, request_id: &str) -> (String, u64) {
+    Key::new(tool, request_id).pack()
+}
+
+/// One instance of the component with its own store, clock and seed, and the
+/// policy it opened last (its *current* policy: what [`Harness::decide`] and
+/// the other calls without a policy argument decide under).
 pub struct Harness {
     pub store: Store<HostState>,
     pub component: RetryComponent,
     pub clock: VirtualClock,
+    current: Option<OpenedPolicy>,
+    current_id: u64,
 }
 
 impl Harness {
-    /// A fresh instance on a virtual clock at 0 ms with [`DEFAULT_SEED`].
+    /// A fresh instance on a virtual clock at 0 ms with [`DEFAULT_SEED`],
+    /// holding no policy, never `init`-ed (its clock is the virtual one).
     pub fn new() -> Result<Self> {
         Self::with_seed(DEFAULT_SEED)
     }
@@ -393,73 +479,168 @@ impl Harness {
             store,
             component: bindings,
             clock,
+            current: None,
+            current_id: 0,
         })
     }
 
-    /// `configure`: the outer error is a trap, the inner one the policy errors.
-    pub fn configure(&mut self, json: &str) -> Result<Result<(), Vec<ConfigError>>> {
-        Ok(self
-            .component
-            .contextforge_retry_retry_engine()
-            .call_configure(&mut self.store, json)?)
+    /// `init`: the instance's clock becomes `clock_ns` now (the imported
+    /// clock plus an offset), and state is bounded by `memory_bytes`.
+    pub fn init(&mut self, clock_ns: u64, memory_bytes: u64) -> Result<()> {
+        let api = self.component.contextforge_retry_retry_engine();
+        Ok(api.call_init(&mut self.store, clock_ns, memory_bytes)?)
+    }
+
+    /// `open-policy`: the outer error is a trap, the inner one the policy
+    /// errors. Does not change the current policy.
+    pub fn open_policy(
+        &mut self,
+        scope: &str,
+        config_json: &str,
+        ceiling: Option<u32>,
+    ) -> Result<Result<OpenedPolicy, Vec<ConfigError>>> {
+        let api = self.component.contextforge_retry_retry_engine();
+        Ok(api.call_open_policy(&mut self.store, scope, config_json, ceiling)?)
+    }
+
+    /// `open-policy` that must succeed.
+    pub fn open_policy_ok(
+        &mut self,
+        scope: &str,
+        config_json: &str,
+        ceiling: Option<u32>,
+    ) -> Result<OpenedPolicy> {
+        match self.open_policy(scope, config_json, ceiling)? {
+            Ok(opened) => Ok(opened),
+            Err(errors) => bail!("open-policy({scope:?}, {config_json}, {ceiling:?}): {errors:?}"),
+        }
+    }
+
+    /// Open `json` under [`SCOPE`] without a ceiling and, when it opens, make
+    /// it the current policy (a failed one leaves the current policy as it
+    /// was). The outer error is a trap, the inner one the policy errors.
+    pub fn configure(&mut self, json: &str) -> Result<Result<OpenedPolicy, Vec<ConfigError>>> {
+        let opened = self.open_policy(SCOPE, json, None)?;
+        if let Ok(policy) = &opened {
+            self.select(policy);
+        }
+        Ok(opened)
     }
 
     /// `configure` that must succeed.
-    pub fn configure_ok(&mut self, json: &str) -> Result<()> {
+    pub fn configure_ok(&mut self, json: &str) -> Result<OpenedPolicy> {
         match self.configure(json)? {
-            Ok(()) => Ok(()),
+            Ok(opened) => Ok(opened),
             Err(errors) => bail!("configure({json}) rejected: {errors:?}"),
         }
     }
 
-    pub fn decide_raw(&mut self, key: &str, tool_len: u32, signals: u64) -> Result<u64> {
-        self.decide_named(key, tool_len, signals, 0)
+    /// Make `opened` the current policy.
+    pub fn select(&mut self, opened: &OpenedPolicy) {
+        self.current_id = opened.id;
+        self.current = Some(opened.clone());
     }
 
-    /// `decide`, naming the key `handle` (0: none).
-    pub fn decide_named(
+    /// Make the policy `id` the current one, without what opening it returned
+    /// (one imported from a snapshot, or an id the instance does not hold).
+    pub fn select_id(&mut self, id: u64) {
+        self.current_id = id;
+        self.current = None;
+    }
+
+    /// The current policy's id (0, never an id, before any).
+    pub fn policy(&self) -> u64 {
+        self.current_id
+    }
+
+    /// What opening the current policy returned, if this harness opened it.
+    pub fn opened(&self) -> Option<&OpenedPolicy> {
+        self.current.as_ref()
+    }
+
+    /// `decide` under the current policy: the raw decision word.
+    pub fn decide_raw(&mut self, key: &str, parts: u64, signals: u64) -> Result<u64> {
+        self.decide_raw_in(self.current_id, key, parts, signals)
+    }
+
+    /// `decide` under the policy `policy`: the raw decision word.
+    pub fn decide_raw_in(
         &mut self,
+        policy: u64,
         key: &str,
-        tool_len: u32,
+        parts: u64,
         signals: u64,
-        handle: u32,
     ) -> Result<u64> {
-        Ok(self
-            .component
-            .contextforge_retry_retry_engine()
-            .call_decide(&mut self.store, key, tool_len, signals, handle)?)
+        let api = self.component.contextforge_retry_retry_engine();
+        Ok(api.call_decide(&mut self.store, policy, key, parts, signals)?)
     }
 
-    /// `decide-held`: the raw decision word (bit 60 alone: unknown handle).
-    pub fn decide_held_raw(&mut self, handle: u32, signals: u64) -> Result<u64> {
-        Ok(self
-            .component
-            .contextforge_retry_retry_engine()
-            .call_decide_held(&mut self.store, handle, signals)?)
-    }
-
+    /// `decide` on `(tool, request_id)` in the empty context, under the
+    /// current policy.
     pub fn decide(&mut self, tool: &str, request_id: &str, signals: Signals) -> Result<Decision> {
-        let (key, tool_len) = key(tool, request_id);
-        Ok(Decision::unpack(self.decide_raw(
-            &key,
-            tool_len,
+        self.decide_key(&Key::new(tool, request_id), signals)
+    }
+
+    /// `decide` on `key` under the current policy.
+    pub fn decide_key(&mut self, key: &Key<'_>, signals: Signals) -> Result<Decision> {
+        self.decide_key_in(self.current_id, key, signals)
+    }
+
+    /// `decide` on `key` under the policy `policy`.
+    pub fn decide_key_in(
+        &mut self,
+        policy: u64,
+        key: &Key<'_>,
+        signals: Signals,
+    ) -> Result<Decision> {
+        let (joined, parts) = key.pack();
+        Ok(Decision::unpack(self.decide_raw_in(
+            policy,
+            &joined,
+            parts,
             signals.pack(),
         )?))
     }
 
+    /// `decide-held`: the raw decision word (bit 62 alone: unknown handle).
+    pub fn decide_held_raw(&mut self, handle: u32, signals: u64) -> Result<u64> {
+        let api = self.component.contextforge_retry_retry_engine();
+        Ok(api.call_decide_held(&mut self.store, handle, signals)?)
+    }
+
+    /// `decide-held`, unpacked.
+    pub fn decide_held(&mut self, handle: u32, signals: Signals) -> Result<Decision> {
+        Ok(Decision::unpack(
+            self.decide_held_raw(handle, signals.pack())?,
+        ))
+    }
+
+    /// `decide-text` under the current policy: the raw decision word.
     pub fn decide_text_raw(
         &mut self,
         key: &str,
-        tool_len: u32,
+        parts: u64,
         signals: u64,
         texts: &[String],
     ) -> Result<u64> {
-        Ok(self
-            .component
-            .contextforge_retry_retry_engine()
-            .call_decide_text(&mut self.store, key, tool_len, signals, texts, 0)?)
+        self.decide_text_raw_in(self.current_id, key, parts, signals, texts)
     }
 
+    /// `decide-text` under the policy `policy`: the raw decision word.
+    pub fn decide_text_raw_in(
+        &mut self,
+        policy: u64,
+        key: &str,
+        parts: u64,
+        signals: u64,
+        texts: &[String],
+    ) -> Result<u64> {
+        let api = self.component.contextforge_retry_retry_engine();
+        Ok(api.call_decide_text(&mut self.store, policy, key, parts, signals, texts)?)
+    }
+
+    /// `decide-text` on `(tool, request_id)` in the empty context, under the
+    /// current policy.
     pub fn decide_text(
         &mut self,
         tool: &str,
@@ -467,58 +648,73 @@ impl Harness {
         signals: Signals,
         texts: &[&str],
     ) -> Result<Decision> {
-        let (key, tool_len) = key(tool, request_id);
+        let (key, parts) = key(tool, request_id);
         let texts: Vec<String> = texts.iter().map(|t| t.to_string()).collect();
         Ok(Decision::unpack(self.decide_text_raw(
             &key,
-            tool_len,
+            parts,
             signals.pack(),
             &texts,
         )?))
     }
 
+    /// `tool-policy` under the current policy, which must be held.
     pub fn tool_policy(&mut self, tool: &str) -> Result<Policy> {
-        Ok(self
-            .component
-            .contextforge_retry_retry_engine()
-            .call_tool_policy(&mut self.store, tool)?)
+        let id = self.current_id;
+        self.tool_policy_in(id, tool)?.with_context(|| {
+            format!("tool-policy({id}, {tool:?}): the instance holds no such policy")
+        })
     }
 
-    pub fn global_policy(&mut self) -> Result<Policy> {
-        Ok(self
-            .component
-            .contextforge_retry_retry_engine()
-            .call_global_policy(&mut self.store)?)
+    /// `tool-policy` under the policy `policy` (none: not held).
+    pub fn tool_policy_in(&mut self, policy: u64, tool: &str) -> Result<Option<Policy>> {
+        let api = self.component.contextforge_retry_retry_engine();
+        Ok(api.call_tool_policy(&mut self.store, policy, tool)?)
     }
 
+    /// The current policy's global policy, as opening it returned.
+    pub fn global_policy(&self) -> Result<Policy> {
+        match &self.current {
+            Some(opened) => Ok(opened.global.clone()),
+            None => bail!("the harness has opened no current policy"),
+        }
+    }
+
+    /// `state-count` of every policy.
     pub fn state_count(&mut self) -> Result<u32> {
-        Ok(self
-            .component
-            .contextforge_retry_retry_engine()
-            .call_state_count(&mut self.store)?)
+        let api = self.component.contextforge_retry_retry_engine();
+        Ok(api.call_state_count(&mut self.store, None)?)
+    }
+
+    /// `state-count` of the policy `policy`.
+    pub fn state_count_of(&mut self, policy: u64) -> Result<u32> {
+        let api = self.component.contextforge_retry_retry_engine();
+        Ok(api.call_state_count(&mut self.store, Some(policy))?)
+    }
+
+    /// `policy-count`.
+    pub fn policy_count(&mut self) -> Result<u32> {
+        let api = self.component.contextforge_retry_retry_engine();
+        Ok(api.call_policy_count(&mut self.store)?)
     }
 
     pub fn evict_expired(&mut self) -> Result<u32> {
-        Ok(self
-            .component
-            .contextforge_retry_retry_engine()
-            .call_evict_expired(&mut self.store)?)
+        let api = self.component.contextforge_retry_retry_engine();
+        Ok(api.call_evict_expired(&mut self.store)?)
     }
 
-    /// `export-state`: the live state as a format-1 JSON document.
+    /// `export-state`: policies, live state and budgets as a format-3 JSON
+    /// document.
     pub fn export_state(&mut self) -> Result<String> {
-        Ok(self
-            .component
-            .contextforge_retry_retry_engine()
-            .call_export_state(&mut self.store)?)
+        let api = self.component.contextforge_retry_retry_engine();
+        Ok(api.call_export_state(&mut self.store)?)
     }
 
-    /// `import-state`: the outer error is a trap, the inner one the engine's refusal.
+    /// `import-state`: the outer error is a trap, the inner one the engine's
+    /// refusal.
     pub fn import_state(&mut self, json: &str) -> Result<Result<u32, String>> {
-        Ok(self
-            .component
-            .contextforge_retry_retry_engine()
-            .call_import_state(&mut self.store, json)?)
+        let api = self.component.contextforge_retry_retry_engine();
+        Ok(api.call_import_state(&mut self.store, json)?)
     }
 
     pub fn simulate(
@@ -527,16 +723,12 @@ impl Harness {
         seed: u64,
         steps: &[SimStep],
     ) -> Result<Result<Vec<SimDecision>, Vec<ConfigError>>> {
-        Ok(self
-            .component
-            .contextforge_retry_retry_engine()
-            .call_simulate(&mut self.store, config_json, seed, steps)?)
+        let api = self.component.contextforge_retry_retry_engine();
+        Ok(api.call_simulate(&mut self.store, config_json, seed, steps)?)
     }
 
     pub fn contract_version(&mut self) -> Result<String> {
-        Ok(self
-            .component
-            .contextforge_retry_retry_engine()
-            .call_contract_version(&mut self.store)?)
+        let api = self.component.contextforge_retry_retry_engine();
+        Ok(api.call_contract_version(&mut self.store)?)
     }
 }

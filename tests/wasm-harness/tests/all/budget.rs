@@ -18,7 +18,11 @@ fn test_budget_refuses_when_spent_and_clears_the_key() -> Result<()> {
         d.reason == reason::BUDGET && d.delay_ms == 0 && d.retry_count == 1,
         "{d:?}"
     );
-    ensure!(!d.text_free && !d.idle, "budgets count successes: {d:?}");
+    ensure!(
+        !h.opened()
+            .is_some_and(|p| p.reads.contains(PolicyReads::STATELESS_SUCCESSES)),
+        "budgets count successes"
+    );
     // Two successes buy a retry; the floor refills one token a second.
     h.decide("t", "s1", Signals::OK)?;
     h.decide("t", "s2", Signals::OK)?;
@@ -67,52 +71,66 @@ fn test_budget_targets_at_twenty_percent_failure() -> Result<()> {
     Ok(())
 }
 
-/// The request part the host sends under `key_scope` `tenant`/`user`.
-fn scoped(identity: &str, request_id: &str) -> String {
-    format!("{}:{identity}{request_id}", identity.chars().count())
-}
-
 #[test]
-fn test_budget_per_identity_under_tenant_scope() -> Result<()> {
-    // Issue 16: one engine serves every context of the process; a tenant that
-    // spends its budget leaves the others theirs, and its floor refills it on
-    // the virtual clock.
+fn test_budget_per_context_and_identity() -> Result<()> {
+    // Issues 16 and 23: one instance serves every gateway context of the
+    // process; a tenant, server or user that spends its budget leaves the
+    // others theirs, and its floor refills it on the virtual clock. Since 0.5
+    // the identity (`key_scope` `user`) is its own key part.
     let mut h = no_jitter(json!({"retry_budget_percent": 50, "max_retries": 1,
-        "key_scope": "tenant"}))?;
+        "key_scope": "user"}))?;
+    ensure!(h.opened().map(|p| p.key_scope) == Some(KeyScope::User));
+    fn key<'a>(tenant: &'a str, user: &'a str, rid: &'a str) -> Key<'a> {
+        Key::new("t", rid).context(tenant, "srv").identity(user)
+    }
     for k in 0..10 {
+        let rid = k.to_string();
         ensure!(h
-            .decide("t", &scoped("acme", &k.to_string()), Signals::ERROR)?
+            .decide_key(&key("acme", "ann", &rid), Signals::ERROR)?
             .is_retry());
     }
-    let spent = h.decide("t", &scoped("acme", "x"), Signals::ERROR)?;
+    let spent = h.decide_key(&key("acme", "ann", "x"), Signals::ERROR)?;
     ensure!(spent.reason == reason::BUDGET, "{spent:?}");
     ensure!(h
-        .decide("t", &scoped("globex", "x"), Signals::ERROR)?
+        .decide_key(&key("globex", "ann", "x"), Signals::ERROR)?
         .is_retry());
-    ensure!(h.decide("t", &scoped("", "x"), Signals::ERROR)?.is_retry());
-    // Identities are counted in characters, as the host's `len` does.
     ensure!(h
-        .decide("t", &scoped("ünï", "x"), Signals::ERROR)?
+        .decide_key(&key("acme", "bob", "x"), Signals::ERROR)?
+        .is_retry());
+    ensure!(h
+        .decide_key(&key("acme", "", "x"), Signals::ERROR)?
+        .is_retry());
+    let other_server = Key::new("t", "x").context("acme", "srv2").identity("ann");
+    ensure!(h.decide_key(&other_server, Signals::ERROR)?.is_retry());
+    // Parts are counted in characters, as the host's `len` does: "ünï" is
+    // three, and its key does not run into the tool name.
+    ensure!(h
+        .decide_key(&key("acme", "ünï", "x"), Signals::ERROR)?
         .is_retry());
     h.clock.advance_ms(999);
-    ensure!(h.decide("t", &scoped("acme", "y"), Signals::ERROR)?.reason == reason::BUDGET);
+    ensure!(
+        h.decide_key(&key("acme", "ann", "y"), Signals::ERROR)?
+            .reason
+            == reason::BUDGET
+    );
     h.clock.advance_ms(1);
     ensure!(h
-        .decide("t", &scoped("acme", "z"), Signals::ERROR)?
+        .decide_key(&key("acme", "ann", "z"), Signals::ERROR)?
         .is_retry());
     Ok(())
 }
 
 #[test]
-fn test_budget_per_tool_under_request_scope() -> Result<()> {
-    // The native key: the request part is opaque, budgets stay per tool.
+fn test_budget_per_tool_whatever_the_request_ids() -> Result<()> {
+    // The native key: request ids are opaque and never split a budget, even
+    // ones that look like another tenant's.
     let mut h = no_jitter(json!({"retry_budget_percent": 50, "max_retries": 1}))?;
     for k in 0..10 {
         ensure!(h
-            .decide("t", &scoped("acme", &k.to_string()), Signals::ERROR)?
+            .decide("t", &format!("4:acme{k}"), Signals::ERROR)?
             .is_retry());
     }
-    let d = h.decide("t", &scoped("globex", "x"), Signals::ERROR)?;
+    let d = h.decide("t", "6:globexx", Signals::ERROR)?;
     ensure!(d.reason == reason::BUDGET, "{d:?}");
     Ok(())
 }

@@ -194,9 +194,11 @@ fn test_classify_status_bits_ignored_without_flag() -> Result<()> {
     // Bits 32..63 mean nothing unless bit 3 says a status code is present.
     let mut h = no_jitter(json!({}))?;
     let raw = Signals::ERROR.pack() | 1 << 1 | u64::from(404u32) << 32;
-    ensure!(Decision::unpack(h.decide_raw("tr", 1, raw)?).is_retry());
+    let (key, parts) = harness::key("t", "r");
+    ensure!(Decision::unpack(h.decide_raw(&key, parts, raw)?).is_retry());
     let raw = 1 << 1 | u64::from(503u32) << 32;
-    ensure!(Decision::unpack(h.decide_raw("tq", 1, raw)?).is_success());
+    let (key, parts) = harness::key("t", "q");
+    ensure!(Decision::unpack(h.decide_raw(&key, parts, raw)?).is_success());
     Ok(())
 }
 
@@ -205,8 +207,10 @@ fn test_need_text_when_tool_checks_text_and_no_structured_content() -> Result<()
     let mut h = no_jitter(json!({"tool_overrides": {"txt": {"check_text_content": true}}}))?;
     fail_n(&mut h, "txt", "r", 1)?;
     let d = h.decide("txt", "r", Signals::OK)?;
-    ensure!(d.need_text, "expected need-text, got {d:?}");
-    ensure!(d.reserved == 0);
+    ensure!(
+        d.raw == Decision::NEED_TEXT,
+        "expected need-text alone, got {d:?}"
+    );
     // Nothing changed: the entry is still there and the next failure continues it.
     ensure!(h.state_count()? == 1);
     assert_retry(h.decide("txt", "r", Signals::ERROR)?, 400, 2)?;

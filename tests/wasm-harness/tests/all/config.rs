@@ -1,37 +1,51 @@
-//! `configure`, `global-policy`, `tool-policy` and `text-check-tools`:
-//! defaults, validation with exact key paths, replacement semantics and
+//! `open-policy` (through `Harness::configure`) and `tool-policy`: defaults,
+//! validation with exact key paths, a new configuration as a new policy, and
 //! override merging (issue 2 §2–§3).
 
 use crate::support::*;
 
 #[test]
-fn test_config_defaults_on_fresh_instance() -> Result<()> {
+fn test_config_fresh_instance_holds_no_policy_and_defaults_open() -> Result<()> {
+    // Since 0.5 a fresh instance has no configuration of its own: a decision
+    // needs a policy opened first.
     let mut h = Harness::new()?;
-    ensure!(
-        h.global_policy()? == default_policy(),
-        "{:?}",
-        h.global_policy()?
-    );
-    ensure!(h.tool_policy("any-tool")? == default_policy());
+    ensure!(h.policy_count()? == 0);
+    ensure!(h.decide("t", "r", Signals::ERROR)?.raw == Decision::UNKNOWN_POLICY);
+    for doc in ["null", "{}"] {
+        let opened = h.configure_ok(doc)?;
+        ensure!(opened.global == default_policy(), "{doc}: {opened:?}");
+        ensure!(opened.warnings.is_empty() && opened.key_scope == KeyScope::Request);
+        ensure!(h.tool_policy("any-tool")? == default_policy());
+    }
     Ok(())
 }
 
 #[test]
-fn test_config_empty_object_restores_defaults() -> Result<()> {
+fn test_config_a_new_configuration_is_a_new_policy() -> Result<()> {
+    // Opening `{}` after a custom configuration gives a policy with the
+    // defaults; the custom one is still held, unchanged, under its own id.
     let mut h = configured(json!({
         "max_retries": 7, "backoff_base_ms": 10, "max_backoff_ms": 20,
         "retry_on_status": [418], "jitter": false, "check_text_content": true,
         "tool_overrides": {"search": {"max_retries": 1}}
     }))?;
+    let custom = h.policy();
     h.configure_ok("{}")?;
+    ensure!(h.policy() != custom);
     ensure!(h.global_policy()? == default_policy());
     ensure!(h.tool_policy("search")? == default_policy());
+    ensure!(h.policy_count()? == 2);
+    let search = h.tool_policy_in(custom, "search")?;
+    ensure!(
+        search.as_ref().map(|p| (p.max_retries, p.backoff_base_ms)) == Some((1, 10)),
+        "{search:?}"
+    );
     Ok(())
 }
 
 #[test]
 fn test_config_all_keys_are_read() -> Result<()> {
-    let mut h = configured(json!({
+    let h = configured(json!({
         "max_retries": 10, "backoff_base_ms": 1, "max_backoff_ms": 1,
         "retry_on_status": [418, -1, 0], "jitter": false, "check_text_content": true,
         "state_ttl_ms": 1, "max_state_entries": 1, "tool_overrides": {}
@@ -198,7 +212,7 @@ fn test_config_each_rule_names_its_exact_key_path() -> Result<()> {
     for (config, path) in invalid_cases() {
         let mut h = Harness::new()?;
         match h.configure(&config.to_string())? {
-            Ok(()) => failures.push(format!("{config}: accepted, expected an error at {path:?}")),
+            Ok(_) => failures.push(format!("{config}: accepted, expected an error at {path:?}")),
             Err(errors) => {
                 let got = paths(&errors);
                 if got != [path] {
@@ -383,6 +397,8 @@ fn test_config_failed_configure_keeps_previous() -> Result<()> {
         &json!({"max_retries": 1, "backoff_base_ms": 0, "tool_overrides": {}}).to_string(),
     )?;
     rejected(&mut h, "not json")?;
+    // A refused configuration opens nothing.
+    ensure!(h.policy_count()? == 1);
     ensure!(h.global_policy()? == before_global);
     ensure!(h.tool_policy("search")? == before_search);
     // And the engine still decides with the old config.
@@ -392,11 +408,21 @@ fn test_config_failed_configure_keeps_previous() -> Result<()> {
 }
 
 #[test]
-fn test_config_reconfigure_keeps_live_state() -> Result<()> {
+fn test_config_new_configuration_starts_with_fresh_state() -> Result<()> {
+    // Since 0.5 a configuration is never changed under live state: a new one
+    // is a new policy with state of its own, and the old one keeps its own.
     let mut h = no_jitter(json!({"max_retries": 5, "backoff_base_ms": 100}))?;
+    let old = h.policy();
     fail_n(&mut h, "t", "r", 2)?;
     h.configure_ok(&json!({"max_retries": 5, "backoff_base_ms": 10, "jitter": false}).to_string())?;
-    assert_retry(h.decide("t", "r", Signals::ERROR)?, 40, 3)
+    assert_retry(h.decide("t", "r", Signals::ERROR)?, 10, 1)?;
+    assert_retry(
+        h.decide_key_in(old, &Key::new("t", "r"), Signals::ERROR)?,
+        400,
+        3,
+    )?;
+    ensure!(h.state_count_of(old)? == 1 && h.state_count_of(h.policy())? == 1);
+    Ok(())
 }
 
 #[test]
@@ -472,8 +498,13 @@ fn test_config_tool_policy_merges_overrides() -> Result<()> {
 #[test]
 fn test_config_key_scope_is_validated() -> Result<()> {
     let mut h = Harness::new()?;
-    for scope in ["request", "tenant", "user"] {
-        h.configure_ok(&json!({"key_scope": scope}).to_string())?;
+    for (scope, want) in [
+        ("request", KeyScope::Request),
+        ("tenant", KeyScope::Tenant),
+        ("user", KeyScope::User),
+    ] {
+        let opened = h.configure_ok(&json!({"key_scope": scope}).to_string())?;
+        ensure!(opened.key_scope == want, "{scope}: {opened:?}");
     }
     let errors = rejected(&mut h, r#"{"key_scope": "session", "tool_overrides": {}}"#)?;
     ensure!(

@@ -54,8 +54,8 @@ fn test_backoff_exact_powers_of_two_up_to_ten_retries() -> Result<()> {
 
 #[test]
 fn test_backoff_huge_values_saturate_not_wrap() -> Result<()> {
-    // base · 2^9 overflows nothing in u64 but exceeds the 40-bit delay field:
-    // the delay saturates at 2^40-1 and must not spill into the count bits.
+    // base · 2^9 overflows nothing in u64 but exceeds the 32-bit delay field:
+    // the delay saturates at 2^32-1 and must not spill into the count bits.
     let base: u64 = 1 << 41;
     let max: u64 = u64::MAX / 2;
     let mut h =
@@ -195,7 +195,7 @@ fn test_tool_len_counts_unicode_scalars_not_bytes() -> Result<()> {
         "tool_overrides": {"é": {"backoff_base_ms": 20}, "🦀x": {"backoff_base_ms": 40}}
     }))?;
     let (key, len) = harness::key("é", "r");
-    ensure!(len == 1 && key.len() == 3);
+    ensure!(len == 1 << 48 && key.len() == 3);
     assert_retry(
         Decision::unpack(h.decide_raw(&key, len, Signals::ERROR.pack())?),
         20,
@@ -218,22 +218,26 @@ fn test_tool_len_counts_unicode_scalars_not_bytes() -> Result<()> {
 #[test]
 fn test_decision_bit_layout() -> Result<()> {
     let mut h = no_jitter(json!({"max_retries": 3, "backoff_base_ms": 100}))?;
-    let raw = h.decide_raw("tr", 1, Signals::ERROR.pack())?;
+    let (key, parts) = harness::key("t", "r");
+    ensure!(parts == 1 << 48, "the tool's length sits in bits 48..63");
+    let raw = h.decide_raw(&key, parts, Signals::ERROR.pack())?;
+    let handle = raw >> 40;
     ensure!(
-        raw == 100 | 1 << 40 | 1 << 48 | Decision::TEXT_FREE,
+        (1..=harness::wire::HANDLE_MASK).contains(&handle),
         "first retry packs as {raw:#x}"
     );
-    let raw = h.decide_raw("tr", 1, Signals::ERROR.pack())?;
     ensure!(
-        raw == 200 | 2 << 40 | 1 << 48 | Decision::TEXT_FREE,
-        "second retry packs as {raw:#x}"
+        raw == 100 | 1 << 32 | 1 << 36 | handle << 40,
+        "first retry packs as {raw:#x}"
     );
-    // The success clears the only entry: the engine is idle afterwards.
-    let raw = h.decide_raw("tr", 1, Signals::OK.pack())?;
+    let raw = h.decide_raw(&key, parts, Signals::ERROR.pack())?;
     ensure!(
-        raw == Decision::IDLE | Decision::TEXT_FREE,
-        "success packs as {raw:#x}"
+        raw == 200 | 2 << 32 | 1 << 36 | handle << 40,
+        "second retry packs as {raw:#x} (the key keeps its handle)"
     );
+    // The success clears the key: no handle, the word is all zeros.
+    let raw = h.decide_raw(&key, parts, Signals::OK.pack())?;
+    ensure!(raw == 0, "success packs as {raw:#x}");
     Ok(())
 }
 
@@ -268,68 +272,52 @@ fn test_state_count_follows_failures_and_successes() -> Result<()> {
 }
 
 #[test]
-fn test_idle_bit_tracks_empty_state() -> Result<()> {
-    let mut h = no_jitter(json!({"max_retries": 2, "state_ttl_ms": 1000}))?;
-    let d = h.decide("t", "a", Signals::OK)?;
-    ensure!(d.is_success() && d.idle, "fresh engine, success: {d:?}");
-    let d = h.decide("t", "a", Signals::ERROR)?;
-    ensure!(d.is_retry() && !d.idle, "state held after a failure: {d:?}");
-    let d = h.decide("t", "b", Signals::OK)?;
-    ensure!(
-        d.is_success() && !d.idle,
-        "another key still holds state: {d:?}"
-    );
-    let d = h.decide("t", "a", Signals::OK)?;
-    ensure!(
-        d.is_success() && d.idle,
-        "the success cleared the only entry: {d:?}"
-    );
-    let d = fail_n(&mut h, "t", "a", 3)?;
-    ensure!(
-        d[2].is_exhausted() && d[2].idle,
-        "exhaustion cleared the only entry: {d:?}"
-    );
-    h.decide("t", "a", Signals::ERROR)?;
-    h.clock.advance_ms(1001);
-    ensure!(h.evict_expired()? == 1);
-    let d = h.decide("t", "z", Signals::OK)?;
-    ensure!(
-        d.is_success() && d.idle,
-        "the expired entry was swept: {d:?}"
-    );
+fn test_stateless_successes_follows_the_configuration() -> Result<()> {
+    // The flag of `opened-policy` (what the `text-free` bit told before 0.5):
+    // set unless some tool checks text content or keeps a retry budget.
+    let mut h = Harness::new()?;
+    for (config, stateless) in [
+        (json!({}), true),
+        (
+            json!({"max_retries": 0, "tool_overrides": {"t": {"jitter": false}}}),
+            true,
+        ),
+        (json!({"check_text_content": true}), false),
+        (
+            json!({"tool_overrides": {"txt": {"check_text_content": true}}}),
+            false,
+        ),
+        (json!({"retry_budget_percent": 10}), false),
+        (
+            json!({"tool_overrides": {"b": {"retry_budget_percent": 10}}}),
+            false,
+        ),
+    ] {
+        let opened = h.configure_ok(&config.to_string())?;
+        let got = opened.reads.contains(PolicyReads::STATELESS_SUCCESSES);
+        ensure!(got == stateless, "{config}: {:?}", opened.reads);
+    }
     Ok(())
 }
 
 #[test]
-fn test_idle_never_set_when_a_policy_checks_text() -> Result<()> {
-    // A result with signals 0 may still fail on its text for such a tool.
+fn test_a_text_checking_policy_asks_for_text_on_zero_signals() -> Result<()> {
+    // A result with signals 0 may still fail on its text for such a tool:
+    // `need-text` alone, and nothing changes; other tools decide at once.
     let mut h = no_jitter(json!({"tool_overrides": {"txt": {"check_text_content": true}}}))?;
-    let d = h.decide("plain", "r", Signals::OK)?;
-    ensure!(d.is_success() && !d.idle, "{d:?}");
-    let d = h.decide_text("txt", "r", Signals::OK, &["fine"])?;
-    ensure!(d.is_success() && !d.idle, "{d:?}");
-    ensure!(h.decide("txt", "r", Signals::OK)?.need_text);
-    // Reconfiguring without text checks makes the engine idle again.
-    h.configure_ok(&json!({"jitter": false}).to_string())?;
-    ensure!(h.decide("plain", "r", Signals::OK)?.idle);
-    Ok(())
-}
-
-#[test]
-fn test_text_free_bit_follows_the_config_not_the_state() -> Result<()> {
-    let mut h = no_jitter(json!({}))?;
-    let d = h.decide("t", "r", Signals::ERROR)?;
-    ensure!(d.is_retry() && d.text_free && !d.idle, "{d:?}");
-    let d = h.decide("t", "r", Signals::OK)?;
-    ensure!(d.is_success() && d.text_free && d.idle, "{d:?}");
-    // Any policy checking text clears it, for every tool.
-    h.configure_ok(&json!({"tool_overrides": {"txt": {"check_text_content": true}}}).to_string())?;
-    let d = h.decide("plain", "r", Signals::ERROR)?;
-    ensure!(d.is_retry() && !d.text_free, "{d:?}");
+    assert_success(h.decide("plain", "r", Signals::OK)?)?;
+    assert_retry(
+        h.decide_text("txt", "r", Signals::OK, &[r#"{"isError": true}"#])?,
+        200,
+        1,
+    )?;
     let d = h.decide("txt", "r", Signals::OK)?;
     ensure!(
-        d.need_text && !d.text_free && !d.idle,
+        d.raw == Decision::NEED_TEXT,
         "need-text carries no other bit: {d:?}"
     );
+    ensure!(h.state_count()? == 1);
+    assert_success(h.decide_text("txt", "r", Signals::OK, &["fine"])?)?;
+    ensure!(h.state_count()? == 0);
     Ok(())
 }

@@ -1,63 +1,156 @@
-//! `decide-held` and the `handle` argument of `decide` (contract 0.2): a
-//! handle is only a shortcut to a key, so deciding by handle must be exactly
-//! deciding by key, and a handle must never reach the wrong key.
+//! Handles (engine-given since contract 0.5): a `retry` gives the key's
+//! handle, every other decision 0; `decide-held` decides exactly as `decide`
+//! with the key would, and a handle is given to another key only in a
+//! decision, so a host that follows the documented rules always knows which
+//! keys hold state.
+
+use std::collections::HashMap;
 
 use crate::support::*;
-use harness::key;
+use harness::wire::{HANDLE_MASK, UNKNOWN_HANDLE};
 
-/// Decision bit 60, alone: `decide-held` was given a handle that names nothing.
-use harness::wire::{HANDLE_MAX, UNKNOWN_HANDLE};
 const FAIL: Signals = Signals::ERROR;
 
-fn fail_named(h: &mut Harness, tool: &str, rid: &str, handle: u32) -> Result<Decision> {
-    let (k, tool_len) = key(tool, rid);
-    Ok(Decision::unpack(h.decide_named(
-        &k,
-        tool_len,
-        FAIL.pack(),
-        handle,
-    )?))
-}
-
 #[test]
-fn test_unknown_handle_is_bit_60_alone_and_changes_nothing() -> Result<()> {
+fn test_unknown_handle_is_bit_62_alone_and_changes_nothing() -> Result<()> {
     let mut h = no_jitter(json!({}))?;
-    for handle in [0, 1, 7, HANDLE_MAX, HANDLE_MAX + 1, u32::MAX] {
-        ensure!(h.decide_held_raw(handle, FAIL.pack())? == UNKNOWN_HANDLE);
+    ensure!(
+        h.decide_held_raw(1, FAIL.pack())? == UNKNOWN_HANDLE,
+        "no key yet"
+    );
+    let held = h.decide("t", "r", FAIL)?.handle;
+    ensure!(held != 0);
+    for handle in [0, 7, HANDLE_MASK as u32, HANDLE_MASK as u32 + 1, u32::MAX] {
+        if handle == held {
+            continue;
+        }
+        ensure!(
+            h.decide_held_raw(handle, FAIL.pack())? == UNKNOWN_HANDLE,
+            "handle {handle}"
+        );
     }
-    ensure!(h.state_count()? == 0);
-    Ok(())
+    ensure!(h.state_count()? == 1);
+    // The key's count is untouched by all of that.
+    assert_retry(h.decide("t", "r", FAIL)?, 400, 2)
 }
 
 #[test]
 fn test_handle_decides_as_the_key_until_the_key_is_cleared() -> Result<()> {
     let mut h = no_jitter(json!({"max_retries": 2}))?;
-    assert_retry(fail_named(&mut h, "search", "r1", 9)?, 200, 1)?;
-    assert_retry(Decision::unpack(h.decide_held_raw(9, FAIL.pack())?), 400, 2)?;
-    let d = Decision::unpack(h.decide_held_raw(9, FAIL.pack())?);
-    ensure!(d.is_exhausted(), "{d:?}");
-    ensure!(h.decide_held_raw(9, FAIL.pack())? == UNKNOWN_HANDLE);
+    let first = h.decide("search", "r1", FAIL)?;
+    assert_retry(first, 200, 1)?;
+    let second = h.decide_held(first.handle, FAIL)?;
+    assert_retry(second, 400, 2)?;
+    ensure!(second.handle == first.handle, "the key keeps its handle");
+    assert_exhausted(h.decide_held(first.handle, FAIL)?)?;
+    ensure!(h.decide_held_raw(first.handle, FAIL.pack())? == UNKNOWN_HANDLE);
     ensure!(h.state_count()? == 0);
     Ok(())
 }
 
 #[test]
-fn test_handle_moves_to_the_last_key_given_it_and_never_to_a_stranger() -> Result<()> {
+fn test_only_a_retry_gives_a_handle() -> Result<()> {
+    // Every decision that leaves no state for the key gives 0, whatever the
+    // reason; the steps before the last build up state (and get handles).
+    let fail = FAIL.pack();
+    let not_found = Signals::status(true, 404).pack();
+    let hinted = fail | harness::hint::retry_after(5_000);
+    let cases: [(serde_json::Value, Vec<u64>, u8); 7] = [
+        (json!({}), vec![fail, 0], reason::SUCCESS),
+        (
+            json!({"max_retries": 1}),
+            vec![fail, fail],
+            reason::EXHAUSTED,
+        ),
+        (json!({}), vec![fail, not_found], reason::NON_RETRYABLE),
+        (
+            json!({"retry_budget_percent": 1, "retry_budget_min_per_sec": 0}),
+            vec![fail; 11],
+            reason::BUDGET,
+        ),
+        (
+            json!({"max_retries": 5, "max_total_delay_ms": 700}),
+            vec![fail; 3],
+            reason::DEADLINE,
+        ),
+        (
+            json!({"honor_retry_after": true, "max_total_delay_ms": 1000}),
+            vec![fail, hinted],
+            reason::RETRY_AFTER,
+        ),
+        (
+            json!({"non_idempotent_retries": "none"}),
+            vec![fail],
+            reason::NON_IDEMPOTENT,
+        ),
+    ];
+    for (config, steps, want) in cases {
+        let mut h = no_jitter(config.clone())?;
+        let budget = want == reason::BUDGET;
+        let mut last = None;
+        for (i, &signals) in steps.iter().enumerate() {
+            // The budget case spends its ten tokens on ten keys, then fails an
+            // eleventh; the others fail one key again and again.
+            let rid = if budget { i.to_string() } else { "r".into() };
+            let (key, parts) = harness::key("t", &rid);
+            let d = Decision::unpack(h.decide_raw(&key, parts, signals)?);
+            ensure!(d.is_retry() == (d.handle != 0), "{config} step {i}: {d:?}");
+            last = Some(d);
+        }
+        let d = last.expect("a step");
+        ensure!(
+            d.is_decision() && d.reason == want && d.handle == 0 && d.delay_ms == 0,
+            "{config}: expected reason {want} without a handle, got {d:?}"
+        );
+        ensure!(h.state_count()? == u32::from(budget) * 10, "{config}");
+    }
+    Ok(())
+}
+
+#[test]
+fn test_live_keys_never_share_a_handle_across_policies_and_contexts() -> Result<()> {
+    // Handles are the instance's: each policy and context of it gets its own,
+    // and `decide-held` decides under the key's own policy, whatever the
+    // host's current one.
+    let mut h = Harness::new()?;
+    let fast = h.open_policy_ok("p", r#"{"jitter": false, "backoff_base_ms": 10}"#, None)?;
+    let slow = h.open_policy_ok("p", r#"{"jitter": false, "backoff_base_ms": 1000}"#, None)?;
+    let mut handles = HashMap::new();
+    for (policy, base) in [(fast.id, 10), (slow.id, 1000)] {
+        for tenant in ["", "acme"] {
+            for rid in ["a", "b"] {
+                let key = Key::new("t", rid).context(tenant, "srv");
+                let d = h.decide_key_in(policy, &key, FAIL)?;
+                assert_retry(d, base, 1)?;
+                ensure!(
+                    handles.insert(d.handle, (policy, base)).is_none(),
+                    "handle {} given twice",
+                    d.handle
+                );
+            }
+        }
+    }
+    h.select(&fast);
+    for (&handle, &(_, base)) in &handles {
+        assert_retry(h.decide_held(handle, FAIL)?, 2 * base, 2)?;
+    }
+    Ok(())
+}
+
+#[test]
+fn test_a_freed_handle_is_given_again_only_in_a_decision() -> Result<()> {
     let mut h = no_jitter(json!({"max_retries": 5}))?;
-    fail_named(&mut h, "t", "a", 1)?;
-    fail_named(&mut h, "t", "a", 1)?; // a: 2 failures
-    fail_named(&mut h, "t", "b", 1)?; // handle 1 now names b (1 failure)
-    assert_retry(Decision::unpack(h.decide_held_raw(1, FAIL.pack())?), 400, 2)?;
-    // a kept its state, by key.
-    assert_retry(h.decide("t", "a", FAIL)?, 800, 3)?;
-    // Given to a result that clears its key, the handle names nothing.
-    let (k, tool_len) = key("t", "c");
-    h.decide_named(&k, tool_len, Signals::OK.pack(), 1)?;
-    ensure!(h.decide_held_raw(1, FAIL.pack())? == UNKNOWN_HANDLE);
-    // Given to a key too long to name (over 256 bytes), likewise.
-    fail_named(&mut h, "t", "d", 2)?;
-    fail_named(&mut h, "t", &"x".repeat(256), 2)?;
-    ensure!(h.decide_held_raw(2, FAIL.pack())? == UNKNOWN_HANDLE);
+    let x = h.decide("t", "x", FAIL)?.handle;
+    assert_success(h.decide("t", "x", Signals::OK)?)?;
+    // Freed, and not yet given again: it names nothing.
+    ensure!(h.decide_held_raw(x, FAIL.pack())? == UNKNOWN_HANDLE);
+    ensure!(h.state_count()? == 0);
+    // Y's retry gives it (or another): from then on it names Y, which the
+    // host learnt from that decision.
+    let y = h.decide("t", "y", FAIL)?;
+    assert_retry(h.decide_held(y.handle, FAIL)?, 400, 2)?;
+    // X, by key, starts afresh: no decision by handle ever reached it.
+    assert_retry(h.decide("t", "x", FAIL)?, 200, 1)?;
     Ok(())
 }
 
@@ -65,24 +158,65 @@ fn test_handle_moves_to_the_last_key_given_it_and_never_to_a_stranger() -> Resul
 fn test_handle_forgets_a_key_past_its_ttl_or_evicted() -> Result<()> {
     let mut h = no_jitter(json!({"state_ttl_ms": 1000, "max_state_entries": 2}))?;
     h.clock.set_ms(10_000);
-    fail_named(&mut h, "t", "old", 1)?;
-    fail_named(&mut h, "t", "mid", 2)?;
-    fail_named(&mut h, "t", "new", 3)?; // full: "old" goes
-    ensure!(h.decide_held_raw(1, FAIL.pack())? == UNKNOWN_HANDLE);
-    assert_retry(Decision::unpack(h.decide_held_raw(2, FAIL.pack())?), 400, 2)?;
+    let old = h.decide("t", "old", FAIL)?.handle;
+    let mid = h.decide("t", "mid", FAIL)?.handle;
+    let new = h.decide("t", "new", FAIL)?.handle; // full: "old" goes
+    ensure!(mid != new && old != mid);
+    if new != old {
+        ensure!(h.decide_held_raw(old, FAIL.pack())? == UNKNOWN_HANDLE);
+    }
+    assert_retry(h.decide_held(mid, FAIL)?, 400, 2)?;
     // Past the TTL the entry reads as gone: by handle as by key, a first failure.
     h.clock.advance_ms(1001);
-    assert_retry(Decision::unpack(h.decide_held_raw(3, FAIL.pack())?), 200, 1)?;
+    let again = h.decide_held(new, FAIL)?;
+    assert_retry(again, 200, 1)?;
+    ensure!(again.handle == new);
     h.clock.advance_ms(1001);
     h.evict_expired()?;
-    ensure!(h.decide_held_raw(3, FAIL.pack())? == UNKNOWN_HANDLE);
+    ensure!(h.decide_held_raw(new, FAIL.pack())? == UNKNOWN_HANDLE);
+    ensure!(h.decide_held_raw(mid, FAIL.pack())? == UNKNOWN_HANDLE);
     Ok(())
 }
 
-/// Two instances with the same seed, one always told the key, one naming keys
-/// by handles the way the Python host does (a free list, a handle per held key,
-/// `decide` again when the handle is unknown): identical decisions at every
-/// step, across TTL expiry, the entry cap, successes and long keys.
+#[test]
+fn test_handles_of_a_released_policy_name_nothing() -> Result<()> {
+    let mut h = no_jitter(json!({"state_ttl_ms": 100}))?;
+    let handle = h.decide("t", "r", FAIL)?.handle;
+    h.clock.advance_ms(101);
+    h.evict_expired()?;
+    ensure!(h.policy_count()? == 0, "unused for its TTL: released");
+    ensure!(h.decide_held_raw(handle, FAIL.pack())? == UNKNOWN_HANDLE);
+    Ok(())
+}
+
+/// What a host knows by following `decide`'s rules: for each handle the key
+/// of the last decision that gave it; a key is forgotten when a decision for
+/// it gives 0 or its handle is given to another key.
+#[derive(Default)]
+struct HostView {
+    handle_of: HashMap<(String, String), u32>,
+    key_of: HashMap<u32, (String, String)>,
+}
+
+impl HostView {
+    fn learn(&mut self, key: &(String, String), d: Decision) {
+        if let Some(old) = self.handle_of.remove(key) {
+            self.key_of.remove(&old);
+        }
+        if d.handle != 0 {
+            if let Some(other) = self.key_of.insert(d.handle, key.clone()) {
+                self.handle_of.remove(&other);
+            }
+            self.handle_of.insert(key.clone(), d.handle);
+        }
+    }
+}
+
+/// Two instances with the same seed, one always told the key, one deciding
+/// by handle wherever its host view has one (and by key when the handle is
+/// unknown): identical decision words at every step, across TTL expiry, the
+/// entry bound, successes and long keys; and every key the instance holds
+/// state for is one the host view names, under the same handle.
 #[test]
 fn test_deciding_by_handle_equals_deciding_by_key() -> Result<()> {
     let config = json!({"max_retries": 3, "backoff_base_ms": 10, "max_backoff_ms": 300,
@@ -90,9 +224,7 @@ fn test_deciding_by_handle_equals_deciding_by_key() -> Result<()> {
     let mut by_key = configured(config.clone())?;
     let mut by_handle = configured(config)?;
     let mut rng = fastrand::Rng::with_seed(0x4a4e_444c_4553);
-    let mut held: std::collections::HashMap<(String, String), u32> = Default::default();
-    let mut free: Vec<u32> = Vec::new();
-    let mut next = 1u32;
+    let mut view = HostView::default();
     let mut by_handle_calls = 0;
     for step in 0..20_000 {
         let tool = ["a", "search", "é✓"][rng.usize(..3)].to_string();
@@ -111,36 +243,35 @@ fn test_deciding_by_handle_equals_deciding_by_key() -> Result<()> {
             by_key.clock.advance_ms(ms);
             by_handle.clock.advance_ms(ms);
         }
-        let (k, tool_len) = key(&tool, &rid);
-        let want = by_key.decide_raw(&k, tool_len, signals.pack())?;
+        let want = by_key.decide(&tool, &rid, signals)?;
         let entry = (tool, rid);
-        let old = held.get(&entry).copied();
-        let mut got = match old {
-            Some(handle) => by_handle.decide_held_raw(handle, signals.pack())?,
+        let mut got = match view.handle_of.get(&entry) {
+            Some(&handle) => by_handle.decide_held_raw(handle, signals.pack())?,
             None => UNKNOWN_HANDLE,
         };
-        let mut handle = old.unwrap_or(0);
         if got == UNKNOWN_HANDLE {
-            if handle == 0 && k.len() <= 256 {
-                handle = free.pop().unwrap_or_else(|| {
-                    next += 1;
-                    next - 1
-                });
-            }
-            got = by_handle.decide_named(&k, tool_len, signals.pack(), handle)?;
+            got = by_handle.decide(&entry.0, &entry.1, signals)?.raw;
         } else {
             by_handle_calls += 1;
         }
         ensure!(
-            got == want,
-            "step {step}: {entry:?} by handle {got:#x}, by key {want:#x}"
+            got == want.raw,
+            "step {step}: {entry:?} by handle {got:#x}, by key {:#x}",
+            want.raw
         );
-        if Decision::unpack(got).is_retry() {
-            held.insert(entry, handle);
-        } else {
-            held.remove(&entry);
-            if handle != 0 {
-                free.push(handle);
+        view.learn(&entry, Decision::unpack(got));
+        if step % 1000 == 999 {
+            for row in exported_entries(&by_handle.export_state()?)? {
+                let key = (
+                    row[5].as_str().unwrap_or_default().to_string(),
+                    row[6].as_str().unwrap_or_default().to_string(),
+                );
+                let handle = row[1].as_u64().unwrap_or_default() as u32;
+                ensure!(
+                    view.handle_of.get(&key) == Some(&handle),
+                    "step {step}: {key:?} holds state under handle {handle}, the host view has {:?}",
+                    view.handle_of.get(&key)
+                );
             }
         }
     }
@@ -148,29 +279,5 @@ fn test_deciding_by_handle_equals_deciding_by_key() -> Result<()> {
         by_handle_calls > 2_000,
         "only {by_handle_calls} calls went by handle"
     );
-    Ok(())
-}
-
-#[test]
-fn test_the_largest_handle_fits_a_calls_fuel_even_first() -> Result<()> {
-    // Naming a key with the largest valid handle fills the handle map up to it:
-    // the dearest naming there is, and it fits the host's default 10 M budget.
-    let mut config = wasmtime::Config::new();
-    config.consume_fuel(true);
-    let (engine, component) = harness::compile(&config)?;
-    let mut h = Harness::instantiate(&engine, &component, harness::DEFAULT_SEED, |store| {
-        store.set_fuel(u64::MAX / 2)?;
-        Ok(())
-    })?;
-    fail_named(&mut h, "t", "first", 0)?; // allocates the state tables
-    let before = h.store.get_fuel()?;
-    fail_named(&mut h, "t", "named", HANDLE_MAX)?;
-    let used = before - h.store.get_fuel()?;
-    ensure!(
-        used < 10_000_000,
-        "naming with handle 2^17 took {used} fuel"
-    );
-    ensure!(h.decide_held_raw(HANDLE_MAX, FAIL.pack())? != UNKNOWN_HANDLE);
-    ensure!(h.decide_held_raw(HANDLE_MAX + 1, FAIL.pack())? == UNKNOWN_HANDLE);
     Ok(())
 }

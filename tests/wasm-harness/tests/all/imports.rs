@@ -9,7 +9,7 @@ const ALLOWED_IMPORTS: [&str; 2] = [
     "wasi:clocks/monotonic-clock@0.2.12",
     "wasi:random/insecure-seed@0.2.12",
 ];
-const EXPORT: &str = "contextforge:retry/retry-engine@0.4.0";
+const EXPORT: &str = "contextforge:retry/retry-engine@0.5.0";
 
 #[test]
 fn test_imports_are_exactly_clock_and_seed() -> Result<()> {
@@ -71,14 +71,15 @@ fn test_instantiates_with_only_the_allowed_imports() -> Result<()> {
     // import would fail instantiation here.
     let mut h = Harness::new()?;
     ensure!(h.state_count()? == 0);
+    ensure!(h.policy_count()? == 0);
     Ok(())
 }
 
 #[test]
-fn test_contract_version_is_0_2_1() -> Result<()> {
+fn test_contract_version_is_0_5_0() -> Result<()> {
     let mut h = Harness::new()?;
     let version = h.contract_version()?;
-    ensure!(version == "0.4.0", "contract-version returned {version:?}");
+    ensure!(version == "0.5.0", "contract-version returned {version:?}");
     ensure!(version == harness::CONTRACT_VERSION);
     Ok(())
 }
@@ -103,10 +104,15 @@ fn test_missing_wasm_says_to_run_make_wasm() -> Result<()> {
 
 #[test]
 fn test_instances_do_not_share_state() -> Result<()> {
-    let mut a = Harness::new()?;
-    let mut b = Harness::new()?;
+    let mut a = configured(json!({}))?;
+    let mut b = configured(json!({}))?;
+    ensure!(
+        a.policy() == b.policy(),
+        "one content, one id in every instance"
+    );
     a.decide("tool", "r1", Signals::ERROR)?;
     ensure!(a.state_count()? == 1);
     ensure!(b.state_count()? == 0);
+    ensure!(b.decide("tool", "r1", Signals::ERROR)?.retry_count == 1);
     Ok(())
 }

@@ -1,7 +1,8 @@
 //! No input can trap the guest: seeded randomized configs, results, keys,
-//! signals and texts (valid and invalid, empty, huge, unicode, a `tool-len`
-//! past the key). A trap surfaces as an `Err` from the call and fails the
-//! test through `?`; afterwards the instance must still work.
+//! `parts`, signals, texts, policy ids and handles (valid and invalid, empty,
+//! huge, unicode, lengths past the key). A trap surfaces as an `Err` from the
+//! call and fails the test through `?`; afterwards the instance must still
+//! work.
 
 use crate::support::*;
 use harness::{CallFacts, SimStep, DEFAULT_SEED};
@@ -182,12 +183,32 @@ impl Gen {
         }
     }
 
-    fn tool_len(&mut self, tool: &str, key: &str) -> u32 {
+    /// A key part: mostly empty or short, sometimes anything.
+    fn part(&mut self) -> String {
+        match self.0.u8(0..4) {
+            0 | 1 => String::new(),
+            2 => self.pick(&["acme", "é", "srv"]).to_string(),
+            _ => self.string(),
+        }
+    }
+
+    /// `parts` for a key of these parts: mostly the true lengths (saturated
+    /// at the field's width, as the guest reads a length past the key),
+    /// sometimes lengths past the key or any word at all.
+    fn parts(&mut self, key_parts: [&str; 4], key: &str) -> u64 {
+        let field = |n: usize| (n as u64).min(0xffff);
         match self.0.u8(0..6) {
-            0 => u32::MAX,
-            1 => key.chars().count() as u32 + self.0.u32(1..100),
-            2 => self.0.u32(..),
-            _ => tool.chars().count() as u32,
+            0 => u64::MAX,
+            1 => self.0.u64(..),
+            2 => {
+                let past = field(key.chars().count() + self.0.usize(1..100));
+                past << [0, 16, 32, 48][self.0.usize(0..4)]
+            }
+            _ => key_parts
+                .iter()
+                .zip([0, 16, 32, 48])
+                .map(|(p, shift)| field(p.chars().count()) << shift)
+                .fold(0, |a, b| a | b),
         }
     }
 
@@ -223,6 +244,19 @@ impl Gen {
 /// Check the decision layout invariants that hold for every input.
 fn check_decision(raw: u64, context: &dyn Fn() -> String) -> Result<Decision> {
     let d = Decision::unpack(raw);
+    if !d.is_decision() {
+        ensure!(
+            [
+                Decision::NEED_TEXT,
+                Decision::UNKNOWN_HANDLE,
+                Decision::UNKNOWN_POLICY
+            ]
+            .contains(&raw),
+            "a special word with other bits: {d:?} for {}",
+            context()
+        );
+        return Ok(d);
+    }
     ensure!(
         d.reserved == 0,
         "reserved bits set: {d:?} for {}",
@@ -233,22 +267,16 @@ fn check_decision(raw: u64, context: &dyn Fn() -> String) -> Result<Decision> {
         "bad reason: {d:?} for {}",
         context()
     );
-    if d.need_text {
+    if d.is_retry() {
         ensure!(
-            d.raw == Decision::NEED_TEXT,
-            "need-text with other bits: {d:?} for {}",
-            context()
-        );
-    } else if d.is_retry() {
-        ensure!(
-            d.delay_ms >= 1 && d.retry_count >= 1,
-            "retry without delay: {d:?} for {}",
+            d.delay_ms >= 1 && d.retry_count >= 1 && d.handle != 0,
+            "retry without delay or handle: {d:?} for {}",
             context()
         );
     } else {
         ensure!(
-            d.delay_ms == 0,
-            "no retry but a delay: {d:?} for {}",
+            d.delay_ms == 0 && d.handle == 0,
+            "no retry but a delay or a handle: {d:?} for {}",
             context()
         );
     }
@@ -297,8 +325,8 @@ fn test_robustness_random_configs_never_trap() -> Result<()> {
                 )
             };
             match h.configure(&config).map_err(|e| e.context(ctx()))? {
-                Ok(()) => {
-                    check_policy(&h.global_policy()?, &ctx())?;
+                Ok(opened) => {
+                    check_policy(&opened.global, &ctx())?;
                     for tool in ["t", "a", "é", "", "zzz"] {
                         check_policy(&h.tool_policy(tool)?, &ctx())?;
                     }
@@ -321,8 +349,10 @@ fn test_robustness_random_configs_never_trap() -> Result<()> {
                     }
                 }
             }
-            // A policy that survived must drive decisions without trapping.
-            let raw = h.decide_raw("tr", 1, Signals::ERROR.pack())?;
+            // A policy that survived must drive decisions without trapping
+            // (before the first, the answer is `unknown-policy`).
+            let (key, parts) = harness::key("t", "r");
+            let raw = h.decide_raw(&key, parts, Signals::ERROR.pack())?;
             check_decision(raw, &ctx)?;
         }
         still_usable(&mut h)?;
@@ -335,12 +365,20 @@ fn test_robustness_random_decisions_never_trap() -> Result<()> {
     for seed in SEEDS {
         let mut g = Gen(fastrand::Rng::with_seed(seed));
         let mut h = Harness::with_seed(u128::from(seed))?;
-        h.configure_ok(
-            &json!({"max_state_entries": 50, "state_ttl_ms": 100,
+        let other = h
+            .open_policy_ok(
+                "other",
+                r#"{"max_retries": 1, "retry_budget_percent": 5}"#,
+                None,
+            )?
+            .id;
+        let config = json!({"max_state_entries": 50, "state_ttl_ms": 100,
                      "tool_overrides": {"t": {"check_text_content": true}, "é": {"max_retries": 0}}})
-            .to_string(),
-        )?;
+        .to_string();
+        h.configure_ok(&config)?;
+        let mut handles = vec![0, 1, u32::MAX];
         for i in 0..1_500 {
+            let (tenant, server, identity) = (g.part(), g.part(), g.part());
             let tool = match g.0.u8(0..3) {
                 0 => g.string(),
                 _ => g.pick(&["t", "é", "x", ""]).to_string(),
@@ -350,35 +388,86 @@ fn test_robustness_random_decisions_never_trap() -> Result<()> {
             } else {
                 g.0.u8(0..4).to_string()
             };
-            let key = format!("{tool}{rid}");
-            let tool_len = g.tool_len(&tool, &key);
+            let key = format!("{tenant}{server}{identity}{tool}{rid}");
+            let parts = g.parts([&tenant, &server, &identity, &tool], &key);
             let signals = g.signals();
+            let policy = match g.0.u8(0..10) {
+                0 => g.0.u64(..),
+                1 => other,
+                _ => h.policy(),
+            };
             if g.0.u8(0..10) == 0 {
                 h.clock.advance_ms(g.0.u64(0..200));
             }
             let ctx = || {
                 format!(
-                    "seed {seed} case {i}: tool_len {tool_len}, signals {signals:#x}, key {:?}",
+                    "seed {seed} case {i}: policy {policy:#x}, parts {parts:#x}, signals {signals:#x}, key {:?}",
                     key.chars().take(80).collect::<String>()
                 )
             };
             let raw = h
-                .decide_raw(&key, tool_len, signals)
+                .decide_raw_in(policy, &key, parts, signals)
                 .map_err(|e| e.context(ctx()))?;
-            check_decision(raw, &ctx)?;
+            let d = check_decision(raw, &ctx)?;
+            handles.push(d.handle);
+            if d.unknown_policy && policy == h.policy() {
+                // Released after its TTL unused: open it again, as a host does.
+                h.configure_ok(&config)?;
+            }
             let texts = g.texts();
             let raw = h
-                .decide_text_raw(&key, tool_len, signals, &texts)
+                .decide_text_raw_in(policy, &key, parts, signals, &texts)
                 .map_err(|e| e.context(ctx()))?;
             let d = check_decision(raw, &ctx)?;
             ensure!(!d.need_text, "decide-text set need-text: {}", ctx());
+            handles.push(d.handle);
+            let handle = match g.0.u8(0..4) {
+                0 => g.0.u32(..),
+                _ => *g.pick(&handles),
+            };
+            let raw = h
+                .decide_held_raw(handle, signals)
+                .map_err(|e| e.context(format!("handle {handle}: {}", ctx())))?;
+            let d = check_decision(raw, &ctx)?;
+            // By handle as by key: a tool that checks text may ask for it.
+            ensure!(!d.unknown_policy, "decide-held gave {d:?}: {}", ctx());
             if i % 100 == 0 {
-                ensure!(h.state_count()? <= 50, "state bound broken: {}", ctx());
                 h.evict_expired()?;
             }
         }
         still_usable(&mut h)?;
     }
+    Ok(())
+}
+
+#[test]
+fn test_robustness_hostile_parts_only_split_the_key() -> Result<()> {
+    // Whatever `parts` says, the key is split in five by it (a length past
+    // the key takes what is left, the parts after it are empty): the same
+    // five parts decide as the same key, however they are packed.
+    let mut h = no_jitter(json!({"max_retries": 9, "backoff_base_ms": 10, "max_backoff_ms": 10}))?;
+    let key = "abcdef";
+    let mut count = 0;
+    for parts in [
+        u64::MAX,              // all "abcdef" is the tenant
+        0xffff,                // the same split
+        6 | 0xffff << 16,      // the same split
+        6,                     // the same split
+        0xffff | 0xffff << 48, // the same split
+    ] {
+        count += 1;
+        let d = Decision::unpack(h.decide_raw(key, parts, Signals::ERROR.pack())?);
+        assert_retry(d, 10, count)?;
+    }
+    // Other splits are other keys.
+    for parts in [0, 1 << 48, 2 | 2 << 16 | 2 << 32, 7 << 16, 3 << 32] {
+        let d = Decision::unpack(h.decide_raw(key, parts, Signals::ERROR.pack())?);
+        ensure!(d.retry_count == 1, "parts {parts:#x}: {d:?}");
+    }
+    ensure!(h.state_count()? == 6, "{}", h.state_count()?);
+    // `7 << 16` splits as tenant "", server "abcdef": the same as `6 << 16`.
+    let d = Decision::unpack(h.decide_raw(key, 6 << 16, Signals::ERROR.pack())?);
+    assert_retry(d, 10, 2)?;
     Ok(())
 }
 
@@ -432,18 +521,20 @@ fn test_robustness_extreme_inputs() -> Result<()> {
     h.configure_ok(&json!({"check_text_content": true}).to_string())?;
     let huge = "x".repeat(4 << 20);
     let unicode: String = "é🦀\u{0}\u{fffd}\u{10ffff}".repeat(10_000);
-    for (key, tool_len) in [
+    for (key, parts) in [
         ("", 0),
-        ("", 1),
-        ("", u32::MAX),
-        ("abc", 4),
-        ("abc", u32::MAX),
+        ("", 1 << 48),
+        ("", u64::MAX),
+        ("abc", 4 << 48),
+        ("abc", u64::MAX),
         (huge.as_str(), 0),
-        (huge.as_str(), 2 << 20),
-        (huge.as_str(), u32::MAX),
-        (unicode.as_str(), 7),
-        (unicode.as_str(), 50_001),
-        (unicode.as_str(), u32::MAX),
+        (huge.as_str(), 0xffff << 48),
+        (huge.as_str(), 0xffff << 32 | 0xffff << 48),
+        (huge.as_str(), u64::MAX),
+        (unicode.as_str(), 7 << 48),
+        (unicode.as_str(), 7 | 50_001 << 48),
+        (unicode.as_str(), 0x0123_4567_89ab_cdef),
+        (unicode.as_str(), u64::MAX),
     ] {
         for signals in [
             0,
@@ -455,25 +546,26 @@ fn test_robustness_extreme_inputs() -> Result<()> {
         ] {
             let ctx = || {
                 format!(
-                    "key len {} tool_len {tool_len} signals {signals:#x}",
+                    "key len {} parts {parts:#x} signals {signals:#x}",
                     key.len()
                 )
             };
             check_decision(
-                h.decide_raw(key, tool_len, signals)
+                h.decide_raw(key, parts, signals)
                     .map_err(|e| e.context(ctx()))?,
                 &ctx,
             )?;
             let texts = vec![huge.clone(), unicode.clone(), "[".repeat(1 << 20)];
             check_decision(
-                h.decide_text_raw(key, tool_len, signals, &texts)
+                h.decide_text_raw(key, parts, signals, &texts)
                     .map_err(|e| e.context(ctx()))?,
                 &ctx,
             )?;
         }
     }
     let many_texts: Vec<String> = (0..20_000).map(|i| format!("{{\"n\": {i}}}")).collect();
-    check_decision(h.decide_text_raw("tr", 1, 0, &many_texts)?, &|| {
+    let (key, parts) = harness::key("t", "r");
+    check_decision(h.decide_text_raw(&key, parts, 0, &many_texts)?, &|| {
         "20 000 texts".into()
     })?;
     for config in [
@@ -514,18 +606,25 @@ fn test_robustness_clock_extremes() -> Result<()> {
 }
 
 #[test]
-fn test_robustness_idle_promise_holds() -> Result<()> {
-    // Whenever a decision says `idle`, a result with signals 0 on any key is a
-    // success that changes nothing, so a host may skip the call.
+fn test_robustness_stateless_successes_promise_holds() -> Result<()> {
+    // Under a policy whose `opened-policy` says `stateless-successes`, a
+    // result with signals 0 for a key that holds no state is a success that
+    // changes nothing: a host that knows which keys hold state (from the
+    // handles decisions give) may answer it without calling. (Before 0.5 the
+    // `idle` bit said so for the whole engine.)
     for seed in SEEDS {
         let mut g = Gen(fastrand::Rng::with_seed(seed));
         let mut h = Harness::with_seed(u128::from(seed))?;
-        h.configure_ok(
+        let opened = h.configure_ok(
             &json!({"max_retries": 2, "state_ttl_ms": 50, "max_state_entries": 4,
                      "tool_overrides": {"z": {"max_retries": 0}}})
             .to_string(),
         )?;
-        let mut idle_seen = 0;
+        ensure!(opened.reads.contains(PolicyReads::STATELESS_SUCCESSES));
+        // The host's view: the keys a decision gave a handle and no later
+        // decision took it back (given to another key, or 0 for the key).
+        let mut held: std::collections::HashMap<String, u32> = Default::default();
+        let mut checked = 0;
         for i in 0..3_000 {
             let key = format!("{}{}", g.pick(&["t", "u", "z"]), g.0.u8(0..6));
             let signals = match g.0.u8(0..3) {
@@ -536,27 +635,28 @@ fn test_robustness_idle_promise_holds() -> Result<()> {
             if g.0.u8(0..20) == 0 {
                 h.clock.advance_ms(g.0.u64(0..80));
             }
-            let d = Decision::unpack(h.decide_raw(&key, 1, signals)?);
-            if !d.idle {
+            let parts = 1 << harness::wire::TOOL_LEN_SHIFT;
+            if signals == 0 && !held.contains_key(&key) {
+                checked += 1;
+                let before = exported_entries(&h.export_state()?)?;
+                let raw = h.decide_raw(&key, parts, 0)?;
+                let ctx = format!("seed {seed} case {i}: {key}");
+                ensure!(raw == 0, "{ctx}: a zero-signal result gave {raw:#x}");
+                ensure!(
+                    exported_entries(&h.export_state()?)? == before,
+                    "{ctx}: the zero-signal result changed the live state"
+                );
                 continue;
             }
-            idle_seen += 1;
-            let ctx = format!("seed {seed} case {i}: {key} {signals:#x} gave {d:?}");
-            ensure!(h.state_count()? == 0, "{ctx}: idle with live state");
-            let next = h.decide("t", &g.0.u16(..).to_string(), Signals::OK)?;
-            ensure!(
-                next.is_success() && next.delay_ms == 0 && next.retry_count == 0 && next.idle,
-                "{ctx}: then a zero-signal result gave {next:?}"
-            );
-            ensure!(
-                h.state_count()? == 0,
-                "{ctx}: the zero-signal result left state"
-            );
+            let d = Decision::unpack(h.decide_raw(&key, parts, signals)?);
+            held.retain(|_, &mut handle| handle != d.handle || d.handle == 0);
+            if d.handle == 0 {
+                held.remove(&key);
+            } else {
+                held.insert(key, d.handle);
+            }
         }
-        ensure!(
-            idle_seen > 100,
-            "seed {seed}: idle seen only {idle_seen} times"
-        );
+        ensure!(checked > 300, "seed {seed}: checked only {checked} times");
     }
     Ok(())
 }
@@ -612,11 +712,11 @@ fn test_trap_is_an_error_distinct_from_policy_errors() -> Result<()> {
 fn test_decide_fuel_stays_small() -> Result<()> {
     // A deterministic cost guard for the hot path: wasm instructions (fuel)
     // per decide, independent of the machine's speed. The first failure after
-    // start-up also allocates the state index (one u32 per entry of
-    // `max_state_entries`, rounded up to a power of two): a one-time cost,
-    // bounded separately.
+    // start-up also allocates the state table's first chunk of slots and
+    // index segment: a one-time cost, bounded separately (by what allocating
+    // a 131 072-bucket index for the default bound cost before 0.5).
     const BUDGET: u64 = 20_000;
-    const INDEX_BUCKETS: u64 = 131_072; // default max_state_entries 100 000
+    const INDEX_BUCKETS: u64 = 131_072;
     let mut h = fueled(u64::MAX / 2)?;
     h.configure_ok(&json!({"max_retries": 3}).to_string())?;
     let before = h.store.get_fuel()?;
@@ -649,8 +749,9 @@ fn test_decide_fuel_stays_small() -> Result<()> {
 
 #[test]
 fn test_decide_fuel_does_not_grow_with_overrides() -> Result<()> {
-    // Each decision reports `text-free` (no policy checks text or keeps a
-    // budget): worked out per configuration, not per call over every override.
+    // What a decision needs of the configuration (its tool's policy, whether
+    // it reads text) is found per call by a search, never by a walk over
+    // every override.
     fn worst_decide(config: serde_json::Value) -> Result<u64> {
         let mut h = fueled(u64::MAX / 2)?;
         h.configure_ok(&config.to_string())?;
@@ -679,8 +780,8 @@ fn test_decide_fuel_does_not_grow_with_overrides() -> Result<()> {
 #[test]
 fn test_table_growth_fits_the_per_call_fuel() -> Result<()> {
     // Every call the host makes carries the same budget (10 M fuel by default),
-    // so no single decision may pay for the table's growth: the slab and index
-    // are allocated once, on the first entry. (A slab that doubled copied every
+    // so no single decision may pay for the table's growth: the slab grows a
+    // chunk and the index a bucket at a time. (A slab that doubled copied every
     // slot in one call: 12.6 M fuel on reaching 262 144 entries.)
     const PER_CALL: u64 = 10_000_000;
     let mut h = fueled(PER_CALL)?;
@@ -688,9 +789,9 @@ fn test_table_growth_fits_the_per_call_fuel() -> Result<()> {
     let mut worst = 0;
     for i in 0..270_000u32 {
         h.store.set_fuel(PER_CALL)?;
-        // Named by handles too, as the host names them: the handle maps grow as well.
-        let (key, tool_len) = harness::key("t", &format!("{i:08x}"));
-        h.decide_named(&key, tool_len, Signals::ERROR.pack(), i + 1)?;
+        let (key, parts) = harness::key("t", &format!("{i:08x}"));
+        let d = Decision::unpack(h.decide_raw(&key, parts, Signals::ERROR.pack())?);
+        ensure!(d.is_retry() && d.handle != 0, "{d:?}");
         worst = worst.max(PER_CALL - h.store.get_fuel()?);
     }
     ensure!(h.state_count()? == 270_000);
@@ -702,9 +803,10 @@ fn test_table_growth_fits_the_per_call_fuel() -> Result<()> {
 fn test_decide_held_fuel_is_bounded() -> Result<()> {
     // The host refuels `decide-held` only every few calls, each starting with
     // at least `HELD_CALL_FUEL_BOUND` (1 000 000, host-python/.../fastcall.py).
-    // This walk makes held decisions as dear as it can: 256-byte keys, 500
-    // overrides with long names to search, entries expiring (swept, then the
-    // key inserted again) and the entry cap evicting, and stays 20x under it.
+    // This walk makes held decisions as dear as it can: 256-byte keys in a
+    // gateway context, 500 overrides with long names to search, entries
+    // expiring (swept, then the key inserted again) and the entry cap
+    // evicting, and stays 20x under it.
     const HELD_CALL_FUEL_BOUND: u64 = 1_000_000;
     let mut h = fueled(u64::MAX / 2)?;
     let overrides: serde_json::Map<String, serde_json::Value> = (0..500)
@@ -723,18 +825,24 @@ fn test_decide_held_fuel_is_bounded() -> Result<()> {
     let tool = "t".repeat(128);
     let mut rng = fastrand::Rng::with_seed(7);
     let mut worst = 0;
+    let mut held = 0;
     for i in 0..4_000u32 {
         let k = rng.u32(..100);
         let rid = format!("{k:0>128}");
-        let (key, tool_len) = harness::key(&tool, &rid);
-        h.decide_named(&key, tool_len, Signals::ERROR.pack(), k + 1)?;
+        let key = Key::new(&tool, &rid).context("team-a", "virtual-server-1");
+        let handle = h.decide_key(&key, Signals::ERROR)?.handle;
         if i % 7 == 0 {
             h.clock.advance_ms(rng.u64(..60));
         }
+        if handle == 0 {
+            continue;
+        }
+        held += 1;
         let before = h.store.get_fuel()?;
-        h.decide_held_raw(k + 1, Signals::ERROR.pack())?;
+        h.decide_held_raw(handle, Signals::ERROR.pack())?;
         worst = worst.max(before - h.store.get_fuel()?);
     }
+    ensure!(held > 1_000, "only {held} decisions gave a handle");
     ensure!(
         worst * 20 <= HELD_CALL_FUEL_BOUND,
         "a decide-held burned {worst} fuel: the host's bound assumes at most {}",

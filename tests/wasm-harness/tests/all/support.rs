@@ -3,11 +3,12 @@
 pub use anyhow::{bail, ensure, Result};
 pub use harness::{
     reason, BackoffShape, CallFacts, ConfigError, Decision, DecisionReason, Harness, JitterMode,
-    NonIdempotentRetries, Policy, Signals,
+    Key, KeyScope, NonIdempotentRetries, Policy, PolicyReads, Signals,
 };
 pub use serde_json::json;
 
-/// A fresh instance configured with `config` (a JSON value).
+/// A fresh instance whose current policy is `config` (a JSON value) under
+/// [`harness::SCOPE`], without a ceiling.
 pub fn configured(config: serde_json::Value) -> Result<Harness> {
     let mut h = Harness::new()?;
     h.configure_ok(&config.to_string())?;
@@ -24,7 +25,8 @@ pub fn no_jitter(mut overrides: serde_json::Value) -> Result<Harness> {
     configured(overrides)
 }
 
-/// The global policy of a fresh, unconfigured instance per issue 2 §3.
+/// The global policy of the default configuration (`null` or `{}`) per issue
+/// 2 §3.
 pub fn default_policy() -> Policy {
     Policy {
         max_retries: 2,
@@ -51,7 +53,7 @@ pub fn default_policy() -> Policy {
 /// `configure` that must be rejected; returns the errors.
 pub fn rejected(h: &mut Harness, config: &str) -> Result<Vec<ConfigError>> {
     match h.configure(config)? {
-        Ok(()) => bail!("configure({config}) was accepted; expected config errors"),
+        Ok(_) => bail!("configure({config}) was accepted; expected config errors"),
         Err(errors) => {
             ensure!(
                 !errors.is_empty(),
@@ -81,43 +83,61 @@ pub fn delays(decisions: &[Decision]) -> Vec<u64> {
     decisions.iter().map(|d| d.delay_ms).collect()
 }
 
-/// Assert `d` is a retry after `delay_ms` with `count` failures recorded.
+/// Assert `d` is a retry after `delay_ms` with `count` failures recorded,
+/// naming its key by a handle.
 pub fn assert_retry(d: Decision, delay_ms: u64, count: u8) -> Result<()> {
     ensure!(
-        d.is_retry() && d.delay_ms == delay_ms && d.retry_count == count && !d.need_text,
+        d.is_retry() && d.delay_ms == delay_ms && d.retry_count == count,
         "expected retry after {delay_ms} ms with count {count}, got {d:?}"
     );
+    ensure!(d.handle != 0, "a retry without a handle: {d:?}");
     ensure!(d.reserved == 0, "reserved bits set in {d:?}");
     Ok(())
 }
 
-/// Assert `d` is a success decision (delay 0, count 0).
+/// Assert `d` is a success decision: delay 0, count 0, no handle (the raw
+/// word is 0).
 pub fn assert_success(d: Decision) -> Result<()> {
     ensure!(
-        d.is_success() && d.delay_ms == 0 && d.retry_count == 0 && !d.need_text,
+        d.is_success() && d.delay_ms == 0 && d.retry_count == 0 && d.handle == 0,
         "expected success, got {d:?}"
     );
-    ensure!(d.reserved == 0, "reserved bits set in {d:?}");
+    ensure!(d.raw == 0, "a success packs as 0, got {d:?}");
     Ok(())
 }
 
 /// Assert `d` is a non-retryable failure: delay 0, count 0, reason
-/// `non-retryable` (issue 6 §7).
+/// `non-retryable` (issue 6 §7), no handle.
 pub fn assert_non_retryable(d: Decision) -> Result<()> {
     ensure!(
-        d.reason == reason::NON_RETRYABLE && d.delay_ms == 0 && d.retry_count == 0 && !d.need_text,
+        d.is_decision()
+            && d.reason == reason::NON_RETRYABLE
+            && d.delay_ms == 0
+            && d.retry_count == 0
+            && d.handle == 0,
         "expected non-retryable, got {d:?}"
     );
     ensure!(d.reserved == 0, "reserved bits set in {d:?}");
     Ok(())
 }
 
-/// Assert `d` gives up: delay 0, reason exhausted.
+/// Assert `d` gives up: delay 0, reason exhausted, no handle.
 pub fn assert_exhausted(d: Decision) -> Result<()> {
     ensure!(
-        d.is_exhausted() && d.delay_ms == 0 && !d.need_text,
+        d.is_exhausted() && d.delay_ms == 0 && d.handle == 0,
         "expected exhausted, got {d:?}"
     );
     ensure!(d.reserved == 0, "reserved bits set in {d:?}");
     Ok(())
+}
+
+/// The `entries` of an `export-state` document (policy, handle, tenant,
+/// server, identity, tool, request id, failures, last failure, last delay,
+/// total delay), as JSON values.
+pub fn exported_entries(doc: &str) -> Result<Vec<serde_json::Value>> {
+    let doc: serde_json::Value = serde_json::from_str(doc)?;
+    match doc.get("entries") {
+        Some(serde_json::Value::Array(rows)) => Ok(rows.clone()),
+        _ => bail!("no entries list in {doc}"),
+    }
 }

@@ -535,6 +535,13 @@ impl Harness {
         }
     }
 
+    /// `close-policy`: release the policy `policy` now, with its state and
+    /// budgets (nothing when not held).
+    pub fn close_policy(&mut self, policy: u64) -> Result<()> {
+        let api = self.component.contextforge_retry_retry_engine();
+        Ok(api.call_close_policy(&mut self.store, policy)?)
+    }
+
     /// Make `opened` the current policy.
     pub fn select(&mut self, opened: &OpenedPolicy) {
         self.current_id = opened.id;

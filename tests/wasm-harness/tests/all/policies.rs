@@ -1,9 +1,10 @@
-//! Policies (contract 0.5): one instance holds every configuration of the
-//! process as a policy named by a content-derived id; the same stanza,
+//! Policies (contract 0.5, issue 23): one instance holds every configuration
+//! of the process as a policy named by a content-derived id; the same stanza,
 //! configuration and ceiling is the same policy and state, anything else is
 //! apart; an id the instance does not hold is answered and changes nothing; a
-//! policy unused for its `state_ttl_ms` is released; at most 4096 are held;
-//! the gateway's ceiling lowers `max_retries` with warnings.
+//! policy unused for its `state_ttl_ms` is released, and `close-policy`
+//! releases one at once; at most 4096 are held; the gateway's ceiling lowers
+//! `max_retries` with warnings.
 
 use crate::support::*;
 
@@ -153,6 +154,36 @@ fn test_policy_released_after_its_ttl_unused_and_reopened_under_its_id() -> Resu
     ensure!(h.configure_ok(config)?.id == id);
     assert_retry(h.decide("t", "r", FAIL)?, 200, 1)?;
     Ok(())
+}
+
+#[test]
+fn test_close_policy_releases_it_with_its_state_and_budgets() -> Result<()> {
+    // For a configuration the host refuses after opening it: gone at once,
+    // whatever its TTL; other policies untouched; an id not held: nothing.
+    let config =
+        r#"{"jitter":false,"max_retries":1,"retry_budget_min_per_sec":0,"retry_budget_percent":1}"#;
+    let mut h = Harness::new()?;
+    let other = h.open_policy_ok("other", CONFIG, None)?.id;
+    let other_handle = h.decide_key_in(other, &Key::new("t", "r"), FAIL)?.handle;
+    let id = h.configure_ok(config)?.id;
+    let mut handle = 0;
+    for k in 0..10 {
+        handle = h.decide("t", &k.to_string(), FAIL)?.handle;
+    }
+    ensure!(h.decide("t", "spent", FAIL)?.reason == reason::BUDGET);
+    h.close_policy(id)?;
+    ensure!(h.policy_count()? == 1 && h.state_count()? == 1);
+    ensure!(h.decide("t", "0", FAIL)?.raw == Decision::UNKNOWN_POLICY);
+    ensure!(h.decide_held_raw(handle, FAIL.pack())? == Decision::UNKNOWN_HANDLE);
+    ensure!(h.tool_policy_in(id, "t")?.is_none());
+    // Opened again: a fresh policy, its bucket full again.
+    ensure!(h.configure_ok(config)?.id == id);
+    assert_retry(h.decide("t", "0", FAIL)?, 200, 1)?;
+    for id in [id ^ 1, 0] {
+        h.close_policy(id)?;
+    }
+    ensure!(h.policy_count()? == 2);
+    assert_retry(h.decide_held(other_handle, FAIL)?, 400, 2)
 }
 
 #[test]

@@ -649,6 +649,8 @@ def test_fresh_instance_holds_no_policy() -> None:
     assert ok(call("state-count", "none")) == "0"
     assert ok(call("policy-count")) == "0"
     assert ok(call("evict-expired")) == "0"
+    assert ok(call("close-policy", "1")) == "()"
+    assert ok(call("init", "5", str(64 << 20))) == "()"
     assert ok(call("export-state")) == wave_str('{"format":3,"policies":[],"entries":[],"budgets":[]}')
 
 

@@ -203,7 +203,7 @@ fn test_tool_len_counts_unicode_scalars_not_bytes() -> Result<()> {
     )?;
     assert_retry(h.decide("🦀x", "r", Signals::ERROR)?, 40, 1)?;
     assert_retry(h.decide("🦀", "xr", Signals::ERROR)?, 10, 1)?;
-    // Where the byte offset tool-len lands on a char boundary too: "éa" is two
+    // Where the tool length as a byte offset lands on a char boundary too: "éa" is two
     // scalars but "é" is two bytes, so a byte split would give ("é", "abc").
     let mut h = no_jitter(json!({
         "backoff_base_ms": 10,

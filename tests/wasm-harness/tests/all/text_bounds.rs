@@ -46,10 +46,10 @@ fn victim_kept_its_count(h: &mut Harness) -> Result<()> {
 }
 
 fn decide_texts(h: &mut Harness, rid: &str, texts: &[String]) -> Result<Decision> {
-    let (key, tool_len) = harness::key(TOOL, rid);
+    let (key, parts) = harness::key(TOOL, rid);
     Ok(Decision::unpack(h.decide_text_raw(
         &key,
-        tool_len,
+        parts,
         Signals::OK.pack(),
         texts,
     )?))

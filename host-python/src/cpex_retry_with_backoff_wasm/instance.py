@@ -459,6 +459,7 @@ class Instance:
     def tool_policy(self, policy: OpenPolicy, tool: str) -> Policy:
         """The effective policy of ``tool`` under ``policy`` (its override merged over the
         global configuration)."""
+
         def call(sandbox: Sandbox) -> Policy | None:
             found = sandbox.tool_policy(policy.id, key_part(tool))
             if found is None and self._reopen(policy):

@@ -223,10 +223,9 @@ def siphash13(data: bytes) -> int:
 
 def policy_id(scope: str, config: str, ceiling: int | None) -> int:
     """The id ``open-policy`` gives, as the contract derives it: over the scope, a 0xff byte, the
-    configuration as canonical JSON (keys sorted, no whitespace), a 0xff byte and the ceiling as 4
-    little-endian bytes (none: no bytes); 0 becomes 1."""
-    canonical = json.dumps(json.loads(config), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    data = scope.encode() + b"\xff" + canonical.encode() + b"\xff"
+    configuration's text as sent, a 0xff byte and the ceiling as 4 little-endian bytes (none: no
+    bytes); 0 becomes 1."""
+    data = scope.encode() + b"\xff" + config.encode() + b"\xff"
     if ceiling is not None:
         data += ceiling.to_bytes(4, "little")
     return siphash13(data) or 1

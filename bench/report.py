@@ -92,10 +92,10 @@ def benches(hook_json: Path) -> list[Bench]:
         Bench(
             "Plugin objects per gateway context",
             "The gateway builds a plugin object per context and rebuilds it every 30 s (issue 16): "
-            "constructing one that attaches to the live engine of its configuration against the "
-            "first one (a new instance), in a warm process; and the process's RSS with 1 and with "
-            "200 team-scoped contexts, each deciding failing results, when the objects share one "
-            "engine and when each has its own (the host before issue 16).",
+            "constructing one whose policy is open already against the first one (a new "
+            "instance), in a warm process; and the process's RSS with 1 and with 50 team-scoped "
+            "contexts, each deciding failing results, when the objects use the process's one "
+            "instance (`shared`) and when each has its own (the host before issue 16).",
             [PY, "bench/bench_contexts.py"],
             ["--runs", "20", "--contexts", "50"],
         ),

@@ -160,6 +160,18 @@ impl Slot {
         (identity, tool, request_id)
     }
 
+    /// The whole key of this slot, in context `c` (its own).
+    fn key_in<'a>(&'a self, c: &'a Context) -> KeyParts<'a> {
+        let (identity, tool, request_id) = self.parts();
+        KeyParts {
+            tenant: &c.tenant,
+            server: &c.server,
+            identity,
+            tool,
+            request_id,
+        }
+    }
+
     fn matches(&self, key: &KeyParts<'_>) -> bool {
         self.identity_len as usize == key.identity.len()
             && self.tool_len as usize == key.tool.len()
@@ -412,15 +424,7 @@ impl StateTable {
             return None;
         }
         let c = self.context(slot.context);
-        let (identity, tool, request_id) = slot.parts();
-        let key = KeyParts {
-            tenant: &c.tenant,
-            server: &c.server,
-            identity,
-            tool,
-            request_id,
-        };
-        Some((i, c.policy, key))
+        Some((i, c.policy, slot.key_in(c)))
     }
 
     /// The key hash stored with slot `i` (a live slot).
@@ -828,15 +832,7 @@ impl StateTable {
                     return None;
                 }
                 let slot = self.slot(i);
-                let (identity, tool, request_id) = slot.parts();
-                let key = KeyParts {
-                    tenant: &ctx.tenant,
-                    server: &ctx.server,
-                    identity,
-                    tool,
-                    request_id,
-                };
-                let item = (i + 1, ctx.policy, key, slot.entry);
+                let item = (i + 1, ctx.policy, slot.key_in(ctx), slot.entry);
                 i = slot.next;
                 Some(item)
             })

@@ -110,7 +110,7 @@ def _read(log: Path) -> tuple[dict[str, Any], list[dict[str, Any]], dict[str, An
 
 
 def _minutes(seconds: float) -> str:
-    return f"{seconds / 60:.1f} min"
+    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.1f} min"
 
 
 def _load(values: list[float]) -> str:
@@ -131,7 +131,7 @@ def _run_table(log: Path) -> tuple[list[str], float]:
     head, steps, tail = _read(log)
     last = max((s["t"] + s["wall"] for s in steps), default=head["t"])
     wall = (tail["t"] if tail else last) - head["t"]
-    cpu = sum(s["cpu"] for s in steps if not s["label"].startswith("lane "))
+    cpu = sum(s["cpu"] for s in steps)
     lines = [
         f"### `{head['run']}`: {_minutes(wall)}",
         "",
@@ -150,9 +150,8 @@ def _run_table(log: Path) -> tuple[list[str], float]:
         )
     lines += [
         "",
-        f"Wall time {_minutes(wall)}; CPU time of its steps {_minutes(cpu)} (steps run side by side "
-        "overlap in wall time; a `lane` row is the sum of the rows it ran, so it is not counted "
-        "again).",
+        f"Wall time {_minutes(wall)}; CPU time of its steps {_minutes(cpu)} (steps that run side by "
+        "side overlap in wall time; `starts at` shows which).",
         "",
     ]
     return lines, wall

@@ -117,13 +117,15 @@ test-lane-cli: ## (part of make test) Install the wasmtime CLI when absent, then
 	+$(TIMED) wasmtime-cli -- $(SUBMAKE) wasmtime-cli
 	+$(TIMED) test-cli -- $(SUBMAKE) test-cli
 
-test-lane-python: ## (part of make test) pytest on every combination, the soak, the wheel, the gateways, ruff and mypy.
+# The gateways come right after the main pytest pass: they spend much of their time in pip and in
+# waiting on servers, which overlaps the Rust lanes' builds (run last, they were the run's tail).
+test-lane-python: ## (part of make test) pytest on every combination, the gateways, the wheel, the soak, ruff and mypy.
 	+$(TIMED) test-python -- $(SUBMAKE) test-python
+	+$(TIMED) test-e2e -- $(SUBMAKE) test-e2e
+	+$(TIMED) test-dist -- $(SUBMAKE) test-dist
 	+$(TIMED) test-python-cpex013 -- $(SUBMAKE) test-python-cpex013
 	+$(TIMED) test-python-versions -- $(SUBMAKE) test-python-versions
 	+$(TIMED) soak-smoke -- $(SUBMAKE) soak-smoke
-	+$(TIMED) test-dist -- $(SUBMAKE) test-dist
-	+$(TIMED) test-e2e -- $(SUBMAKE) test-e2e
 	+$(TIMED) ruff+mypy -- $(SUBMAKE) ruff mypy
 
 # `make check`: the inner loop on a warm tree, two lanes side by side.

@@ -49,7 +49,7 @@ def find_wasmtime() -> str:
         exe = str(cargo_bin) if cargo_bin.is_file() else None
     if exe is None:
         pytest.fail(
-            "no wasmtime CLI: `make cli-test` installs it "
+            "no wasmtime CLI: `make test-cli` installs it "
             f"(cargo install --locked wasmtime-cli@{PINNED_VERSION})",
             pytrace=False,
         )

@@ -37,7 +37,7 @@ from typing import Any
 
 from .ceiling import Ceiling
 from .handles import HeldKeys, Key
-from .keys import context_part, key_part, user_identity_part, wire_key
+from .keys import KEY_PART_MAX_CHARS, context_part, key_part, user_identity_part, wire_key
 from .model import MESSAGE_PREFIX, ConfigError, ConfigurationError, Opened, Policy, RetryEngineLoadError
 from .sandbox import Clock, Sandbox, Seed, describe_fault
 from .settings import HostSettings, check_sha256
@@ -272,7 +272,7 @@ class Instance:
         return True
 
     # ------------------------------------------------------------------ hot path
-    def decide(
+    def decide(  # noqa: PLR0915 - the hot path, written out: every call saved shows per result
         self, policy: OpenPolicy, tool: Any, global_context: Any, result: Any, context: Any = None
     ) -> int:
         """One decision for ``result`` of ``tool`` in ``global_context``, under ``policy``: the
@@ -288,14 +288,41 @@ class Instance:
         request_id = global_context.request_id
         if type(request_id) is not str:
             request_id = _require_str(request_id, "global_context.request_id")
-        tenant, server = _context_of(global_context)
+        signals = read_signals(result)
+        # A plain success, where the engine said it changes nothing for a key without state
+        # (WIT `stateless-successes`), of a key the engine did not say holds state, is answered
+        # here: at once when the engine said no key holds state (the table is empty).
+        handles = self._held.handles
+        if not signals and policy.stateless and not handles:
+            return 0
+        # The key, written out: the gateway context's tenant and server as key parts (None, the
+        # common case, is no context; a short ASCII str crosses as itself: ``context_part``).
+        try:
+            tenant, server = global_context.tenant_id, global_context.server_id
+        except Exception:
+            tenant, server = _context_of(global_context)
+        if tenant is None:
+            tenant = ""
+        elif (
+            type(tenant) is not str
+            or len(tenant) > KEY_PART_MAX_CHARS
+            or not tenant.isascii()
+            or tenant[:1] == "#"
+        ):
+            tenant = context_part(tenant)
+        if server is None:
+            server = ""
+        elif (
+            type(server) is not str
+            or len(server) > KEY_PART_MAX_CHARS
+            or not server.isascii()
+            or server[:1] == "#"
+        ):
+            server = context_part(server)
         identity = user_identity_part(_attribute(global_context, "user")) if policy.user_scope else ""
         key: Key = (policy.id, tenant, server, identity, tool, request_id)
-        signals = read_signals(result)
         if not signals:
-            # A plain success, where the engine said it changes nothing for a key without
-            # state (WIT `stateless-successes`), of a key the engine did not say holds state.
-            if policy.stateless and key not in self._held.handles:
+            if policy.stateless and key not in handles:
                 return 0
         elif policy.reads_hints:
             signals |= self._read_extras(policy, result, context, tool)
@@ -312,8 +339,15 @@ class Instance:
                         decision = lean[1](handle, signals)
                     except Exception as exc:
                         return self._fault("decide-held", exc)
-                    if not decision & NOT_A_DECISION and (decision >> HANDLE_SHIFT) & HANDLE_MASK == handle:
-                        return decision  # still held, under the same handle
+                    if not decision & NOT_A_DECISION:
+                        if (decision >> HANDLE_SHIFT) & HANDLE_MASK == handle:
+                            return decision  # still held, under the same handle
+                        # The decision cleared the key (`HeldKeys.note`, written out: the most
+                        # frequent change).
+                        del held.handles[key]
+                        if held.keys.get(handle) == key:
+                            del held.keys[handle]
+                        return decision
                 if decision & UNKNOWN_HANDLE:
                     decision = self._decide_by_key(lean[0], policy, key, signals)
                 if not decision & NOT_A_DECISION:

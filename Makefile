@@ -59,8 +59,10 @@ $(FAULTY_WASM): $(GUEST_SOURCES)
 wasm-faulty: $(FAULTY_WASM) ## The fault-injection build to target/wasm/retry_engine_faulty.wasm.
 
 # Not a target: a guard against accidental bloat (a std build, a debug build, a stray dependency).
-WASM_SIZE_LIMIT := 262144
-size: wasm ## Print the size of the release .wasm; fail above WASM_SIZE_LIMIT (256 KiB).
+# Raised from 256 KiB with contract 0.5 (issue 23), whose engine holds every policy of a process,
+# its contexts and a streaming snapshot reader: ~269 KB then, so a stray dependency still trips it.
+WASM_SIZE_LIMIT := 294912
+size: wasm ## Print the size of the release .wasm; fail above WASM_SIZE_LIMIT (288 KiB).
 	@size=$$(stat -c %s $(WASM)); echo "retry_engine.wasm: $$size bytes (limit $(WASM_SIZE_LIMIT))"; \
 	test $$size -le $(WASM_SIZE_LIMIT) || { echo "the release component grew past $(WASM_SIZE_LIMIT) bytes" >&2; exit 1; }
 

@@ -449,7 +449,7 @@ async def test_unique_request_ids_stay_within_the_bound_oldest_first() -> None:
         {
             "jitter": False,
             "max_state_entries": cap,
-            "wasm_max_memory_bytes": 8 * MIB,
+            "wasm_max_memory_bytes": 16 * MIB,
             "wasm_fuel": DEFAULT_FUEL,
         }
     )

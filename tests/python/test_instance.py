@@ -435,7 +435,7 @@ def test_state_stays_within_a_small_memory_cap() -> None:
     """Unique request ids under a 2 MiB cap: the engine's byte budget (a quarter of a cap too
     small for its 4 MiB reserve) drops the oldest entries before memory runs out; no fault."""
     policy = open_policy(
-        {"jitter": False, "wasm_max_memory_bytes": 2 * 1024 * 1024, "max_state_entries": 3000}
+        {"jitter": False, "wasm_max_memory_bytes": 2 * 1024 * 1024, "max_state_entries": 800}
     )
     long_rid = "x" * (KEY_PART_MAX_CHARS - 8)
     delays = [decision_delay_ms(decide(policy, "t", f"{i:08d}{long_rid}", err())) for i in range(4000)]
@@ -478,14 +478,14 @@ def test_state_growth_never_exhausts_the_call_fuel() -> None:
     """Regression: with an open-addressing map, growing past ~100 000 live entries rehashed
     the whole table inside one `decide` and burnt its 10 M fuel (the call trapped and the
     instance lost its state).  The index grows one bucket at a time."""
-    policy = open_policy({"max_state_entries": 120_000}, clock=lambda: 0, seed=(1, 2))
+    policy = open_policy({"max_state_entries": 100_000}, clock=lambda: 0, seed=(1, 2))
     instance = policy.instance
-    for i in range(150_000):
+    for i in range(130_000):
         decide(policy, "tool", f"req-{i}", {"isError": True})
     assert instance.fault_count == 0
-    assert policy.state_count() == 120_000
+    assert policy.state_count() == 100_000
     # Each key dropped at the bound gave its handle to the next new key: the host forgot it.
-    assert instance.held_count == 120_000
+    assert instance.held_count == 100_000
 
 
 def test_success_shortcut_skips_only_keys_without_state() -> None:
@@ -535,14 +535,14 @@ def test_a_bound_the_memory_cap_cannot_hold_is_refused_naming_both_keys() -> Non
     (error,) = info.value.errors
     assert error.path == "max_state_entries"
     assert "wasm_max_memory_bytes" in error.message
-    assert "126 MiB" in error.message
-    open_policy({"max_state_entries": 1_000_000, "wasm_max_memory_bytes": 256 * 1024 * 1024})
+    assert "134 MiB" in error.message
+    open_policy({"max_state_entries": 1_000_000, "wasm_max_memory_bytes": 600 * 1024 * 1024})
 
 
 def test_the_largest_bound_accepted_under_the_default_cap_holds_gateway_sized_keys() -> None:
     """The estimate behind the check above is not optimistic: fill a context to the largest
     bound the default 64 MiB cap accepts, with keys as long as the gateway's, without a fault."""
-    entries = 476_625
+    entries = 112_347
     with pytest.raises(ConfigurationError, match="max_state_entries"):
         open_policy({"max_state_entries": entries + 1})
     policy = open_policy({"max_state_entries": entries})

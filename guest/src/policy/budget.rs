@@ -109,13 +109,40 @@ impl Owner {
 }
 
 /// The buckets of every (policy, context, tool, identity) with a budget.
-#[derive(Default)]
 pub struct Budgets {
     /// Sorted by owner (binary search); at most [`MAX_BUDGET_BUCKETS`].
     buckets: Vec<(Owner, Bucket)>,
+    /// Bytes counted for the buckets (their owners' text, their place in the list), and
+    /// their bound: a long identity or tool name is up to 1 KiB of UTF-8 each.
+    bytes: u64,
+    max_bytes: u64,
+}
+
+impl Default for Budgets {
+    fn default() -> Self {
+        Self {
+            buckets: Vec::new(),
+            bytes: 0,
+            max_bytes: u64::MAX,
+        }
+    }
+}
+
+/// Bytes a bucket is counted for besides its owner's text.
+const BUCKET_BYTES: u64 = 2 * core::mem::size_of::<(Owner, Bucket)>() as u64 + 4 * 16;
+
+impl Owner {
+    fn bytes(&self) -> u64 {
+        BUCKET_BYTES + self.parts.iter().map(|p| p.len() as u64).sum::<u64>()
+    }
 }
 
 impl Budgets {
+    /// Bound the bytes the buckets are counted for (see [`Budgets::bucket`]).
+    pub fn set_max_bytes(&mut self, bytes: u64) {
+        self.max_bytes = bytes;
+    }
+
     fn bucket(
         &mut self,
         policy: PolicyId,
@@ -126,29 +153,35 @@ impl Budgets {
         let find = |buckets: &[(Owner, Bucket)]| {
             buckets.binary_search_by(|(owner, _)| owner.order(policy, key))
         };
-        let i = match find(&self.buckets) {
-            Ok(i) => return &mut self.buckets[i].1,
-            Err(i) if self.buckets.len() < MAX_BUDGET_BUCKETS => i,
-            Err(_) => {
-                self.make_room(now_ms);
-                find(&self.buckets).unwrap_err()
-            }
-        };
-        self.buckets
-            .insert(i, (Owner::new(policy, key), Bucket::full(b, now_ms)));
+        if let Ok(i) = find(&self.buckets) {
+            return &mut self.buckets[i].1;
+        }
+        let owner = Owner::new(policy, key);
+        let need = owner.bytes();
+        while !self.buckets.is_empty()
+            && (self.buckets.len() >= MAX_BUDGET_BUCKETS
+                || self.bytes.saturating_add(need) > self.max_bytes)
+        {
+            self.make_room(now_ms);
+        }
+        let i = find(&self.buckets).unwrap_err();
+        self.bytes += need;
+        self.buckets.insert(i, (owner, Bucket::full(b, now_ms)));
         &mut self.buckets[i].1
     }
 
-    /// Room for one more bucket: drop those full again, else the least
-    /// recently used. Linear, but only when the table is at its bound.
+    /// Room for one more bucket: drop one that is full again (losslessly), else the least
+    /// recently used. One at a time: a linear look, only at the bound, and never a mass drop
+    /// (freeing thousands of owners in one call would burn a call's fuel).
     fn make_room(&mut self, now_ms: u64) {
-        self.buckets
-            .retain(|(_, bucket)| !bucket.is_full_at(now_ms));
-        if self.buckets.len() >= MAX_BUDGET_BUCKETS {
-            let oldest = (0..self.buckets.len()).min_by_key(|&i| self.buckets[i].1.last_ms);
-            if let Some(i) = oldest {
-                self.buckets.remove(i);
-            }
+        let victim = self
+            .buckets
+            .iter()
+            .position(|(_, bucket)| bucket.is_full_at(now_ms))
+            .or_else(|| (0..self.buckets.len()).min_by_key(|&i| self.buckets[i].1.last_ms));
+        if let Some(i) = victim {
+            let (owner, _) = self.buckets.remove(i);
+            self.bytes -= owner.bytes();
         }
     }
 
@@ -194,9 +227,14 @@ impl Budgets {
         bucket.milli / MILLI
     }
 
-    /// Forget every bucket of `policy` (released).
+    /// Forget every bucket of `policy` (released): they are together, the buckets being
+    /// ordered by policy first.
     pub fn remove_policy(&mut self, policy: PolicyId) {
-        self.buckets.retain(|(owner, _)| owner.policy != policy);
+        let from = self.buckets.partition_point(|(o, _)| o.policy < policy);
+        let to = self.buckets.partition_point(|(o, _)| o.policy <= policy);
+        for (owner, _) in self.buckets.drain(from..to) {
+            self.bytes -= owner.bytes();
+        }
     }
 
     /// Every bucket as (policy, key with an empty request id, tokens in
@@ -343,11 +381,31 @@ mod tests {
         }
         assert_eq!(bs.len(), MAX_BUDGET_BUCKETS);
         assert!(bs.try_withdraw(0, &k("t", "newcomer"), B, 0));
-        assert_eq!(bs.len(), 2, "the full buckets went, losslessly");
+        assert_eq!(
+            bs.len(),
+            MAX_BUDGET_BUCKETS,
+            "one full bucket went, losslessly"
+        );
         assert!(
             !bs.try_withdraw(0, &k("t", "victim"), B, 0),
             "the victim is still drained"
         );
+    }
+
+    #[test]
+    fn test_budget_bytes_are_bounded() {
+        let mut bs = Budgets::default();
+        bs.set_max_bytes(64 * 1024);
+        let long = "u".repeat(1000);
+        for i in 0..1000 {
+            let identity = alloc::format!("{i}{long}");
+            bs.try_withdraw(0, &k("t", &identity), B, i);
+            assert!(bs.bytes <= bs.max_bytes, "{}", bs.bytes);
+        }
+        assert!(bs.len() < 64, "{}", bs.len());
+        // Releasing a policy gives its bytes back.
+        bs.remove_policy(0);
+        assert_eq!((bs.len(), bs.bytes), (0, 0));
     }
 
     #[test]

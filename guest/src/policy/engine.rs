@@ -23,9 +23,6 @@ pub const RESERVED_BYTES: u64 = 4 << 20;
 pub const TYPICAL_ENTRY_BYTES: u64 = ENTRY_BYTES + 64;
 /// How many policies each open looks at for release.
 const RELEASE_PER_OPEN: usize = 2;
-/// The share of the instance's state budget policies may take (one in this
-/// many): the rest is for retry state.
-const POLICY_SHARE: u64 = 4;
 
 /// No texts (a result decided on its signals alone). Of the type the bindings
 /// pass texts as, so that `decide-held` shares their decision code.
@@ -122,6 +119,8 @@ pub struct Engine {
     state: StateTable,
     budgets: Budgets,
     rng: Rng,
+    /// The bytes policies may be counted for ([`Engine::set_memory_limit`]).
+    policy_bytes_max: u64,
 }
 
 impl Engine {
@@ -134,15 +133,20 @@ impl Engine {
             budgets: Budgets::default(),
             // Jitter must not be derivable from the hash key: mix the halves.
             rng: Rng::with_seed(seed.0.rotate_left(32) ^ seed.1 ^ 0x9e37_79b9_7f4a_7c15),
+            policy_bytes_max: u64::MAX,
         }
     }
 
-    /// Bound everything by the instance's linear-memory cap: retry state and
-    /// policies share what [`RESERVED_BYTES`] leaves of it, and at least a
-    /// quarter of a cap too small for that (the stack alone takes 1 MiB).
+    /// Bound everything by the instance's linear-memory cap. Of what [`RESERVED_BYTES`]
+    /// leaves (at least a quarter of a cap too small for that: the stack alone takes 1 MiB),
+    /// live retry state gets a quarter, policies an eighth and retry budgets a sixteenth. The rest is headroom the state needs besides itself: the
+    /// slab keeps its high-water mark when entries go, and moving the state to another
+    /// instance writes all of it out as one document (`export-state`).
     pub fn set_memory_limit(&mut self, bytes: u64) {
-        self.state
-            .set_budget(bytes.saturating_sub(RESERVED_BYTES).max(bytes / 4));
+        let usable = bytes.saturating_sub(RESERVED_BYTES).max(bytes / 4);
+        self.state.set_budget(usable / 4);
+        self.budgets.set_max_bytes(usable / 16);
+        self.policy_bytes_max = usable / 8;
     }
 
     /// Open the policy of `config` (JSON text; `null`: the defaults) for the
@@ -174,14 +178,15 @@ impl Engine {
             Lookup::Vacant(id) => id,
         };
         let (parsed, warnings) = Config::from_value_capped(&parse_json(config)?, ceiling)?;
-        self.check_fits(&parsed, config.len())?;
-        // A few in turn each time, all of them at the bound: unused policies go at the pace
-        // new ones come, without a scan of every policy per open.
+        // A few in turn each time, all of them at a bound: unused policies go at the pace new
+        // ones come, without a scan of every policy per open (releasing one costs its own
+        // state only).
         let unused = self.policies.some_unused(now_ms, RELEASE_PER_OPEN);
         self.release(&unused);
-        if self.policies.len() >= MAX_POLICIES {
+        if self.policies.len() >= MAX_POLICIES || self.check_fits(&parsed, config.len()).is_err() {
             self.release_unused(now_ms);
         }
+        self.check_fits(&parsed, config.len())?;
         if self.policies.len() >= MAX_POLICIES {
             return Err(document_error(&alloc::format!(
                 "this instance holds {MAX_POLICIES} configurations in use, its bound: \
@@ -206,6 +211,7 @@ impl Engine {
         if budget == u64::MAX {
             return Ok(());
         }
+        let share = self.policy_bytes_max;
         let mib = |b: u64| b.div_ceil(1 << 20);
         let entries = u64::from(config.max_state_entries());
         let need = entries.saturating_mul(TYPICAL_ENTRY_BYTES);
@@ -221,12 +227,11 @@ impl Engine {
                 ),
             }]);
         }
-        let share = budget / POLICY_SHARE;
-        if self.policies.bytes() + 1024 + 4 * text_len as u64 > share {
+        if self.policies.bytes() + Registry::bytes_of(text_len) > share {
             return Err(document_error(&alloc::format!(
-                "the configurations held would take more than a quarter of the instance's \
-                 memory for retry state ({} MiB): raise wasm_max_memory_bytes",
-                mib(budget)
+                "the configurations held would take more than the instance's memory cap leaves \
+                 for them ({} MiB): raise wasm_max_memory_bytes",
+                mib(share)
             )));
         }
         Ok(())

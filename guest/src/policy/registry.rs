@@ -72,14 +72,15 @@ impl Registered {
         expired(self.last_used_ms, now_ms, self.config.state_ttl_ms())
     }
 
-    /// Bytes it is counted for (its configuration, parsed and canonical).
+    /// Bytes it is counted for (its configuration, parsed and as text).
     pub fn bytes(&self) -> u64 {
-        POLICY_BYTES + 4 * self.canonical.len() as u64
+        Registry::bytes_of(self.canonical.len())
     }
 }
 
-/// Bytes a policy is counted for besides its configuration's text.
-const POLICY_BYTES: u64 = 1024;
+/// Bytes a policy is counted for besides its configuration's text (its record, its parsed
+/// global policy and a few overrides' worth of the allocator's rounding).
+const POLICY_BYTES: u64 = 1536;
 
 /// What [`Registry::lookup`] found for a content.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -107,6 +108,12 @@ pub struct Registry {
 }
 
 impl Registry {
+    /// Bytes a policy whose configuration is `text_len` bytes of text is counted for: the text,
+    /// and its parsed form at up to three times its size.
+    pub fn bytes_of(text_len: usize) -> u64 {
+        POLICY_BYTES + 4 * text_len as u64
+    }
+
     /// The slot of the policy `id` names, if held.
     pub fn find(&self, id: PolicyId) -> Option<u32> {
         let at = self.by_id.binary_search_by_key(&id, |&(id, _)| id).ok()?;

@@ -26,7 +26,8 @@ use alloc::format;
 use alloc::string::{String, ToString};
 use alloc::vec::Vec;
 
-use serde::ser::{Serialize, Serializer};
+use serde::de;
+use serde::Serialize;
 use serde_json::Value;
 
 use super::budget::RetryBudget;
@@ -41,25 +42,92 @@ pub const FORMAT: u64 = 3;
 
 /// Serialize the policies, live (unexpired) entries and budgets of `engine`
 /// at `now_ms`.
+///
+/// Written row by row into a buffer reserved for about the document's size: serde_json
+/// writing the whole document would grow its buffer by doubling, which takes up to three
+/// times the document's size at its last step, on top of the state it describes.
 pub fn export(engine: &Engine, now_ms: u64) -> String {
-    let document = Document {
-        format: FORMAT,
-        policies: Policies(engine),
-        entries: LiveEntries { engine, now_ms },
-        budgets: BudgetRows(engine),
-    };
-    serde_json::to_string(&document).expect("a snapshot holds only strings, numbers and JSON")
+    let policies = engine.policies();
+    let state = engine.state();
+    let mut out = String::with_capacity(estimated_len(engine));
+    out.push_str("{\"format\":");
+    out.push_str(&serde_json::to_string(&FORMAT).expect("a number"));
+    out.push_str(",\"policies\":");
+    push_rows(
+        &mut out,
+        policies.iter().map(|(_, p)| PolicyRow {
+            id: p.id,
+            scope: &p.scope,
+            ceiling: p.ceiling,
+            config: &p.canonical,
+            last_used_ms: p.last_used_ms,
+        }),
+    );
+    out.push_str(",\"entries\":");
+    // Policy by policy in id order, so that the document depends only on the content, not on
+    // the order policies were opened in.
+    let live = policies
+        .iter()
+        .flat_map(|(_, p)| state.iter_policy(p.id))
+        .filter(|&(handle, _, _, entry)| {
+            let ttl_ms = state.limits_of(handle - 1).ttl_ms;
+            !expired(entry.last_failure_ms, now_ms, ttl_ms)
+        })
+        .map(|(handle, id, k, e)| {
+            let key = (k.tenant, k.server, k.identity, k.tool, k.request_id);
+            let entry = (
+                e.failures,
+                e.last_failure_ms,
+                e.last_delay_ms,
+                e.total_delay_ms,
+            );
+            (id, handle, key, entry)
+        })
+        .map(|(id, handle, (t, s, i, tool, r), (f, at, last, total))| {
+            (id, handle, t, s, i, tool, r, f, at, last, total)
+        });
+    push_rows(&mut out, live);
+    out.push_str(",\"budgets\":");
+    // In id order, as the entries: the buckets' own order.
+    push_rows(
+        &mut out,
+        engine.budgets().iter().map(|(id, k, milli, last_ms)| {
+            (id, k.tenant, k.server, k.tool, k.identity, milli, last_ms)
+        }),
+    );
+    out.push('}');
+    out
 }
 
-#[derive(serde::Serialize)]
-struct Document<'a> {
-    format: u64,
-    policies: Policies<'a>,
-    entries: LiveEntries<'a>,
-    budgets: BudgetRows<'a>,
+/// `rows` as a JSON list, appended to `out`.
+fn push_rows<T: Serialize>(out: &mut String, rows: impl Iterator<Item = T>) {
+    out.push('[');
+    for (i, row) in rows.enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        out.push_str(
+            &serde_json::to_string(&row).expect("a snapshot row holds strings and numbers"),
+        );
+    }
+    out.push(']');
 }
 
-struct Policies<'a>(&'a Engine);
+/// About the length of `engine`'s document: each row's numbers and punctuation, and its text.
+fn estimated_len(engine: &Engine) -> usize {
+    let text = |parts: &[&str]| parts.iter().map(|s| s.len()).sum::<usize>();
+    let policies: usize = engine
+        .policies()
+        .iter()
+        .map(|(_, p)| 160 + text(&[&p.scope, &p.canonical, &p.canonical]))
+        .sum();
+    let entries: usize = engine
+        .state()
+        .iter()
+        .map(|(_, _, k, _)| 128 + text(&[k.tenant, k.server, k.identity, k.tool, k.request_id]))
+        .sum();
+    64 + policies + entries + engine.budgets().len() * 1200
+}
 
 #[derive(serde::Serialize)]
 struct PolicyRow<'a> {
@@ -68,69 +136,6 @@ struct PolicyRow<'a> {
     ceiling: Option<u32>,
     config: &'a str,
     last_used_ms: u64,
-}
-
-impl Serialize for Policies<'_> {
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.collect_seq(self.0.policies().iter().map(|(_, p)| PolicyRow {
-            id: p.id,
-            scope: &p.scope,
-            ceiling: p.ceiling,
-            config: &p.canonical,
-            last_used_ms: p.last_used_ms,
-        }))
-    }
-}
-
-/// The live entries as rows, written as they are read (no list of rows is
-/// built: a snapshot of a full state would double its memory).
-struct LiveEntries<'a> {
-    engine: &'a Engine,
-    now_ms: u64,
-}
-
-impl Serialize for LiveEntries<'_> {
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let policies = self.engine.policies();
-        let state = self.engine.state();
-        // Policy by policy in id order, so that the document depends only on
-        // the content, not on the order policies were opened in.
-        let rows = policies
-            .iter()
-            .flat_map(|(_, p)| state.iter_policy(p.id))
-            .filter(|&(handle, _, _, entry)| {
-                let ttl_ms = state.limits_of(handle - 1).ttl_ms;
-                !expired(entry.last_failure_ms, self.now_ms, ttl_ms)
-            })
-            .map(|(handle, id, k, e)| {
-                (
-                    id,
-                    handle,
-                    [k.tenant, k.server, k.identity, k.tool, k.request_id],
-                    e.failures,
-                    e.last_failure_ms,
-                    e.last_delay_ms,
-                    e.total_delay_ms,
-                )
-            })
-            .map(
-                |(id, handle, [t, s, i, tool, r], failures, at, last, total)| {
-                    (id, handle, t, s, i, tool, r, failures, at, last, total)
-                },
-            );
-        serializer.collect_seq(rows)
-    }
-}
-
-struct BudgetRows<'a>(&'a Engine);
-
-impl Serialize for BudgetRows<'_> {
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        // In id order, as the entries: the buckets' own order.
-        serializer.collect_seq(self.0.budgets().iter().map(|(id, k, milli, last_ms)| {
-            (id, k.tenant, k.server, k.tool, k.identity, milli, last_ms)
-        }))
-    }
 }
 
 /// One entry row, read.
@@ -152,112 +157,215 @@ struct BudgetRow<'a> {
 /// Restore a format-3 document into `engine`, which must hold no policy, at
 /// `now_ms`; returns how many entries were imported (expired ones are left
 /// out). All or nothing: on any error the engine is left empty.
+///
+/// Read as it is parsed, row by row, never as one JSON tree: a tree of the
+/// whole state would take several times the document's size, and the document
+/// is as large as the state itself. So `"format"` must come before the lists,
+/// and `"policies"` before `"entries"` and `"budgets"` (as `export` writes them).
 pub fn import(engine: &mut Engine, text: &str, now_ms: u64) -> Result<u32, String> {
     if engine.policy_count() > 0 || engine.state_count() > 0 {
         return Err(String::from(
             "state can only be imported into an instance that holds no policy",
         ));
     }
-    let doc: Value =
-        serde_json::from_str(text).map_err(|e| format!("state is not valid JSON: {e}"))?;
-    let format = doc.get("format").and_then(Value::as_u64);
-    if format != Some(FORMAT) {
-        let found = match (doc.get("format"), format) {
-            (None, _) => String::from("(missing)"),
-            (Some(_), Some(n)) => format!("{n}"),
-            (Some(_), None) => String::from("(not an integer)"),
-        };
-        return Err(format!(
-            "state format {found} is not supported (this engine reads format {FORMAT})"
-        ));
-    }
-    let list = |name: &str| match doc.get(name) {
-        Some(Value::Array(items)) => Ok(items),
-        _ => Err(format!("state has no \"{name}\" list")),
+    let mut reader = Reader {
+        engine,
+        now_ms,
+        format: None,
+        lists: [false; 3],
+        imported: 0,
+        problem: None,
     };
-    // Read every row before importing any.
-    let mut policies = Vec::new();
-    for (i, row) in list("policies")?.iter().enumerate() {
-        policies.push(read_policy(row).map_err(|why| format!("policies[{i}] {why}"))?);
-    }
-    if policies.len() > MAX_POLICIES {
-        return Err(format!("state holds more than {MAX_POLICIES} policies"));
-    }
-    let mut entries = Vec::new();
-    for (i, row) in list("entries")?.iter().enumerate() {
-        entries.push(read_entry(row).ok_or_else(|| {
-            format!(
-                "entries[{i}] is not [policy, handle, tenant, server, identity, tool, \
-                 request_id, failures, last_failure_ms, last_delay_ms, total_delay_ms]"
-            )
-        })?);
-    }
-    let mut budgets = Vec::new();
-    for (i, row) in list("budgets")?.iter().enumerate() {
-        budgets.push(read_budget(row).ok_or_else(|| {
-            format!(
-                "budgets[{i}] is not [policy, tenant, server, tool, identity, milli_tokens, \
-                 last_ms]"
-            )
-        })?);
-    }
-    let result = restore(engine, policies, &entries, &budgets, now_ms);
+    let mut de = serde_json::Deserializer::from_str(text);
+    let parsed = de::Deserializer::deserialize_map(&mut de, &mut reader).and_then(|()| de.end());
+    let result = match (parsed, reader.problem.take()) {
+        (_, Some(problem)) => Err(problem),
+        (Err(e), None) => Err(format!("state is not valid JSON: {e}")),
+        (Ok(()), None) => match reader.lists.iter().position(|&seen| !seen) {
+            Some(missing) => Err(format!("state has no \"{}\" list", LISTS[missing])),
+            None => {
+                reader.engine.parts_mut().1.finish_restore();
+                Ok(reader.imported)
+            }
+        },
+    };
     if result.is_err() {
-        engine.clear();
+        reader.engine.clear();
     }
     result
 }
 
-fn restore(
-    engine: &mut Engine,
-    policies: Vec<Registered>,
-    entries: &[EntryRow<'_>],
-    budgets: &[BudgetRow<'_>],
+/// The lists of a document, in the order they must come.
+const LISTS: [&str; 3] = ["policies", "entries", "budgets"];
+
+/// Restores a document as serde reads it. A problem of the content (not of the JSON) is
+/// kept in `problem`, which the error serde then reports only carries.
+struct Reader<'e> {
+    engine: &'e mut Engine,
     now_ms: u64,
-) -> Result<u32, String> {
-    let (registry, state, buckets) = engine.parts_mut();
-    for policy in policies {
-        if registry.find(policy.id).is_some() {
-            return Err(format!("policy {} is listed twice", policy.id));
-        }
-        registry.insert(policy);
+    format: Option<u64>,
+    lists: [bool; 3],
+    imported: u32,
+    problem: Option<String>,
+}
+
+impl Reader<'_> {
+    /// Stop reading with `problem`.
+    fn fail<E: de::Error>(&mut self, problem: String) -> E {
+        let error = E::custom(&problem);
+        self.problem = Some(problem);
+        error
     }
-    let mut imported = 0u32;
-    for (i, row) in entries.iter().enumerate() {
-        let ix = registry
-            .find(row.policy)
-            .ok_or_else(|| format!("entries[{i}] names policy {}, not listed", row.policy))?;
-        let config = &registry.get(ix).config;
-        let limits = Limits {
-            ttl_ms: config.state_ttl_ms(),
-            max_entries: config.max_state_entries(),
-        };
-        if row.entry.failures == 0 || expired(row.entry.last_failure_ms, now_ms, limits.ttl_ms) {
-            continue;
+
+    /// Restore the `i`-th row of list `list` (one JSON value: a row is small).
+    fn row(&mut self, list: usize, i: usize, row: &Value) -> Result<(), String> {
+        let (registry, state, buckets) = self.engine.parts_mut();
+        match list {
+            0 => {
+                if i >= MAX_POLICIES {
+                    return Err(format!("state holds more than {MAX_POLICIES} policies"));
+                }
+                let policy = read_policy(row).map_err(|why| format!("policies[{i}] {why}"))?;
+                if registry.find(policy.id).is_some() {
+                    return Err(format!("policy {} is listed twice", policy.id));
+                }
+                registry.insert(policy);
+            }
+            1 => {
+                let row = read_entry(row).ok_or_else(|| {
+                    format!(
+                        "entries[{i}] is not [policy, handle, tenant, server, identity, tool, \
+                         request_id, failures, last_failure_ms, last_delay_ms, total_delay_ms]"
+                    )
+                })?;
+                let ix = registry.find(row.policy).ok_or_else(|| {
+                    format!("entries[{i}] names policy {}, not listed", row.policy)
+                })?;
+                let config = &registry.get(ix).config;
+                let limits = Limits {
+                    ttl_ms: config.state_ttl_ms(),
+                    max_entries: config.max_state_entries(),
+                };
+                let stale = expired(row.entry.last_failure_ms, self.now_ms, limits.ttl_ms);
+                if row.entry.failures == 0 || stale {
+                    return Ok(());
+                }
+                if !state.restore(row.handle, row.policy, &row.key, row.entry, limits) {
+                    return Err(format!(
+                        "entries[{i}]: handle {} is out of range or taken, or its key is listed twice",
+                        row.handle
+                    ));
+                }
+                self.imported += 1;
+            }
+            _ => {
+                let row = read_budget(row).ok_or_else(|| {
+                    format!(
+                        "budgets[{i}] is not [policy, tenant, server, tool, identity, \
+                         milli_tokens, last_ms]"
+                    )
+                })?;
+                let ix = registry.find(row.policy).ok_or_else(|| {
+                    format!("budgets[{i}] names policy {}, not listed", row.policy)
+                })?;
+                let budget: Option<RetryBudget> = registry
+                    .get(ix)
+                    .config
+                    .policy_for(row.key.tool)
+                    .retry_budget();
+                if let Some(b) = budget {
+                    buckets.restore(row.policy, &row.key, b, row.milli, row.last_ms);
+                }
+            }
         }
-        if !state.restore(row.handle, row.policy, &row.key, row.entry, limits) {
-            return Err(format!(
-                "entries[{i}]: handle {} is out of range or taken, or its key is listed twice",
-                row.handle
-            ));
-        }
-        imported += 1;
+        Ok(())
     }
-    state.finish_restore();
-    for (i, row) in budgets.iter().enumerate() {
-        let ix = registry
-            .find(row.policy)
-            .ok_or_else(|| format!("budgets[{i}] names policy {}, not listed", row.policy))?;
-        let budget: Option<RetryBudget> = registry
-            .get(ix)
-            .config
-            .policy_for(row.key.tool)
-            .retry_budget();
-        if let Some(b) = budget {
-            buckets.restore(row.policy, &row.key, b, row.milli, row.last_ms);
-        }
+}
+
+impl<'de> de::Visitor<'de> for &mut Reader<'_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str("a state document (a JSON object)")
     }
-    Ok(imported)
+
+    fn visit_map<A: de::MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        while let Some(name) = map.next_key::<alloc::borrow::Cow<'de, str>>()? {
+            if name == "format" {
+                let format: Value = map.next_value()?;
+                self.format = format.as_u64();
+                if self.format != Some(FORMAT) {
+                    let found = match format.as_u64() {
+                        Some(n) => format!("{n}"),
+                        None => String::from("(not an integer)"),
+                    };
+                    return Err(self.fail(format!(
+                        "state format {found} is not supported (this engine reads format {FORMAT})"
+                    )));
+                }
+                continue;
+            }
+            let Some(list) = LISTS.iter().position(|l| *l == name) else {
+                map.next_value::<de::IgnoredAny>()?;
+                continue;
+            };
+            if self.format.is_none() {
+                return Err(self.fail(format!(
+                    "state format (missing) is not supported (this engine reads format {FORMAT}; \
+                     \"format\" comes first)"
+                )));
+            }
+            if list > 0 && !self.lists[0] {
+                return Err(self.fail(format!(
+                    "state has no \"policies\" list before \"{name}\" (it comes first)"
+                )));
+            }
+            if self.lists[list] {
+                return Err(self.fail(format!("\"{name}\" is listed twice")));
+            }
+            self.lists[list] = true;
+            map.next_value_seed(Rows { reader: self, list })?;
+        }
+        if self.format.is_none() {
+            return Err(self.fail(format!(
+                "state format (missing) is not supported (this engine reads format {FORMAT})"
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// One list of a document, restored row by row.
+struct Rows<'r, 'e> {
+    reader: &'r mut Reader<'e>,
+    list: usize,
+}
+
+impl<'de> de::DeserializeSeed<'de> for Rows<'_, '_> {
+    type Value = ();
+
+    fn deserialize<D: de::Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
+        deserializer.deserialize_seq(self)
+    }
+}
+
+impl<'de> de::Visitor<'de> for Rows<'_, '_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(f, "the \"{}\" list", LISTS[self.list])
+    }
+
+    fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        let mut i = 0;
+        while let Some(row) = seq.next_element::<Value>()? {
+            if let Err(problem) = self.reader.row(self.list, i, &row) {
+                return Err(self.reader.fail(problem));
+            }
+            i += 1;
+        }
+        Ok(())
+    }
 }
 
 /// A policy row: its id must be its content's.

@@ -55,15 +55,20 @@ const CHUNK: usize = 1 << CHUNK_BITS;
 /// Buckets per segment of the index, and the buckets of an empty index.
 const SEGMENT_BITS: u32 = 10;
 const SEGMENT: usize = 1 << SEGMENT_BITS;
+/// How many contexts one eviction at the instance's bound looks at for one holding a fair
+/// share, at most.
+const VICTIM_LOOK: usize = 64;
 /// How many expired entries one call may sweep off each of two contexts.
 /// Bounds the latency of a single call after a burst expires together; the
 /// backlog drains over the following calls (each adds at most one entry).
 pub const SWEEP_PER_CALL: usize = 8;
 /// Bytes an entry is counted for besides its key: its slot, its share of the
-/// index and the key's allocation.
-pub const ENTRY_BYTES: u64 = core::mem::size_of::<Slot>() as u64 + 12;
-/// Bytes a context is counted for besides its tenant and server.
-pub const CONTEXT_BYTES: u64 = core::mem::size_of::<Context>() as u64 + 24;
+/// index, and the key's allocation (the allocator's header and rounding).
+pub const ENTRY_BYTES: u64 = core::mem::size_of::<Slot>() as u64 + 4 + 16;
+/// Bytes a context is counted for besides its tenant and server: its place in
+/// the contexts and their order (twice, as those lists grow by doubling) and
+/// its two strings' allocations.
+pub const CONTEXT_BYTES: u64 = 2 * (core::mem::size_of::<Option<Context>>() as u64 + 4) + 32;
 /// Contexts holding no entry are kept (a context whose keys keep clearing is not made
 /// again for every new key) until there are more of them than this beyond those holding
 /// entries; then all of them go.
@@ -273,8 +278,9 @@ pub struct StateTable {
     empty: u32,
     /// The next context the sweep looks at.
     cursor: u32,
-    /// The context last found holding the most entries.
+    /// The context last found holding a fair share, and where the next look starts.
     largest: u32,
+    victim_cursor: usize,
 }
 
 impl StateTable {
@@ -299,6 +305,7 @@ impl StateTable {
             empty: 0,
             cursor: 0,
             largest: NIL,
+            victim_cursor: 0,
         }
     }
 
@@ -678,14 +685,33 @@ impl StateTable {
             return None;
         }
         let fair = self.len.div_ceil(live);
+        let holds_a_share = |c: &Context| c.len > 0 && c.len >= fair;
         let cached = self
             .contexts
             .get(self.largest as usize)
             .and_then(Option::as_ref)
-            .is_some_and(|c| c.len > 0 && c.len >= fair);
-        if !cached {
-            self.largest = *self.sorted.iter().max_by_key(|&&c| self.context(c).len)?;
+            .is_some_and(holds_a_share);
+        if cached {
+            return Some(self.largest);
         }
+        // A bounded look, on from where the last one stopped: the first context holding a fair
+        // share, else the largest seen. One exists (not all can be below the average), and a
+        // flood's context, once found, is kept above; a call never scans every context.
+        let n = self.sorted.len();
+        let mut best: Option<u32> = None;
+        for _ in 0..n.min(VICTIM_LOOK) {
+            self.victim_cursor = (self.victim_cursor + 1) % n;
+            let c = self.sorted[self.victim_cursor];
+            let ctx = self.context(c);
+            if holds_a_share(ctx) {
+                best = Some(c);
+                break;
+            }
+            if ctx.len > best.map_or(0, |b| self.context(b).len) {
+                best = Some(c);
+            }
+        }
+        self.largest = best?;
         Some(self.largest)
     }
 
@@ -779,16 +805,15 @@ impl StateTable {
     }
 
     /// Remove every entry of `policy`; returns how many went. A cold path.
+    /// Work proportional to the policy's own entries (its contexts are found by
+    /// binary search): releasing many policies at once stays within a cold call's fuel.
     pub fn remove_policy(&mut self, policy: PolicyId) -> usize {
+        let (from, to) = self.policy_range(policy);
+        let contexts: Vec<u32> = self.sorted[from..to].to_vec();
         let mut removed = 0;
-        for c in 0..self.contexts.len() as u32 {
-            if self.contexts[c as usize]
-                .as_ref()
-                .is_none_or(|ctx| ctx.policy != policy)
-            {
-                continue;
-            }
-            while let Some(head) = self.contexts[c as usize].as_ref().map(|x| x.head) {
+        for c in contexts {
+            loop {
+                let head = self.context(c).head;
                 if head == NIL {
                     break;
                 }
@@ -798,6 +823,17 @@ impl StateTable {
             self.drop_if_empty(c);
         }
         removed
+    }
+
+    /// The range of `sorted` holding `policy`'s contexts.
+    fn policy_range(&self, policy: PolicyId) -> (usize, usize) {
+        let from = self
+            .sorted
+            .partition_point(|&c| self.context(c).policy < policy);
+        let to = self
+            .sorted
+            .partition_point(|&c| self.context(c).policy <= policy);
+        (from, to)
     }
 
     /// Every live slot as (handle, policy, key, entry): context by context
@@ -811,12 +847,7 @@ impl StateTable {
         &self,
         policy: PolicyId,
     ) -> impl Iterator<Item = (Handle, PolicyId, KeyParts<'_>, Entry)> + '_ {
-        let from = self
-            .sorted
-            .partition_point(|&c| self.context(c).policy < policy);
-        let to = self
-            .sorted
-            .partition_point(|&c| self.context(c).policy <= policy);
+        let (from, to) = self.policy_range(policy);
         self.iter_contexts(&self.sorted[from..to])
     }
 
@@ -885,7 +916,10 @@ impl StateTable {
     }
 
     fn slab_len(&self) -> usize {
-        self.chunks.iter().map(Vec::len).sum()
+        match self.chunks.last() {
+            None => 0,
+            Some(last) => ((self.chunks.len() - 1) << CHUNK_BITS) + last.len(),
+        }
     }
 
     fn link_index(&mut self, i: u32) {

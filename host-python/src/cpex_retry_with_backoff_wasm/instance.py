@@ -289,11 +289,15 @@ class Instance:
         if type(request_id) is not str:
             request_id = _require_str(request_id, "global_context.request_id")
         signals = read_signals(result)
+        # A key with a part over the bound of a key part is never listed (the table keeps the
+        # gateway's own strings, which must not grow it without bound): its results always
+        # reach the engine, by key.
+        listed = len(tool) <= KEY_PART_MAX_CHARS and len(request_id) <= KEY_PART_MAX_CHARS
         # A plain success, where the engine said it changes nothing for a key without state
         # (WIT `stateless-successes`), of a key the engine did not say holds state, is answered
         # here: at once when the engine said no key holds state (the table is empty).
         handles = self._held.handles
-        if not signals and policy.stateless and not handles:
+        if not signals and policy.stateless and listed and not handles:
             return 0
         # The key, written out: the gateway context's tenant and server as key parts (None, the
         # common case, is no context; a short ASCII str crosses as itself: ``context_part``).
@@ -322,7 +326,7 @@ class Instance:
         identity = user_identity_part(_attribute(global_context, "user")) if policy.user_scope else ""
         key: Key = (policy.id, tenant, server, identity, tool, request_id)
         if not signals:
-            if policy.stateless and key not in handles:
+            if policy.stateless and listed and key not in handles:
                 return 0
         elif policy.reads_hints:
             signals |= self._read_extras(policy, result, context, tool)
@@ -332,7 +336,7 @@ class Instance:
             lean = self._sandbox.lean
             if lean is not None:
                 held = self._held
-                handle = held.handles.get(key, 0)
+                handle = held.handles.get(key, 0) if listed else 0
                 decision = UNKNOWN_HANDLE
                 if handle:
                     try:
@@ -351,7 +355,8 @@ class Instance:
                 if decision & UNKNOWN_HANDLE:
                     decision = self._decide_by_key(lean[0], policy, key, signals)
                 if not decision & NOT_A_DECISION:
-                    held.note(key, decision)
+                    if listed:
+                        held.note(key, decision)
                     return decision
         if lean is None:  # no lean path (other wasmtime-py) or the instance needs a rebuild
             decision = self._decide_generic(policy, key, signals, None)
@@ -394,6 +399,7 @@ class Instance:
                 return 0
             encoded, parts = wire_key(key[1], key[2], key[3], key[4], key[5])
             wire = encoded.decode()
+            listed = len(key[4]) <= KEY_PART_MAX_CHARS and len(key[5]) <= KEY_PART_MAX_CHARS
             # Every key part and text is valid Unicode (``keys``, ``collect_texts``): all cross.
             what = "decide" if texts is None else "decide-text"
             try:
@@ -404,7 +410,7 @@ class Instance:
                     decision = sandbox.decide(policy.id, wire, parts, signals, texts)
             except Exception as exc:
                 return self._fault(what, exc)
-            if not decision & NOT_A_DECISION:
+            if listed and not decision & NOT_A_DECISION:
                 self._held.note(key, decision)
             return decision
 
@@ -445,10 +451,19 @@ class Instance:
         tag = _file_tag(path)
         build = sandbox.load(path, pin)
         with self._lock:
-            moved = sandbox.reload(build, pin)
+            try:
+                moved = sandbox.reload(build, pin)
+            finally:
+                self._after_failed_export()
         if path == self._source:
             self._source_tag = tag
         return moved
+
+    def _after_failed_export(self) -> None:
+        """If the running instance faulted while it wrote its state out for a reload (lock
+        held), it is gone with its state: start a new one, as after any fault."""
+        if self._sandbox.broken:
+            self._rebuild()
 
     def check_source(self) -> None:
         """Pick up a new build written to the configured path (an atomic rename, as a Kubernetes
@@ -475,7 +490,10 @@ class Instance:
             return
         try:
             with self._lock:
-                sandbox.reload(build, sandbox.pinned_sha256)
+                try:
+                    sandbox.reload(build, sandbox.pinned_sha256)
+                finally:
+                    self._after_failed_export()
         except RetryEngineLoadError as exc:
             log.warning("%s: %s", MESSAGE_PREFIX, describe_fault(exc))
 
@@ -591,6 +609,11 @@ def _file_tag(path: Path) -> tuple[int, int, int, int] | None:
 InstanceKey = tuple[Any, ...]
 
 
+#: The most instances a process keeps: each configuration's host keys pick one, and a flood of
+#: distinct host limits (e.g. from team bindings) must not start an instance each.
+MAX_INSTANCES = 8
+
+
 class Instances:
     """The process's instances, by what picks one (one table per process: ``INSTANCES``)."""
 
@@ -621,6 +644,17 @@ class Instances:
         with self._lock:
             instance = self._instances.get(key)
             if instance is None:
+                if len(self._instances) >= MAX_INSTANCES:
+                    raise ConfigurationError(
+                        (
+                            ConfigError(
+                                "",
+                                f"this process runs {MAX_INSTANCES} instances of the component, its "
+                                "bound: one per distinct wasm_path, wasm_sha256, wasm_fuel, "
+                                "wasm_max_memory_bytes and wasm_compile_cache; use fewer distinct values",
+                            ),
+                        )
+                    )
                 instance = Instance(settings, clock=clock, seed=seed, wall_clock=wall_clock)
                 self._instances[key] = instance
             else:
@@ -641,4 +675,12 @@ class Instances:
 #: The process's instances.
 INSTANCES = Instances()
 
-__all__ = ["INSTANCES", "NOT_A_DECISION", "Instance", "Instances", "OpenPolicy", "config_json"]
+__all__ = [
+    "INSTANCES",
+    "MAX_INSTANCES",
+    "NOT_A_DECISION",
+    "Instance",
+    "Instances",
+    "OpenPolicy",
+    "config_json",
+]

@@ -389,7 +389,15 @@ class Sandbox:
         """
         previous = (self.build, self.store, self.funcs, self.lean, self.held_fuel, self.broken)
         previous_version = self.contract_version
-        state = "" if self.broken or self.store is None else self.export_state()
+        try:
+            state = "" if self.broken or self.store is None else self.export_state()
+        except Exception as exc:
+            # A trap while writing the state out leaves the running instance unusable: a fault.
+            self.fault("export-state", exc)
+            raise RetryEngineLoadError(
+                f"{MESSAGE_PREFIX}: reloading {build.path} refused: the running instance could not "
+                f"write its state out ({describe_fault(exc)})"
+            ) from exc
         try:
             self.build = build
             self._instantiate()

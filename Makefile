@@ -188,7 +188,7 @@ test-wasm: wasm ## The wasmtime harness against the built .wasm.
 PY_ISOLATED    := test_metrics.py
 PY_WASMTIME    := test_loader.py test_fastcall.py test_instance.py test_handles.py test_compile_cache.py \
                   test_faults.py test_fault_state.py test_reload.py test_shapes.py test_wasm_file.py \
-                  test_policy_sharing.py test_one_instance.py
+                  test_policy_sharing.py test_one_instance.py test_fuel_bounds.py test_memory_bounds.py
 PY_CPEX        := test_plugin.py test_ceiling.py test_results.py test_resilience.py test_idempotency.py \
                   test_keys.py test_policy_sharing.py
 PY_INTERPRETER := test_fastcall.py test_instance.py test_handles.py test_loader.py test_plugin.py \

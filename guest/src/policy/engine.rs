@@ -21,6 +21,9 @@ pub const RESERVED_BYTES: u64 = 4 << 20;
 /// Bytes a typical entry takes (a tool name and a UUID request id), for
 /// refusing a `max_state_entries` that could never fit the instance.
 pub const TYPICAL_ENTRY_BYTES: u64 = ENTRY_BYTES + 64;
+/// The largest configuration text a policy takes (every policy's is kept): a thousand tool
+/// overrides fit; one configuration cannot take the policies' whole share of memory.
+pub const MAX_CONFIG_BYTES: usize = 64 << 10;
 /// How many policies each open looks at for release.
 const RELEASE_PER_OPEN: usize = 2;
 
@@ -177,6 +180,12 @@ impl Engine {
             }
             Lookup::Vacant(id) => id,
         };
+        if config.len() > MAX_CONFIG_BYTES {
+            return Err(document_error(&alloc::format!(
+                "is {} bytes of JSON, more than a configuration may be ({MAX_CONFIG_BYTES})",
+                config.len()
+            )));
+        }
         let (parsed, warnings) = Config::from_value_capped(&parse_json(config)?, ceiling)?;
         // A few in turn each time, all of them at a bound: unused policies go at the pace new
         // ones come, without a scan of every policy per open (releasing one costs its own
@@ -1117,6 +1126,19 @@ mod tests {
         // ... and all of them at an eviction.
         e.evict_expired(300_001);
         assert_eq!(e.policy_count(), 1);
+    }
+
+    #[test]
+    fn test_engine_refuses_a_configuration_past_its_size() {
+        let mut e = Engine::new((1, 2));
+        let big = alloc::format!(r#"{{"pad": "{}"}}"#, "x".repeat(MAX_CONFIG_BYTES));
+        let err = e.open_json("p", &big, None, 0).unwrap_err();
+        assert_eq!(err[0].path, "");
+        assert!(
+            err[0].message.contains("more than a configuration may be"),
+            "{err:?}"
+        );
+        assert_eq!(e.policy_count(), 0);
     }
 
     #[test]

@@ -71,8 +71,10 @@ pub const ENTRY_BYTES: u64 = core::mem::size_of::<Slot>() as u64 + 4 + 16;
 pub const CONTEXT_BYTES: u64 = 2 * (core::mem::size_of::<Option<Context>>() as u64 + 4) + 32;
 /// Contexts holding no entry are kept (a context whose keys keep clearing is not made
 /// again for every new key) until there are more of them than this beyond those holding
-/// entries; then all of them go.
+/// entries; then they go, a bounded number per new context.
 const EMPTY_CONTEXTS_KEPT: u32 = 64;
+/// ... and at most this many go in one call.
+const EMPTY_CONTEXTS_DROPPED: u32 = 2 * EMPTY_CONTEXTS_KEPT;
 
 /// A name for a key that holds state: its slot's number + 1 (1..=
 /// [`MAX_ENTRIES`]); 0 names nothing.
@@ -342,13 +344,13 @@ impl StateTable {
         self.len == 0
     }
 
-    /// Entries of `policy`, in all its contexts.
+    /// Entries of `policy`, in all its contexts (found by binary search: the metrics read
+    /// this for every policy).
     pub fn policy_len(&self, policy: PolicyId) -> usize {
-        self.contexts
+        let (from, to) = self.policy_range(policy);
+        self.sorted[from..to]
             .iter()
-            .flatten()
-            .filter(|c| c.policy == policy)
-            .map(|c| c.len as usize)
+            .map(|&c| self.context(c).len as usize)
             .sum()
     }
 
@@ -538,6 +540,10 @@ impl StateTable {
             }
             let head = self.context(victim).head;
             self.remove_slot(head);
+            if victim != c {
+                // At the bound its bytes are wanted now, not at the next bulk drop.
+                self.drop_if_empty(victim);
+            }
         }
         let i = match at {
             Some(i) => i,
@@ -636,21 +642,25 @@ impl StateTable {
     /// Forget every context that holds nothing. O(contexts), once per
     /// [`EMPTY_CONTEXTS_KEPT`] contexts emptied at least.
     fn drop_empty_contexts(&mut self) {
-        let mut kept = Vec::with_capacity(self.sorted.len());
-        for &c in &self.sorted {
+        // At most a bounded number in one call (each frees two strings): a look over the order
+        // is cheap, freeing thousands of contexts in one call is not.
+        let mut dropped = 0;
+        let mut sorted = core::mem::take(&mut self.sorted);
+        sorted.retain(|&c| {
             let ctx = self.contexts[c as usize]
                 .as_ref()
                 .expect("a sorted context is live");
-            if ctx.len > 0 {
-                kept.push(c);
-            } else {
-                self.bytes -= ctx.bytes();
-                self.contexts[c as usize] = None;
-                self.free_contexts.push(c);
+            if ctx.len > 0 || dropped == EMPTY_CONTEXTS_DROPPED {
+                return true;
             }
-        }
-        self.sorted = kept;
-        self.empty = 0;
+            dropped += 1;
+            self.bytes -= ctx.bytes();
+            self.contexts[c as usize] = None;
+            self.free_contexts.push(c);
+            false
+        });
+        self.sorted = sorted;
+        self.empty -= dropped;
     }
 
     /// Forget context `c` once it holds nothing.

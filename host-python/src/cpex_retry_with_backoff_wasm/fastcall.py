@@ -222,7 +222,10 @@ class HeldFuel:
     starts with at least ``HELD_CALL_FUEL_BOUND`` (no legitimate call can run out) and never
     with more than the per-call budget (a runaway guest is stopped as soon as before).  Any
     other call into the store sets its own fuel and leaves an unknown remainder, so whoever
-    makes one calls ``invalidate`` and the next ``decide-held`` refuels.
+    makes one calls ``invalidate`` and the next ``decide-held`` refuels.  The bound holds for a
+    decision that keeps no retry budget; one that may (a success of a key under a policy with a
+    budget, whose bucket may have to be made again at the bucket bound) is made with a full
+    budget of its own: its caller calls ``invalidate`` first.
     """
 
     __slots__ = ("left", "refills")

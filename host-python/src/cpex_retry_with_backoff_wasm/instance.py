@@ -237,7 +237,9 @@ class Instance:
                 answer = self._sandbox.open_policy(scope, text, limit)
             except Exception as exc:
                 self._fault("open-policy", exc)
-                raise RetryEngineLoadError(f"{MESSAGE_PREFIX}: open-policy failed: {exc}") from exc
+                raise RetryEngineLoadError(
+                    f"{MESSAGE_PREFIX}: open-policy failed: {describe_fault(exc)}"
+                ) from exc
             if not isinstance(answer, Opened):
                 raise ConfigurationError((*host_errors, *answer))
             refused = (*host_errors, *(refuse(answer) if refuse is not None else ()))
@@ -339,6 +341,9 @@ class Instance:
                 handle = held.handles.get(key, 0) if listed else 0
                 decision = UNKNOWN_HANDLE
                 if handle:
+                    if not policy.stateless:
+                        # It may keep a retry budget: a full budget of fuel (``HeldFuel``).
+                        self._sandbox.held_fuel.left = 0
                     try:
                         decision = lean[1](handle, signals)
                     except Exception as exc:
@@ -506,7 +511,7 @@ class Instance:
                 return call(self._sandbox)
             except Exception as exc:
                 self._fault(what, exc)
-                raise RetryEngineLoadError(f"{MESSAGE_PREFIX}: {what} failed: {exc}") from exc
+                raise RetryEngineLoadError(f"{MESSAGE_PREFIX}: {what} failed: {describe_fault(exc)}") from exc
 
     def tool_policy(self, policy: OpenPolicy, tool: str) -> Policy:
         """The effective policy of ``tool`` under ``policy`` (its override merged over the

@@ -60,6 +60,12 @@ TEXT_FUEL_PER_BYTE: Final = 1_000
 #: state table; they get this many times the per-call fuel.
 COLD_FUEL_FACTOR: Final = 100
 
+#: Moving state between instances is bounded by its size rather than a fixed budget: fuel per
+#: entry written out, and per character of the document read back (both well above what a row
+#: takes: a runaway guest is still stopped).
+STATE_FUEL_PER_ENTRY: Final = 50_000
+STATE_FUEL_PER_BYTE: Final = 500
+
 Clock = Callable[[], int]
 Seed = tuple[int, int]
 #: The lean callers of ``decide`` and ``decide-held``.
@@ -314,13 +320,16 @@ class Sandbox:
         return int(self.funcs["evict-expired"](self.live_store()))
 
     def export_state(self) -> str:
-        self.cold_fuel()
+        """``export-state``, with fuel for the state it writes out (a cold call's, and more per
+        entry: the state may be the instance's whole table)."""
+        entries = self.state_count(None)
+        self.set_fuel(self.fuel * COLD_FUEL_FACTOR + STATE_FUEL_PER_ENTRY * entries)
         return str(self.funcs["export-state"](self.live_store()))
 
     def import_state(self, state_json: str) -> int:
         """Import an ``export-state`` document; how many entries it took.  Raises
-        ``RetryEngineLoadError`` when the instance refuses it."""
-        self.cold_fuel()
+        ``RetryEngineLoadError`` when the instance refuses it.  Fuel grows with the document."""
+        self.set_fuel(self.fuel * COLD_FUEL_FACTOR + STATE_FUEL_PER_BYTE * len(state_json))
         imported = self.funcs["import-state"](self.live_store(), state_json)
         if not isinstance(imported, int):
             raise RetryEngineLoadError(f"{MESSAGE_PREFIX}: the instance refused the state: {imported}")

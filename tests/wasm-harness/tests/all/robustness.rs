@@ -804,12 +804,12 @@ fn test_decide_held_fuel_is_bounded() -> Result<()> {
     // The host refuels `decide-held` only every few calls, each starting with
     // at least `HELD_CALL_FUEL_BOUND` (1 000 000, host-python/.../fastcall.py).
     // This walk makes held decisions as dear as it can: 256-byte keys in a
-    // gateway context, 500 overrides with long names to search, entries
-    // expiring (swept, then the key inserted again) and the entry cap
-    // evicting, and stays 20x under it.
+    // gateway context, 250 overrides with long names to search (about as many
+    // as a configuration's 64 KiB take), entries expiring (swept, then the key
+    // inserted again) and the entry cap evicting, and stays 20x under it.
     const HELD_CALL_FUEL_BOUND: u64 = 1_000_000;
     let mut h = fueled(u64::MAX / 2)?;
-    let overrides: serde_json::Map<String, serde_json::Value> = (0..500)
+    let overrides: serde_json::Map<String, serde_json::Value> = (0..250)
         .map(|i| {
             (
                 format!("{}{i:04}", "o".repeat(200)),

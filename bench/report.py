@@ -31,6 +31,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from timing import cpu_model  # bench/ is on the path: the scripts run as bench/<name>.py
+
 REPO = Path(__file__).resolve().parents[1]
 PY = sys.executable
 #: The Python of the gateway's venv (1.1.0), which the bindings benchmark needs: `make bench` sets
@@ -166,16 +168,6 @@ def _version(dist: str) -> str:
         return "not installed"
 
 
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def _load() -> str:
     try:
         return " / ".join(f"{x:.2f}" for x in os.getloadavg())
@@ -200,7 +192,7 @@ def machine(started: str, load_before: str) -> list[str]:
         "|---|---|",
         f"| date (UTC) | {started} |",
         f"| commit | `{commit}`{' with uncommitted changes' if dirty not in ('', 'unknown') else ''} |",
-        f"| CPU | {_cpu_model()}, {os.cpu_count()} cores visible |",
+        f"| CPU | {cpu_model()}, {os.cpu_count()} cores visible |",
         f"| load average (1/5/15 min) before / after | {load_before} — {_load()} |",
         f"| OS | {platform.system()} {platform.release()} |",
         f"| Python | {platform.python_implementation()} {platform.python_version()} |",

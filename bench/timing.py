@@ -117,7 +117,8 @@ def _load(values: list[float]) -> str:
     return " / ".join(f"{v:.2f}" for v in values)
 
 
-def _cpu_model() -> str:
+def cpu_model() -> str:
+    """The CPU's model name (report.py's machine table reads it too)."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
@@ -172,7 +173,7 @@ def report(ci: Path, check: Path, out: Path, readme: Path | None) -> int:
         "`target/timing/ci.jsonl` in that clone). The machines are shared: the load average "
         "says how much else ran.",
         "",
-        f"Machine: {_cpu_model()}, {os.cpu_count()} CPUs visible, Python {platform.python_version()} "
+        f"Machine: {cpu_model()}, {os.cpu_count()} CPUs visible, Python {platform.python_version()} "
         f"for this script.",
         "",
         *ci_lines,

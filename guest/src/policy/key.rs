@@ -14,7 +14,7 @@ pub type PolicyId = u64;
 /// retry budgets are kept per context, so two contexts never share a key's
 /// state or budget, whatever request ids clients send. `identity` is what
 /// `key_scope` adds (the user under `user`; empty otherwise).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub struct KeyParts<'a> {
     /// The gateway context's tenant (the tool's team), or empty.
     pub tenant: &'a str,
@@ -36,5 +36,19 @@ impl<'a> KeyParts<'a> {
             request_id,
             ..Self::default()
         }
+    }
+
+    /// The same key in the gateway context `(tenant, server)`.
+    pub fn context(self, tenant: &'a str, server: &'a str) -> Self {
+        Self {
+            tenant,
+            server,
+            ..self
+        }
+    }
+
+    /// The same key with `identity` in its identity part.
+    pub fn identity(self, identity: &'a str) -> Self {
+        Self { identity, ..self }
     }
 }

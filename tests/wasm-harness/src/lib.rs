@@ -349,79 +349,37 @@ impl Signals {
 
 /// The five parts of `decide`'s key, as a host sends them: the gateway
 /// context (tenant, server), the identity `key_scope` adds, the tool name and
-/// the request id.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
-pub struct Key<'a> {
-    pub tenant: &'a str,
-    pub server: &'a str,
-    pub identity: &'a str,
-    pub tool: &'a str,
-    pub request_id: &'a str,
-}
+/// the request id (the guest's own type: the layout is declared once).
+pub use retry_engine::policy::KeyParts as Key;
 
-impl<'a> Key<'a> {
-    /// `(tool, request_id)` in the empty context, without an identity (the
-    /// native plugin's key).
-    pub fn new(tool: &'a str, request_id: &'a str) -> Self {
-        Key {
-            tool,
-            request_id,
-            ..Key::default()
-        }
-    }
-
-    /// The same key in the gateway context `(tenant, server)`.
-    pub fn context(self, tenant: &'a str, server: &'a str) -> Self {
-        Key {
-            tenant,
-            server,
-            ..self
-        }
-    }
-
-    /// The same key with `identity` in its identity part.
-    pub fn identity(self, identity: &'a str) -> Self {
-        Key { identity, ..self }
-    }
-
-    /// The `key` string and `parts` word `decide` takes. Panics when a part
-    /// is longer than its 16-bit length field (a host digests such names).
-    pub fn pack(&self) -> (String, u64) {
-        let joined = [
-            self.tenant,
-            self.server,
-            self.identity,
-            self.tool,
-            self.request_id,
-        ]
-        .concat();
-        (
-            joined,
-            parts(self.tenant, self.server, self.identity, self.tool),
-        )
-    }
-}
-
-/// `decide`'s `parts`: the four leading parts' lengths in Unicode scalar
-/// values, each in its 16-bit field.
-pub fn parts(tenant: &str, server: &str, identity: &str, tool: &str) -> u64 {
-    let len = |part: &str| {
-        let n = part.chars().count() as u64;
+/// The `key` string and `parts` word `decide` takes for `key`. Panics when a
+/// part is longer than its 16-bit length field (a host digests such names;
+/// the guest's packer would clip the length and split the key elsewhere).
+pub fn pack(key: &Key<'_>) -> (String, u64) {
+    let parts = [key.tenant, key.server, key.identity, key.tool];
+    for part in parts {
+        let n = part.chars().count();
         assert!(
             n < 1 << wire::PART_LEN_BITS,
             "a key part of {n} characters does not fit its length field"
         );
-        n
-    };
-    len(tenant) << wire::TENANT_LEN_SHIFT
-        | len(server) << wire::SERVER_LEN_SHIFT
-        | len(identity) << wire::IDENTITY_LEN_SHIFT
-        | len(tool) << wire::TOOL_LEN_SHIFT
+    }
+    (
+        [
+            key.tenant,
+            key.server,
+            key.identity,
+            key.tool,
+            key.request_id,
+        ]
+        .concat(),
+        wire::pack_parts(key),
+    )
 }
 
 /// `decide`'s key and parts for `(tool, request_id)` in the empty context.
 pub fn key(tool: &str, request_id: &str) -> (String, u64) {
-    Key::new(tool, request_id).pack()
+    pack(&Key::new(tool, request_id))
 }
 
 /// One instance of the component with its own store, clock and seed, and the
@@ -600,7 +558,7 @@ impl Harness {
         key: &Key<'_>,
         signals: Signals,
     ) -> Result<Decision> {
-        let (joined, parts) = key.pack();
+        let (joined, parts) = pack(key);
         Ok(Decision::unpack(self.decide_raw_in(
             policy,
             &joined,

@@ -134,6 +134,19 @@ def test_keys_sharing_a_freed_handle_never_see_each_others_state() -> None:
     assert policy.instance.held_count == 2
 
 
+def test_a_handle_given_to_a_key_the_host_does_not_list_is_forgotten_for_the_key_it_named() -> None:
+    # A part over KEY_PART_MAX_CHARS: the host never lists the key, but the handle its decision
+    # names is one the evicted key held.  Deciding the evicted key by that handle would give it
+    # the long key's state (and change the long key's).
+    policy = open_policy({**NO_JITTER, "max_state_entries": 1})
+    long_rid = "r" * 300
+    assert delays(policy, "t", "a", [err()]) == [200]
+    assert delays(policy, "t", long_rid, [err()]) == [200]  # evicts a (the cap), takes its slot
+    assert policy.instance.held_count == 0
+    assert delays(policy, "t", "a", [err()]) == [200], "a was evicted: a first failure again"
+    assert delays(policy, "t", long_rid, [err()]) == [200], "a evicted the long key in turn"
+
+
 def test_a_long_key_is_decided_by_its_handle_too() -> None:
     policy = open_policy(NO_JITTER)
     calls = CallLog(policy)
@@ -214,3 +227,7 @@ def test_held_keys_follow_the_decisions() -> None:
     held.note(a, 0)  # a decision for a key no longer listed changes nothing else
     assert held.handles == {b: 7}
     assert len(held) == 1
+    held.note(None, given(7))  # b's handle went to a key the host does not list
+    assert (held.handles, held.keys) == ({}, {})
+    held.note(None, 0)  # that key's own decisions change nothing here
+    assert len(held) == 0

@@ -46,16 +46,23 @@ class HeldKeys:
         #: handle -> the key of the last decision that gave it.
         self.keys: dict[int, Key] = {}
 
-    def note(self, key: Key, decision: int) -> None:
-        """Record what the decision for ``key`` (not a special word) says of it."""
+    def note(self, key: Key | None, decision: int) -> None:
+        """Record what the decision for ``key`` (not a special word) says of it.  ``None``: a
+        key the host does not list (a part too long to keep); what its decision says of the
+        handle still counts, or a listed key would keep a handle now naming another key."""
         handle = (decision >> HANDLE_SHIFT) & HANDLE_MASK
         if handle:
             previous = self.keys.get(handle)
             if previous is not None and previous != key and self.handles.get(previous) == handle:
                 # The engine gave the handle to another key: the previous one's state is gone.
                 del self.handles[previous]
+            if key is None:
+                self.keys.pop(handle, None)
+                return
             self.keys[handle] = key
             self.handles[key] = handle
+            return
+        if key is None:
             return
         handle = self.handles.pop(key, 0)
         if handle and self.keys.get(handle) == key:

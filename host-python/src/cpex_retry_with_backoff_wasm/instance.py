@@ -360,8 +360,7 @@ class Instance:
                 if decision & UNKNOWN_HANDLE:
                     decision = self._decide_by_key(lean[0], policy, key, signals)
                 if not decision & NOT_A_DECISION:
-                    if listed:
-                        held.note(key, decision)
+                    held.note(key if listed else None, decision)
                     return decision
         if lean is None:  # no lean path (other wasmtime-py) or the instance needs a rebuild
             decision = self._decide_generic(policy, key, signals, None)
@@ -415,8 +414,8 @@ class Instance:
                     decision = sandbox.decide(policy.id, wire, parts, signals, texts)
             except Exception as exc:
                 return self._fault(what, exc)
-            if listed and not decision & NOT_A_DECISION:
-                self._held.note(key, decision)
+            if not decision & NOT_A_DECISION:
+                self._held.note(key if listed else None, decision)
             return decision
 
     # ------------------------------------------------------------------ faults

@@ -146,13 +146,13 @@ check-lane-python: ## (part of make check) The core pytest modules, ruff and myp
 	+$(TIMED) test-python-core -- $(SUBMAKE) test-python-core
 	+$(TIMED) ruff+mypy -- $(SUBMAKE) ruff mypy
 
-# MAKEFLAGS emptied: under make test's lanes it names a jobserver that this recipe (not a `+`
-# line) is not handed, and rustdoc warns that it cannot open it; cargo runs its own jobs anyway.
+# MAKEFLAGS emptied: under make test's lanes it names a jobserver that these recipes (not `+`
+# lines) are not handed, and rustdoc warns that it cannot open it; cargo runs its own jobs anyway.
 test-rust: ## Unit tests of the pure policy core (native target).
 	MAKEFLAGS= cargo test -p retry-engine-guest
 
 test-wasm: wasm ## The wasmtime harness against the built .wasm.
-	cargo test -p retry-engine-wasm-harness
+	MAKEFLAGS= cargo test -p retry-engine-wasm-harness
 
 # ------------------------------------------------------------------------------ pytest matrix
 # tests/python runs in full once, on .venv (Python 3.11, cpex 0.1.4, the newest wasmtime-py

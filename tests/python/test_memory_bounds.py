@@ -36,6 +36,21 @@ def fail(policy: OpenPolicy, rid: str, *, tool: str = "tool", **context: Any) ->
     return policy.instance.decide(policy, tool, GlobalContext(request_id=rid, **context), err())
 
 
+def capped(memory_mib: int, max_state_entries: int) -> OpenPolicy:
+    """A policy under a memory cap of ``memory_mib`` whose entries never expire, so only the
+    bounds drop them."""
+    return open_policy(
+        {
+            "jitter": False,
+            "wasm_max_memory_bytes": memory_mib * MIB,
+            "max_state_entries": max_state_entries,
+            "state_ttl_ms": 10**9,
+        },
+        clock=VirtualClock(),
+        seed=(1, 2),
+    )
+
+
 def fill_to_the_instance_bound(policy: OpenPolicy, *, tenants: int = 32, step: int = 5000) -> int:
     """Unique request ids in ``tenants`` contexts until the instance's byte bound starts dropping
     entries; returns the entries held then."""
@@ -50,16 +65,7 @@ def fill_to_the_instance_bound(policy: OpenPolicy, *, tenants: int = 32, step: i
 
 
 def test_reload_of_a_state_at_the_bound_keeps_the_previous_instance_serving() -> None:
-    policy = open_policy(
-        {
-            "jitter": False,
-            "wasm_max_memory_bytes": 8 * MIB,
-            "max_state_entries": 5_000,
-            "state_ttl_ms": 10**9,
-        },
-        clock=VirtualClock(),
-        seed=(1, 2),
-    )
+    policy = capped(8, 5_000)
     instance = policy.instance
     held = fill_to_the_instance_bound(policy)
     assert instance.fault_count == 0
@@ -100,11 +106,7 @@ def test_reload_moves_one_full_context_under_the_default_cap() -> None:
 
 
 def test_many_contexts_never_exhaust_memory_below_the_byte_bound() -> None:
-    policy = open_policy(
-        {"jitter": False, "wasm_max_memory_bytes": 16 * MIB, "max_state_entries": 10, "state_ttl_ms": 10**9},
-        clock=VirtualClock(),
-        seed=(1, 2),
-    )
+    policy = capped(16, 10)
     for n in range(70_000):
         fail(policy, "r", tenant_id=f"tenant-{n:07d}")
         if policy.instance.fault_count:
@@ -113,16 +115,7 @@ def test_many_contexts_never_exhaust_memory_below_the_byte_bound() -> None:
 
 
 def test_longer_keys_after_a_flood_never_exhaust_memory() -> None:
-    policy = open_policy(
-        {
-            "jitter": False,
-            "wasm_max_memory_bytes": 16 * MIB,
-            "max_state_entries": 10_000,
-            "state_ttl_ms": 10**9,
-        },
-        clock=VirtualClock(),
-        seed=(1, 2),
-    )
+    policy = capped(16, 10_000)
     fill_to_the_instance_bound(policy, step=20_000)
     assert policy.instance.fault_count == 0
     long_rid = "\u00e9" * 249

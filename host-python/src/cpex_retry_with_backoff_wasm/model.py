@@ -22,15 +22,6 @@ CONTRACT_WANTED = f"{CONTRACT_MINOR}.x"
 MESSAGE_PREFIX = f"{COMPONENT_NAME}@{CONTRACT_VERSION}"
 
 
-def override_path(tool: str) -> str:
-    """``tool_overrides.<tool>`` as the component writes it in error paths: quoted when the name is empty or
-    contains ``.``, ``[``, ``]`` or ``"``."""
-    if tool and not any(c in tool for c in '.[]"'):
-        return f"tool_overrides.{tool}"
-    escaped = tool.replace('"', '\\"')
-    return f'tool_overrides["{escaped}"]'
-
-
 def _optional_int(value: Any) -> int | None:
     return None if value is None else int(value)
 
